@@ -1,0 +1,132 @@
+//! Interning: one [`SigId`] per distinct signature shape.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use super::callconv::CallConv;
+use super::classify::{CallLayout, classify};
+use super::error::{AbiError, Result};
+use super::signature::Signature;
+use crate::table::IdTable;
+
+/// The interned identity of a signature shape within one [`Registry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SigId(u32);
+
+impl SigId {
+    /// The id as a dense index (0, 1, 2, … in order of first interning).
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for SigId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sig#{}", self.0)
+    }
+}
+
+const SHARDS: usize = 16;
+
+struct Entry {
+    sig: Arc<Signature>,
+    layouts: [OnceLock<Arc<CallLayout>>; 2],
+}
+
+/// Interns signatures: equal signatures (compared by full structure, never
+/// by hash alone) get the same [`SigId`], and each id's layouts are computed
+/// once per convention.
+///
+/// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
+/// hash (a write lock only the first time a shape is seen); looking up an id
+/// takes no lock at all.
+pub struct Registry {
+    shards: [RwLock<HashMap<Arc<Signature>, SigId>>; SHARDS],
+    entries: IdTable<Entry>,
+    next: AtomicU32,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            entries: IdTable::default(),
+            next: AtomicU32::new(0),
+        }
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("len", &self.len()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The process-wide registry.
+    pub fn global() -> &'static Registry {
+        static GLOBAL: OnceLock<Registry> = OnceLock::new();
+        GLOBAL.get_or_init(Registry::new)
+    }
+
+    /// Number of distinct shapes interned so far.
+    pub fn len(&self) -> usize {
+        self.next.load(Ordering::Acquire) as usize
+    }
+
+    /// True if nothing was interned yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id of `sig`'s shape, interning it on first sight.
+    pub fn intern(&self, sig: &Signature) -> SigId {
+        let mut h = DefaultHasher::new();
+        sig.hash(&mut h);
+        let shard = &self.shards[h.finish() as usize % SHARDS];
+        // A poisoned lock only means another thread panicked while holding it;
+        // the map itself is never left half-updated, so keep using it.
+        if let Some(id) = shard.read().unwrap_or_else(|e| e.into_inner()).get(sig) {
+            return *id;
+        }
+        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = map.get(sig) {
+            return *id;
+        }
+        let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
+        let sig = Arc::new(sig.clone());
+        self.entries.get_or_init(id.0, || Entry { sig: sig.clone(), layouts: Default::default() });
+        map.insert(sig, id);
+        id
+    }
+
+    fn entry(&self, id: SigId) -> Result<&Entry> {
+        self.entries.get(id.0).ok_or(AbiError::UnknownSigId(id.0))
+    }
+
+    /// The signature behind an id.
+    ///
+    /// # Errors
+    /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
+    pub fn signature(&self, id: SigId) -> Result<&Arc<Signature>> {
+        Ok(&self.entry(id)?.sig)
+    }
+
+    /// The layout of an id for a convention, classified once and then cached.
+    ///
+    /// # Errors
+    /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
+    pub fn layout(&self, id: SigId, conv: CallConv) -> Result<&Arc<CallLayout>> {
+        let e = self.entry(id)?;
+        Ok(e.layouts[conv as usize].get_or_init(|| Arc::new(classify(&e.sig, conv))))
+    }
+}

@@ -1,0 +1,427 @@
+//! The interpreter side of entry points: the host contract.
+//!
+//! An entry point (a native function pointer made by a backend) gathers the
+//! native arguments into 8-byte **slots** (ABI.md, "Slots") and calls the
+//! embedding interpreter's dispatcher with the bound function id. Two ways to
+//! be that dispatcher:
+//!
+//! - implement [`Host`] (any `Fn(EntryCall) -> Result<(), HostError>` does) and
+//!   use [`Dispatcher::from_host`]: panics and errors are caught at the
+//!   boundary;
+//! - register a raw `extern "C"` [`RawDispatch`] with [`Dispatcher::from_raw`].
+//!
+//! A failing call never unwinds through native frames. What happens instead
+//! is the [`FailurePolicy`] of the dispatcher:
+//! - [`FailurePolicy::Report`]: the native caller gets a zeroed result, and the
+//!   error is kept in a thread-local until the host takes it: the exit call
+//!   that led into the native code returns it as
+//!   [`CallError::Callback`](crate::thunks::CallError::Callback) when that
+//!   code returns, or [`take_entry_error`] hands it over. Native code can ask
+//!   [`pending_entry_status`] (an `extern "C"` function) whether a callback
+//!   failed.
+//! - [`FailurePolicy::Abort`]: the process prints the error and aborts.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::abi::CallConv;
+
+/// Status a dispatcher returns: the call succeeded.
+pub const STATUS_OK: u32 = 0;
+/// Status: the host reported an error.
+pub const STATUS_ERROR: u32 = 1;
+/// Status: the host panicked.
+pub const STATUS_PANIC: u32 = 2;
+
+/// The error type a [`Host`] returns.
+pub type HostError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the entry side hands a raw dispatcher. Read by generated code: its
+/// layout is a contract (ABI.md, "Host contract"; checked by a test).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawEntryCall {
+    /// The bound function id.
+    pub func: u64,
+    /// Argument slots (`nargs` of them; never null).
+    pub args: *const u64,
+    /// Result slots (`nret` of them, zeroed on entry; never null).
+    pub ret: *mut u64,
+    /// Variadic arguments, or null for a non-variadic signature.
+    pub va: *mut RawVaList,
+    /// Number of argument slots.
+    pub nargs: u32,
+    /// Number of result slots.
+    pub nret: u32,
+}
+
+/// A raw dispatcher: `ctx` is the context given with it; returns a status
+/// (`STATUS_OK`, or any other value for a failure).
+///
+/// It must not unwind.
+pub type RawDispatch = unsafe extern "C" fn(ctx: *mut c_void, call: *mut RawEntryCall) -> u32;
+
+/// A function id bound into an entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FuncId(pub u64);
+
+/// One call from native code, as a [`Host`] sees it.
+pub struct EntryCall<'a> {
+    /// The bound function.
+    pub func: FuncId,
+    /// Argument slots.
+    pub args: &'a [u64],
+    /// Result slots to fill (zeroed on entry).
+    pub ret: &'a mut [u64],
+    /// The variadic arguments, for a variadic signature.
+    pub varargs: Option<VaArgs<'a>>,
+}
+
+/// An interpreter (or any Rust code) that runs bound functions.
+pub trait Host: Send + Sync + 'static {
+    /// Runs `call.func` with `call.args`, writing `call.ret`.
+    ///
+    /// # Errors
+    /// Any error; it travels as described in the [module docs](self).
+    fn call(&self, call: EntryCall<'_>) -> Result<(), HostError>;
+}
+
+impl<F> Host for F
+where
+    F: Fn(EntryCall<'_>) -> Result<(), HostError> + Send + Sync + 'static,
+{
+    fn call(&self, call: EntryCall<'_>) -> Result<(), HostError> {
+        self(call)
+    }
+}
+
+/// What to do when the host fails a call that came from native code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum FailurePolicy {
+    /// Zeroed result to the native caller; the error kept for the host.
+    #[default]
+    Report,
+    /// Print the error to stderr and abort the process.
+    Abort,
+}
+
+/// The dispatcher an entry point calls, with its context and policy.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub(crate) dispatch: RawDispatch,
+    pub(crate) ctx: *mut c_void,
+    pub(crate) policy: FailurePolicy,
+    _keep: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+// SAFETY: `ctx` is either an `Arc<H: Host>` (Send + Sync) kept alive by `_keep`,
+// or a raw context whose thread-safety the caller of `from_raw` vouched for.
+unsafe impl Send for Dispatcher {}
+// SAFETY: as for Send; the dispatcher is only ever read.
+unsafe impl Sync for Dispatcher {}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher").field("ctx", &self.ctx).field("policy", &self.policy).finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher that runs `host`, catching its panics.
+    pub fn from_host<H: Host>(host: Arc<H>, policy: FailurePolicy) -> Dispatcher {
+        let ctx = Arc::as_ptr(&host) as *mut c_void;
+        Dispatcher { dispatch: dispatch_host::<H>, ctx, policy, _keep: Some(host) }
+    }
+
+    /// A dispatcher from a raw function and context.
+    ///
+    /// # Safety
+    /// `dispatch` must follow [`RawDispatch`]'s contract (never unwind), and
+    /// `ctx` must stay valid, and be usable from any thread that calls a bound
+    /// entry point, for as long as any entry point made with this dispatcher exists.
+    pub unsafe fn from_raw(dispatch: RawDispatch, ctx: *mut c_void, policy: FailurePolicy) -> Dispatcher {
+        Dispatcher { dispatch, ctx, policy, _keep: None }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
+}
+
+/// A failure of a host call made from native code, kept for the host.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// The host returned an error.
+    #[error("host function {func} failed: {error}")]
+    Host {
+        /// The bound function id.
+        func: u64,
+        /// The error.
+        error: HostError,
+    },
+    /// The host panicked.
+    #[error("host function {func} panicked: {message}")]
+    Panic {
+        /// The bound function id.
+        func: u64,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+    /// A raw dispatcher returned a failure status.
+    #[error("host function {func} returned status {status}")]
+    Status {
+        /// The bound function id.
+        func: u64,
+        /// The status.
+        status: u32,
+    },
+}
+
+impl EntryError {
+    fn status(&self) -> u32 {
+        match self {
+            EntryError::Host { .. } => STATUS_ERROR,
+            EntryError::Panic { .. } => STATUS_PANIC,
+            EntryError::Status { status, .. } => *status,
+        }
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<EntryError>> = const { RefCell::new(None) };
+}
+
+/// Takes the failure of the latest failed entry call on this thread, if any.
+pub fn take_entry_error() -> Option<EntryError> {
+    PENDING.with(|p| p.borrow_mut().take())
+}
+
+pub(crate) fn clear_entry_error() {
+    PENDING.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            *p = None;
+        }
+    });
+}
+
+fn set_pending(e: EntryError) {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        // Keep the first failure: later ones are usually its consequences.
+        if p.is_none() {
+            *p = Some(e);
+        }
+    });
+}
+
+/// For native code: the status of this thread's pending entry failure
+/// (`STATUS_OK` when none). Hand its address to C as a function pointer.
+pub extern "C" fn pending_entry_status() -> u32 {
+    PENDING.with(|p| p.try_borrow().ok().and_then(|p| p.as_ref().map(EntryError::status)).unwrap_or(STATUS_OK))
+}
+
+/// Called by every backend after the dispatcher returned `status` for `func`.
+/// Under `Report` records the failure (if the dispatcher did not already) and
+/// zeroes `ret`; under `Abort` never returns.
+pub(crate) fn after_dispatch(status: u32, func: u64, policy: FailurePolicy, ret: &mut [u64]) {
+    if status == STATUS_OK {
+        return;
+    }
+    match policy {
+        FailurePolicy::Report => {
+            if pending_entry_status() == STATUS_OK {
+                set_pending(EntryError::Status { func, status });
+            }
+            ret.fill(0);
+        }
+        FailurePolicy::Abort => {
+            let what = take_entry_error().unwrap_or(EntryError::Status { func, status });
+            eprintln!("tierbridge: aborting (FailurePolicy::Abort): {what}");
+            std::process::abort();
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic payload that is not a string".to_owned()
+    }
+}
+
+/// # Safety
+/// `ctx` is the `Arc<H>` pointer of a live [`Dispatcher::from_host`], and `call`
+/// points to a valid `RawEntryCall` whose slot pointers are valid for their counts.
+unsafe extern "C" fn dispatch_host<H: Host>(ctx: *mut c_void, call: *mut RawEntryCall) -> u32 {
+    // SAFETY: by this function's contract.
+    let (host, call) = unsafe { (&*(ctx as *const H), &mut *call) };
+    let func = call.func;
+    // SAFETY: backends pass non-null slot pointers valid for the counts.
+    let args = unsafe { std::slice::from_raw_parts(call.args, call.nargs as usize) };
+    // SAFETY: as above; the result slots are not aliased during the call.
+    let ret = unsafe { std::slice::from_raw_parts_mut(call.ret, call.nret as usize) };
+    // SAFETY: a non-null `va` points to a cursor filled by the backend for this call.
+    let varargs = unsafe { call.va.as_mut() }.map(VaArgs::new);
+    let outcome = catch_unwind(AssertUnwindSafe(|| host.call(EntryCall { func: FuncId(func), args, ret, varargs })));
+    match outcome {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(error)) => {
+            set_pending(EntryError::Host { func, error });
+            STATUS_ERROR
+        }
+        Err(payload) => {
+            set_pending(EntryError::Panic { func, message: panic_message(&*payload) });
+            // Dropping a panic payload can itself panic; never let that unwind.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            STATUS_PANIC
+        }
+    }
+}
+
+/// How far past the register arguments a [`VaArgs`] cursor reads the caller's
+/// stack before it refuses (in 8-byte slots).
+pub const MAX_VA_STACK_SLOTS: u32 = 64;
+
+/// The state of a variadic-argument cursor, filled by the entry side. Read by
+/// generated code: its layout is a contract (ABI.md, "Variadic entry").
+///
+/// SysV: `gp[gp_next..6]` and `fp[fp_next..8]` are the argument registers the
+/// fixed parameters left unused, `overflow` the first variadic stack slot.
+/// Win64: `gp_next` is the next argument position, `gp[0..4]` the first four
+/// positions' integer registers, `overflow` the address of position 4.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawVaList {
+    /// The convention (`CallConv as u32`).
+    pub conv: u32,
+    /// Next general-purpose register (SysV) or argument position (Win64).
+    pub gp_next: u32,
+    /// Next vector register (SysV only).
+    pub fp_next: u32,
+    /// Stack slots read so far.
+    pub stack_read: u32,
+    /// Integer argument registers.
+    pub gp: [u64; 6],
+    /// Vector argument registers (low 64 bits).
+    pub fp: [u64; 8],
+    /// See the type's docs.
+    pub overflow: *const u8,
+}
+
+impl RawVaList {
+    pub(crate) fn empty(conv: CallConv) -> RawVaList {
+        RawVaList { conv: conv as u32, gp_next: 0, fp_next: 0, stack_read: 0, gp: [0; 6], fp: [0; 8], overflow: std::ptr::null() }
+    }
+}
+
+/// A cursor over the variadic arguments of a call, read in order the way C's
+/// `va_arg` reads them. The caller's actual types are not known: reading a type
+/// other than the one passed gives meaningless bits (never undefined behaviour),
+/// and reading more than [`MAX_VA_STACK_SLOTS`] stack slots gives `None`.
+///
+/// Aggregates passed as variadic arguments are not readable yet.
+pub struct VaArgs<'a> {
+    raw: &'a mut RawVaList,
+}
+
+impl<'a> VaArgs<'a> {
+    pub(crate) fn new(raw: &'a mut RawVaList) -> VaArgs<'a> {
+        VaArgs { raw }
+    }
+
+    fn stack_slot(&mut self) -> Option<u64> {
+        if self.raw.stack_read >= MAX_VA_STACK_SLOTS || self.raw.overflow.is_null() {
+            return None;
+        }
+        // SAFETY: `overflow` points into the caller's stack at the first variadic
+        // stack slot; the caller's frames (and the thread's stack above them) stay
+        // mapped during the call, and reads are bounded by MAX_VA_STACK_SLOTS.
+        let v = unsafe { self.raw.overflow.add(8 * self.raw.stack_read as usize).cast::<u64>().read_unaligned() };
+        self.raw.stack_read += 1;
+        Some(v)
+    }
+
+    fn next_int_bits(&mut self) -> Option<u64> {
+        if self.raw.conv == CallConv::Win64 as u32 {
+            return self.next_win64_bits();
+        }
+        if self.raw.gp_next < 6 {
+            self.raw.gp_next += 1;
+            return Some(self.raw.gp[self.raw.gp_next as usize - 1]);
+        }
+        self.stack_slot()
+    }
+
+    fn next_win64_bits(&mut self) -> Option<u64> {
+        let pos = self.raw.gp_next;
+        if pos < 4 {
+            self.raw.gp_next += 1;
+            return Some(self.raw.gp[pos as usize]);
+        }
+        // Position p >= 4 lives at overflow + 8 * (p - 4).
+        self.raw.stack_read = pos - 4;
+        let v = self.stack_slot()?;
+        self.raw.gp_next += 1;
+        Some(v)
+    }
+
+    /// The next argument as an `i64` / `long long`.
+    pub fn next_i64(&mut self) -> Option<i64> {
+        self.next_int_bits().map(|v| v as i64)
+    }
+
+    /// The next argument as a `u64`.
+    pub fn next_u64(&mut self) -> Option<u64> {
+        self.next_int_bits()
+    }
+
+    /// The next argument as an `int` (also what `char`, `short` and `bool` promote to).
+    pub fn next_i32(&mut self) -> Option<i32> {
+        self.next_int_bits().map(|v| v as i32)
+    }
+
+    /// The next argument as an `unsigned int`.
+    pub fn next_u32(&mut self) -> Option<u32> {
+        self.next_int_bits().map(|v| v as u32)
+    }
+
+    /// The next argument as a pointer.
+    pub fn next_ptr(&mut self) -> Option<*const c_void> {
+        self.next_int_bits().map(|v| v as usize as *const c_void)
+    }
+
+    /// The next argument as a `double` (also what `float` promotes to).
+    pub fn next_f64(&mut self) -> Option<f64> {
+        if self.raw.conv == CallConv::Win64 as u32 {
+            // Win64 passes a variadic double in the integer register too.
+            return self.next_win64_bits().map(f64::from_bits);
+        }
+        if self.raw.fp_next < 8 {
+            self.raw.fp_next += 1;
+            return Some(f64::from_bits(self.raw.fp[self.raw.fp_next as usize - 1]));
+        }
+        self.stack_slot().map(f64::from_bits)
+    }
+}
+
+/// Non-null slot pointer for a possibly empty slice.
+pub(crate) fn slot_ptr(s: &[u64]) -> *const u64 {
+    if s.is_empty() { NonNull::dangling().as_ptr() } else { s.as_ptr() }
+}
+
+/// Non-null mutable slot pointer for a possibly empty slice.
+pub(crate) fn slot_ptr_mut(s: &mut [u64]) -> *mut u64 {
+    if s.is_empty() { NonNull::dangling().as_ptr() } else { s.as_mut_ptr() }
+}

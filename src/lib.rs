@@ -1,0 +1,50 @@
+//! # tierbridge
+//!
+//! A mixed-mode calling-convention bridge: interpreters and native code
+//! calling each other through the native C conventions, in both directions.
+//!
+//! ## Organization
+//!
+//! The crate is layered; each layer only uses the ones above it.
+//!
+//! - [`abi`] — **pure data, no unsafe code.** C signatures (parsed from text
+//!   or built in code), their x86-64 C layout, the closed [`abi::CallConv`]
+//!   enum, and [`abi::classify`]: which register or stack slot every part of
+//!   every argument travels in. Interned in an [`abi::Registry`].
+//! - [`host`] — the interpreter side of the boundary: the slot convention,
+//!   the [`host::Host`] trait and raw dispatcher an entry point calls, and the
+//!   policy that keeps failures and panics from ever unwinding through native
+//!   frames.
+//! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
+//!   exit stubs (interpreter → native) and entry points (native →
+//!   interpreter) through a backend: libffi today; the generated (dynasm)
+//!   backend will plug in behind the same API.
+//!
+//! Conventions relied upon are written in `ABI.md` at the repository root.
+//!
+//! ## Example: calling C from slots
+//!
+//! ```
+//! use tierbridge::abi::{CallConv, Signature};
+//! use tierbridge::thunks::Bridge;
+//!
+//! extern "C" fn add(a: i32, b: i8) -> i64 { a as i64 + b as i64 }
+//!
+//! let bridge = Bridge::libffi();
+//! let stub = bridge.exit_stub(&Signature::parse("(i32,i8)->i64")?, CallConv::SysV)?;
+//! let args = [40u64, (-2i64) as u64];
+//! let mut ret = [0u64];
+//! // SAFETY: `add` has exactly this signature.
+//! unsafe { stub.call(add as *const _, &args, &mut ret)? };
+//! assert_eq!(ret[0] as i64, 38);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod abi;
+mod code;
+pub mod host;
+mod sys;
+mod table;
+pub mod thunks;

@@ -1,0 +1,569 @@
+//! The libffi backend: `ffi_call` for exits, libffi closures for entries.
+//!
+//! One prepared `ffi_cif` per signature shape and convention, cached by
+//! [`SigId`]. A call builds its argument pointer array on the stack: no heap
+//! allocation per call (except for Win64 by-reference copies larger than
+//! [`COPY_SCRATCH`] bytes).
+
+use std::ffi::c_void;
+use std::ptr::{NonNull, null_mut};
+use std::sync::Arc;
+
+use libffi::raw::{
+    FFI_TYPE_STRUCT, ffi_abi, ffi_abi_FFI_UNIX64, ffi_abi_FFI_WIN64, ffi_call, ffi_cif, ffi_closure, ffi_closure_alloc,
+    ffi_closure_free, ffi_prep_cif, ffi_prep_cif_var, ffi_prep_closure_loc, ffi_status_FFI_OK, ffi_type,
+};
+use smallvec::SmallVec;
+
+use super::{BackendKind, Result, ThunkError};
+use crate::abi::{
+    ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, Type, sysv_eightbytes,
+};
+use crate::host::{Dispatcher, RawEntryCall, RawVaList, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut};
+use crate::table::IdTable;
+
+/// Bytes of on-stack scratch for Win64 by-reference argument copies.
+const COPY_SCRATCH: usize = 512;
+
+fn unsupported(reason: String) -> ThunkError {
+    ThunkError::Unsupported { backend: BackendKind::Libffi, reason }
+}
+
+fn abi_of(conv: CallConv) -> ffi_abi {
+    match conv {
+        CallConv::SysV => ffi_abi_FFI_UNIX64,
+        CallConv::Win64 => ffi_abi_FFI_WIN64,
+    }
+}
+
+fn scalar_type(s: Scalar) -> *mut ffi_type {
+    use libffi::raw as r;
+    // Only the addresses of libffi's builtin type descriptors are taken; libffi
+    // never writes to them and neither does tierbridge.
+    {
+        match s {
+            Scalar::I8 => &raw mut r::ffi_type_sint8,
+            Scalar::U8 | Scalar::Bool => &raw mut r::ffi_type_uint8,
+            Scalar::I16 => &raw mut r::ffi_type_sint16,
+            Scalar::U16 => &raw mut r::ffi_type_uint16,
+            Scalar::I32 => &raw mut r::ffi_type_sint32,
+            Scalar::U32 => &raw mut r::ffi_type_uint32,
+            Scalar::I64 => &raw mut r::ffi_type_sint64,
+            Scalar::U64 => &raw mut r::ffi_type_uint64,
+            Scalar::F32 => &raw mut r::ffi_type_float,
+            Scalar::F64 => &raw mut r::ffi_type_double,
+            Scalar::Ptr => &raw mut r::ffi_type_pointer,
+        }
+    }
+}
+
+/// Owns the `ffi_type` descriptors of struct types (libffi keeps pointers to them).
+#[derive(Default)]
+struct TypeArena {
+    structs: Vec<Box<ffi_type>>,
+    elements: Vec<Box<[*mut ffi_type]>>,
+}
+
+impl TypeArena {
+    fn get(&mut self, ty: &Type) -> *mut ffi_type {
+        match ty {
+            Type::Scalar(s) => scalar_type(*s),
+            Type::Struct(st) => {
+                let mut elems: Vec<*mut ffi_type> = Vec::new();
+                for f in st.fields() {
+                    let t = self.get(&f.ty);
+                    // libffi has no array type: an array field is its elements in a row.
+                    elems.extend(std::iter::repeat_n(t, f.count.unwrap_or(1) as usize));
+                }
+                elems.push(null_mut());
+                let mut elems = elems.into_boxed_slice();
+                let mut desc = Box::new(ffi_type {
+                    size: 0,
+                    alignment: 0,
+                    type_: FFI_TYPE_STRUCT,
+                    elements: elems.as_mut_ptr(),
+                });
+                let p: *mut ffi_type = &mut *desc;
+                self.elements.push(elems);
+                self.structs.push(desc);
+                p
+            }
+        }
+    }
+}
+
+fn has_packed(ty: &Type) -> bool {
+    match ty {
+        Type::Scalar(_) => false,
+        Type::Struct(st) => st.is_packed() || st.fields().iter().any(|f| has_packed(&f.ty)),
+    }
+}
+
+/// libffi describes structs by their natural layout only. A packed struct is
+/// expressible when that layout puts every scalar where the packed one does and
+/// the copies libffi makes cannot run past the caller's memory (ABI.md, "libffi").
+fn libffi_type_for(ty: &Type, conv: CallConv, is_ret: bool) -> Result<Type> {
+    if !has_packed(ty) {
+        return Ok(ty.clone());
+    }
+    let natural = ty.unpacked()?;
+    for ((at, s), (nat_at, _)) in ty.flatten().into_iter().zip(natural.flatten()) {
+        if at != nat_at {
+            return Err(unsupported(format!(
+                "packed struct {ty}: its {s} at offset {at} is not where natural alignment puts it \
+                 (offset {nat_at}), and libffi cannot describe packing"
+            )));
+        }
+    }
+    let (size, nat) = (ty.size(), natural.size());
+    let ok = match conv {
+        CallConv::SysV => {
+            size.next_multiple_of(8) == nat.next_multiple_of(8) && !(is_ret && sysv_eightbytes(ty).is_none() && size != nat)
+        }
+        CallConv::Win64 => size == nat,
+    };
+    if !ok {
+        return Err(unsupported(format!(
+            "packed struct {ty} is {size} bytes but its natural layout is {nat}, and libffi cannot describe packing"
+        )));
+    }
+    Ok(natural)
+}
+
+/// How a libffi closure for a variadic signature finds the variadic
+/// arguments: extra pseudo-parameters cover the argument registers the fixed
+/// ones left unused, and one more lands on the first variadic stack slot.
+struct VaPlan {
+    conv: CallConv,
+    gp_first: u32,
+    gp_count: u32,
+    fp_first: u32,
+    fp_count: u32,
+    /// Index of the pseudo-parameter whose address is the overflow anchor.
+    anchor: usize,
+    /// Bytes from the anchor back to where [`RawVaList::overflow`] must point.
+    anchor_back: usize,
+}
+
+/// A prepared signature: the `ffi_cif` and what a call needs to use it.
+pub(super) struct FfiCif {
+    cif: Box<ffi_cif>,
+    _arena: TypeArena,
+    _arg_types: Box<[*mut ffi_type]>,
+    pub(super) sig: Arc<Signature>,
+    pub(super) layout: Arc<CallLayout>,
+    /// First slot of each argument.
+    arg_slot: Box<[u32]>,
+    arg_slots: usize,
+    ret_slots: usize,
+    /// Win64 by-reference arguments: (argument index, copy offset, size).
+    byref: Box<[(usize, usize, usize)]>,
+    va: Option<VaPlan>,
+}
+
+// SAFETY: an FfiCif is immutable after construction; its raw pointers point into
+// boxes it owns or to libffi's static type descriptors, and libffi only reads a
+// prepared cif, so sharing it between threads is sound.
+unsafe impl Send for FfiCif {}
+// SAFETY: see Send.
+unsafe impl Sync for FfiCif {}
+
+impl FfiCif {
+    /// Prepares `sig`. `closure` prepares the cif a closure for a declared
+    /// variadic signature uses (with pseudo-parameters, see [`VaPlan`]).
+    fn new(sig: Arc<Signature>, layout: Arc<CallLayout>, conv: CallConv, closure: bool) -> Result<FfiCif> {
+        let mut arena = TypeArena::default();
+        let mut types = Vec::with_capacity(sig.params().len() + 16);
+        for ty in sig.params() {
+            let t = libffi_type_for(ty, conv, false)?;
+            types.push(arena.get(&t));
+        }
+        let rtype = match sig.ret() {
+            None => scalar_type_void(),
+            Some(ty) => {
+                let t = libffi_type_for(ty, conv, true)?;
+                arena.get(&t)
+            }
+        };
+        let nfixed = sig.fixed_count();
+        let va = (closure && sig.is_variadic()).then(|| {
+            let plan = va_plan(&layout, nfixed);
+            let i64t = scalar_type(Scalar::I64);
+            types.extend(std::iter::repeat_n(i64t, plan.gp_count as usize));
+            types.extend(std::iter::repeat_n(scalar_type(Scalar::F64), plan.fp_count as usize));
+            types.push(i64t);
+            plan
+        });
+        let mut types = types.into_boxed_slice();
+        let mut cif: Box<ffi_cif> = Box::default();
+        let n = types.len() as u32;
+        // SAFETY: `cif`, `rtype` and every pointer in `types` are valid, and stay
+        // alive (owned by the FfiCif) for as long as the cif is used.
+        let status = unsafe {
+            if sig.is_variadic() && !closure {
+                ffi_prep_cif_var(&mut *cif, abi_of(conv), nfixed as u32, n, rtype, types.as_mut_ptr())
+            } else {
+                ffi_prep_cif(&mut *cif, abi_of(conv), n, rtype, types.as_mut_ptr())
+            }
+        };
+        if status != ffi_status_FFI_OK {
+            return Err(ThunkError::Internal(format!("ffi_prep_cif refused {sig} ({conv}): status {status}")));
+        }
+        let byref = layout
+            .args
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a.pass {
+                ArgPass::ByRef { copy, .. } => Some((i, copy as usize, a.ty.size() as usize)),
+                ArgPass::Direct(_) => None,
+            })
+            .collect();
+        Ok(FfiCif {
+            arg_slot: layout.args.iter().map(|a| a.slot).collect(),
+            arg_slots: sig.arg_slots(),
+            ret_slots: sig.ret_slots(),
+            byref,
+            cif,
+            _arena: arena,
+            _arg_types: types,
+            sig,
+            layout,
+            va,
+        })
+    }
+
+    fn cif_ptr(&self) -> *mut ffi_cif {
+        // libffi takes `*mut` but only reads a prepared cif.
+        &*self.cif as *const ffi_cif as *mut ffi_cif
+    }
+
+    /// The exit call. Returns the captured errno when `errno_before` is given.
+    ///
+    /// # Safety
+    /// As `ExitStub::call`.
+    pub(super) unsafe fn call(
+        &self,
+        target: *const c_void,
+        args: &[u64],
+        ret: &mut [u64],
+        errno_before: Option<i32>,
+    ) -> Result<Option<i32>> {
+        let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
+        if args.len() != self.arg_slots {
+            return Err(ThunkError::ArgCount { sig: self.sig.to_string(), expected: self.arg_slots, got: args.len() });
+        }
+        if ret.len() < self.ret_slots {
+            return Err(ThunkError::RetSlots { sig: self.sig.to_string(), expected: self.ret_slots, got: ret.len() });
+        }
+        let mut avalue = [null_mut::<c_void>(); MAX_PARAMS];
+        for (p, slot) in avalue.iter_mut().zip(self.arg_slot.iter()) {
+            *p = args[*slot as usize..].as_ptr() as *mut c_void;
+        }
+        // Win64 by-reference aggregates: libffi may pass our memory by address and
+        // the callee owns (and may write) its copy, so give it a 16-byte aligned copy.
+        #[repr(C, align(16))]
+        struct Scratch([u8; COPY_SCRATCH]);
+        let mut scratch = Scratch([0; COPY_SCRATCH]);
+        let mut big: Vec<u128> = Vec::new();
+        if !self.byref.is_empty() {
+            let need = self.layout.copy_bytes as usize;
+            let base: *mut u8 = if need <= COPY_SCRATCH {
+                scratch.0.as_mut_ptr()
+            } else {
+                big.resize(need.div_ceil(16), 0);
+                big.as_mut_ptr().cast()
+            };
+            for &(i, copy, size) in self.byref.iter() {
+                // SAFETY: the source is the argument's slots (at least `size` bytes,
+                // checked by the slot count above); the destination lies within the
+                // copy area of `copy_bytes` bytes reserved just above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(avalue[i] as *const u8, base.add(copy), size);
+                    avalue[i] = base.add(copy).cast();
+                }
+            }
+        }
+        let mut void_ret = 0u64;
+        let rvalue: *mut c_void = if self.ret_slots == 0 {
+            (&mut void_ret as *mut u64).cast()
+        } else {
+            ret[..self.ret_slots].fill(0);
+            ret.as_mut_ptr().cast()
+        };
+        clear_entry_error();
+        // SAFETY: the caller vouches that `target` is code of this signature.
+        let f = unsafe { crate::code::callable(target) };
+        if let Some(e) = errno_before {
+            crate::sys::set_errno(e);
+        }
+        // SAFETY: the cif matches `target` (caller's contract); `avalue` holds one
+        // valid pointer per argument, each to at least the argument's size in bytes;
+        // `rvalue` has room for the result (ret_slots * 8 bytes, at least 8).
+        unsafe { ffi_call(self.cif_ptr(), Some(f), rvalue, avalue.as_mut_ptr()) };
+        let captured = errno_before.map(|_| crate::sys::errno());
+        if let Some(Type::Scalar(s)) = self.sig.ret() {
+            ret[0] = s.to_slot(ret[0]);
+        }
+        if let Some(e) = crate::host::take_entry_error() {
+            return Err(ThunkError::Callback(e));
+        }
+        Ok(captured)
+    }
+}
+
+fn scalar_type_void() -> *mut ffi_type {
+    // The address of libffi's static void descriptor; never written.
+    &raw mut libffi::raw::ffi_type_void
+}
+
+fn va_plan(layout: &CallLayout, nfixed: usize) -> VaPlan {
+    match layout.conv {
+        CallConv::SysV => {
+            let (g, x) = (u32::from(layout.gprs_used), u32::from(layout.xmms_used));
+            let (gp_count, fp_count) = (6 - g, 8 - x);
+            VaPlan {
+                conv: CallConv::SysV,
+                gp_first: g,
+                gp_count,
+                fp_first: x,
+                fp_count,
+                anchor: nfixed + (gp_count + fp_count) as usize,
+                anchor_back: 0,
+            }
+        }
+        CallConv::Win64 => {
+            let p0 = nfixed as u32 + u32::from(matches!(layout.ret, crate::abi::RetPass::Sret { .. }));
+            let gp_count = 4u32.saturating_sub(p0);
+            VaPlan {
+                conv: CallConv::Win64,
+                gp_first: p0,
+                gp_count,
+                fp_first: 0,
+                fp_count: 0,
+                anchor: nfixed + gp_count as usize,
+                anchor_back: 8 * (p0.max(4) - 4) as usize,
+            }
+        }
+    }
+}
+
+/// The libffi backend's caches.
+#[derive(Default)]
+pub(super) struct FfiBackend {
+    exits: IdTable<Arc<FfiCif>>,
+    va_closures: IdTable<Arc<FfiCif>>,
+}
+
+fn cache_index(id: SigId, conv: CallConv) -> u32 {
+    id.index() * 2 + conv as u32
+}
+
+impl FfiBackend {
+    fn cached(
+        table: &IdTable<Arc<FfiCif>>,
+        reg: &Registry,
+        id: SigId,
+        conv: CallConv,
+        closure: bool,
+    ) -> Result<Arc<FfiCif>> {
+        let index = cache_index(id, conv);
+        if let Some(c) = table.get(index) {
+            return Ok(c.clone());
+        }
+        let sig = reg.signature(id)?.clone();
+        let layout = reg.layout(id, conv)?.clone();
+        let fresh = Arc::new(FfiCif::new(sig, layout, conv, closure)?);
+        Ok(table.get_or_init(index, || fresh).clone())
+    }
+
+    pub(super) fn exit_cif(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<FfiCif>> {
+        Self::cached(&self.exits, reg, id, conv, false)
+    }
+
+    pub(super) fn bind(
+        &self,
+        reg: &Registry,
+        id: SigId,
+        conv: CallConv,
+        dispatcher: Dispatcher,
+        func: u64,
+    ) -> Result<FfiEntry> {
+        let sig = reg.signature(id)?;
+        if sig.has_call_varargs() {
+            return Err(unsupported(format!(
+                "entry point for {sig}: give the declared variadic signature; the host reads the variadic arguments"
+            )));
+        }
+        let cif = if sig.is_variadic() {
+            Self::cached(&self.va_closures, reg, id, conv, true)?
+        } else {
+            self.exit_cif(reg, id, conv)?
+        };
+        let mut code: *mut c_void = null_mut();
+        // SAFETY: ffi_closure_alloc returns writable closure memory and its
+        // executable address in `code`, or null.
+        let closure = unsafe { ffi_closure_alloc(size_of::<ffi_closure>(), &mut code) }.cast::<ffi_closure>();
+        if closure.is_null() || code.is_null() {
+            return Err(ThunkError::OutOfMemory("a libffi closure"));
+        }
+        let binding = Box::new(Binding { cif, dispatcher, func });
+        let user = (&*binding as *const Binding).cast_mut().cast::<c_void>();
+        // SAFETY: `closure`/`code` come from ffi_closure_alloc; the cif and the
+        // binding outlive the closure (FfiEntry owns both and frees the closure first).
+        let status =
+            unsafe { ffi_prep_closure_loc(closure, binding.cif.cif_ptr(), Some(closure_handler), user, code) };
+        if status != ffi_status_FFI_OK {
+            // SAFETY: allocated above and never handed out.
+            unsafe { ffi_closure_free(closure.cast()) };
+            return Err(ThunkError::Internal(format!("ffi_prep_closure_loc failed: status {status}")));
+        }
+        Ok(FfiEntry { closure, code, _binding: binding })
+    }
+}
+
+struct Binding {
+    cif: Arc<FfiCif>,
+    dispatcher: Dispatcher,
+    func: u64,
+}
+
+/// A bound libffi closure.
+pub(super) struct FfiEntry {
+    closure: *mut ffi_closure,
+    code: *mut c_void,
+    _binding: Box<Binding>,
+}
+
+// SAFETY: the closure is immutable once prepared and callable from any thread;
+// the binding it points to is Send + Sync (Dispatcher and FfiCif are).
+unsafe impl Send for FfiEntry {}
+// SAFETY: see Send; nothing is mutated through a shared FfiEntry.
+unsafe impl Sync for FfiEntry {}
+
+impl FfiEntry {
+    pub(super) fn code_ptr(&self) -> *const c_void {
+        self.code
+    }
+}
+
+impl Drop for FfiEntry {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ffi_closure_alloc and freed only here; the owner
+        // promises no call is still inside (EntryPoint's documented contract).
+        unsafe { ffi_closure_free(self.closure.cast()) };
+    }
+}
+
+/// Reads `size` (1, 2, 4 or 8) little-endian bytes.
+///
+/// # Safety
+/// `p` must be valid for reading `size` bytes.
+unsafe fn read_bits(p: *const u8, size: u32) -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: by the function's contract.
+    unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), size as usize) };
+    u64::from_le_bytes(b)
+}
+
+/// libffi's closure callback: native arguments → slots → dispatcher → native result.
+///
+/// # Safety
+/// Called by libffi only, with `data` the closure's `Binding`, `args` one
+/// pointer per cif argument and `ret` room for the result.
+unsafe extern "C" fn closure_handler(_cif: *mut ffi_cif, ret: *mut c_void, args: *mut *mut c_void, data: *mut c_void) {
+    // SAFETY: `data` is the Binding the closure was prepared with, alive while the closure is.
+    let b = unsafe { &*(data as *const Binding) };
+    let cif = &*b.cif;
+    let mut slots: SmallVec<[u64; 32]> = SmallVec::from_elem(0, cif.arg_slots);
+    for (i, ty) in cif.sig.params().iter().enumerate() {
+        // SAFETY: libffi passes one valid pointer per argument.
+        let p = unsafe { *args.add(i) } as *const u8;
+        let at = cif.arg_slot[i] as usize;
+        match ty {
+            // Only the declared low bytes are read: the upper register bits are garbage.
+            // SAFETY: `p` points to at least the scalar's size in bytes.
+            Type::Scalar(s) => slots[at] = s.to_slot(unsafe { read_bits(p, s.size()) }),
+            Type::Struct(st) => {
+                let dst = slots[at..].as_mut_ptr().cast::<u8>();
+                // SAFETY: `p` points to the struct (st.size bytes); the slots hold
+                // ceil(size/8) * 8 bytes from `at`.
+                unsafe { std::ptr::copy_nonoverlapping(p, dst, st.size() as usize) };
+            }
+        }
+    }
+    let mut va = cif.va.as_ref().map(|plan| {
+        let mut raw = RawVaList::empty(plan.conv);
+        let nfixed = cif.sig.params().len();
+        // SAFETY (all reads below): the pseudo-parameters are part of the cif, so
+        // libffi passes a valid pointer to 8 readable bytes for each.
+        let read = |k: usize| unsafe { read_bits(*args.add(k) as *const u8, 8) };
+        for k in 0..plan.gp_count as usize {
+            raw.gp[plan.gp_first as usize + k] = read(nfixed + k);
+        }
+        for k in 0..plan.fp_count as usize {
+            raw.fp[plan.fp_first as usize + k] = read(nfixed + plan.gp_count as usize + k);
+        }
+        raw.gp_next = plan.gp_first;
+        raw.fp_next = plan.fp_first;
+        // SAFETY: the anchor's pointer is its stack slot in the caller's frame;
+        // stepping back stays within the caller's argument area.
+        raw.overflow = unsafe { (*args.add(plan.anchor) as *const u8).sub(plan.anchor_back) };
+        raw
+    });
+    let mut rets: SmallVec<[u64; 4]> = SmallVec::from_elem(0, cif.ret_slots);
+    let mut call = RawEntryCall {
+        func: b.func,
+        args: slot_ptr(&slots),
+        ret: slot_ptr_mut(&mut rets),
+        va: va.as_mut().map_or(null_mut(), |v| v as *mut RawVaList),
+        nargs: slots.len() as u32,
+        nret: rets.len() as u32,
+    };
+    // SAFETY: the dispatcher's contract (Dispatcher::from_host or from_raw) makes
+    // this call valid with its context and a well-formed RawEntryCall.
+    let status = unsafe { (b.dispatcher.dispatch)(b.dispatcher.ctx, &mut call) };
+    after_dispatch(status, b.func, b.dispatcher.policy, &mut rets);
+    match cif.sig.ret() {
+        None => {}
+        // SAFETY (the three writes): libffi's `ret` has room for an ffi_arg
+        // (8 bytes) for scalars and for the struct's size for structs.
+        Some(Type::Scalar(Scalar::F32)) => unsafe { *(ret as *mut u32) = rets[0] as u32 },
+        Some(Type::Scalar(s)) => unsafe { *(ret as *mut u64) = s.to_slot(rets[0]) },
+        Some(Type::Struct(st)) => unsafe {
+            std::ptr::copy_nonoverlapping(rets.as_ptr().cast::<u8>(), ret.cast::<u8>(), st.size() as usize)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::classify;
+
+    fn sig(s: &str) -> Signature {
+        Signature::parse(s).unwrap()
+    }
+
+    #[test]
+    fn packed_struct_with_natural_offsets_is_expressible_on_sysv_only_when_sizes_allow() {
+        let pk6 = sig("(packed{u32,u16})->void").params()[0].clone();
+        assert!(libffi_type_for(&pk6, CallConv::SysV, false).is_ok());
+        assert!(libffi_type_for(&pk6, CallConv::Win64, false).is_err());
+        let pk7 = sig("(packed{u16,u8,u32})->void").params()[0].clone();
+        let err = libffi_type_for(&pk7, CallConv::SysV, false).unwrap_err().to_string();
+        assert!(err.contains("offset 3"), "{err}");
+    }
+
+    #[test]
+    fn variadic_closure_plan_covers_unused_registers_then_the_stack() {
+        let s = sig("(i32,f64,...)->f64");
+        let plan = va_plan(&classify(&s, CallConv::SysV), 2);
+        assert_eq!((plan.gp_first, plan.gp_count, plan.fp_first, plan.fp_count), (1, 5, 1, 7));
+        assert_eq!(plan.anchor, 2 + 5 + 7);
+        let plan = va_plan(&classify(&s, CallConv::Win64), 2);
+        assert_eq!((plan.gp_first, plan.gp_count, plan.anchor, plan.anchor_back), (2, 2, 4, 0));
+        let six = sig("(i64,i64,i64,i64,i64,i64,...)->void");
+        let plan = va_plan(&classify(&six, CallConv::Win64), 6);
+        assert_eq!((plan.gp_count, plan.anchor, plan.anchor_back), (0, 6, 16));
+    }
+}

@@ -1,0 +1,324 @@
+//! Exit stubs (interpreter → native) and entry points (native → interpreter),
+//! behind one API with two backends.
+//!
+//! - [`Bridge`] picks a backend ([`BackendKind`]) and hands out
+//!   [`ExitStub`]s (one per signature shape and convention, cached) and
+//!   [`EntryPoint`]s (one per bound function).
+//! - The libffi backend (`ffi_call` and closures) works wherever libffi does.
+//! - The generated backend (dynasm, x86-64) is not built yet: asking for it
+//!   gives [`ThunkError::Unsupported`].
+
+mod ffi;
+mod value;
+
+use std::ffi::c_void;
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::abi::{AbiError, CallConv, CallLayout, Registry, SigId, Signature};
+use crate::host::{Dispatcher, EntryError};
+
+pub use value::Value;
+
+/// Result alias of the `thunks` layer.
+pub type Result<T, E = ThunkError> = std::result::Result<T, E>;
+
+/// Errors of the `thunks` layer.
+///
+/// Only [`ThunkError::Internal`] can mean a bug in tierbridge (or in libffi);
+/// every other variant describes input or the platform.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ThunkError {
+    /// A signature problem.
+    #[error(transparent)]
+    Abi(#[from] AbiError),
+    /// The backend cannot express this signature or feature.
+    #[error("{backend} backend cannot do this: {reason}")]
+    Unsupported {
+        /// The backend.
+        backend: BackendKind,
+        /// Why.
+        reason: String,
+    },
+    /// Wrong number of argument slots for the signature.
+    #[error("signature {sig} takes {expected} argument slots, {got} given")]
+    ArgCount {
+        /// The signature.
+        sig: String,
+        /// Slots the signature needs.
+        expected: usize,
+        /// Slots given.
+        got: usize,
+    },
+    /// Too few result slots for the signature.
+    #[error("signature {sig} returns {expected} slots, room for {got} given")]
+    RetSlots {
+        /// The signature.
+        sig: String,
+        /// Slots the result needs.
+        expected: usize,
+        /// Room given.
+        got: usize,
+    },
+    /// A typed argument whose type is not the signature's.
+    #[error("argument {index}: signature wants {expected}, got {got}")]
+    ArgType {
+        /// Argument position.
+        index: usize,
+        /// The signature's type.
+        expected: String,
+        /// The value's type.
+        got: String,
+    },
+    /// A null function pointer as a call target.
+    #[error("null call target")]
+    NullTarget,
+    /// A callback that native code made during this call failed (policy `Report`).
+    #[error("a callback failed during the native call: {0}")]
+    Callback(EntryError),
+    /// Out of memory for a closure or stub.
+    #[error("out of memory for {0}")]
+    OutOfMemory(&'static str),
+    /// libffi refused a prepared signature (a bug, or a libffi limit).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Which machinery makes stubs and entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Code generated at run time with dynasm (x86-64).
+    Generated,
+    /// libffi's `ffi_call` and closures.
+    Libffi,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Generated => "generated",
+            BackendKind::Libffi => "libffi",
+        })
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "generated" => Ok(BackendKind::Generated),
+            "libffi" => Ok(BackendKind::Libffi),
+            _ => Err(format!("unknown backend {s:?} (expected \"generated\" or \"libffi\")")),
+        }
+    }
+}
+
+/// The entry to everything in this layer: a backend plus the signature registry.
+pub struct Bridge {
+    kind: BackendKind,
+    registry: &'static Registry,
+    ffi: ffi::FfiBackend,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge").field("kind", &self.kind).finish()
+    }
+}
+
+impl Bridge {
+    /// A bridge on the given backend.
+    ///
+    /// # Errors
+    /// [`ThunkError::Unsupported`] for [`BackendKind::Generated`], which is not
+    /// built yet.
+    pub fn new(kind: BackendKind) -> Result<Bridge> {
+        match kind {
+            BackendKind::Libffi => Ok(Bridge::libffi()),
+            BackendKind::Generated => Err(ThunkError::Unsupported {
+                backend: kind,
+                reason: "the generated backend is not available yet".into(),
+            }),
+        }
+    }
+
+    /// A bridge on the libffi backend (available everywhere libffi is).
+    pub fn libffi() -> Bridge {
+        Bridge { kind: BackendKind::Libffi, registry: Registry::global(), ffi: ffi::FfiBackend::default() }
+    }
+
+    /// The backend in use.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The registry signatures are interned in.
+    pub fn registry(&self) -> &'static Registry {
+        self.registry
+    }
+
+    /// The exit stub for a signature and convention. For a variadic function,
+    /// pass the call-site signature ([`Signature::with_varargs`]). Stubs are
+    /// cached per signature shape: asking again is a lookup.
+    ///
+    /// # Errors
+    /// [`ThunkError::Unsupported`] when the backend cannot express the signature
+    /// (libffi: packed structs whose layout differs from the natural one). A
+    /// declared variadic signature is the call site that passes no variadic
+    /// argument.
+    pub fn exit_stub(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
+        let id = self.registry.intern(sig);
+        self.exit_stub_by_id(id, conv)
+    }
+
+    /// [`Bridge::exit_stub`] for an already interned signature.
+    ///
+    /// # Errors
+    /// As [`Bridge::exit_stub`], plus [`AbiError::UnknownSigId`].
+    pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        let cif = self.ffi.exit_cif(self.registry, id, conv)?;
+        Ok(ExitStub { cif, id })
+    }
+
+    /// Binds function `func` of `dispatcher` to a new native entry point with
+    /// this signature and convention. A variadic signature is given in its
+    /// declared form; the host reads the variadic arguments through
+    /// [`VaArgs`](crate::host::VaArgs).
+    ///
+    /// # Errors
+    /// [`ThunkError::Unsupported`] when the backend cannot express the
+    /// signature, [`ThunkError::OutOfMemory`] when no closure can be allocated.
+    pub fn entry_point(&self, sig: &Signature, conv: CallConv, dispatcher: &Dispatcher, func: u64) -> Result<EntryPoint> {
+        let id = self.registry.intern(sig);
+        let inner = self.ffi.bind(self.registry, id, conv, dispatcher.clone(), func)?;
+        Ok(EntryPoint { inner, id })
+    }
+}
+
+/// Calls native functions of one signature shape from interpreter slots.
+#[derive(Clone)]
+pub struct ExitStub {
+    cif: Arc<ffi::FfiCif>,
+    id: SigId,
+}
+
+impl fmt::Debug for ExitStub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExitStub").field("sig", &self.signature().to_string()).field("conv", &self.layout().conv).finish()
+    }
+}
+
+impl ExitStub {
+    /// The signature.
+    pub fn signature(&self) -> &Signature {
+        &self.cif.sig
+    }
+
+    /// Its interned id.
+    pub fn sig_id(&self) -> SigId {
+        self.id
+    }
+
+    /// Its layout.
+    pub fn layout(&self) -> &CallLayout {
+        &self.cif.layout
+    }
+
+    /// Calls `target` with argument slots `args`, writing the result slots `ret`
+    /// (ABI.md, "Slots": narrow integer results come back extended as their type
+    /// says, whatever the callee left in the upper bits).
+    ///
+    /// # Errors
+    /// [`ThunkError::NullTarget`], [`ThunkError::ArgCount`],
+    /// [`ThunkError::RetSlots`], and [`ThunkError::Callback`] when a callback
+    /// failed while native code ran (the result slots are still written).
+    ///
+    /// # Safety
+    /// `target` must be a function with exactly this signature and convention,
+    /// and every pointer passed in `args` must be valid for what the callee does
+    /// with it.
+    pub unsafe fn call(&self, target: *const c_void, args: &[u64], ret: &mut [u64]) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.cif.call(target, args, ret, None) }.map(|_| ())
+    }
+
+    /// [`ExitStub::call`], capturing the thread's `errno` right after the
+    /// native function returns (before any other code of the bridge runs that
+    /// could change it). `errno` is set to `errno_before` before the call.
+    ///
+    /// # Errors
+    /// As [`ExitStub::call`].
+    ///
+    /// # Safety
+    /// As [`ExitStub::call`].
+    pub unsafe fn call_capture_errno(
+        &self,
+        target: *const c_void,
+        args: &[u64],
+        ret: &mut [u64],
+        errno_before: i32,
+    ) -> Result<i32> {
+        // SAFETY: forwarded contract.
+        unsafe { self.cif.call(target, args, ret, Some(errno_before)) }.map(|e| e.unwrap_or(0))
+    }
+
+    /// Typed form of [`ExitStub::call`]: checks each value's type against the
+    /// signature and returns the typed result.
+    ///
+    /// # Errors
+    /// [`ThunkError::ArgType`] / [`ThunkError::ArgCount`] on a mismatch, and
+    /// everything [`ExitStub::call`] returns.
+    ///
+    /// # Safety
+    /// As [`ExitStub::call`].
+    pub unsafe fn call_values(&self, target: *const c_void, args: &[Value]) -> Result<Value> {
+        let sig = self.signature();
+        if args.len() != sig.params().len() {
+            return Err(ThunkError::ArgCount { sig: sig.to_string(), expected: sig.params().len(), got: args.len() });
+        }
+        let mut slots = vec![0u64; sig.arg_slots()];
+        for (index, ((value, ty), layout)) in args.iter().zip(sig.params()).zip(&self.layout().args).enumerate() {
+            let at = layout.slot as usize;
+            value.write_slots(ty, &mut slots[at..at + layout.slots as usize]).map_err(|got| ThunkError::ArgType {
+                index,
+                expected: ty.to_string(),
+                got,
+            })?;
+        }
+        let mut ret = vec![0u64; sig.ret_slots()];
+        // SAFETY: forwarded contract.
+        unsafe { self.call(target, &slots, &mut ret)? };
+        Ok(Value::from_slots(sig.ret(), &ret))
+    }
+}
+
+/// A native function pointer that runs a bound host function. The pointer is
+/// valid while this handle lives; dropping the handle frees it.
+///
+/// Drop it only when no native code can still call the pointer, and never
+/// from inside a call through it: the memory is released at once.
+pub struct EntryPoint {
+    inner: ffi::FfiEntry,
+    id: SigId,
+}
+
+impl fmt::Debug for EntryPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryPoint").field("code", &self.code_ptr()).field("sig", &self.id).finish()
+    }
+}
+
+impl EntryPoint {
+    /// The native function pointer to hand to C.
+    pub fn code_ptr(&self) -> *const c_void {
+        self.inner.code_ptr()
+    }
+
+    /// The interned signature id.
+    pub fn sig_id(&self) -> SigId {
+        self.id
+    }
+}
