@@ -1,0 +1,268 @@
+//! Test support: random signatures and values, C source for them, and the C
+//! compiler as an independent judge.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tierbridge::abi::{CallConv, Scalar, Signature, StructType, Type};
+
+/// Number of random cases: `TIERBRIDGE_CASES` or the default.
+pub fn cases(default: usize) -> usize {
+    std::env::var("TIERBRIDGE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The seed: `TIERBRIDGE_SEED` or a fixed one (printed so a failure can be replayed).
+pub fn seed() -> u64 {
+    let s = std::env::var("TIERBRIDGE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x7157_b41d);
+    eprintln!("TIERBRIDGE_SEED={s}");
+    s
+}
+
+pub fn rand_scalar(rng: &mut fastrand::Rng) -> Scalar {
+    Scalar::ALL[rng.usize(..Scalar::ALL.len())]
+}
+
+/// A random struct of at most `max_size` bytes (retried until it fits).
+pub fn rand_struct(rng: &mut fastrand::Rng, depth: usize, max_size: u32) -> Type {
+    loop {
+        let packed = rng.u8(..100) < 6;
+        let n = rng.usize(1..=4);
+        let fields = (0..n)
+            .map(|_| {
+                let ty = if depth < 2 && rng.u8(..100) < 20 { rand_struct(rng, depth + 1, 24) } else { rand_scalar(rng).into() };
+                let count = (rng.u8(..100) < 20).then(|| rng.u32(1..=5));
+                (ty, count)
+            })
+            .collect();
+        if let Ok(st) = StructType::new(fields, packed) {
+            if st.size() <= max_size {
+                return st.into();
+            }
+        }
+    }
+}
+
+pub fn rand_type(rng: &mut fastrand::Rng, struct_pct: u8) -> Type {
+    if rng.u8(..100) < struct_pct { rand_struct(rng, 0, 40) } else { rand_scalar(rng).into() }
+}
+
+/// A promoted variadic argument type; structs only when `structs`.
+pub fn rand_vararg(rng: &mut fastrand::Rng, structs: bool) -> Type {
+    const PROMOTED: [Scalar; 5] = [Scalar::I32, Scalar::U32, Scalar::I64, Scalar::F64, Scalar::Ptr];
+    if structs && rng.u8(..100) < 20 { rand_struct(rng, 0, 32) } else { PROMOTED[rng.usize(..PROMOTED.len())].into() }
+}
+
+/// A random signature; variadic ones come as call-site signatures.
+pub fn rand_sig(rng: &mut fastrand::Rng, max_params: usize, variadic_pct: u8, struct_varargs: bool) -> Signature {
+    let n = rng.usize(0..=max_params);
+    let params: Vec<Type> = (0..n).map(|_| rand_type(rng, 25)).collect();
+    let ret = match rng.u8(..100) {
+        0..10 => None,
+        10..40 => Some(rand_struct(rng, 0, 40)),
+        _ => Some(rand_scalar(rng).into()),
+    };
+    if rng.u8(..100) < variadic_pct {
+        let extra: Vec<Type> = (0..rng.usize(0..=10)).map(|_| rand_vararg(rng, struct_varargs)).collect();
+        Signature::new_variadic(params, ret).unwrap().with_varargs(&extra).unwrap()
+    } else {
+        Signature::new(params, ret).unwrap()
+    }
+}
+
+/// Random bytes for a value of `ty`: `bool`s are 0 or 1, other bytes anything
+/// (0x55/0xAA-heavy so that extension mistakes show).
+pub fn rand_value(rng: &mut fastrand::Rng, ty: &Type) -> Vec<u8> {
+    let mut b: Vec<u8> =
+        (0..ty.size()).map(|_| match rng.u8(..4) { 0 => 0x55, 1 => 0xAA, _ => rng.u8(..) }).collect();
+    for (at, s) in ty.flatten() {
+        if s == Scalar::Bool {
+            b[at as usize] = rng.u8(..2);
+        }
+    }
+    b
+}
+
+/// The slots a value's bytes occupy (scalars extended as their type says).
+pub fn value_slots(ty: &Type, bytes: &[u8]) -> Vec<u64> {
+    let mut out = vec![0u64; ty.slots() as usize];
+    match ty {
+        Type::Scalar(s) => {
+            let mut b = [0u8; 8];
+            b[..bytes.len()].copy_from_slice(bytes);
+            out[0] = s.to_slot(u64::from_le_bytes(b));
+        }
+        Type::Struct(_) => {
+            for (i, c) in bytes.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                out[i] = u64::from_le_bytes(b);
+            }
+        }
+    }
+    out
+}
+
+/// Compares two byte images of `ty` scalar by scalar (padding excluded).
+pub fn same_value(ty: &Type, a: &[u8], b: &[u8]) -> Result<(), String> {
+    for (at, s) in ty.flatten() {
+        let r = at as usize..(at + s.size()) as usize;
+        if a[r.clone()] != b[r.clone()] {
+            return Err(format!("{s} at offset {at}: expected {:02x?}, got {:02x?}", &a[r.clone()], &b[r]));
+        }
+    }
+    Ok(())
+}
+
+pub fn slots_bytes(slots: &[u64]) -> Vec<u8> {
+    slots.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// C source writer: typedefs for struct types, byte-literal initialisation.
+#[derive(Default)]
+pub struct CWriter {
+    pub head: String,
+    pub body: String,
+    names: HashMap<Type, String>,
+}
+
+impl CWriter {
+    pub fn new() -> CWriter {
+        let mut w = CWriter::default();
+        w.head.push_str("#include <stdint.h>\n#include <stdbool.h>\n#include <string.h>\n#include <stdarg.h>\n#include <stddef.h>\n");
+        w
+    }
+
+    pub fn ctype(&mut self, ty: &Type) -> String {
+        match ty {
+            Type::Scalar(s) => match s {
+                Scalar::I8 => "int8_t",
+                Scalar::U8 => "uint8_t",
+                Scalar::I16 => "int16_t",
+                Scalar::U16 => "uint16_t",
+                Scalar::I32 => "int32_t",
+                Scalar::U32 => "uint32_t",
+                Scalar::I64 => "int64_t",
+                Scalar::U64 => "uint64_t",
+                Scalar::Bool => "bool",
+                Scalar::F32 => "float",
+                Scalar::F64 => "double",
+                Scalar::Ptr => "void *",
+            }
+            .to_owned(),
+            Type::Struct(st) => {
+                if let Some(n) = self.names.get(ty) {
+                    return n.clone();
+                }
+                let mut def = String::from("typedef struct ");
+                if st.is_packed() {
+                    def.push_str("__attribute__((packed)) ");
+                }
+                def.push_str("{ ");
+                for (i, f) in st.fields().iter().enumerate() {
+                    let t = self.ctype(&f.ty);
+                    match f.count {
+                        Some(n) => write!(def, "{t} f{i}[{n}]; ").unwrap(),
+                        None => write!(def, "{t} f{i}; ").unwrap(),
+                    }
+                }
+                let name = format!("S{}", self.names.len());
+                writeln!(def, "}} {name};").unwrap();
+                self.head.push_str(&def);
+                self.names.insert(ty.clone(), name.clone());
+                name
+            }
+        }
+    }
+
+    pub fn ret_ctype(&mut self, ty: Option<&Type>) -> String {
+        ty.map_or("void".into(), |t| self.ctype(t))
+    }
+}
+
+/// A C string literal holding `bytes`.
+pub fn c_bytes(bytes: &[u8]) -> String {
+    let mut s = String::from("\"");
+    for b in bytes {
+        write!(s, "\\x{b:02x}").unwrap();
+    }
+    s.push('"');
+    s
+}
+
+/// The function attribute for a convention.
+pub fn c_attr(conv: CallConv) -> &'static str {
+    match conv {
+        CallConv::SysV => "__attribute__((sysv_abi))",
+        CallConv::Win64 => "__attribute__((ms_abi))",
+    }
+}
+
+fn compiler() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".into())
+}
+
+fn out_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn run_cc(args: &[&str], src: &Path) {
+    let out = Command::new(compiler()).args(args).arg(src).output().expect("running the C compiler (cc)");
+    assert!(out.status.success(), "cc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Compiles C source into a shared library in the test tmp dir.
+pub fn compile_so(name: &str, src: &str) -> PathBuf {
+    let dir = out_dir();
+    let c = dir.join(format!("{name}.c"));
+    let so = dir.join(format!("lib{name}.so"));
+    std::fs::write(&c, src).unwrap();
+    run_cc(&["-O1", "-shared", "-fPIC", "-w", "-o", so.to_str().unwrap()], &c);
+    so
+}
+
+/// Compiles and runs a C program, returning its standard output.
+pub fn run_c_program(name: &str, src: &str) -> String {
+    let dir = out_dir();
+    let c = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    run_cc(&["-O1", "-w", "-o", exe.to_str().unwrap()], &c);
+    let out = Command::new(&exe).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Builds `shared/conformance/libsample.so` (into the test tmp dir) and returns
+/// its path and the path of `sample.json`.
+pub fn sample_library() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
+    let so = out_dir().join("libsample.so");
+    let out = Command::new(compiler())
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(dir.join("sample.c"))
+        .arg("-pthread")
+        .output()
+        .expect("running the C compiler (cc)");
+    assert!(out.status.success(), "building libsample.so: {}", String::from_utf8_lossy(&out.stderr));
+    (so, dir.join("sample.json"))
+}
+
+/// A loaded library and symbol lookup.
+pub struct Lib(pub libloading::Library);
+
+impl Lib {
+    pub fn open(path: &Path) -> Lib {
+        // SAFETY: test fixtures built above; their initializers are trivial.
+        Lib(unsafe { libloading::Library::new(path) }.unwrap())
+    }
+
+    pub fn addr(&self, name: &str) -> *const std::ffi::c_void {
+        let sym = format!("{name}\0");
+        // SAFETY: used only as an address.
+        unsafe { *self.0.get::<*const std::ffi::c_void>(sym.as_bytes()).unwrap() }
+    }
+}
