@@ -238,8 +238,15 @@ pub fn run_c_program(name: &str, src: &str) -> String {
 /// Builds `shared/conformance/libsample.so` (into the test tmp dir) and returns
 /// its path and the path of `sample.json`.
 pub fn sample_library() -> (PathBuf, PathBuf) {
+    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_sample).clone()
+}
+
+fn build_sample() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
-    let so = out_dir().join("libsample.so");
+    // One file per test binary: several binaries may build it at the same time.
+    let exe = std::env::current_exe().unwrap();
+    let so = out_dir().join(format!("libsample-{}.so", exe.file_name().unwrap().to_string_lossy()));
     let out = Command::new(compiler())
         .args(["-O2", "-shared", "-fPIC", "-o"])
         .arg(&so)

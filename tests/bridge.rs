@@ -1,0 +1,383 @@
+//! The libffi backend through the public API: Rust and C on the native side,
+//! both conventions, the host contract's failure policies, and bad input.
+
+mod support;
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tierbridge::abi::{AbiError, CallConv, Signature};
+use tierbridge::host::{
+    Dispatcher, EntryCall, EntryError, FailurePolicy, HostError, STATUS_ERROR, STATUS_OK, pending_entry_status,
+};
+use tierbridge::thunks::{BackendKind, Bridge, ThunkError, Value};
+
+fn sig(s: &str) -> Signature {
+    Signature::parse(s).unwrap()
+}
+
+fn host<F>(f: F, policy: FailurePolicy) -> Dispatcher
+where
+    F: Fn(EntryCall<'_>) -> Result<(), HostError> + Send + Sync + 'static,
+{
+    Dispatcher::from_host(Arc::new(f), policy)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Pair {
+    a: f32,
+    b: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Big {
+    a: i64,
+    b: f64,
+    c: i32,
+}
+
+extern "win64" fn win_mix(a: i8, b: f32, c: i64, d: f64, e: u16, f: f32, p: Pair, g: Big) -> f64 {
+    a as f64 + b as f64 * 2.0 + c as f64 * 4.0 + d * 8.0 + e as f64 * 16.0 + f as f64 * 32.0
+        + p.a as f64 * 64.0 + p.b as f64 * 128.0 + g.a as f64 * 256.0 + g.b * 512.0 + g.c as f64 * 1024.0
+}
+
+extern "win64" fn win_make_big(x: i32, y: f64) -> Big {
+    Big { a: x as i64 * 3, b: y / 2.0, c: -x }
+}
+
+extern "win64" fn win_make_pair(x: f32) -> Pair {
+    Pair { a: x, b: -x }
+}
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: reading the bytes of a plain #[repr(C)] value without padding holes
+    // that matter (padding bytes are copied as they are, never interpreted).
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+}
+
+#[test]
+fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_structs_and_sret() {
+    let b = Bridge::libffi();
+    let s = b.exit_stub(&sig("(i8,f32,i64,f64,u16,f32,{f32,f32},{i64,f64,i32})->f64"), CallConv::Win64).unwrap();
+    let (p, g) = (Pair { a: 1.5, b: -2.0 }, Big { a: -7, b: 0.25, c: 9 });
+    let args = [
+        Value::I8(-3),
+        Value::F32(0.5),
+        Value::I64(1 << 40),
+        Value::F64(-1.25),
+        Value::U16(65535),
+        Value::F32(3.0),
+        Value::Struct(bytes_of(&p)),
+        Value::Struct(bytes_of(&g)),
+    ];
+    // SAFETY: win_mix has exactly this Win64 signature.
+    let got = unsafe { s.call_values(win_mix as *const c_void, &args) }.unwrap();
+    assert_eq!(got, Value::F64(win_mix(-3, 0.5, 1 << 40, -1.25, 65535, 3.0, p, g)));
+
+    let s = b.exit_stub(&sig("(i32,f64)->{i64,f64,i32}"), CallConv::Win64).unwrap();
+    // SAFETY: win_make_big has this signature; its 24-byte result comes through rcx.
+    let got = unsafe { s.call_values(win_make_big as *const c_void, &[Value::I32(11), Value::F64(5.0)]) }.unwrap();
+    let Value::Struct(bytes) = got else { panic!() };
+    let want = win_make_big(11, 5.0);
+    assert_eq!(&bytes[..20], &bytes_of(&want)[..20]);
+
+    let s = b.exit_stub(&sig("(f32)->{f32,f32}"), CallConv::Win64).unwrap();
+    // SAFETY: win_make_pair has this signature; an 8-byte struct comes back in rax.
+    let got = unsafe { s.call_values(win_make_pair as *const c_void, &[Value::F32(4.5)]) }.unwrap();
+    assert_eq!(got, Value::Struct(bytes_of(&Pair { a: 4.5, b: -4.5 })));
+}
+
+#[test]
+fn an_entry_point_called_through_an_exit_stub_sees_every_scalar_extended_as_its_type_says() {
+    let b = Bridge::libffi();
+    let text = "(i8,u8,i16,u16,i32,u32,i64,u64,bool,f32,f64,ptr)->i16";
+    for conv in CallConv::ALL {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let d = host(
+            move |c| {
+                *s2.lock().unwrap() = c.args.to_vec();
+                c.ret[0] = 0xdead_beef_0000_8001; // only the low 16 bits count: -32767
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        let ep = b.entry_point(&sig(text), conv, &d, 7).unwrap();
+        let exit = b.exit_stub(&sig(text), conv).unwrap();
+        let args = [
+            Value::I8(-1),
+            Value::U8(0xAA),
+            Value::I16(-2),
+            Value::U16(0x55AA),
+            Value::I32(-3),
+            Value::U32(0xAA55_AA55),
+            Value::I64(-4),
+            Value::U64(u64::MAX),
+            Value::Bool(true),
+            Value::F32(f32::from_bits(0x7fa0_0001)), // a signalling NaN, carried bit-exactly
+            Value::F64(-0.0),
+            Value::Ptr(0x1234 as *const c_void),
+        ];
+        // SAFETY: the entry point has exactly this signature and convention.
+        let r = unsafe { exit.call_values(ep.code_ptr(), &args) }.unwrap();
+        assert_eq!(r, Value::I16(-32767));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                u64::MAX,
+                0xAA,
+                (-2i64) as u64,
+                0x55AA,
+                (-3i64) as u64,
+                0xAA55_AA55,
+                (-4i64) as u64,
+                u64::MAX,
+                1,
+                0x7fa0_0001,
+                (-0.0f64).to_bits(),
+                0x1234
+            ],
+            "{conv}"
+        );
+    }
+}
+
+/// `sample_apply_nested(f, x, y)` returns `f(f(x, y), x)`: C code between the
+/// interpreter's exit call and the failing callback.
+fn apply_nested(b: &Bridge, d: &Dispatcher) -> Result<i32, ThunkError> {
+    let (so, _) = support::sample_library();
+    let lib = support::Lib::open(&so);
+    let ep = b.entry_point(&sig("(i32,i32)->i32"), CallConv::SysV, d, 1).unwrap();
+    let exit = b.exit_stub(&sig("(ptr,i32,i32)->i32"), CallConv::SysV).unwrap();
+    let mut ret = [0u64];
+    // SAFETY: sample_apply_nested has this signature and calls the entry point twice.
+    unsafe { exit.call(lib.addr("sample_apply_nested"), &[ep.code_ptr() as u64, 6, 7], &mut ret) }?;
+    Ok(ret[0] as i32)
+}
+
+#[test]
+fn a_host_error_reaches_the_interpreter_after_the_c_caller_returns() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let d = host(
+        move |c| {
+            if c2.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err("first call refused".into());
+            }
+            c.ret[0] = (c.args[0] as i32 - c.args[1] as i32) as i64 as u64;
+            Ok(())
+        },
+        FailurePolicy::Report,
+    );
+    let b = Bridge::libffi();
+    match apply_nested(&b, &d) {
+        Err(ThunkError::Callback(EntryError::Host { func: 1, error })) => {
+            assert_eq!(error.to_string(), "first call refused")
+        }
+        other => panic!("expected the callback's error, got {other:?}"),
+    }
+    // C carried on with a zeroed result: f(0, 6) ran as the second call.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(apply_nested(&b, &d).unwrap(), (6 - 7) - 6, "a later call is not affected");
+}
+
+#[test]
+fn a_panicking_host_becomes_an_error_not_an_unwind_through_c() {
+    let d = host(|_| panic!("host blew up"), FailurePolicy::Report);
+    match apply_nested(&Bridge::libffi(), &d) {
+        Err(ThunkError::Callback(EntryError::Panic { message, .. })) => assert_eq!(message, "host blew up"),
+        other => panic!("expected the panic as an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn native_code_can_see_that_a_callback_failed() {
+    let so = support::compile_so(
+        "status_fixture",
+        "#include <stdint.h>\n\
+         uint32_t call_then_status(int64_t (*cb)(int64_t), uint32_t (*status)(void), int64_t *out) {\n\
+           *out = cb(5); return status(); }\n",
+    );
+    let lib = support::Lib::open(&so);
+    let b = Bridge::libffi();
+    let exit = b.exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV).unwrap();
+    for (fail, want_status) in [(false, STATUS_OK), (true, STATUS_ERROR)] {
+        let d = host(
+            move |c| {
+                if fail {
+                    return Err("no".into());
+                }
+                c.ret[0] = c.args[0] * 10;
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        let ep = b.entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0).unwrap();
+        let mut out = 0i64;
+        let mut ret = [0u64];
+        let args = [ep.code_ptr() as u64, pending_entry_status as *const () as u64, &mut out as *mut i64 as u64];
+        // SAFETY: call_then_status has this signature; all three pointers are valid.
+        let r = unsafe { exit.call(lib.addr("call_then_status"), &args, &mut ret) };
+        assert_eq!(ret[0] as u32, want_status);
+        assert_eq!(out, if fail { 0 } else { 50 });
+        assert_eq!(r.is_err(), fail);
+    }
+}
+
+/// Runs the ignored test `name` of this binary in a child process with
+/// `TIERBRIDGE_CHILD=1` and returns its status and stderr.
+fn run_child(name: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
+        .env("TIERBRIDGE_CHILD", "1")
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn abort_child(fail: fn(EntryCall<'_>) -> Result<(), HostError>) {
+    if std::env::var_os("TIERBRIDGE_CHILD").is_none() {
+        return; // only meaningful in the child process started by run_child
+    }
+    let d = host(fail, FailurePolicy::Abort);
+    let _ = apply_nested(&Bridge::libffi(), &d);
+    eprintln!("child survived");
+}
+
+#[test]
+#[ignore = "run as a child process by the_abort_policy_aborts_*"]
+fn child_host_error_under_abort() {
+    abort_child(|_| Err("fatal host error".into()));
+}
+
+#[test]
+#[ignore = "run as a child process by the_abort_policy_aborts_*"]
+fn child_host_panic_under_abort() {
+    abort_child(|_| panic!("fatal host panic"));
+}
+
+#[cfg(unix)]
+#[test]
+fn the_abort_policy_aborts_the_process_on_a_host_error_or_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for (child, message) in [("child_host_error_under_abort", "fatal host error"), ("child_host_panic_under_abort", "fatal host panic")] {
+        let (status, stderr) = run_child(child);
+        assert_eq!(status.signal(), Some(6), "{child} should die of SIGABRT; stderr:\n{stderr}");
+        assert!(stderr.contains("tierbridge: aborting") && stderr.contains(message), "{stderr}");
+        assert!(!stderr.contains("child survived"));
+    }
+}
+
+#[test]
+fn bad_calls_are_typed_errors() {
+    let b = Bridge::libffi();
+    let s = b.exit_stub(&sig("(i32,f64)->i32"), CallConv::SysV).unwrap();
+    // SAFETY: none of these calls reaches native code: each fails its checks first.
+    unsafe {
+        assert!(matches!(s.call(std::ptr::null(), &[1, 2], &mut [0]), Err(ThunkError::NullTarget)));
+        let f = win_mix as *const c_void;
+        assert!(matches!(s.call(f, &[1], &mut [0]), Err(ThunkError::ArgCount { expected: 2, got: 1, .. })));
+        assert!(matches!(s.call(f, &[1, 2], &mut []), Err(ThunkError::RetSlots { expected: 1, got: 0, .. })));
+        assert!(matches!(
+            s.call_values(f, &[Value::I32(1), Value::F32(2.0)]),
+            Err(ThunkError::ArgType { index: 1, .. })
+        ));
+        assert!(matches!(s.call_values(f, &[Value::I32(1)]), Err(ThunkError::ArgCount { .. })));
+    }
+    let packed = b.exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV).unwrap_err();
+    assert!(matches!(packed, ThunkError::Unsupported { backend: BackendKind::Libffi, .. }), "{packed}");
+    let d = host(|_| Ok(()), FailurePolicy::Report);
+    let call_site = sig("(i32,...)->void").with_varargs(&[tierbridge::abi::Scalar::I64.into()]).unwrap();
+    assert!(matches!(b.entry_point(&call_site, CallConv::SysV, &d, 0), Err(ThunkError::Unsupported { .. })));
+    assert!(matches!(Bridge::new(BackendKind::Generated), Err(ThunkError::Unsupported { .. })));
+    let nested = "(".to_owned() + &"{".repeat(20) + "i32" + &"}".repeat(20) + ")->void";
+    assert!(matches!(
+        Signature::parse(&nested).map_err(ThunkError::from),
+        Err(ThunkError::Abi(AbiError::NestingTooDeep { .. }))
+    ));
+}
+
+unsafe extern "C" {
+    fn close(fd: i32) -> i32;
+}
+
+#[test]
+fn errno_is_captured_right_after_the_native_call() {
+    let b = Bridge::libffi();
+    let s = b.exit_stub(&sig("(i32)->i32"), CallConv::SysV).unwrap();
+    let mut ret = [0u64];
+    // SAFETY: close(-1) only fails with EBADF.
+    let errno = unsafe { s.call_capture_errno(close as *const c_void, &[(-1i64) as u64], &mut ret, 12345) }.unwrap();
+    assert_eq!((ret[0] as i32, errno), (-1, 9));
+    // A callee that leaves errno alone: the value set before the call comes back.
+    extern "C" fn ident(x: i32) -> i32 {
+        x
+    }
+    // SAFETY: ident has this signature.
+    let errno = unsafe { s.call_capture_errno(ident as *const c_void, &[4], &mut ret, 12345) }.unwrap();
+    assert_eq!((ret[0], errno), (4, 12345));
+}
+
+#[test]
+fn exit_stubs_are_cached_per_shape() {
+    let b = Bridge::libffi();
+    let x = b.exit_stub(&sig("(i64,i64)->i64"), CallConv::SysV).unwrap();
+    let y = b.exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV).unwrap();
+    assert_eq!(x.sig_id(), y.sig_id());
+    assert_ne!(x.sig_id(), b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV).unwrap().sig_id());
+}
+
+#[test]
+fn eight_threads_create_call_and_drop_entry_points() {
+    let b = Arc::new(Bridge::libffi());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let exit = b.exit_stub(&sig("(i64,i32)->i64"), CallConv::SysV).unwrap();
+                for i in 0..200u64 {
+                    let d = host(move |c| {
+                        c.ret[0] = c.args[0].wrapping_mul(t + 1).wrapping_add(c.args[1]);
+                        Ok(())
+                    }, FailurePolicy::Report);
+                    let ep = b.entry_point(&sig("(i64,i32)->i64"), CallConv::SysV, &d, i).unwrap();
+                    let mut ret = [0u64];
+                    // SAFETY: the entry point has this signature.
+                    unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }.unwrap();
+                    assert_eq!(ret[0], (i * (t + 1)).wrapping_sub(1));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn the_variadic_cursor_stops_instead_of_reading_the_whole_stack() {
+    let b = Bridge::libffi();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c2 = count.clone();
+    let d = host(
+        move |c| {
+            let mut va = c.varargs.expect("variadic");
+            let mut n = 0;
+            while va.next_f64().is_some() {
+                n += 1;
+            }
+            c2.store(n, Ordering::SeqCst);
+            Ok(())
+        },
+        FailurePolicy::Report,
+    );
+    let ep = b.entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0).unwrap();
+    let exit = b.exit_stub(&sig("(i32,...)->void"), CallConv::SysV).unwrap();
+    // SAFETY: a variadic entry point called with no variadic argument.
+    unsafe { exit.call(ep.code_ptr(), &[0], &mut []) }.unwrap();
+    // 8 vector registers, then at most MAX_VA_STACK_SLOTS stack slots.
+    assert_eq!(count.load(Ordering::SeqCst), 8 + tierbridge::host::MAX_VA_STACK_SLOTS as usize);
+}
