@@ -129,7 +129,10 @@ unsafe impl Sync for Dispatcher {}
 
 impl fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dispatcher").field("ctx", &self.ctx).field("policy", &self.policy).finish()
+        f.debug_struct("Dispatcher")
+            .field("ctx", &self.ctx)
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -137,7 +140,12 @@ impl Dispatcher {
     /// A dispatcher that runs `host`, catching its panics.
     pub fn from_host<H: Host>(host: Arc<H>, policy: FailurePolicy) -> Dispatcher {
         let ctx = Arc::as_ptr(&host) as *mut c_void;
-        Dispatcher { dispatch: dispatch_host::<H>, ctx, policy, _keep: Some(host) }
+        Dispatcher {
+            dispatch: dispatch_host::<H>,
+            ctx,
+            policy,
+            _keep: Some(host),
+        }
     }
 
     /// A dispatcher from a raw function and context.
@@ -146,8 +154,17 @@ impl Dispatcher {
     /// `dispatch` must follow [`RawDispatch`]'s contract (never unwind), and
     /// `ctx` must stay valid, and be usable from any thread that calls a bound
     /// entry point, for as long as any entry point made with this dispatcher exists.
-    pub unsafe fn from_raw(dispatch: RawDispatch, ctx: *mut c_void, policy: FailurePolicy) -> Dispatcher {
-        Dispatcher { dispatch, ctx, policy, _keep: None }
+    pub unsafe fn from_raw(
+        dispatch: RawDispatch,
+        ctx: *mut c_void,
+        policy: FailurePolicy,
+    ) -> Dispatcher {
+        Dispatcher {
+            dispatch,
+            ctx,
+            policy,
+            _keep: None,
+        }
     }
 
     /// The policy.
@@ -226,7 +243,12 @@ fn set_pending(e: EntryError) {
 /// For native code: the status of this thread's pending entry failure
 /// (`STATUS_OK` when none). Hand its address to C as a function pointer.
 pub extern "C" fn pending_entry_status() -> u32 {
-    PENDING.with(|p| p.try_borrow().ok().and_then(|p| p.as_ref().map(EntryError::status)).unwrap_or(STATUS_OK))
+    PENDING.with(|p| {
+        p.try_borrow()
+            .ok()
+            .and_then(|p| p.as_ref().map(EntryError::status))
+            .unwrap_or(STATUS_OK)
+    })
 }
 
 /// Called by every backend after the dispatcher returned `status` for `func`.
@@ -274,7 +296,14 @@ unsafe extern "C" fn dispatch_host<H: Host>(ctx: *mut c_void, call: *mut RawEntr
     let ret = unsafe { std::slice::from_raw_parts_mut(call.ret, call.nret as usize) };
     // SAFETY: a non-null `va` points to a cursor filled by the backend for this call.
     let varargs = unsafe { call.va.as_mut() }.map(VaArgs::new);
-    let outcome = catch_unwind(AssertUnwindSafe(|| host.call(EntryCall { func: FuncId(func), args, ret, varargs })));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        host.call(EntryCall {
+            func: FuncId(func),
+            args,
+            ret,
+            varargs,
+        })
+    }));
     match outcome {
         Ok(Ok(())) => STATUS_OK,
         Ok(Err(error)) => {
@@ -282,7 +311,10 @@ unsafe extern "C" fn dispatch_host<H: Host>(ctx: *mut c_void, call: *mut RawEntr
             STATUS_ERROR
         }
         Err(payload) => {
-            set_pending(EntryError::Panic { func, message: panic_message(&*payload) });
+            set_pending(EntryError::Panic {
+                func,
+                message: panic_message(&*payload),
+            });
             // Dropping a panic payload can itself panic; never let that unwind.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
             STATUS_PANIC
@@ -322,7 +354,15 @@ pub struct RawVaList {
 
 impl RawVaList {
     pub(crate) fn empty(conv: CallConv) -> RawVaList {
-        RawVaList { conv: conv as u32, gp_next: 0, fp_next: 0, stack_read: 0, gp: [0; 6], fp: [0; 8], overflow: std::ptr::null() }
+        RawVaList {
+            conv: conv as u32,
+            gp_next: 0,
+            fp_next: 0,
+            stack_read: 0,
+            gp: [0; 6],
+            fp: [0; 8],
+            overflow: std::ptr::null(),
+        }
     }
 }
 
@@ -348,7 +388,13 @@ impl<'a> VaArgs<'a> {
         // SAFETY: `overflow` points into the caller's stack at the first variadic
         // stack slot; the caller's frames (and the thread's stack above them) stay
         // mapped during the call, and reads are bounded by MAX_VA_STACK_SLOTS.
-        let v = unsafe { self.raw.overflow.add(8 * self.raw.stack_read as usize).cast::<u64>().read_unaligned() };
+        let v = unsafe {
+            self.raw
+                .overflow
+                .add(8 * self.raw.stack_read as usize)
+                .cast::<u64>()
+                .read_unaligned()
+        };
         self.raw.stack_read += 1;
         Some(v)
     }
@@ -418,10 +464,77 @@ impl<'a> VaArgs<'a> {
 
 /// Non-null slot pointer for a possibly empty slice.
 pub(crate) fn slot_ptr(s: &[u64]) -> *const u64 {
-    if s.is_empty() { NonNull::dangling().as_ptr() } else { s.as_ptr() }
+    if s.is_empty() {
+        NonNull::dangling().as_ptr()
+    } else {
+        s.as_ptr()
+    }
 }
 
 /// Non-null mutable slot pointer for a possibly empty slice.
 pub(crate) fn slot_ptr_mut(s: &mut [u64]) -> *mut u64 {
-    if s.is_empty() { NonNull::dangling().as_ptr() } else { s.as_mut_ptr() }
+    if s.is_empty() {
+        NonNull::dangling().as_ptr()
+    } else {
+        s.as_mut_ptr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::offset_of;
+
+    use super::*;
+
+    /// Generated code will read these structs at fixed offsets (ABI.md,
+    /// "Host contract"): the offsets are a contract, checked here.
+    #[test]
+    fn repr_c_layouts_match_abi_md() {
+        assert_eq!(offset_of!(RawEntryCall, func), 0);
+        assert_eq!(offset_of!(RawEntryCall, args), 8);
+        assert_eq!(offset_of!(RawEntryCall, ret), 16);
+        assert_eq!(offset_of!(RawEntryCall, va), 24);
+        assert_eq!(offset_of!(RawEntryCall, nargs), 32);
+        assert_eq!(offset_of!(RawEntryCall, nret), 36);
+        assert_eq!(size_of::<RawEntryCall>(), 40);
+        assert_eq!(offset_of!(RawVaList, conv), 0);
+        assert_eq!(offset_of!(RawVaList, gp_next), 4);
+        assert_eq!(offset_of!(RawVaList, fp_next), 8);
+        assert_eq!(offset_of!(RawVaList, stack_read), 12);
+        assert_eq!(offset_of!(RawVaList, gp), 16);
+        assert_eq!(offset_of!(RawVaList, fp), 64);
+        assert_eq!(offset_of!(RawVaList, overflow), 128);
+        assert_eq!(size_of::<RawVaList>(), 136);
+    }
+
+    #[test]
+    fn a_win64_cursor_reads_positions_in_order_across_registers_and_stack() {
+        let stack = [10u64, 11, 12];
+        let mut raw = RawVaList::empty(CallConv::Win64);
+        raw.gp = [100, 101, 102, 103, 0, 0];
+        raw.gp_next = 2; // two fixed parameters
+        raw.overflow = stack.as_ptr().cast();
+        let mut va = VaArgs::new(&mut raw);
+        assert_eq!(va.next_u64(), Some(102));
+        assert_eq!(va.next_f64().map(f64::to_bits), Some(103));
+        assert_eq!(va.next_i64(), Some(10));
+        assert_eq!(va.next_u32(), Some(11));
+        assert_eq!(va.next_ptr(), Some(12 as *const c_void));
+    }
+
+    #[test]
+    fn a_sysv_cursor_reads_integers_and_doubles_from_their_own_registers_then_the_stack() {
+        let stack = [7u64, 2.5f64.to_bits()];
+        let mut raw = RawVaList::empty(CallConv::SysV);
+        raw.gp = [0, 0, 0, 0, 0, 55];
+        raw.fp = [0, 0, 0, 0, 0, 0, 0, 1.5f64.to_bits()];
+        raw.gp_next = 5;
+        raw.fp_next = 7;
+        raw.overflow = stack.as_ptr().cast();
+        let mut va = VaArgs::new(&mut raw);
+        assert_eq!(va.next_f64(), Some(1.5));
+        assert_eq!(va.next_i32(), Some(55));
+        assert_eq!(va.next_i64(), Some(7));
+        assert_eq!(va.next_f64(), Some(2.5));
+    }
 }

@@ -15,7 +15,9 @@ pub(crate) struct IdTable<T> {
 
 impl<T> Default for IdTable<T> {
     fn default() -> Self {
-        IdTable { chunks: std::array::from_fn(|_| OnceLock::new()) }
+        IdTable {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+        }
     }
 }
 
@@ -29,7 +31,8 @@ fn locate(index: u32) -> (usize, usize) {
 impl<T> IdTable<T> {
     fn cell(&self, index: u32) -> &OnceLock<T> {
         let (k, i) = locate(index);
-        let chunk = self.chunks[k].get_or_init(|| (0..FIRST << k).map(|_| OnceLock::new()).collect());
+        let chunk =
+            self.chunks[k].get_or_init(|| (0..FIRST << k).map(|_| OnceLock::new()).collect());
         &chunk[i]
     }
 

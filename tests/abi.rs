@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use tierbridge::abi::{
-    AbiError, ArgPass, CallConv, Gpr, Loc, MAX_NESTING, MAX_PARAMS, Part, PartKind, Registry, RetPass, Scalar,
-    Signature, StructType, Type, classify,
+    AbiError, ArgPass, CallConv, Gpr, Loc, MAX_NESTING, MAX_PARAMS, Part, PartKind, Registry,
+    RetPass, Scalar, Signature, StructType, Type, classify,
 };
 
 fn sig(s: &str) -> Signature {
@@ -42,7 +42,9 @@ fn spaces_around_tokens_are_accepted() {
 
 #[test]
 fn a_call_site_signature_lists_its_varargs_after_the_ellipsis() {
-    let s = sig("(ptr,...)->i32").with_varargs(&[Scalar::F64.into(), Scalar::I32.into()]).unwrap();
+    let s = sig("(ptr,...)->i32")
+        .with_varargs(&[Scalar::F64.into(), Scalar::I32.into()])
+        .unwrap();
     assert_eq!(s.to_string(), "(ptr,...,f64,i32)->i32");
     assert_eq!(sig("(ptr,...,f64,i32)->i32"), s);
     assert_eq!(s.fixed_count(), 1);
@@ -51,7 +53,9 @@ fn a_call_site_signature_lists_its_varargs_after_the_ellipsis() {
 
 fn parse_err(s: &str) -> (usize, &'static str) {
     match Signature::parse(s) {
-        Err(AbiError::Parse { offset, expected, .. }) => (offset, expected),
+        Err(AbiError::Parse {
+            offset, expected, ..
+        }) => (offset, expected),
         other => panic!("{s}: expected a parse error, got {other:?}"),
     }
 }
@@ -70,22 +74,51 @@ fn malformed_text_reports_the_byte_offset_and_what_was_expected() {
     assert_eq!(parse_err("(i32)->i32 junk"), (11, "end of input"));
     assert_eq!(parse_err("(...,...)->void").0, 8);
     let err = Signature::parse("(i32").unwrap_err().to_string();
-    assert!(err.contains("byte 4") && err.contains("end of input"), "{err}");
+    assert!(
+        err.contains("byte 4") && err.contains("end of input"),
+        "{err}"
+    );
 }
 
 #[test]
 fn invalid_types_are_typed_errors() {
     assert_eq!(Signature::parse("(void)->i32"), Err(AbiError::VoidParam));
-    assert_eq!(Signature::parse("(i32,void)->i32"), Err(AbiError::VoidParam));
+    assert_eq!(
+        Signature::parse("(i32,void)->i32"),
+        Err(AbiError::VoidParam)
+    );
     assert_eq!(Signature::parse("({})->void"), Err(AbiError::EmptyStruct));
-    assert_eq!(Signature::parse("({[u8;0]})->void"), Err(AbiError::EmptyArray));
-    let deep = format!("({}i32{})->void", "{".repeat(MAX_NESTING + 1), "}".repeat(MAX_NESTING + 1));
-    assert_eq!(Signature::parse(&deep), Err(AbiError::NestingTooDeep { max: MAX_NESTING }));
-    let ok_deep = format!("({}i32{})->void", "{".repeat(MAX_NESTING), "}".repeat(MAX_NESTING));
+    assert_eq!(
+        Signature::parse("({[u8;0]})->void"),
+        Err(AbiError::EmptyArray)
+    );
+    let deep = format!(
+        "({}i32{})->void",
+        "{".repeat(MAX_NESTING + 1),
+        "}".repeat(MAX_NESTING + 1)
+    );
+    assert_eq!(
+        Signature::parse(&deep),
+        Err(AbiError::NestingTooDeep { max: MAX_NESTING })
+    );
+    let ok_deep = format!(
+        "({}i32{})->void",
+        "{".repeat(MAX_NESTING),
+        "}".repeat(MAX_NESTING)
+    );
     assert!(Signature::parse(&ok_deep).is_ok());
-    assert!(matches!(Signature::parse("({[u8;70000]})->void"), Err(AbiError::StructTooLarge { .. })));
+    assert!(matches!(
+        Signature::parse("({[u8;70000]})->void"),
+        Err(AbiError::StructTooLarge { .. })
+    ));
     let many = format!("({})->void", vec!["i32"; MAX_PARAMS + 1].join(","));
-    assert_eq!(Signature::parse(&many), Err(AbiError::TooManyParams { count: MAX_PARAMS + 1, max: MAX_PARAMS }));
+    assert_eq!(
+        Signature::parse(&many),
+        Err(AbiError::TooManyParams {
+            count: MAX_PARAMS + 1,
+            max: MAX_PARAMS
+        })
+    );
     assert!(Signature::parse(&format!("({})->void", vec!["i32"; MAX_PARAMS].join(","))).is_ok());
 }
 
@@ -93,35 +126,71 @@ fn invalid_types_are_typed_errors() {
 fn varargs_must_be_promoted_and_only_given_to_variadic_signatures() {
     let v = sig("(i32,...)->void");
     for bad in [Scalar::F32, Scalar::I8, Scalar::U16, Scalar::Bool] {
-        assert!(matches!(v.with_varargs(&[bad.into()]), Err(AbiError::UnpromotedVararg { index: 1, .. })));
+        assert!(matches!(
+            v.with_varargs(&[bad.into()]),
+            Err(AbiError::UnpromotedVararg { index: 1, .. })
+        ));
     }
-    assert!(matches!(sig("(i32)->void").with_varargs(&[]), Err(AbiError::NotVariadic(_))));
+    assert!(matches!(
+        sig("(i32)->void").with_varargs(&[]),
+        Err(AbiError::NotVariadic(_))
+    ));
     let once = v.with_varargs(&[Scalar::I64.into()]).unwrap();
-    assert!(matches!(once.with_varargs(&[]), Err(AbiError::VarargsAlreadyGiven(_))));
+    assert!(matches!(
+        once.with_varargs(&[]),
+        Err(AbiError::VarargsAlreadyGiven(_))
+    ));
 }
 
 #[test]
 fn the_builder_and_the_parser_agree() {
-    let inner = StructType::new(vec![(Scalar::F32.into(), None), (Scalar::I16.into(), None)], false).unwrap();
-    let outer = StructType::new(vec![(inner.into(), None), (Scalar::F64.into(), None)], false).unwrap();
-    let built = Signature::builder().param(Scalar::Ptr).param(outer).variadic().returns(Scalar::U8).build().unwrap();
+    let inner = StructType::new(
+        vec![(Scalar::F32.into(), None), (Scalar::I16.into(), None)],
+        false,
+    )
+    .unwrap();
+    let outer = StructType::new(
+        vec![(inner.into(), None), (Scalar::F64.into(), None)],
+        false,
+    )
+    .unwrap();
+    let built = Signature::builder()
+        .param(Scalar::Ptr)
+        .param(outer)
+        .variadic()
+        .returns(Scalar::U8)
+        .build()
+        .unwrap();
     assert_eq!(built, sig("(ptr,{{f32,i16},f64},...)->u8"));
 }
 
 fn arb_type() -> impl Strategy<Value = Type> {
     let scalar = (0..Scalar::ALL.len()).prop_map(|i| Type::Scalar(Scalar::ALL[i]));
     scalar.prop_recursive(4, 24, 4, |inner| {
-        (prop::collection::vec((inner, prop::option::of(1u32..4)), 1..4), any::<bool>())
-            .prop_filter_map("valid struct", |(fields, packed)| StructType::new(fields, packed).ok().map(Type::from))
+        (
+            prop::collection::vec((inner, prop::option::of(1u32..4)), 1..4),
+            any::<bool>(),
+        )
+            .prop_filter_map("valid struct", |(fields, packed)| {
+                StructType::new(fields, packed).ok().map(Type::from)
+            })
     })
 }
 
 fn arb_sig() -> impl Strategy<Value = Signature> {
-    (prop::collection::vec(arb_type(), 0..6), prop::option::of(arb_type()), any::<bool>()).prop_map(
-        |(params, ret, variadic)| {
-            if variadic { Signature::new_variadic(params, ret) } else { Signature::new(params, ret) }.unwrap()
-        },
+    (
+        prop::collection::vec(arb_type(), 0..6),
+        prop::option::of(arb_type()),
+        any::<bool>(),
     )
+        .prop_map(|(params, ret, variadic)| {
+            if variadic {
+                Signature::new_variadic(params, ret)
+            } else {
+                Signature::new(params, ret)
+            }
+            .unwrap()
+        })
 }
 
 proptest! {
@@ -150,7 +219,10 @@ fn struct_layout_follows_the_c_rules_by_hand() {
     // {{f32,i16},f64}: inner is 8 bytes (2 of tail padding) aligned 4; f64 at 8.
     let t = sig("({{f32,i16},f64})->void").params()[0].clone();
     assert_eq!((t.size(), t.align()), (16, 8));
-    assert_eq!(t.flatten(), vec![(0, Scalar::F32), (4, Scalar::I16), (8, Scalar::F64)]);
+    assert_eq!(
+        t.flatten(),
+        vec![(0, Scalar::F32), (4, Scalar::I16), (8, Scalar::F64)]
+    );
     // {i64,f64,i32}: 20 bytes of fields, rounded up to 24.
     assert_eq!(sig("({i64,f64,i32})->void").params()[0].size(), 24);
     // packed{u16,u8,u32}: 7 bytes, u32 at the unaligned offset 3.
@@ -158,7 +230,10 @@ fn struct_layout_follows_the_c_rules_by_hand() {
     assert_eq!((t.size(), t.align()), (7, 1));
     assert_eq!(t.flatten()[2], (3, Scalar::U32));
     // {u8,packed{i32}}: the packed struct has alignment 1, so its i32 sits at 1.
-    assert_eq!(sig("({u8,packed{i32}})->void").params()[0].flatten()[1], (1, Scalar::I32));
+    assert_eq!(
+        sig("({u8,packed{i32}})->void").params()[0].flatten()[1],
+        (1, Scalar::I32)
+    );
     // [u8;17] is 17 bytes aligned 1.
     assert_eq!(sig("({[u8;17]})->void").params()[0].size(), 17);
 }
@@ -171,7 +246,12 @@ fn struct_layout_follows_the_c_rules_by_hand() {
 // MEMORY results through a hidden pointer in rdi, returned in rax.
 
 fn part(offset: u32, size: u32, kind: PartKind, loc: Loc) -> Part {
-    Part { offset, size, kind, loc }
+    Part {
+        offset,
+        size,
+        kind,
+        loc,
+    }
 }
 
 fn parts(a: &ArgPass) -> Vec<Part> {
@@ -184,15 +264,32 @@ fn parts(a: &ArgPass) -> Vec<Part> {
 #[test]
 fn sysv_scalars_take_registers_by_class_then_the_stack_in_order() {
     // sample_many_mixed_22-like: 6 INTEGER then stack; 8 SSE then stack (3.2.3 step 4).
-    let l = classify(&sig("(i64,f64,i64,i64,i64,i64,i64,i64,f32,f64,f64,f64,f64,f64,f64,f64,f64)->void"), CallConv::SysV);
+    let l = classify(
+        &sig("(i64,f64,i64,i64,i64,i64,i64,i64,f32,f64,f64,f64,f64,f64,f64,f64,f64)->void"),
+        CallConv::SysV,
+    );
     let locs: Vec<Loc> = l.args.iter().map(|a| parts(&a.pass)[0].loc).collect();
     use Gpr::*;
     assert_eq!(
         locs,
         vec![
-            Loc::Gpr(Rdi), Loc::Xmm(0), Loc::Gpr(Rsi), Loc::Gpr(Rdx), Loc::Gpr(Rcx), Loc::Gpr(R8), Loc::Gpr(R9),
-            Loc::Stack(0), Loc::Xmm(1), Loc::Xmm(2), Loc::Xmm(3), Loc::Xmm(4), Loc::Xmm(5), Loc::Xmm(6), Loc::Xmm(7),
-            Loc::Stack(8), Loc::Stack(16),
+            Loc::Gpr(Rdi),
+            Loc::Xmm(0),
+            Loc::Gpr(Rsi),
+            Loc::Gpr(Rdx),
+            Loc::Gpr(Rcx),
+            Loc::Gpr(R8),
+            Loc::Gpr(R9),
+            Loc::Stack(0),
+            Loc::Xmm(1),
+            Loc::Xmm(2),
+            Loc::Xmm(3),
+            Loc::Xmm(4),
+            Loc::Xmm(5),
+            Loc::Xmm(6),
+            Loc::Xmm(7),
+            Loc::Stack(8),
+            Loc::Stack(16),
         ]
     );
     assert_eq!(l.stack_bytes, 32); // 24 rounded up to 16 (3.2.2: rsp+8 aligned at entry)
@@ -204,19 +301,37 @@ fn sysv_structs_split_into_eightbytes() {
     use Gpr::*;
     // {f32,i32}: one eightbyte holding an int -> INTEGER.
     let l = classify(&sig("({f32,i32})->{f32,i32}"), CallConv::SysV);
-    assert_eq!(parts(&l.args[0].pass), vec![part(0, 8, PartKind::IntBytes, Loc::Gpr(Rdi))]);
-    assert_eq!(l.ret, RetPass::Direct([part(0, 8, PartKind::IntBytes, Loc::Gpr(Rax))].into_iter().collect()));
+    assert_eq!(
+        parts(&l.args[0].pass),
+        vec![part(0, 8, PartKind::IntBytes, Loc::Gpr(Rdi))]
+    );
+    assert_eq!(
+        l.ret,
+        RetPass::Direct(
+            [part(0, 8, PartKind::IntBytes, Loc::Gpr(Rax))]
+                .into_iter()
+                .collect()
+        )
+    );
     // {f32,f32,i32}: [SSE, INTEGER]; the second eightbyte is 4 bytes.
     let l = classify(&sig("({f32,f32,i32})->{f32,f32,i32}"), CallConv::SysV);
     assert_eq!(
         parts(&l.args[0].pass),
-        vec![part(0, 8, PartKind::SseBytes, Loc::Xmm(0)), part(8, 4, PartKind::IntBytes, Loc::Gpr(Rdi))]
+        vec![
+            part(0, 8, PartKind::SseBytes, Loc::Xmm(0)),
+            part(8, 4, PartKind::IntBytes, Loc::Gpr(Rdi))
+        ]
     );
     // Results: INTEGER in rax then rdx, SSE in xmm0 then xmm1 (3.2.3, "Returning of Values").
     assert_eq!(
         l.ret,
         RetPass::Direct(
-            [part(0, 8, PartKind::SseBytes, Loc::Xmm(0)), part(8, 4, PartKind::IntBytes, Loc::Gpr(Rax))].into_iter().collect()
+            [
+                part(0, 8, PartKind::SseBytes, Loc::Xmm(0)),
+                part(8, 4, PartKind::IntBytes, Loc::Gpr(Rax))
+            ]
+            .into_iter()
+            .collect()
         )
     );
     // {i64,f64} result: rax + xmm0. {f64,f64,f64}: 24 bytes -> MEMORY, sret in rdi.
@@ -224,7 +339,10 @@ fn sysv_structs_split_into_eightbytes() {
     assert_eq!(l.ret, RetPass::Sret { ptr: Rdi });
     assert_eq!(parts(&l.args[0].pass)[0].loc, Loc::Xmm(0));
     // The hidden pointer takes rdi, so the first integer argument moves to rsi.
-    let l = classify(&sig("(i16,u16,i32,u32,i64,u64)->{i64,f64,i32}"), CallConv::SysV);
+    let l = classify(
+        &sig("(i16,u16,i32,u32,i64,u64)->{i64,f64,i32}"),
+        CallConv::SysV,
+    );
     assert_eq!(l.ret, RetPass::Sret { ptr: Rdi });
     assert_eq!(parts(&l.args[0].pass)[0].loc, Loc::Gpr(Rsi));
     assert_eq!(parts(&l.args[5].pass)[0].loc, Loc::Stack(0));
@@ -232,11 +350,23 @@ fn sysv_structs_split_into_eightbytes() {
 
 #[test]
 fn sysv_unaligned_packed_and_large_structs_are_memory() {
-    let l = classify(&sig("(packed{u16,u8,u32},{[u8;17]},packed{u32,u16})->void"), CallConv::SysV);
-    assert_eq!(parts(&l.args[0].pass), vec![part(0, 7, PartKind::Memory, Loc::Stack(0))]);
-    assert_eq!(parts(&l.args[1].pass), vec![part(0, 17, PartKind::Memory, Loc::Stack(8))]);
+    let l = classify(
+        &sig("(packed{u16,u8,u32},{[u8;17]},packed{u32,u16})->void"),
+        CallConv::SysV,
+    );
+    assert_eq!(
+        parts(&l.args[0].pass),
+        vec![part(0, 7, PartKind::Memory, Loc::Stack(0))]
+    );
+    assert_eq!(
+        parts(&l.args[1].pass),
+        vec![part(0, 17, PartKind::Memory, Loc::Stack(8))]
+    );
     // packed but every field aligned: classified like an ordinary struct (FORMAT.md 2.2).
-    assert_eq!(parts(&l.args[2].pass), vec![part(0, 6, PartKind::IntBytes, Loc::Gpr(Gpr::Rdi))]);
+    assert_eq!(
+        parts(&l.args[2].pass),
+        vec![part(0, 6, PartKind::IntBytes, Loc::Gpr(Gpr::Rdi))]
+    );
     assert_eq!(l.stack_bytes, 32); // 8 + 24 = 32
     // {u8,packed{i32}}: the i32 is at offset 1 of the outermost struct -> MEMORY.
     let l = classify(&sig("({u8,packed{i32}})->void"), CallConv::SysV);
@@ -247,15 +377,23 @@ fn sysv_unaligned_packed_and_large_structs_are_memory() {
 fn sysv_a_struct_that_no_longer_fits_goes_wholly_to_the_stack_while_later_scalars_get_registers() {
     // sample_spill_int: five integers take rdi..r8; {[i32;4]} needs two INTEGER
     // registers but only r9 is left, so it goes to the stack; the next i32 gets r9.
-    let l = classify(&sig("(u8,i16,i32,i64,u64,{[i32;4]},i32,{i8,bool,u8})->i64"), CallConv::SysV);
-    assert_eq!(parts(&l.args[5].pass), vec![part(0, 16, PartKind::Memory, Loc::Stack(0))]);
+    let l = classify(
+        &sig("(u8,i16,i32,i64,u64,{[i32;4]},i32,{i8,bool,u8})->i64"),
+        CallConv::SysV,
+    );
+    assert_eq!(
+        parts(&l.args[5].pass),
+        vec![part(0, 16, PartKind::Memory, Loc::Stack(0))]
+    );
     assert_eq!(parts(&l.args[6].pass)[0].loc, Loc::Gpr(Gpr::R9));
     assert_eq!(parts(&l.args[7].pass)[0].loc, Loc::Stack(16));
 }
 
 #[test]
 fn sysv_variadic_calls_put_the_vector_register_count_in_al() {
-    let s = sig("(ptr,...)->f64").with_varargs(&[Scalar::F64.into(), Scalar::I32.into(), Scalar::F64.into()]).unwrap();
+    let s = sig("(ptr,...)->f64")
+        .with_varargs(&[Scalar::F64.into(), Scalar::I32.into(), Scalar::F64.into()])
+        .unwrap();
     assert_eq!(classify(&s, CallConv::SysV).al, Some(2));
     assert_eq!(classify(&sig("(ptr,...)->f64"), CallConv::SysV).al, Some(0));
 }
@@ -275,7 +413,15 @@ fn win64_arguments_take_registers_by_position() {
     let locs: Vec<Loc> = l.args.iter().map(|a| parts(&a.pass)[0].loc).collect();
     assert_eq!(
         locs,
-        vec![Loc::Xmm(0), Loc::Gpr(Rdx), Loc::Xmm(2), Loc::Gpr(R9), Loc::Stack(32), Loc::Stack(40), Loc::Stack(48)]
+        vec![
+            Loc::Xmm(0),
+            Loc::Gpr(Rdx),
+            Loc::Xmm(2),
+            Loc::Gpr(R9),
+            Loc::Stack(32),
+            Loc::Stack(40),
+            Loc::Stack(48)
+        ]
     );
     assert_eq!(l.stack_bytes, 64); // 32 home + 24, rounded up to 16
     assert_eq!(classify(&sig("()->void"), CallConv::Win64).stack_bytes, 32);
@@ -285,13 +431,38 @@ fn win64_arguments_take_registers_by_position() {
 fn win64_aggregates_travel_as_integers_or_by_reference() {
     use Gpr::*;
     // sample_ms_structs: ({f32,i32},{i8,bool,u8},{[f32;2],f64},f32)->{f32,i32}
-    let l = classify(&sig("({f32,i32},{i8,bool,u8},{[f32;2],f64},f32)->{f32,i32}"), CallConv::Win64);
-    assert_eq!(parts(&l.args[0].pass), vec![part(0, 8, PartKind::IntBytes, Loc::Gpr(Rcx))]);
-    assert_eq!(l.args[1].pass, ArgPass::ByRef { ptr: Loc::Gpr(Rdx), copy: 0 }); // 3 bytes
-    assert_eq!(l.args[2].pass, ArgPass::ByRef { ptr: Loc::Gpr(R8), copy: 16 }); // 16 bytes
+    let l = classify(
+        &sig("({f32,i32},{i8,bool,u8},{[f32;2],f64},f32)->{f32,i32}"),
+        CallConv::Win64,
+    );
+    assert_eq!(
+        parts(&l.args[0].pass),
+        vec![part(0, 8, PartKind::IntBytes, Loc::Gpr(Rcx))]
+    );
+    assert_eq!(
+        l.args[1].pass,
+        ArgPass::ByRef {
+            ptr: Loc::Gpr(Rdx),
+            copy: 0
+        }
+    ); // 3 bytes
+    assert_eq!(
+        l.args[2].pass,
+        ArgPass::ByRef {
+            ptr: Loc::Gpr(R8),
+            copy: 16
+        }
+    ); // 16 bytes
     assert_eq!(parts(&l.args[3].pass)[0].loc, Loc::Xmm(3));
     assert_eq!(l.copy_bytes, 32);
-    assert_eq!(l.ret, RetPass::Direct([part(0, 8, PartKind::IntBytes, Loc::Gpr(Rax))].into_iter().collect()));
+    assert_eq!(
+        l.ret,
+        RetPass::Direct(
+            [part(0, 8, PartKind::IntBytes, Loc::Gpr(Rax))]
+                .into_iter()
+                .collect()
+        )
+    );
     // sample_ms_ret_s12: a 12-byte result -> hidden pointer in rcx, arguments shift.
     let l = classify(&sig("(f32,i32)->{f32,f32,i32}"), CallConv::Win64);
     assert_eq!(l.ret, RetPass::Sret { ptr: Rcx });
@@ -301,7 +472,14 @@ fn win64_aggregates_travel_as_integers_or_by_reference() {
 
 #[test]
 fn win64_variadic_floats_travel_in_both_registers() {
-    let s = sig("(i32,...)->f64").with_varargs(&[Scalar::F64.into(), Scalar::F64.into(), Scalar::F64.into(), Scalar::F64.into()]).unwrap();
+    let s = sig("(i32,...)->f64")
+        .with_varargs(&[
+            Scalar::F64.into(),
+            Scalar::F64.into(),
+            Scalar::F64.into(),
+            Scalar::F64.into(),
+        ])
+        .unwrap();
     let l = classify(&s, CallConv::Win64);
     assert_eq!(parts(&l.args[1].pass)[0].loc, Loc::XmmAndGpr(1, Gpr::Rdx));
     assert_eq!(parts(&l.args[3].pass)[0].loc, Loc::XmmAndGpr(3, Gpr::R9));
@@ -311,7 +489,10 @@ fn win64_variadic_floats_travel_in_both_registers() {
 
 #[test]
 fn slots_are_one_per_scalar_and_ceil_size_over_8_per_struct() {
-    let l = classify(&sig("(i8,{[u8;17]},f32,{f32,f32,f32})->{i64,f64,i32}"), CallConv::SysV);
+    let l = classify(
+        &sig("(i8,{[u8;17]},f32,{f32,f32,f32})->{i64,f64,i32}"),
+        CallConv::SysV,
+    );
     let slots: Vec<(u32, u32)> = l.args.iter().map(|a| (a.slot, a.slots)).collect();
     assert_eq!(slots, vec![(0, 1), (1, 3), (4, 1), (5, 2)]);
     assert_eq!((l.arg_slots, l.ret_slots), (7, 3));
@@ -324,7 +505,10 @@ fn callconv_names_round_trip_and_the_host_is_known() {
     for c in CallConv::ALL {
         assert_eq!(c.to_string().parse::<CallConv>().unwrap(), c);
     }
-    assert_eq!("fastcall".parse::<CallConv>(), Err(AbiError::UnknownCallConv("fastcall".into())));
+    assert_eq!(
+        "fastcall".parse::<CallConv>(),
+        Err(AbiError::UnknownCallConv("fastcall".into()))
+    );
     #[cfg(all(target_arch = "x86_64", unix))]
     assert_eq!(CallConv::host().unwrap(), CallConv::SysV);
 }
@@ -338,11 +522,21 @@ fn equal_shapes_share_an_id_and_different_shapes_do_not() {
     assert_eq!(r.intern(&sig("( i32 , { f32 , f32 } ) -> f64")), a);
     assert_ne!(r.intern(&sig("(i32,{f32,f32})->f32")), a);
     assert_ne!(r.intern(&sig("(i32,packed{f32,f32})->f64")), a);
-    assert_ne!(r.intern(&sig("(i32,{[f32;2]})->f64")), a, "an array and two fields are different shapes");
+    assert_ne!(
+        r.intern(&sig("(i32,{[f32;2]})->f64")),
+        a,
+        "an array and two fields are different shapes"
+    );
     assert_eq!(r.len(), 4);
     assert_eq!(**r.signature(a).unwrap(), sig("(i32,{f32,f32})->f64"));
-    assert_eq!(**r.layout(a, CallConv::SysV).unwrap(), classify(&sig("(i32,{f32,f32})->f64"), CallConv::SysV));
-    assert!(matches!(Registry::new().signature(a), Err(AbiError::UnknownSigId(_))));
+    assert_eq!(
+        **r.layout(a, CallConv::SysV).unwrap(),
+        classify(&sig("(i32,{f32,f32})->f64"), CallConv::SysV)
+    );
+    assert!(matches!(
+        Registry::new().signature(a),
+        Err(AbiError::UnknownSigId(_))
+    ));
 }
 
 #[test]
@@ -351,7 +545,12 @@ fn ids_map_back_to_exactly_their_signature_under_concurrent_interning() {
     let texts: Vec<String> = (0..2000)
         .map(|i| {
             let n = i % 7;
-            format!("({}{{[u8;{}]}})->i{}", "i64,".repeat(n), i / 7 + 1, [8, 16, 32, 64][i % 4])
+            format!(
+                "({}{{[u8;{}]}})->i{}",
+                "i64,".repeat(n),
+                i / 7 + 1,
+                [8, 16, 32, 64][i % 4]
+            )
         })
         .collect();
     let texts = Arc::new(texts);
@@ -371,7 +570,11 @@ fn ids_map_back_to_exactly_their_signature_under_concurrent_interning() {
     let mut seen = std::collections::HashMap::new();
     for t in threads {
         for (text, id) in t.join().unwrap() {
-            assert_eq!(*seen.entry(text.clone()).or_insert(id), id, "{text} got two ids");
+            assert_eq!(
+                *seen.entry(text.clone()).or_insert(id),
+                id,
+                "{text} got two ids"
+            );
             assert_eq!(r.signature(id).unwrap().to_string(), text);
         }
     }

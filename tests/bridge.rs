@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tierbridge::abi::{AbiError, CallConv, Signature};
 use tierbridge::host::{
-    Dispatcher, EntryCall, EntryError, FailurePolicy, HostError, STATUS_ERROR, STATUS_OK, pending_entry_status,
+    Dispatcher, EntryCall, EntryError, FailurePolicy, HostError, STATUS_ERROR, STATUS_OK,
+    pending_entry_status,
 };
 use tierbridge::thunks::{BackendKind, Bridge, ThunkError, Value};
 
@@ -40,12 +41,25 @@ struct Big {
 }
 
 extern "win64" fn win_mix(a: i8, b: f32, c: i64, d: f64, e: u16, f: f32, p: Pair, g: Big) -> f64 {
-    a as f64 + b as f64 * 2.0 + c as f64 * 4.0 + d * 8.0 + e as f64 * 16.0 + f as f64 * 32.0
-        + p.a as f64 * 64.0 + p.b as f64 * 128.0 + g.a as f64 * 256.0 + g.b * 512.0 + g.c as f64 * 1024.0
+    a as f64
+        + b as f64 * 2.0
+        + c as f64 * 4.0
+        + d * 8.0
+        + e as f64 * 16.0
+        + f as f64 * 32.0
+        + p.a as f64 * 64.0
+        + p.b as f64 * 128.0
+        + g.a as f64 * 256.0
+        + g.b * 512.0
+        + g.c as f64 * 1024.0
 }
 
 extern "win64" fn win_make_big(x: i32, y: f64) -> Big {
-    Big { a: x as i64 * 3, b: y / 2.0, c: -x }
+    Big {
+        a: x as i64 * 3,
+        b: y / 2.0,
+        c: -x,
+    }
 }
 
 extern "win64" fn win_make_pair(x: f32) -> Pair {
@@ -61,8 +75,20 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
 #[test]
 fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_structs_and_sret() {
     let b = Bridge::libffi();
-    let s = b.exit_stub(&sig("(i8,f32,i64,f64,u16,f32,{f32,f32},{i64,f64,i32})->f64"), CallConv::Win64).unwrap();
-    let (p, g) = (Pair { a: 1.5, b: -2.0 }, Big { a: -7, b: 0.25, c: 9 });
+    let s = b
+        .exit_stub(
+            &sig("(i8,f32,i64,f64,u16,f32,{f32,f32},{i64,f64,i32})->f64"),
+            CallConv::Win64,
+        )
+        .unwrap();
+    let (p, g) = (
+        Pair { a: 1.5, b: -2.0 },
+        Big {
+            a: -7,
+            b: 0.25,
+            c: 9,
+        },
+    );
     let args = [
         Value::I8(-3),
         Value::F32(0.5),
@@ -75,16 +101,29 @@ fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_str
     ];
     // SAFETY: win_mix has exactly this Win64 signature.
     let got = unsafe { s.call_values(win_mix as *const c_void, &args) }.unwrap();
-    assert_eq!(got, Value::F64(win_mix(-3, 0.5, 1 << 40, -1.25, 65535, 3.0, p, g)));
+    assert_eq!(
+        got,
+        Value::F64(win_mix(-3, 0.5, 1 << 40, -1.25, 65535, 3.0, p, g))
+    );
 
-    let s = b.exit_stub(&sig("(i32,f64)->{i64,f64,i32}"), CallConv::Win64).unwrap();
+    let s = b
+        .exit_stub(&sig("(i32,f64)->{i64,f64,i32}"), CallConv::Win64)
+        .unwrap();
     // SAFETY: win_make_big has this signature; its 24-byte result comes through rcx.
-    let got = unsafe { s.call_values(win_make_big as *const c_void, &[Value::I32(11), Value::F64(5.0)]) }.unwrap();
+    let got = unsafe {
+        s.call_values(
+            win_make_big as *const c_void,
+            &[Value::I32(11), Value::F64(5.0)],
+        )
+    }
+    .unwrap();
     let Value::Struct(bytes) = got else { panic!() };
     let want = win_make_big(11, 5.0);
     assert_eq!(&bytes[..20], &bytes_of(&want)[..20]);
 
-    let s = b.exit_stub(&sig("(f32)->{f32,f32}"), CallConv::Win64).unwrap();
+    let s = b
+        .exit_stub(&sig("(f32)->{f32,f32}"), CallConv::Win64)
+        .unwrap();
     // SAFETY: win_make_pair has this signature; an 8-byte struct comes back in rax.
     let got = unsafe { s.call_values(win_make_pair as *const c_void, &[Value::F32(4.5)]) }.unwrap();
     assert_eq!(got, Value::Struct(bytes_of(&Pair { a: 4.5, b: -4.5 })));
@@ -150,11 +189,21 @@ fn an_entry_point_called_through_an_exit_stub_sees_every_scalar_extended_as_its_
 fn apply_nested(b: &Bridge, d: &Dispatcher) -> Result<i32, ThunkError> {
     let (so, _) = support::sample_library();
     let lib = support::Lib::open(&so);
-    let ep = b.entry_point(&sig("(i32,i32)->i32"), CallConv::SysV, d, 1).unwrap();
-    let exit = b.exit_stub(&sig("(ptr,i32,i32)->i32"), CallConv::SysV).unwrap();
+    let ep = b
+        .entry_point(&sig("(i32,i32)->i32"), CallConv::SysV, d, 1)
+        .unwrap();
+    let exit = b
+        .exit_stub(&sig("(ptr,i32,i32)->i32"), CallConv::SysV)
+        .unwrap();
     let mut ret = [0u64];
     // SAFETY: sample_apply_nested has this signature and calls the entry point twice.
-    unsafe { exit.call(lib.addr("sample_apply_nested"), &[ep.code_ptr() as u64, 6, 7], &mut ret) }?;
+    unsafe {
+        exit.call(
+            lib.addr("sample_apply_nested"),
+            &[ep.code_ptr() as u64, 6, 7],
+            &mut ret,
+        )
+    }?;
     Ok(ret[0] as i32)
 }
 
@@ -181,14 +230,20 @@ fn a_host_error_reaches_the_interpreter_after_the_c_caller_returns() {
     }
     // C carried on with a zeroed result: f(0, 6) ran as the second call.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(apply_nested(&b, &d).unwrap(), (6 - 7) - 6, "a later call is not affected");
+    assert_eq!(
+        apply_nested(&b, &d).unwrap(),
+        (6 - 7) - 6,
+        "a later call is not affected"
+    );
 }
 
 #[test]
 fn a_panicking_host_becomes_an_error_not_an_unwind_through_c() {
     let d = host(|_| panic!("host blew up"), FailurePolicy::Report);
     match apply_nested(&Bridge::libffi(), &d) {
-        Err(ThunkError::Callback(EntryError::Panic { message, .. })) => assert_eq!(message, "host blew up"),
+        Err(ThunkError::Callback(EntryError::Panic { message, .. })) => {
+            assert_eq!(message, "host blew up")
+        }
         other => panic!("expected the panic as an error, got {other:?}"),
     }
 }
@@ -203,7 +258,9 @@ fn native_code_can_see_that_a_callback_failed() {
     );
     let lib = support::Lib::open(&so);
     let b = Bridge::libffi();
-    let exit = b.exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV).unwrap();
+    let exit = b
+        .exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV)
+        .unwrap();
     for (fail, want_status) in [(false, STATUS_OK), (true, STATUS_ERROR)] {
         let d = host(
             move |c| {
@@ -215,10 +272,16 @@ fn native_code_can_see_that_a_callback_failed() {
             },
             FailurePolicy::Report,
         );
-        let ep = b.entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0).unwrap();
+        let ep = b
+            .entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0)
+            .unwrap();
         let mut out = 0i64;
         let mut ret = [0u64];
-        let args = [ep.code_ptr() as u64, pending_entry_status as *const () as u64, &mut out as *mut i64 as u64];
+        let args = [
+            ep.code_ptr() as u64,
+            pending_entry_status as *const () as u64,
+            &mut out as *mut i64 as u64,
+        ];
         // SAFETY: call_then_status has this signature; all three pointers are valid.
         let r = unsafe { exit.call(lib.addr("call_then_status"), &args, &mut ret) };
         assert_eq!(ret[0] as u32, want_status);
@@ -231,11 +294,20 @@ fn native_code_can_see_that_a_callback_failed() {
 /// `TIERBRIDGE_CHILD=1` and returns its status and stderr.
 fn run_child(name: &str) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TIERBRIDGE_CHILD", "1")
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn abort_child(fail: fn(EntryCall<'_>) -> Result<(), HostError>) {
@@ -263,10 +335,20 @@ fn child_host_panic_under_abort() {
 #[test]
 fn the_abort_policy_aborts_the_process_on_a_host_error_or_panic() {
     use std::os::unix::process::ExitStatusExt;
-    for (child, message) in [("child_host_error_under_abort", "fatal host error"), ("child_host_panic_under_abort", "fatal host panic")] {
+    for (child, message) in [
+        ("child_host_error_under_abort", "fatal host error"),
+        ("child_host_panic_under_abort", "fatal host panic"),
+    ] {
         let (status, stderr) = run_child(child);
-        assert_eq!(status.signal(), Some(6), "{child} should die of SIGABRT; stderr:\n{stderr}");
-        assert!(stderr.contains("tierbridge: aborting") && stderr.contains(message), "{stderr}");
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{child} should die of SIGABRT; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("tierbridge: aborting") && stderr.contains(message),
+            "{stderr}"
+        );
         assert!(!stderr.contains("child survived"));
     }
 }
@@ -277,22 +359,61 @@ fn bad_calls_are_typed_errors() {
     let s = b.exit_stub(&sig("(i32,f64)->i32"), CallConv::SysV).unwrap();
     // SAFETY: none of these calls reaches native code: each fails its checks first.
     unsafe {
-        assert!(matches!(s.call(std::ptr::null(), &[1, 2], &mut [0]), Err(ThunkError::NullTarget)));
+        assert!(matches!(
+            s.call(std::ptr::null(), &[1, 2], &mut [0]),
+            Err(ThunkError::NullTarget)
+        ));
         let f = win_mix as *const c_void;
-        assert!(matches!(s.call(f, &[1], &mut [0]), Err(ThunkError::ArgCount { expected: 2, got: 1, .. })));
-        assert!(matches!(s.call(f, &[1, 2], &mut []), Err(ThunkError::RetSlots { expected: 1, got: 0, .. })));
+        assert!(matches!(
+            s.call(f, &[1], &mut [0]),
+            Err(ThunkError::ArgCount {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.call(f, &[1, 2], &mut []),
+            Err(ThunkError::RetSlots {
+                expected: 1,
+                got: 0,
+                ..
+            })
+        ));
         assert!(matches!(
             s.call_values(f, &[Value::I32(1), Value::F32(2.0)]),
             Err(ThunkError::ArgType { index: 1, .. })
         ));
-        assert!(matches!(s.call_values(f, &[Value::I32(1)]), Err(ThunkError::ArgCount { .. })));
+        assert!(matches!(
+            s.call_values(f, &[Value::I32(1)]),
+            Err(ThunkError::ArgCount { .. })
+        ));
     }
-    let packed = b.exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV).unwrap_err();
-    assert!(matches!(packed, ThunkError::Unsupported { backend: BackendKind::Libffi, .. }), "{packed}");
+    let packed = b
+        .exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV)
+        .unwrap_err();
+    assert!(
+        matches!(
+            packed,
+            ThunkError::Unsupported {
+                backend: BackendKind::Libffi,
+                ..
+            }
+        ),
+        "{packed}"
+    );
     let d = host(|_| Ok(()), FailurePolicy::Report);
-    let call_site = sig("(i32,...)->void").with_varargs(&[tierbridge::abi::Scalar::I64.into()]).unwrap();
-    assert!(matches!(b.entry_point(&call_site, CallConv::SysV, &d, 0), Err(ThunkError::Unsupported { .. })));
-    assert!(matches!(Bridge::new(BackendKind::Generated), Err(ThunkError::Unsupported { .. })));
+    let call_site = sig("(i32,...)->void")
+        .with_varargs(&[tierbridge::abi::Scalar::I64.into()])
+        .unwrap();
+    assert!(matches!(
+        b.entry_point(&call_site, CallConv::SysV, &d, 0),
+        Err(ThunkError::Unsupported { .. })
+    ));
+    assert!(matches!(
+        Bridge::new(BackendKind::Generated),
+        Err(ThunkError::Unsupported { .. })
+    ));
     let nested = "(".to_owned() + &"{".repeat(20) + "i32" + &"}".repeat(20) + ")->void";
     assert!(matches!(
         Signature::parse(&nested).map_err(ThunkError::from),
@@ -310,14 +431,17 @@ fn errno_is_captured_right_after_the_native_call() {
     let s = b.exit_stub(&sig("(i32)->i32"), CallConv::SysV).unwrap();
     let mut ret = [0u64];
     // SAFETY: close(-1) only fails with EBADF.
-    let errno = unsafe { s.call_capture_errno(close as *const c_void, &[(-1i64) as u64], &mut ret, 12345) }.unwrap();
+    let errno =
+        unsafe { s.call_capture_errno(close as *const c_void, &[(-1i64) as u64], &mut ret, 12345) }
+            .unwrap();
     assert_eq!((ret[0] as i32, errno), (-1, 9));
     // A callee that leaves errno alone: the value set before the call comes back.
     extern "C" fn ident(x: i32) -> i32 {
         x
     }
     // SAFETY: ident has this signature.
-    let errno = unsafe { s.call_capture_errno(ident as *const c_void, &[4], &mut ret, 12345) }.unwrap();
+    let errno =
+        unsafe { s.call_capture_errno(ident as *const c_void, &[4], &mut ret, 12345) }.unwrap();
     assert_eq!((ret[0], errno), (4, 12345));
 }
 
@@ -325,9 +449,16 @@ fn errno_is_captured_right_after_the_native_call() {
 fn exit_stubs_are_cached_per_shape() {
     let b = Bridge::libffi();
     let x = b.exit_stub(&sig("(i64,i64)->i64"), CallConv::SysV).unwrap();
-    let y = b.exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV).unwrap();
+    let y = b
+        .exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV)
+        .unwrap();
     assert_eq!(x.sig_id(), y.sig_id());
-    assert_ne!(x.sig_id(), b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV).unwrap().sig_id());
+    assert_ne!(
+        x.sig_id(),
+        b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV)
+            .unwrap()
+            .sig_id()
+    );
 }
 
 #[test]
@@ -339,11 +470,16 @@ fn eight_threads_create_call_and_drop_entry_points() {
             std::thread::spawn(move || {
                 let exit = b.exit_stub(&sig("(i64,i32)->i64"), CallConv::SysV).unwrap();
                 for i in 0..200u64 {
-                    let d = host(move |c| {
-                        c.ret[0] = c.args[0].wrapping_mul(t + 1).wrapping_add(c.args[1]);
-                        Ok(())
-                    }, FailurePolicy::Report);
-                    let ep = b.entry_point(&sig("(i64,i32)->i64"), CallConv::SysV, &d, i).unwrap();
+                    let d = host(
+                        move |c| {
+                            c.ret[0] = c.args[0].wrapping_mul(t + 1).wrapping_add(c.args[1]);
+                            Ok(())
+                        },
+                        FailurePolicy::Report,
+                    );
+                    let ep = b
+                        .entry_point(&sig("(i64,i32)->i64"), CallConv::SysV, &d, i)
+                        .unwrap();
                     let mut ret = [0u64];
                     // SAFETY: the entry point has this signature.
                     unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }.unwrap();
@@ -374,10 +510,17 @@ fn the_variadic_cursor_stops_instead_of_reading_the_whole_stack() {
         },
         FailurePolicy::Report,
     );
-    let ep = b.entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0).unwrap();
-    let exit = b.exit_stub(&sig("(i32,...)->void"), CallConv::SysV).unwrap();
+    let ep = b
+        .entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0)
+        .unwrap();
+    let exit = b
+        .exit_stub(&sig("(i32,...)->void"), CallConv::SysV)
+        .unwrap();
     // SAFETY: a variadic entry point called with no variadic argument.
     unsafe { exit.call(ep.code_ptr(), &[0], &mut []) }.unwrap();
     // 8 vector registers, then at most MAX_VA_STACK_SLOTS stack slots.
-    assert_eq!(count.load(Ordering::SeqCst), 8 + tierbridge::host::MAX_VA_STACK_SLOTS as usize);
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        8 + tierbridge::host::MAX_VA_STACK_SLOTS as usize
+    );
 }

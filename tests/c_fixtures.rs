@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use support::*;
 use tierbridge::abi::{
-    ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar, Signature, Type, classify,
+    ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar, Signature, Type,
+    classify,
 };
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy};
 use tierbridge::thunks::{Bridge, ThunkError};
@@ -25,7 +26,8 @@ fn scalar_paths(ty: &Type, prefix: &str, out: &mut Vec<String>) {
             for (i, f) in st.fields().iter().enumerate() {
                 match f.count {
                     None => scalar_paths(&f.ty, &format!("{prefix}.f{i}"), out),
-                    Some(n) => (0..n).for_each(|j| scalar_paths(&f.ty, &format!("{prefix}.f{i}[{j}]"), out)),
+                    Some(n) => (0..n)
+                        .for_each(|j| scalar_paths(&f.ty, &format!("{prefix}.f{i}[{j}]"), out)),
                 }
             }
         }
@@ -35,12 +37,18 @@ fn scalar_paths(ty: &Type, prefix: &str, out: &mut Vec<String>) {
 #[test]
 fn struct_layout_matches_the_c_compiler() {
     let mut rng = fastrand::Rng::with_seed(seed());
-    let types: Vec<Type> = (0..cases(300)).map(|_| rand_struct(&mut rng, 0, 200)).collect();
+    let types: Vec<Type> = (0..cases(300))
+        .map(|_| rand_struct(&mut rng, 0, 200))
+        .collect();
     let mut w = CWriter::new();
     let mut main = String::from("#include <stdio.h>\nint main(void) {\n");
     for (k, ty) in types.iter().enumerate() {
         let name = w.ctype(ty);
-        write!(main, "  {{ {name} v; printf(\"{k} %zu %zu\", sizeof v, _Alignof({name}));").unwrap();
+        write!(
+            main,
+            "  {{ {name} v; printf(\"{k} %zu %zu\", sizeof v, _Alignof({name}));"
+        )
+        .unwrap();
         let mut paths = Vec::new();
         scalar_paths(ty, "v", &mut paths);
         for p in paths {
@@ -51,9 +59,19 @@ fn struct_layout_matches_the_c_compiler() {
     main.push_str("  return 0;\n}\n");
     let out = run_c_program("layout", &format!("{}{}", w.head, main));
     for (line, ty) in out.lines().zip(&types) {
-        let nums: Vec<u32> = line.split(' ').skip(1).map(|n| n.parse().unwrap()).collect();
-        let ours: Vec<u32> = [ty.size(), ty.align()].into_iter().chain(ty.flatten().into_iter().map(|(o, _)| o)).collect();
-        assert_eq!(nums, ours, "layout of {ty}: gcc says size, align, offsets = {nums:?}");
+        let nums: Vec<u32> = line
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let ours: Vec<u32> = [ty.size(), ty.align()]
+            .into_iter()
+            .chain(ty.flatten().into_iter().map(|(o, _)| o))
+            .collect();
+        assert_eq!(
+            nums, ours,
+            "layout of {ty}: gcc says size, align, offsets = {nums:?}"
+        );
     }
     assert_eq!(out.lines().count(), types.len());
 }
@@ -66,7 +84,12 @@ struct Case {
     ret: Option<Vec<u8>>,
 }
 
-fn cases_for(rng: &mut fastrand::Rng, n: usize, max_params: usize, struct_varargs: bool) -> Vec<Case> {
+fn cases_for(
+    rng: &mut fastrand::Rng,
+    n: usize,
+    max_params: usize,
+    struct_varargs: bool,
+) -> Vec<Case> {
     (0..n)
         .map(|_| {
             let mut sig = rand_sig(rng, max_params, 25, struct_varargs);
@@ -103,7 +126,12 @@ fn c_locals(w: &mut CWriter, case: &Case, body: &mut String) -> String {
     let mut list = Vec::new();
     for (i, (t, v)) in case.sig.params().iter().zip(&case.args).enumerate() {
         let ct = w.ctype(t);
-        writeln!(body, "  {ct} a{i}; memcpy(&a{i}, {}, sizeof a{i});", c_bytes(v)).unwrap();
+        writeln!(
+            body,
+            "  {ct} a{i}; memcpy(&a{i}, {}, sizeof a{i});",
+            c_bytes(v)
+        )
+        .unwrap();
         list.push(format!("a{i}"));
     }
     list.join(", ")
@@ -189,14 +217,20 @@ impl Captured<'_> {
 }
 
 /// Rebuilds the value image of one argument or result from its parts.
-fn image(ty: &Type, parts: &[Part], read: impl Fn(Loc, usize) -> Vec<u8>) -> Result<Vec<u8>, String> {
+fn image(
+    ty: &Type,
+    parts: &[Part],
+    read: impl Fn(Loc, usize) -> Vec<u8>,
+) -> Result<Vec<u8>, String> {
     let mut img = vec![0u8; ty.size() as usize];
     for p in parts {
         let bytes = read(p.loc, p.size as usize);
         if let Loc::XmmAndGpr(_, g) = p.loc {
             let in_gpr = read(Loc::Gpr(g), p.size as usize);
             if in_gpr != bytes {
-                return Err(format!("Win64 variadic float: xmm {bytes:02x?} but {g:?} {in_gpr:02x?}"));
+                return Err(format!(
+                    "Win64 variadic float: xmm {bytes:02x?} but {g:?} {in_gpr:02x?}"
+                ));
             }
         }
         img[p.offset as usize..][..p.size as usize].copy_from_slice(&bytes);
@@ -215,23 +249,44 @@ fn check_classification(conv: CallConv, count: usize) {
         let params = c_params(&mut w, &case.sig, false);
         writeln!(body, "void cap_{k}(void) {{").unwrap();
         let list = c_locals(&mut w, case, &mut body);
-        writeln!(body, "  (({rt} ({attr} *)({params}))capture_ptr_{conv})({list});\n}}").unwrap();
+        writeln!(
+            body,
+            "  (({rt} ({attr} *)({params}))capture_ptr_{conv})({list});\n}}"
+        )
+        .unwrap();
         if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret) {
             let ct = w.ctype(t);
-            writeln!(body, "{attr} {ct} ret_{k}(void) {{ {ct} r; memcpy(&r, {}, sizeof r); return r; }}", c_bytes(v))
-                .unwrap();
+            writeln!(
+                body,
+                "{attr} {ct} ret_{k}(void) {{ {ct} r; memcpy(&r, {}, sizeof r); return r; }}",
+                c_bytes(v)
+            )
+            .unwrap();
         }
     }
-    let so = compile_so(&format!("capture_{conv}"), &format!("{}{CAPTURE_ASM}{body}", w.head));
+    let so = compile_so(
+        &format!("capture_{conv}"),
+        &format!("{}{CAPTURE_ASM}{body}", w.head),
+    );
     let lib = Lib::open(&so);
     let bridge = Bridge::libffi();
-    let void_call = bridge.exit_stub(&"()->void".parse().unwrap(), CallConv::SysV).unwrap();
-    let area_stub = bridge.exit_stub(&"(i32)->ptr".parse().unwrap(), CallConv::SysV).unwrap();
-    let cap_ret_stub = bridge.exit_stub(&"(ptr,ptr)->void".parse().unwrap(), CallConv::SysV).unwrap();
+    let void_call = bridge
+        .exit_stub(&"()->void".parse().unwrap(), CallConv::SysV)
+        .unwrap();
+    let area_stub = bridge
+        .exit_stub(&"(i32)->ptr".parse().unwrap(), CallConv::SysV)
+        .unwrap();
+    let cap_ret_stub = bridge
+        .exit_stub(&"(ptr,ptr)->void".parse().unwrap(), CallConv::SysV)
+        .unwrap();
     let area = |which: u64, len: usize| -> &'static [u8] {
         let mut r = [0u64];
         // SAFETY: cap_area has signature (i32)->ptr.
-        unsafe { area_stub.call(lib.addr("cap_area"), &[which], &mut r).unwrap() };
+        unsafe {
+            area_stub
+                .call(lib.addr("cap_area"), &[which], &mut r)
+                .unwrap()
+        };
         // SAFETY: cap_area returns static arrays of at least `len` bytes.
         unsafe { std::slice::from_raw_parts(r[0] as *const u8, len) }
     };
@@ -239,9 +294,19 @@ fn check_classification(conv: CallConv, count: usize) {
     for (k, case) in cases.iter().enumerate() {
         let layout: CallLayout = classify(&case.sig, conv);
         // SAFETY: cap_k is `void cap_k(void)`.
-        unsafe { void_call.call(lib.addr(&format!("cap_{k}")), &[], &mut []).unwrap() };
+        unsafe {
+            void_call
+                .call(lib.addr(&format!("cap_{k}")), &[], &mut [])
+                .unwrap()
+        };
         let rsp = u64::from_le_bytes(area(5, 8).try_into().unwrap());
-        let cap = Captured { gpr: area(0, 128), xmm: area(1, 128), stack: area(2, 1024), pointee: area(3, 144 * 64), rsp };
+        let cap = Captured {
+            gpr: area(0, 128),
+            xmm: area(1, 128),
+            stack: area(2, 1024),
+            pointee: area(3, 144 * 64),
+            rsp,
+        };
         let mut problems = Vec::new();
         for (i, (a, v)) in layout.args.iter().zip(&case.args).enumerate() {
             let img = match &a.pass {
@@ -249,7 +314,9 @@ fn check_classification(conv: CallConv, count: usize) {
                 ArgPass::ByRef { ptr, .. } => {
                     let p = u64::from_le_bytes(cap.read(*ptr, 8).try_into().unwrap());
                     if p < cap.rsp || p >= cap.rsp + 8192 {
-                        Err(format!("by-reference pointer {p:#x} does not point into the caller's frame"))
+                        Err(format!(
+                            "by-reference pointer {p:#x} does not point into the caller's frame"
+                        ))
                     } else {
                         Ok(cap.pointee(*ptr)[..a.ty.size() as usize].to_vec())
                     }
@@ -259,23 +326,31 @@ fn check_classification(conv: CallConv, count: usize) {
                 problems.push(format!("arg {i} ({}) {:?}: {e}", a.ty, a.pass));
             }
         }
-        if let Some(al) = layout.al {
-            if cap.gpr[0] != al {
-                problems.push(format!("%al: gcc set {}, we say {al}", cap.gpr[0]));
-            }
+        if let Some(al) = layout.al
+            && cap.gpr[0] != al
+        {
+            problems.push(format!("%al: gcc set {}, we say {al}", cap.gpr[0]));
         }
         if let RetPass::Sret { ptr } = layout.ret {
             let p = u64::from_le_bytes(cap.read(Loc::Gpr(ptr), 8).try_into().unwrap());
             if p < cap.rsp || p >= cap.rsp + 8192 {
-                problems.push(format!("sret pointer in {ptr:?} is {p:#x}, not into the caller's frame"));
+                problems.push(format!(
+                    "sret pointer in {ptr:?} is {p:#x}, not into the caller's frame"
+                ));
             }
         }
         if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret) {
             let mut buf = vec![0u64; 8];
             let buf_addr = buf.as_mut_ptr() as u64;
             // SAFETY: capture_ret(fn, buf) calls ret_k (no arguments) with a 64-byte buffer.
-            unsafe { cap_ret_stub.call(lib.addr("capture_ret"), &[lib.addr(&format!("ret_{k}")) as u64, buf_addr], &mut []) }
-                .unwrap();
+            unsafe {
+                cap_ret_stub.call(
+                    lib.addr("capture_ret"),
+                    &[lib.addr(&format!("ret_{k}")) as u64, buf_addr],
+                    &mut [],
+                )
+            }
+            .unwrap();
             let regs = area(4, 48);
             let img = match &layout.ret {
                 RetPass::Direct(parts) => image(t, parts, |l, n| match l {
@@ -288,7 +363,9 @@ fn check_classification(conv: CallConv, count: usize) {
                 RetPass::Sret { .. } => {
                     let rax = u64::from_le_bytes(regs[..8].try_into().unwrap());
                     if rax != buf_addr {
-                        problems.push(format!("sret: rax {rax:#x} is not the hidden pointer {buf_addr:#x}"));
+                        problems.push(format!(
+                            "sret: rax {rax:#x} is not the hidden pointer {buf_addr:#x}"
+                        ));
                     }
                     Ok(slots_bytes(&buf)[..t.size() as usize].to_vec())
                 }
@@ -302,7 +379,13 @@ fn check_classification(conv: CallConv, count: usize) {
             failures.push(format!("{conv} {}: {}", case.sig, problems.join("; ")));
         }
     }
-    assert!(failures.is_empty(), "{} of {} signatures disagree with gcc:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} signatures disagree with gcc:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -320,13 +403,15 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
     let mut rng = fastrand::Rng::with_seed(seed() ^ 0xe1 ^ conv as u64);
     let cases = cases_for(&mut rng, count, 24, true);
     let mut w = CWriter::new();
-    let mut body = String::from(
-        "unsigned char rec[8192];\nvoid *rec_area(void) { return rec; }\n",
-    );
+    let mut body = String::from("unsigned char rec[8192];\nvoid *rec_area(void) { return rec; }\n");
     let attr = c_attr(conv);
     let (va_list, va_start, va_end) = match conv {
         CallConv::SysV => ("va_list", "va_start", "va_end"),
-        CallConv::Win64 => ("__builtin_ms_va_list", "__builtin_ms_va_start", "__builtin_ms_va_end"),
+        CallConv::Win64 => (
+            "__builtin_ms_va_list",
+            "__builtin_ms_va_start",
+            "__builtin_ms_va_end",
+        ),
     };
     for (k, case) in cases.iter().enumerate() {
         let rt = w.ret_ctype(case.sig.ret());
@@ -355,14 +440,21 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
             writeln!(body, "  {va_end}(ap);").unwrap();
         }
         if let Some(v) = &case.ret {
-            writeln!(body, "  {rt} r; memcpy(&r, {}, sizeof r); return r;", c_bytes(v)).unwrap();
+            writeln!(
+                body,
+                "  {rt} r; memcpy(&r, {}, sizeof r); return r;",
+                c_bytes(v)
+            )
+            .unwrap();
         }
         body.push_str("}\n");
     }
     let so = compile_so(&format!("recv_{conv}"), &format!("{}{body}", w.head));
     let lib = Lib::open(&so);
     let bridge = Bridge::libffi();
-    let area_stub = bridge.exit_stub(&"()->ptr".parse().unwrap(), CallConv::SysV).unwrap();
+    let area_stub = bridge
+        .exit_stub(&"()->ptr".parse().unwrap(), CallConv::SysV)
+        .unwrap();
     let mut r = [0u64];
     // SAFETY: rec_area is `void *rec_area(void)`.
     unsafe { area_stub.call(lib.addr("rec_area"), &[], &mut r).unwrap() };
@@ -379,7 +471,13 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
             }
             Err(e) => panic!("{}: {e}", case.sig),
         };
-        let slots: Vec<u64> = case.sig.params().iter().zip(&case.args).flat_map(|(t, v)| value_slots(t, v)).collect();
+        let slots: Vec<u64> = case
+            .sig
+            .params()
+            .iter()
+            .zip(&case.args)
+            .flat_map(|(t, v)| value_slots(t, v))
+            .collect();
         let mut ret = vec![0u64; case.sig.ret_slots()];
         // SAFETY: recv_k has exactly this signature and convention.
         unsafe { stub.call(lib.addr(&format!("recv_{k}")), &slots, &mut ret) }.unwrap();
@@ -395,12 +493,20 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
                 failures.push(format!("{conv} {} result: {e}", case.sig));
             }
             if let Type::Scalar(s) = t {
-                assert_eq!(ret[0], s.to_slot(ret[0]), "result slot of {} not extended", case.sig);
+                assert_eq!(
+                    ret[0],
+                    s.to_slot(ret[0]),
+                    "result slot of {} not extended",
+                    case.sig
+                );
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(unsupported * 4 < cases.len(), "too many unsupported cases: {unsupported}");
+    assert!(
+        unsupported * 4 < cases.len(),
+        "too many unsupported cases: {unsupported}"
+    );
 }
 
 #[test]
@@ -442,13 +548,22 @@ fn check_entry_against_c(conv: CallConv, count: usize) {
     let so = compile_so(&format!("send_{conv}"), &format!("{}{body}", w.head));
     let lib = Lib::open(&so);
     let bridge = Bridge::libffi();
-    let send = bridge.exit_stub(&"(ptr,ptr)->void".parse().unwrap(), CallConv::SysV).unwrap();
+    let send = bridge
+        .exit_stub(&"(ptr,ptr)->void".parse().unwrap(), CallConv::SysV)
+        .unwrap();
     let (mut failures, mut unsupported) = (Vec::new(), 0);
     for (k, case) in cases.iter().enumerate() {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let ret_slots = case.ret.as_ref().zip(case.sig.ret()).map(|(v, t)| value_slots(t, v)).unwrap_or_default();
-        let var_types: Vec<Scalar> =
-            case.sig.params()[case.sig.fixed_count()..].iter().map(|t| t.as_scalar().unwrap()).collect();
+        let ret_slots = case
+            .ret
+            .as_ref()
+            .zip(case.sig.ret())
+            .map(|(v, t)| value_slots(t, v))
+            .unwrap_or_default();
+        let var_types: Vec<Scalar> = case.sig.params()[case.sig.fixed_count()..]
+            .iter()
+            .map(|t| t.as_scalar().unwrap())
+            .collect();
         let (seen2, ret2) = (seen.clone(), ret_slots.clone());
         let host = move |call: EntryCall<'_>| -> Result<(), tierbridge::host::HostError> {
             let mut s = seen2.lock().unwrap();
@@ -482,15 +597,28 @@ fn check_entry_against_c(conv: CallConv, count: usize) {
         };
         let mut out = vec![0u64; 8];
         // SAFETY: send_k(fp, out) calls fp with this signature and writes the result to out.
-        unsafe { send.call(lib.addr(&format!("send_{k}")), &[ep.code_ptr() as u64, out.as_mut_ptr() as u64], &mut []) }
-            .unwrap();
+        unsafe {
+            send.call(
+                lib.addr(&format!("send_{k}")),
+                &[ep.code_ptr() as u64, out.as_mut_ptr() as u64],
+                &mut [],
+            )
+        }
+        .unwrap();
         let s = seen.lock().unwrap();
         let fixed = case.sig.fixed_count();
-        let want_fixed: Vec<u64> =
-            case.sig.params()[..fixed].iter().zip(&case.args).flat_map(|(t, v)| value_slots(t, v)).collect();
+        let want_fixed: Vec<u64> = case.sig.params()[..fixed]
+            .iter()
+            .zip(&case.args)
+            .flat_map(|(t, v)| value_slots(t, v))
+            .collect();
         // Compare slot by slot but struct padding only through same_value.
         let mut at = 0;
-        for (i, (t, v)) in case.sig.params()[..fixed].iter().zip(&case.args).enumerate() {
+        for (i, (t, v)) in case.sig.params()[..fixed]
+            .iter()
+            .zip(&case.args)
+            .enumerate()
+        {
             let n = t.slots() as usize;
             let got = slots_bytes(s.args.get(at..at + n).unwrap_or(&[]));
             if got.len() < t.size() as usize {
@@ -501,20 +629,29 @@ fn check_entry_against_c(conv: CallConv, count: usize) {
             at += n;
         }
         assert_eq!(s.args.len(), want_fixed.len());
-        let want_var: Vec<u64> =
-            case.sig.params()[fixed..].iter().zip(&case.args[fixed..]).flat_map(|(t, v)| value_slots(t, v)).collect();
+        let want_var: Vec<u64> = case.sig.params()[fixed..]
+            .iter()
+            .zip(&case.args[fixed..])
+            .flat_map(|(t, v)| value_slots(t, v))
+            .collect();
         if s.varargs != want_var {
-            failures.push(format!("{conv} {} varargs: expected {want_var:x?}, got {:x?}", case.sig, s.varargs));
+            failures.push(format!(
+                "{conv} {} varargs: expected {want_var:x?}, got {:x?}",
+                case.sig, s.varargs
+            ));
         }
-        if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret) {
-            if let Err(e) = same_value(t, v, &slots_bytes(&out)) {
-                failures.push(format!("{conv} {} result: {e}", case.sig));
-            }
+        if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret)
+            && let Err(e) = same_value(t, v, &slots_bytes(&out))
+        {
+            failures.push(format!("{conv} {} result: {e}", case.sig));
         }
         drop(ep);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(unsupported * 4 < cases.len(), "too many unsupported cases: {unsupported}");
+    assert!(
+        unsupported * 4 < cases.len(),
+        "too many unsupported cases: {unsupported}"
+    );
 }
 
 #[test]
@@ -553,7 +690,12 @@ fn part_kinds_are_consistent_with_the_value_they_carry() {
                         }
                         covered += p.size;
                     }
-                    assert_eq!(covered, a.ty.size(), "{sig} {conv}: parts of {} cover {covered} bytes", a.ty);
+                    assert_eq!(
+                        covered,
+                        a.ty.size(),
+                        "{sig} {conv}: parts of {} cover {covered} bytes",
+                        a.ty
+                    );
                 }
             }
         }

@@ -11,7 +11,12 @@ use tierbridge::thunks::BackendKind;
 fn the_sample_corpus_passes_on_the_libffi_backend() {
     let (so, json) = support::sample_library();
     let report = runner::run(BackendKind::Libffi, Some(&so), &json).expect("the corpus runs");
-    for line in report.skips.iter().chain(&report.infos).chain(&report.failures) {
+    for line in report
+        .skips
+        .iter()
+        .chain(&report.infos)
+        .chain(&report.failures)
+    {
         println!("{line}");
     }
     println!("{}", report.closing_line());
@@ -20,7 +25,8 @@ fn the_sample_corpus_passes_on_the_libffi_backend() {
     // and hazard vectors may be skipped.
     for skip in &report.skips {
         assert!(
-            skip.contains("hazard") || (skip.contains("packed") && skip.contains("not where natural alignment")),
+            skip.contains("hazard")
+                || (skip.contains("packed") && skip.contains("not where natural alignment")),
             "unexpected skip: {skip}"
         );
     }
@@ -32,8 +38,14 @@ fn the_sample_corpus_passes_on_the_libffi_backend() {
 #[test]
 fn a_corrupted_expectation_is_reported_as_a_failure() {
     let (so, json) = support::sample_library();
-    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let f = doc["functions"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == "sample_cb_ms6").unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = doc["functions"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "sample_cb_ms6")
+        .unwrap();
     f["vectors"][0]["ret"] = serde_json::json!("0x0000000000000000");
     let bad = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("corrupted.json");
     std::fs::write(&bad, doc.to_string()).unwrap();

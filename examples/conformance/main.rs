@@ -39,14 +39,25 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    let (Some(backend), Some(corpus)) = (backend, corpus) else { return usage() };
+    let (Some(backend), Some(corpus)) = (backend, corpus) else {
+        return usage();
+    };
     match runner::run(backend, lib.as_deref(), &corpus) {
         Ok(report) => {
-            for line in report.skips.iter().chain(&report.infos).chain(&report.failures) {
+            for line in report
+                .skips
+                .iter()
+                .chain(&report.infos)
+                .chain(&report.failures)
+            {
                 println!("{line}");
             }
             println!("{}", report.closing_line());
-            if report.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if report.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("conformance: {e}");

@@ -28,13 +28,20 @@ pub struct Report {
 
 impl Report {
     pub fn closing_line(&self) -> String {
-        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
 fn ty_of(text: &str) -> Result<Type, String> {
-    let sig = Signature::parse(&format!("({text})->void")).map_err(|e| format!("type {text:?}: {e}"))?;
-    sig.params().first().cloned().ok_or_else(|| format!("type {text:?}: empty"))
+    let sig =
+        Signature::parse(&format!("({text})->void")).map_err(|e| format!("type {text:?}: {e}"))?;
+    sig.params()
+        .first()
+        .cloned()
+        .ok_or_else(|| format!("type {text:?}: empty"))
 }
 
 // ---------------------------------------------------------------------------
@@ -46,7 +53,10 @@ fn scalar_bits(s: Scalar, v: &Json) -> Result<u64, String> {
     match s {
         Scalar::Bool => v.as_bool().map(u64::from).ok_or_else(bad),
         Scalar::F32 | Scalar::F64 => {
-            let hex = v.as_str().and_then(|t| t.strip_prefix("0x")).ok_or_else(bad)?;
+            let hex = v
+                .as_str()
+                .and_then(|t| t.strip_prefix("0x"))
+                .ok_or_else(bad)?;
             let digits = if s == Scalar::F32 { 8 } else { 16 };
             if hex.len() != digits {
                 return Err(bad());
@@ -55,7 +65,9 @@ fn scalar_bits(s: Scalar, v: &Json) -> Result<u64, String> {
         }
         Scalar::Ptr => match v {
             Json::Null => Ok(0),
-            _ => Err(format!("pointer value {v} inside a struct is not encodable")),
+            _ => Err(format!(
+                "pointer value {v} inside a struct is not encodable"
+            )),
         },
         _ => {
             let t = v.as_str().ok_or_else(bad)?;
@@ -93,18 +105,27 @@ fn encode_into(ty: &Type, v: &Json, out: &mut [u8]) -> Result<(), String> {
             Ok(())
         }
         Type::Struct(st) => {
-            let items = v.as_array().ok_or_else(|| format!("struct value {v} is not an array"))?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| format!("struct value {v} is not an array"))?;
             if items.len() != st.fields().len() {
-                return Err(format!("struct value {v} has {} fields, {ty} has {}", items.len(), st.fields().len()));
+                return Err(format!(
+                    "struct value {v} has {} fields, {ty} has {}",
+                    items.len(),
+                    st.fields().len()
+                ));
             }
             for (f, item) in st.fields().iter().zip(items) {
                 let at = f.offset as usize;
                 match f.count {
                     None => encode_into(&f.ty, item, &mut out[at..])?,
                     Some(n) => {
-                        let elems = item.as_array().filter(|a| a.len() == n as usize).ok_or_else(|| {
-                            format!("array field value {item} is not an array of {n}")
-                        })?;
+                        let elems = item
+                            .as_array()
+                            .filter(|a| a.len() == n as usize)
+                            .ok_or_else(|| {
+                                format!("array field value {item} is not an array of {n}")
+                            })?;
                         let stride = f.ty.size() as usize;
                         for (i, e) in elems.iter().enumerate() {
                             encode_into(&f.ty, e, &mut out[at + i * stride..])?;
@@ -134,9 +155,15 @@ fn diff_bytes(ty: &Type, want: &[u8], got: &[u8]) -> Option<String> {
     for (at, s) in ty.flatten() {
         let r = at as usize..(at + s.size()) as usize;
         let (w, g) = (&want[r.clone()], &got[r]);
-        let differs = if s == Scalar::Bool { (w[0] != 0) != (g[0] != 0) || g[0] > 1 } else { w != g };
+        let differs = if s == Scalar::Bool {
+            (w[0] != 0) != (g[0] != 0) || g[0] > 1
+        } else {
+            w != g
+        };
         if differs {
-            return Some(format!("{s} at offset {at}: expected {w:02x?}, got {g:02x?}"));
+            return Some(format!(
+                "{s} at offset {at}: expected {w:02x?}, got {g:02x?}"
+            ));
         }
     }
     None
@@ -197,7 +224,9 @@ fn refuse(msg: &str) -> HostError {
 
 impl Catalogue {
     fn helper_call(h: &Option<Helper>, name: &str, args: &[u64]) -> Result<u64, HostError> {
-        let h = h.as_ref().ok_or_else(|| refuse(&format!("helper {name} is not in the library")))?;
+        let h = h
+            .as_ref()
+            .ok_or_else(|| refuse(&format!("helper {name} is not in the library")))?;
         let mut ret = [0u64];
         // SAFETY: `addr` is the library's `name`, whose signature is the stub's (FORMAT.md 7.1).
         unsafe { h.stub.call(h.addr as *const c_void, args, &mut ret)? };
@@ -205,7 +234,9 @@ impl Catalogue {
     }
 
     fn handle(&self, call: EntryCall<'_>) -> Result<(), HostError> {
-        let id = *CATALOGUE.get(call.func.0 as usize).ok_or_else(|| refuse("unknown callback id"))?;
+        let id = *CATALOGUE
+            .get(call.func.0 as usize)
+            .ok_or_else(|| refuse("unknown callback id"))?;
         let a = call.args;
         let r = call.ret;
         let i64_of = |k: usize| a[k] as i64;
@@ -236,8 +267,16 @@ impl Catalogue {
             "many18_sum" => {
                 let mut v = 0.0f64;
                 for (k, slot) in a.iter().enumerate().take(18) {
-                    let x = if k < 16 && k % 2 == 0 { *slot as i64 as f64 } else { f64_of(*slot) };
-                    v = if k == 0 { x } else { v + x * (1u64 << k) as f64 };
+                    let x = if k < 16 && k % 2 == 0 {
+                        *slot as i64 as f64
+                    } else {
+                        f64_of(*slot)
+                    };
+                    v = if k == 0 {
+                        x
+                    } else {
+                        v + x * (1u64 << k) as f64
+                    };
                 }
                 r[0] = v.to_bits();
             }
@@ -289,8 +328,17 @@ impl Catalogue {
             }
             "reenter_add" => {
                 let n = a[0] as i32;
-                let me = self.self_ptrs.get().and_then(|m| m.get("reenter_add")).copied().unwrap_or(0);
-                let inner = Self::helper_call(&self.reenter, "corpus_cb_reenter", &[(n - 1) as i64 as u64, me as u64])?;
+                let me = self
+                    .self_ptrs
+                    .get()
+                    .and_then(|m| m.get("reenter_add"))
+                    .copied()
+                    .unwrap_or(0);
+                let inner = Self::helper_call(
+                    &self.reenter,
+                    "corpus_cb_reenter",
+                    &[(n - 1) as i64 as u64, me as u64],
+                )?;
                 r[0] = (n as i64 * 10).wrapping_add(inner as i64) as u64;
             }
             "affine_i64" => r[0] = a[0].wrapping_mul(3).wrapping_add(1),
@@ -301,17 +349,23 @@ impl Catalogue {
             }
             "va_weighted" => {
                 let n = a[0] as i32;
-                let mut va = call.varargs.ok_or_else(|| refuse("va_weighted called without variadic arguments"))?;
+                let mut va = call
+                    .varargs
+                    .ok_or_else(|| refuse("va_weighted called without variadic arguments"))?;
                 let (mut acc, mut w) = (0.0f64, 1.0f64);
                 for _ in 0..n.max(0) {
-                    let x = va.next_f64().ok_or_else(|| refuse("va_weighted: variadic argument out of reach"))?;
+                    let x = va
+                        .next_f64()
+                        .ok_or_else(|| refuse("va_weighted: variadic argument out of reach"))?;
                     acc += x * w;
                     w *= 2.0;
                 }
                 r[0] = acc.to_bits();
             }
             "jump_out" => {
-                return Err(refuse("jump_out refused: longjmp across Rust and bridge frames is not supported"));
+                return Err(refuse(
+                    "jump_out refused: longjmp across Rust and bridge frames is not supported",
+                ));
             }
             "ms6_sum" => {
                 let v = (a[0] as i32) as f64
@@ -373,14 +427,18 @@ impl Runner<'_> {
     fn symbol(&self, name: &str) -> Option<usize> {
         let cname = std::ffi::CString::new(name).ok()?;
         // SAFETY: the symbol is only used as an address here.
-        unsafe { self.lib.get::<*const c_void>(cname.as_bytes_with_nul()) }.ok().map(|s| *s as usize)
+        unsafe { self.lib.get::<*const c_void>(cname.as_bytes_with_nul()) }
+            .ok()
+            .map(|s| *s as usize)
     }
 
     fn pointer_arg(&self, d: &Json, mem: &mut ArgMemory) -> Result<u64, String> {
         if d.is_null() {
             return Ok(0);
         }
-        let obj = d.as_object().ok_or_else(|| format!("pointer descriptor {d} is not an object"))?;
+        let obj = d
+            .as_object()
+            .ok_or_else(|| format!("pointer descriptor {d} is not an object"))?;
         if let Some(buf) = obj.get("buf") {
             let ty = ty_of(buf["elem"].as_str().ok_or("buf without elem")?)?;
             let values = buf["values"].as_array().ok_or("buf without values")?;
@@ -415,13 +473,21 @@ impl Runner<'_> {
         }
         if let Some(sym) = obj.get("native") {
             let sym = sym.as_str().ok_or("native is not a string")?;
-            return self.symbol(sym).map(|a| a as u64).ok_or_else(|| format!("no symbol {sym}"));
+            return self
+                .symbol(sym)
+                .map(|a| a as u64)
+                .ok_or_else(|| format!("no symbol {sym}"));
         }
         Err(format!("unknown pointer descriptor {d}"))
     }
 
     /// Runs one vector (or scenario step). `Ok(None)` = pass, `Ok(Some(why))` = mismatch.
-    fn run_vector(&self, c: &Check<'_>, target_override: Option<usize>, last_ptr: &mut Option<u64>) -> Outcome {
+    fn run_vector(
+        &self,
+        c: &Check<'_>,
+        target_override: Option<usize>,
+        last_ptr: &mut Option<u64>,
+    ) -> Outcome {
         let sig = match &c.f.sig {
             Ok(s) => s,
             Err(e) => return Outcome::Fail(format!("signature: {e}")),
@@ -436,7 +502,9 @@ impl Runner<'_> {
                 Err(e) => return Outcome::Fail(format!("call_types {ct}: {e}")),
             };
             if types.len() < sig.fixed_count() || types[..sig.fixed_count()] != sig.params()[..] {
-                return Outcome::Fail(format!("call_types {ct} do not start with the fixed parameters of {sig}"));
+                return Outcome::Fail(format!(
+                    "call_types {ct} do not start with the fixed parameters of {sig}"
+                ));
             }
             match sig.with_varargs(&types[sig.fixed_count()..]) {
                 Ok(s) => s,
@@ -458,7 +526,11 @@ impl Runner<'_> {
             return Outcome::Fail("vector without args".into());
         };
         if args.len() != call_sig.params().len() {
-            return Outcome::Fail(format!("{} args for {} parameters", args.len(), call_sig.params().len()));
+            return Outcome::Fail(format!(
+                "{} args for {} parameters",
+                args.len(),
+                call_sig.params().len()
+            ));
         }
         let mut mem = ArgMemory { blocks: Vec::new() };
         let mut slots = vec![0u64; call_sig.arg_slots()];
@@ -483,8 +555,12 @@ impl Runner<'_> {
         // corpus's promise), and every pointer argument points to live memory.
         let result = unsafe {
             match want_errno {
-                Some(_) => stub.call_capture_errno(target as *const c_void, &slots, &mut ret, 12345).map(Some),
-                None => stub.call(target as *const c_void, &slots, &mut ret).map(|_| None),
+                Some(_) => stub
+                    .call_capture_errno(target as *const c_void, &slots, &mut ret, 12345)
+                    .map(Some),
+                None => stub
+                    .call(target as *const c_void, &slots, &mut ret)
+                    .map(|_| None),
             }
         };
         let got_errno = match result {
@@ -492,10 +568,10 @@ impl Runner<'_> {
             Err(e) => return Outcome::Fail(format!("call failed: {e}")),
         };
         let mut problems = Vec::new();
-        if let Some(w) = want_errno {
-            if got_errno != Some(w as i32) {
-                problems.push(format!("errno: expected {w}, got {got_errno:?}"));
-            }
+        if let Some(w) = want_errno
+            && got_errno != Some(w as i32)
+        {
+            problems.push(format!("errno: expected {w}, got {got_errno:?}"));
         }
         let want = v.get("ret").unwrap_or(&Json::Null);
         match call_sig.ret() {
@@ -510,9 +586,14 @@ impl Runner<'_> {
                 let expected = if want.is_null() {
                     Ok(0)
                 } else if let Some(i) = want.get("same_as_arg").and_then(Json::as_u64) {
-                    addrs.get(i as usize).copied().ok_or_else(|| format!("same_as_arg {i} out of range"))
+                    addrs
+                        .get(i as usize)
+                        .copied()
+                        .ok_or_else(|| format!("same_as_arg {i} out of range"))
                 } else if let Some(sym) = want.get("native").and_then(Json::as_str) {
-                    self.symbol(sym).map(|a| a as u64).ok_or_else(|| format!("no symbol {sym}"))
+                    self.symbol(sym)
+                        .map(|a| a as u64)
+                        .ok_or_else(|| format!("no symbol {sym}"))
                 } else {
                     Err(format!("unknown pointer result {want}"))
                 };
@@ -532,15 +613,29 @@ impl Runner<'_> {
                 Err(e) => problems.push(format!("ret: {e}")),
             },
         }
-        for check in v.get("after").and_then(Json::as_array).into_iter().flatten() {
+        for check in v
+            .get("after")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = self.after_check(check, &addrs, &mut problems) {
                 problems.push(format!("after: {e}"));
             }
         }
-        if problems.is_empty() { Outcome::Pass } else { Outcome::Fail(problems.join("; ")) }
+        if problems.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail(problems.join("; "))
+        }
     }
 
-    fn after_check(&self, check: &Json, addrs: &[u64], problems: &mut Vec<String>) -> Result<(), String> {
+    fn after_check(
+        &self,
+        check: &Json,
+        addrs: &[u64],
+        problems: &mut Vec<String>,
+    ) -> Result<(), String> {
         let i = check["arg"].as_u64().ok_or("after without arg")? as usize;
         let p = *addrs.get(i).ok_or("after arg out of range")? as *const u8;
         if p.is_null() {
@@ -552,7 +647,11 @@ impl Runner<'_> {
             // long as what the corpus says the callee wrote.
             let got = unsafe { std::slice::from_raw_parts(p, want.len()) };
             if got != want.as_slice() {
-                problems.push(format!("after arg {i}: expected {:?}, got {:?}", text, String::from_utf8_lossy(got)));
+                problems.push(format!(
+                    "after arg {i}: expected {:?}, got {:?}",
+                    text,
+                    String::from_utf8_lossy(got)
+                ));
             }
             return Ok(());
         }
@@ -576,14 +675,21 @@ impl Runner<'_> {
             Outcome::Pass => self.report.passed += 1,
             Outcome::Skip(why) => {
                 self.report.skipped += 1;
-                self.report.skips.push(format!("SKIP {} {display}: {why}", c.label));
+                self.report
+                    .skips
+                    .push(format!("SKIP {} {display}: {why}", c.label));
             }
             Outcome::Fail(why) if c.informative => {
-                self.report.infos.push(format!("INFO {} {display}: {why} (informative, not counted)", c.label));
+                self.report.infos.push(format!(
+                    "INFO {} {display}: {why} (informative, not counted)",
+                    c.label
+                ));
             }
             Outcome::Fail(why) => {
                 self.report.failed += 1;
-                self.report.failures.push(format!("FAIL {} {display}: {why}", c.label));
+                self.report
+                    .failures
+                    .push(format!("FAIL {} {display}: {why}", c.label));
             }
         }
     }
@@ -596,25 +702,41 @@ enum Outcome {
 }
 
 fn flags(j: &Json) -> Vec<String> {
-    j.get("flags").and_then(Json::as_array).into_iter().flatten().filter_map(|f| f.as_str().map(str::to_owned)).collect()
+    j.get("flags")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Runs a corpus file on one backend. `Err` only for problems that make the
 /// whole file unusable (unreadable, wrong format, library not loadable).
 pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Result<Report, String> {
     let text = std::fs::read_to_string(corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
-    let doc: Json = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", corpus.display()))?;
+    let doc: Json =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", corpus.display()))?;
     if doc.get("format").and_then(Json::as_str) != Some("abi-corpus/1") {
         return Err(format!("{}: format is not abi-corpus/1", corpus.display()));
     }
     let lib_path: PathBuf = match lib_path {
         Some(p) => p.to_owned(),
-        None => corpus.with_file_name(doc["library"].as_str().ok_or("no library named in the corpus")?),
+        None => corpus.with_file_name(
+            doc["library"]
+                .as_str()
+                .ok_or("no library named in the corpus")?,
+        ),
     };
     let bridge = Bridge::new(backend).map_err(|e| e.to_string())?;
     // SAFETY: loading the corpus's library runs its initializers; the corpus is trusted test input.
-    let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(|e| format!("{}: {e}", lib_path.display()))?;
-    let mut runner = Runner { bridge: &bridge, lib, callbacks: HashMap::new(), report: Report::default() };
+    let lib = unsafe { libloading::Library::new(&lib_path) }
+        .map_err(|e| format!("{}: {e}", lib_path.display()))?;
+    let mut runner = Runner {
+        bridge: &bridge,
+        lib,
+        callbacks: HashMap::new(),
+        report: Report::default(),
+    };
 
     let parse_fn = |j: &Json| -> Function {
         let name = j["name"].as_str().unwrap_or("?").to_owned();
@@ -624,17 +746,30 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
             (Err(e), _) => Err(e.to_string()),
             (_, None) => Err("no sig".into()),
         };
-        Function { name, conv: conv.unwrap_or(CallConv::SysV), sig, flags: flags(j) }
+        Function {
+            name,
+            conv: conv.unwrap_or(CallConv::SysV),
+            sig,
+            flags: flags(j),
+        }
     };
-    let functions: Vec<Function> =
-        doc["functions"].as_array().into_iter().flatten().map(parse_fn).collect();
-    let by_name: HashMap<&str, &Function> = functions.iter().map(|f| (f.name.as_str(), f)).collect();
+    let functions: Vec<Function> = doc["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(parse_fn)
+        .collect();
+    let by_name: HashMap<&str, &Function> =
+        functions.iter().map(|f| (f.name.as_str(), f)).collect();
 
     // The catalogue: one entry point per callback id, alive for the whole run.
     let helper = |name: &str, runner: &Runner<'_>| -> Option<Helper> {
         let f = by_name.get(name)?;
         let stub = runner.bridge.exit_stub(f.sig.as_ref().ok()?, f.conv).ok()?;
-        Some(Helper { stub, addr: runner.symbol(name)? })
+        Some(Helper {
+            stub,
+            addr: runner.symbol(name)?,
+        })
     };
     let catalogue = Arc::new(Catalogue {
         reenter: helper("corpus_cb_reenter", &runner),
@@ -650,10 +785,20 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
     for cb in doc["callbacks"].as_array().into_iter().flatten() {
         let id = cb["id"].as_str().unwrap_or("?").to_owned();
         let made = (|| {
-            let index = CATALOGUE.iter().position(|k| *k == id).ok_or_else(|| format!("unknown callback id {id:?}"))?;
-            let conv: CallConv = cb["abi"].as_str().unwrap_or("?").parse().map_err(|e| format!("{e}"))?;
-            let sig = Signature::parse(cb["sig"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
-            let ep = bridge.entry_point(&sig, conv, &dispatcher, index as u64).map_err(|e| e.to_string())?;
+            let index = CATALOGUE
+                .iter()
+                .position(|k| *k == id)
+                .ok_or_else(|| format!("unknown callback id {id:?}"))?;
+            let conv: CallConv = cb["abi"]
+                .as_str()
+                .unwrap_or("?")
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            let sig =
+                Signature::parse(cb["sig"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
+            let ep = bridge
+                .entry_point(&sig, conv, &dispatcher, index as u64)
+                .map_err(|e| e.to_string())?;
             self_ptrs.insert(CATALOGUE[index], ep.code_ptr() as usize);
             Ok::<_, String>(ep)
         })();
@@ -663,8 +808,17 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
 
     for f in &functions {
         let vectors = by_name[f.name.as_str()];
-        let fj = doc["functions"].as_array().into_iter().flatten().find(|j| j["name"] == f.name.as_str());
-        for (k, v) in fj.and_then(|j| j["vectors"].as_array()).into_iter().flatten().enumerate() {
+        let fj = doc["functions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| j["name"] == f.name.as_str());
+        for (k, v) in fj
+            .and_then(|j| j["vectors"].as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let c = Check {
                 label: format!("{}[{k}]", f.name),
                 f: vectors,
@@ -672,7 +826,9 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
                 informative: f.flags.iter().any(|x| x == "informative"),
             };
             let outcome = if f.flags.iter().any(|x| x == "hazard") {
-                Outcome::Skip("hazard: longjmp across bridge frames is not supported by this runner".into())
+                Outcome::Skip(
+                    "hazard: longjmp across bridge frames is not supported by this runner".into(),
+                )
             } else {
                 runner.run_vector(&c, None, &mut None)
             };
@@ -688,12 +844,24 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
             let fname = step["fn"].as_str().unwrap_or("?");
             let Some(f) = by_name.get(fname) else {
                 runner.report.failed += 1;
-                runner.report.failures.push(format!("FAIL {label}: unknown function {fname}"));
+                runner
+                    .report
+                    .failures
+                    .push(format!("FAIL {label}: unknown function {fname}"));
                 continue;
             };
             let note = step.get("note").and_then(Json::as_str).unwrap_or("");
-            let target = if note.contains("call the pointer returned") { last_ptr.map(|p| p as usize) } else { None };
-            let c = Check { label, f, v: step, informative: f.flags.iter().any(|x| x == "informative") };
+            let target = if note.contains("call the pointer returned") {
+                last_ptr.map(|p| p as usize)
+            } else {
+                None
+            };
+            let c = Check {
+                label,
+                f,
+                v: step,
+                informative: f.flags.iter().any(|x| x == "informative"),
+            };
             let outcome = if f.flags.iter().any(|x| x == "hazard") {
                 Outcome::Skip("hazard".into())
             } else {

@@ -171,7 +171,8 @@ pub fn sysv_eightbytes(ty: &Type) -> Option<SmallVec<[EightbyteClass; 2]>> {
     if size > 16 {
         return None;
     }
-    let mut classes: SmallVec<[Option<EightbyteClass>; 2]> = SmallVec::from_elem(None, size.div_ceil(8) as usize);
+    let mut classes: SmallVec<[Option<EightbyteClass>; 2]> =
+        SmallVec::from_elem(None, size.div_ceil(8) as usize);
     for (offset, s) in ty.flatten() {
         if offset % s.size() != 0 {
             return None;
@@ -183,7 +184,12 @@ pub fn sysv_eightbytes(ty: &Type) -> Option<SmallVec<[EightbyteClass; 2]>> {
         };
     }
     // An eightbyte holding only padding cannot occur with alignments <= 8; treat it as INTEGER.
-    Some(classes.into_iter().map(|c| c.unwrap_or(EightbyteClass::Integer)).collect())
+    Some(
+        classes
+            .into_iter()
+            .map(|c| c.unwrap_or(EightbyteClass::Integer))
+            .collect(),
+    )
 }
 
 /// True if Win64 passes (and returns) a value of this type in one register:
@@ -209,7 +215,12 @@ pub fn classify(sig: &Signature, conv: CallConv) -> CallLayout {
 }
 
 fn scalar_part(s: Scalar, loc: Loc) -> Part {
-    Part { offset: 0, size: s.size(), kind: PartKind::Scalar(s), loc }
+    Part {
+        offset: 0,
+        size: s.size(),
+        kind: PartKind::Scalar(s),
+        loc,
+    }
 }
 
 fn slots_of(sig: &Signature) -> (Vec<(u32, u32)>, u32) {
@@ -232,8 +243,12 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
     let mut stack = 0u32;
     let ret = match sig.ret() {
         None => RetPass::Void,
-        Some(Type::Scalar(s)) if s.is_float() => RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect()),
-        Some(Type::Scalar(s)) => RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect()),
+        Some(Type::Scalar(s)) if s.is_float() => {
+            RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect())
+        }
+        Some(Type::Scalar(s)) => {
+            RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect())
+        }
         Some(ty) => match sysv_eightbytes(ty) {
             None => {
                 gpr = 1;
@@ -241,7 +256,12 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
             }
             Some(classes) => {
                 let (mut ints, mut sses) = ([Gpr::Rax, Gpr::Rdx].into_iter(), 0u8..2);
-                RetPass::Direct(eightbyte_parts(ty.size(), &classes, || ints.next().unwrap(), || sses.next().unwrap()))
+                RetPass::Direct(eightbyte_parts(
+                    ty.size(),
+                    &classes,
+                    || ints.next().unwrap(),
+                    || sses.next().unwrap(),
+                ))
             }
         },
     };
@@ -274,9 +294,13 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
             }
             Type::Struct(_) => {
                 let fits = sysv_eightbytes(ty).filter(|classes| {
-                    let ints = classes.iter().filter(|c| **c == EightbyteClass::Integer).count();
+                    let ints = classes
+                        .iter()
+                        .filter(|c| **c == EightbyteClass::Integer)
+                        .count();
                     let sses = classes.len() - ints;
-                    gpr + ints <= SYSV_INT_ARGS.len() && usize::from(xmm) + sses <= usize::from(SYSV_SSE_ARGS)
+                    gpr + ints <= SYSV_INT_ARGS.len()
+                        && usize::from(xmm) + sses <= usize::from(SYSV_SSE_ARGS)
                 });
                 match fits {
                     Some(classes) => eightbyte_parts(
@@ -295,12 +319,24 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
                     // the stack and no register is consumed (psABI 3.2.3, step 5).
                     None => {
                         let loc = on_stack(ty.size());
-                        [Part { offset: 0, size: ty.size(), kind: PartKind::Memory, loc }].into_iter().collect()
+                        [Part {
+                            offset: 0,
+                            size: ty.size(),
+                            kind: PartKind::Memory,
+                            loc,
+                        }]
+                        .into_iter()
+                        .collect()
                     }
                 }
             }
         };
-        args.push(ArgLayout { ty: ty.clone(), slot, slots: nslots, pass: ArgPass::Direct(parts) });
+        args.push(ArgLayout {
+            ty: ty.clone(),
+            slot,
+            slots: nslots,
+            pass: ArgPass::Direct(parts),
+        });
     }
     CallLayout {
         conv: CallConv::SysV,
@@ -329,8 +365,18 @@ fn eightbyte_parts(
             let offset = i as u32 * 8;
             let size = (size - offset).min(8);
             match class {
-                EightbyteClass::Integer => Part { offset, size, kind: PartKind::IntBytes, loc: Loc::Gpr(next_gpr()) },
-                EightbyteClass::Sse => Part { offset, size, kind: PartKind::SseBytes, loc: Loc::Xmm(next_xmm()) },
+                EightbyteClass::Integer => Part {
+                    offset,
+                    size,
+                    kind: PartKind::IntBytes,
+                    loc: Loc::Gpr(next_gpr()),
+                },
+                EightbyteClass::Sse => Part {
+                    offset,
+                    size,
+                    kind: PartKind::SseBytes,
+                    loc: Loc::Xmm(next_xmm()),
+                },
             }
         })
         .collect()
@@ -340,10 +386,21 @@ fn classify_win64(sig: &Signature) -> CallLayout {
     let mut pos = 0u32;
     let ret = match sig.ret() {
         None => RetPass::Void,
-        Some(Type::Scalar(s)) if s.is_float() => RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect()),
-        Some(Type::Scalar(s)) => RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect()),
+        Some(Type::Scalar(s)) if s.is_float() => {
+            RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect())
+        }
+        Some(Type::Scalar(s)) => {
+            RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect())
+        }
         Some(ty) if win64_in_register(ty) => RetPass::Direct(
-            [Part { offset: 0, size: ty.size(), kind: PartKind::IntBytes, loc: Loc::Gpr(Gpr::Rax) }].into_iter().collect(),
+            [Part {
+                offset: 0,
+                size: ty.size(),
+                kind: PartKind::IntBytes,
+                loc: Loc::Gpr(Gpr::Rax),
+            }]
+            .into_iter()
+            .collect(),
         ),
         Some(_) => {
             pos = 1;
@@ -358,7 +415,11 @@ fn classify_win64(sig: &Signature) -> CallLayout {
     for (i, (ty, (slot, nslots))) in sig.params().iter().zip(slots).enumerate() {
         let p = pos;
         pos += 1;
-        let int_loc = if p < 4 { Loc::Gpr(WIN64_INT_ARGS[p as usize]) } else { Loc::Stack(WIN64_SHADOW_BYTES + 8 * (p - 4)) };
+        let int_loc = if p < 4 {
+            Loc::Gpr(WIN64_INT_ARGS[p as usize])
+        } else {
+            Loc::Stack(WIN64_SHADOW_BYTES + 8 * (p - 4))
+        };
         let pass = match ty {
             Type::Scalar(s) if s.is_float() => {
                 let loc = match int_loc {
@@ -373,15 +434,30 @@ fn classify_win64(sig: &Signature) -> CallLayout {
             }
             Type::Scalar(s) => ArgPass::Direct([scalar_part(*s, int_loc)].into_iter().collect()),
             Type::Struct(_) if win64_in_register(ty) => ArgPass::Direct(
-                [Part { offset: 0, size: ty.size(), kind: PartKind::IntBytes, loc: int_loc }].into_iter().collect(),
+                [Part {
+                    offset: 0,
+                    size: ty.size(),
+                    kind: PartKind::IntBytes,
+                    loc: int_loc,
+                }]
+                .into_iter()
+                .collect(),
             ),
             Type::Struct(_) => {
                 let at = copy;
                 copy += ty.size().next_multiple_of(16);
-                ArgPass::ByRef { ptr: int_loc, copy: at }
+                ArgPass::ByRef {
+                    ptr: int_loc,
+                    copy: at,
+                }
             }
         };
-        args.push(ArgLayout { ty: ty.clone(), slot, slots: nslots, pass });
+        args.push(ArgLayout {
+            ty: ty.clone(),
+            slot,
+            slots: nslots,
+            pass,
+        });
     }
     CallLayout {
         conv: CallConv::Win64,
@@ -394,5 +470,105 @@ fn classify_win64(sig: &Signature) -> CallLayout {
         gprs_used: pos.min(4) as u8,
         xmms_used,
         al: None,
+    }
+}
+
+impl Gpr {
+    /// The register's name (`rdi`, `r8`, …).
+    pub const fn name(self) -> &'static str {
+        const NAMES: [&str; 16] = [
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+            "r12", "r13", "r14", "r15",
+        ];
+        NAMES[self as usize]
+    }
+}
+
+impl std::fmt::Display for Gpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loc::Gpr(g) => write!(f, "{g}"),
+            Loc::Xmm(n) => write!(f, "xmm{n}"),
+            Loc::XmmAndGpr(n, g) => write!(f, "xmm{n}+{g}"),
+            Loc::Stack(off) => write!(f, "[rsp+{off}]"),
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            PartKind::Scalar(s) => write!(f, "{s} in {}", self.loc),
+            PartKind::IntBytes => write!(
+                f,
+                "bytes {}..{} as integer in {}",
+                self.offset,
+                self.offset + self.size,
+                self.loc
+            ),
+            PartKind::SseBytes => write!(
+                f,
+                "bytes {}..{} as sse in {}",
+                self.offset,
+                self.offset + self.size,
+                self.loc
+            ),
+            PartKind::Memory => write!(f, "{} bytes in memory at {}", self.size, self.loc),
+        }
+    }
+}
+
+fn join_parts(f: &mut std::fmt::Formatter<'_>, parts: &[Part]) -> std::fmt::Result {
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{p}")?;
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for ArgPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgPass::Direct(parts) => join_parts(f, parts),
+            ArgPass::ByRef { ptr, copy } => {
+                write!(f, "by reference: address in {ptr} of a copy at +{copy}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RetPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetPass::Void => f.write_str("void"),
+            RetPass::Direct(parts) => join_parts(f, parts),
+            RetPass::Sret { ptr } => write!(
+                f,
+                "through memory: hidden pointer in {ptr}, returned in rax"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for CallLayout {
+    /// One line per argument, then the result and the frame facts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.args.iter().enumerate() {
+            writeln!(f, "arg {i} {}: {}", a.ty, a.pass)?;
+        }
+        writeln!(f, "result: {}", self.ret)?;
+        write!(f, "stack argument area: {} bytes", self.stack_bytes)?;
+        if let Some(al) = self.al {
+            write!(f, ", %al = {al}")?;
+        }
+        Ok(())
     }
 }

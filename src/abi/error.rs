@@ -57,7 +57,9 @@ pub enum AbiError {
     #[error("signature {0} already has its variadic arguments")]
     VarargsAlreadyGiven(String),
     /// A variadic argument of a type C's default promotions never produce.
-    #[error("variadic argument {index} has type {ty}; C promotes it (f32 to f64, narrow integers and bool to i32)")]
+    #[error(
+        "variadic argument {index} has type {ty}; C promotes it (f32 to f64, narrow integers and bool to i32)"
+    )]
     UnpromotedVararg {
         /// Position of the argument in the full parameter list.
         index: usize,

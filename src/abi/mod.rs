@@ -16,8 +16,9 @@ mod types;
 
 pub use callconv::CallConv;
 pub use classify::{
-    ArgLayout, ArgPass, CallLayout, EightbyteClass, Gpr, Loc, Part, PartKind, RetPass, SYSV_INT_ARGS, SYSV_SSE_ARGS,
-    WIN64_INT_ARGS, WIN64_SHADOW_BYTES, classify, sysv_eightbytes, win64_in_register,
+    ArgLayout, ArgPass, CallLayout, EightbyteClass, Gpr, Loc, Part, PartKind, RetPass,
+    SYSV_INT_ARGS, SYSV_SSE_ARGS, WIN64_INT_ARGS, WIN64_SHADOW_BYTES, classify, sysv_eightbytes,
+    win64_in_register,
 };
 pub use error::{AbiError, Result};
 pub use registry::{Registry, SigId};

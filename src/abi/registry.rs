@@ -62,7 +62,9 @@ impl Default for Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("len", &self.len()).finish()
+        f.debug_struct("Registry")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -104,7 +106,10 @@ impl Registry {
         }
         let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
         let sig = Arc::new(sig.clone());
-        self.entries.get_or_init(id.0, || Entry { sig: sig.clone(), layouts: Default::default() });
+        self.entries.get_or_init(id.0, || Entry {
+            sig: sig.clone(),
+            layouts: Default::default(),
+        });
         map.insert(sig, id);
         id
     }

@@ -31,7 +31,11 @@ impl Signature {
     /// [`AbiError::TooManyParams`].
     pub fn new(params: Vec<Type>, ret: Option<Type>) -> Result<Signature> {
         check_count(params.len())?;
-        Ok(Signature { params, ret, fixed: None })
+        Ok(Signature {
+            params,
+            ret,
+            fixed: None,
+        })
     }
 
     /// A variadic signature in its declared form: `params` are the fixed ones.
@@ -136,18 +140,30 @@ impl Signature {
         }
         check_count(fixed + varargs.len())?;
         for (i, ty) in varargs.iter().enumerate() {
-            if let Type::Scalar(s) = ty {
-                if matches!(
+            if let Type::Scalar(s) = ty
+                && matches!(
                     s,
-                    Scalar::F32 | Scalar::I8 | Scalar::U8 | Scalar::I16 | Scalar::U16 | Scalar::Bool
-                ) {
-                    return Err(AbiError::UnpromotedVararg { index: fixed + i, ty: s.to_string() });
-                }
+                    Scalar::F32
+                        | Scalar::I8
+                        | Scalar::U8
+                        | Scalar::I16
+                        | Scalar::U16
+                        | Scalar::Bool
+                )
+            {
+                return Err(AbiError::UnpromotedVararg {
+                    index: fixed + i,
+                    ty: s.to_string(),
+                });
             }
         }
         let mut params = self.params.clone();
         params.extend_from_slice(varargs);
-        Ok(Signature { params, ret: self.ret.clone(), fixed: Some(fixed) })
+        Ok(Signature {
+            params,
+            ret: self.ret.clone(),
+            fixed: Some(fixed),
+        })
     }
 
     /// Number of interpreter slots the arguments take (see ABI.md, "Slots").
@@ -163,7 +179,10 @@ impl Signature {
 
 fn check_count(count: usize) -> Result<()> {
     if count > MAX_PARAMS {
-        return Err(AbiError::TooManyParams { count, max: MAX_PARAMS });
+        return Err(AbiError::TooManyParams {
+            count,
+            max: MAX_PARAMS,
+        });
     }
     Ok(())
 }
@@ -265,7 +284,12 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn ws(&mut self) {
-        while self.text.as_bytes().get(self.pos).is_some_and(|b| b.is_ascii_whitespace()) {
+        while self
+            .text
+            .as_bytes()
+            .get(self.pos)
+            .is_some_and(|b| b.is_ascii_whitespace())
+        {
             self.pos += 1;
         }
     }
@@ -282,7 +306,11 @@ impl Parser<'_> {
     }
 
     fn fail<T>(&self, expected: &'static str) -> Result<T> {
-        Err(AbiError::Parse { offset: self.pos, expected, found: self.found() })
+        Err(AbiError::Parse {
+            offset: self.pos,
+            expected,
+            found: self.found(),
+        })
     }
 
     fn eat(&mut self, tok: &str) -> bool {
@@ -296,18 +324,31 @@ impl Parser<'_> {
     }
 
     fn expect(&mut self, tok: &str, expected: &'static str) -> Result<()> {
-        if self.eat(tok) { Ok(()) } else { self.fail(expected) }
+        if self.eat(tok) {
+            Ok(())
+        } else {
+            self.fail(expected)
+        }
     }
 
     fn end(&mut self) -> Result<()> {
         self.ws();
-        if self.pos == self.text.len() { Ok(()) } else { self.fail("end of input") }
+        if self.pos == self.text.len() {
+            Ok(())
+        } else {
+            self.fail("end of input")
+        }
     }
 
     fn word(&mut self) -> &str {
         self.ws();
         let start = self.pos;
-        while self.text.as_bytes().get(self.pos).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+        while self
+            .text
+            .as_bytes()
+            .get(self.pos)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
             self.pos += 1;
         }
         &self.text[start..self.pos]
@@ -375,10 +416,13 @@ impl Parser<'_> {
         }
         self.ws();
         if !self.text[self.pos..].starts_with('{') {
-            return self.fail("a type (i8 u8 i16 u16 i32 u32 i64 u64 bool f32 f64 ptr, `{` or `packed{`)");
+            return self
+                .fail("a type (i8 u8 i16 u16 i32 u32 i64 u64 bool f32 f64 ptr, `{` or `packed{`)");
         }
         if depth >= super::types::MAX_NESTING {
-            return Err(AbiError::NestingTooDeep { max: super::types::MAX_NESTING });
+            return Err(AbiError::NestingTooDeep {
+                max: super::types::MAX_NESTING,
+            });
         }
         self.pos += 1;
         let mut fields = Vec::new();

@@ -273,15 +273,26 @@ impl StructType {
             let field_align = if packed { 1 } else { ty.align() };
             offset = offset.next_multiple_of(u64::from(field_align));
             let field_size = u64::from(ty.size()) * u64::from(count.unwrap_or(1));
-            laid.push(Field { ty, count, offset: offset as u32 });
+            laid.push(Field {
+                ty,
+                count,
+                offset: offset as u32,
+            });
             offset += field_size;
             if offset > u64::from(MAX_STRUCT_SIZE) {
-                return Err(AbiError::StructTooLarge { max: MAX_STRUCT_SIZE });
+                return Err(AbiError::StructTooLarge {
+                    max: MAX_STRUCT_SIZE,
+                });
             }
             align = align.max(field_align);
         }
         let size = offset.next_multiple_of(u64::from(align)) as u32;
-        Ok(StructType { fields: laid, packed, size, align })
+        Ok(StructType {
+            fields: laid,
+            packed,
+            size,
+            align,
+        })
     }
 
     /// The fields with their offsets.

@@ -2,31 +2,36 @@
 //!
 //! One prepared `ffi_cif` per signature shape and convention, cached by
 //! [`SigId`]. A call builds its argument pointer array on the stack: no heap
-//! allocation per call (except for Win64 by-reference copies larger than
-//! [`COPY_SCRATCH`] bytes).
+//! allocation per call.
 
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
 use std::sync::Arc;
 
 use libffi::raw::{
-    FFI_TYPE_STRUCT, ffi_abi, ffi_abi_FFI_UNIX64, ffi_abi_FFI_WIN64, ffi_call, ffi_cif, ffi_closure, ffi_closure_alloc,
-    ffi_closure_free, ffi_prep_cif, ffi_prep_cif_var, ffi_prep_closure_loc, ffi_status_FFI_OK, ffi_type,
+    FFI_TYPE_STRUCT, ffi_abi, ffi_abi_FFI_UNIX64, ffi_abi_FFI_WIN64, ffi_call, ffi_cif,
+    ffi_closure, ffi_closure_alloc, ffi_closure_free, ffi_prep_cif, ffi_prep_cif_var,
+    ffi_prep_closure_loc, ffi_status_FFI_OK, ffi_type,
 };
 use smallvec::SmallVec;
 
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{
-    ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, Type, sysv_eightbytes,
+    ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, Type,
+    sysv_eightbytes,
 };
-use crate::host::{Dispatcher, RawEntryCall, RawVaList, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut};
+use crate::code::RawFn;
+use crate::host::{
+    Dispatcher, RawEntryCall, RawVaList, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
+};
 use crate::table::IdTable;
 
-/// Bytes of on-stack scratch for Win64 by-reference argument copies.
-const COPY_SCRATCH: usize = 512;
-
 fn unsupported(reason: String) -> ThunkError {
-    ThunkError::Unsupported { backend: BackendKind::Libffi, reason }
+    ThunkError::Unsupported {
+        backend: BackendKind::Libffi,
+        reason,
+    }
 }
 
 fn abi_of(conv: CallConv) -> ffi_abi {
@@ -60,6 +65,9 @@ fn scalar_type(s: Scalar) -> *mut ffi_type {
 /// Owns the `ffi_type` descriptors of struct types (libffi keeps pointers to them).
 #[derive(Default)]
 struct TypeArena {
+    // Boxed: libffi keeps pointers to each descriptor, which must not move when
+    // the Vec grows.
+    #[allow(clippy::vec_box)]
     structs: Vec<Box<ffi_type>>,
     elements: Vec<Box<[*mut ffi_type]>>,
 }
@@ -118,7 +126,8 @@ fn libffi_type_for(ty: &Type, conv: CallConv, is_ret: bool) -> Result<Type> {
     let (size, nat) = (ty.size(), natural.size());
     let ok = match conv {
         CallConv::SysV => {
-            size.next_multiple_of(8) == nat.next_multiple_of(8) && !(is_ret && sysv_eightbytes(ty).is_none() && size != nat)
+            size.next_multiple_of(8) == nat.next_multiple_of(8)
+                && !(is_ret && sysv_eightbytes(ty).is_none() && size != nat)
         }
         CallConv::Win64 => size == nat,
     };
@@ -171,7 +180,12 @@ unsafe impl Sync for FfiCif {}
 impl FfiCif {
     /// Prepares `sig`. `closure` prepares the cif a closure for a declared
     /// variadic signature uses (with pseudo-parameters, see [`VaPlan`]).
-    fn new(sig: Arc<Signature>, layout: Arc<CallLayout>, conv: CallConv, closure: bool) -> Result<FfiCif> {
+    fn new(
+        sig: Arc<Signature>,
+        layout: Arc<CallLayout>,
+        conv: CallConv,
+        closure: bool,
+    ) -> Result<FfiCif> {
         let mut arena = TypeArena::default();
         let mut types = Vec::with_capacity(sig.params().len() + 16);
         for ty in sig.params() {
@@ -190,7 +204,10 @@ impl FfiCif {
             let plan = va_plan(&layout, nfixed);
             let i64t = scalar_type(Scalar::I64);
             types.extend(std::iter::repeat_n(i64t, plan.gp_count as usize));
-            types.extend(std::iter::repeat_n(scalar_type(Scalar::F64), plan.fp_count as usize));
+            types.extend(std::iter::repeat_n(
+                scalar_type(Scalar::F64),
+                plan.fp_count as usize,
+            ));
             types.push(i64t);
             plan
         });
@@ -201,13 +218,22 @@ impl FfiCif {
         // alive (owned by the FfiCif) for as long as the cif is used.
         let status = unsafe {
             if sig.is_variadic() && !closure {
-                ffi_prep_cif_var(&mut *cif, abi_of(conv), nfixed as u32, n, rtype, types.as_mut_ptr())
+                ffi_prep_cif_var(
+                    &mut *cif,
+                    abi_of(conv),
+                    nfixed as u32,
+                    n,
+                    rtype,
+                    types.as_mut_ptr(),
+                )
             } else {
                 ffi_prep_cif(&mut *cif, abi_of(conv), n, rtype, types.as_mut_ptr())
             }
         };
         if status != ffi_status_FFI_OK {
-            return Err(ThunkError::Internal(format!("ffi_prep_cif refused {sig} ({conv}): status {status}")));
+            return Err(ThunkError::Internal(format!(
+                "ffi_prep_cif refused {sig} ({conv}): status {status}"
+            )));
         }
         let byref = layout
             .args
@@ -232,6 +258,66 @@ impl FfiCif {
         })
     }
 
+    /// Sets errno if asked and makes the libffi call.
+    ///
+    /// # Safety
+    /// As `ffi_call`: `f` matches the cif, `avalue` holds one valid pointer per
+    /// argument, `rvalue` has room for the result.
+    #[inline(always)]
+    unsafe fn invoke(
+        &self,
+        f: RawFn,
+        rvalue: *mut c_void,
+        avalue: *mut *mut c_void,
+        errno_before: Option<i32>,
+    ) {
+        if let Some(e) = errno_before {
+            crate::sys::set_errno(e);
+        }
+        // SAFETY: by this function's contract.
+        unsafe { ffi_call(self.cif_ptr(), Some(f), rvalue, avalue) };
+    }
+
+    /// [`FfiCif::invoke`] for Win64 calls with by-reference aggregates: the
+    /// callee owns (and may write) its copy, so it gets a 16-byte aligned copy
+    /// in this frame instead of the caller's slots. (libffi copies too; this
+    /// keeps the guarantee independent of libffi.)
+    ///
+    /// # Safety
+    /// As [`FfiCif::invoke`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn invoke_with_copies(
+        &self,
+        f: RawFn,
+        rvalue: *mut c_void,
+        avalue: *mut *mut c_void,
+        errno_before: Option<i32>,
+    ) {
+        #[repr(C, align(16))]
+        struct Scratch([u8; 512]);
+        let mut scratch = MaybeUninit::<Scratch>::uninit();
+        let mut big: Vec<u128> = Vec::new();
+        let need = self.layout.copy_bytes as usize;
+        let base: *mut u8 = if need <= size_of::<Scratch>() {
+            scratch.as_mut_ptr().cast()
+        } else {
+            big.resize(need.div_ceil(16), 0);
+            big.as_mut_ptr().cast()
+        };
+        for &(i, copy, size) in self.byref.iter() {
+            // SAFETY: the source is the argument's slots (at least `size` bytes, as
+            // the slot count was checked); the destination lies within the
+            // `copy_bytes` bytes of `base`, which live until the call returns.
+            unsafe {
+                std::ptr::copy_nonoverlapping(*avalue.add(i) as *const u8, base.add(copy), size);
+                *avalue.add(i) = base.add(copy).cast();
+            }
+        }
+        // SAFETY: forwarded contract; the copies outlive the call.
+        unsafe { self.invoke(f, rvalue, avalue, errno_before) };
+    }
+
     fn cif_ptr(&self) -> *mut ffi_cif {
         // libffi takes `*mut` but only reads a prepared cif.
         &*self.cif as *const ffi_cif as *mut ffi_cif
@@ -250,39 +336,25 @@ impl FfiCif {
     ) -> Result<Option<i32>> {
         let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
         if args.len() != self.arg_slots {
-            return Err(ThunkError::ArgCount { sig: self.sig.to_string(), expected: self.arg_slots, got: args.len() });
+            return Err(ThunkError::ArgCount {
+                sig: self.sig.to_string(),
+                expected: self.arg_slots,
+                got: args.len(),
+            });
         }
         if ret.len() < self.ret_slots {
-            return Err(ThunkError::RetSlots { sig: self.sig.to_string(), expected: self.ret_slots, got: ret.len() });
+            return Err(ThunkError::RetSlots {
+                sig: self.sig.to_string(),
+                expected: self.ret_slots,
+                got: ret.len(),
+            });
         }
-        let mut avalue = [null_mut::<c_void>(); MAX_PARAMS];
+        let mut avalue = [MaybeUninit::<*mut c_void>::uninit(); MAX_PARAMS];
         for (p, slot) in avalue.iter_mut().zip(self.arg_slot.iter()) {
-            *p = args[*slot as usize..].as_ptr() as *mut c_void;
+            p.write(args[*slot as usize..].as_ptr() as *mut c_void);
         }
-        // Win64 by-reference aggregates: libffi may pass our memory by address and
-        // the callee owns (and may write) its copy, so give it a 16-byte aligned copy.
-        #[repr(C, align(16))]
-        struct Scratch([u8; COPY_SCRATCH]);
-        let mut scratch = Scratch([0; COPY_SCRATCH]);
-        let mut big: Vec<u128> = Vec::new();
-        if !self.byref.is_empty() {
-            let need = self.layout.copy_bytes as usize;
-            let base: *mut u8 = if need <= COPY_SCRATCH {
-                scratch.0.as_mut_ptr()
-            } else {
-                big.resize(need.div_ceil(16), 0);
-                big.as_mut_ptr().cast()
-            };
-            for &(i, copy, size) in self.byref.iter() {
-                // SAFETY: the source is the argument's slots (at least `size` bytes,
-                // checked by the slot count above); the destination lies within the
-                // copy area of `copy_bytes` bytes reserved just above.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(avalue[i] as *const u8, base.add(copy), size);
-                    avalue[i] = base.add(copy).cast();
-                }
-            }
-        }
+        // Initialised above for every argument (arg_slot has one entry per argument).
+        let avalue = avalue.as_mut_ptr().cast::<*mut c_void>();
         let mut void_ret = 0u64;
         let rvalue: *mut c_void = if self.ret_slots == 0 {
             (&mut void_ret as *mut u64).cast()
@@ -293,13 +365,16 @@ impl FfiCif {
         clear_entry_error();
         // SAFETY: the caller vouches that `target` is code of this signature.
         let f = unsafe { crate::code::callable(target) };
-        if let Some(e) = errno_before {
-            crate::sys::set_errno(e);
-        }
         // SAFETY: the cif matches `target` (caller's contract); `avalue` holds one
         // valid pointer per argument, each to at least the argument's size in bytes;
         // `rvalue` has room for the result (ret_slots * 8 bytes, at least 8).
-        unsafe { ffi_call(self.cif_ptr(), Some(f), rvalue, avalue.as_mut_ptr()) };
+        unsafe {
+            if self.byref.is_empty() {
+                self.invoke(f, rvalue, avalue, errno_before)
+            } else {
+                self.invoke_with_copies(f, rvalue, avalue, errno_before)
+            }
+        };
         let captured = errno_before.map(|_| crate::sys::errno());
         if let Some(Type::Scalar(s)) = self.sig.ret() {
             ret[0] = s.to_slot(ret[0]);
@@ -332,7 +407,8 @@ fn va_plan(layout: &CallLayout, nfixed: usize) -> VaPlan {
             }
         }
         CallConv::Win64 => {
-            let p0 = nfixed as u32 + u32::from(matches!(layout.ret, crate::abi::RetPass::Sret { .. }));
+            let p0 =
+                nfixed as u32 + u32::from(matches!(layout.ret, crate::abi::RetPass::Sret { .. }));
             let gp_count = 4u32.saturating_sub(p0);
             VaPlan {
                 conv: CallConv::Win64,
@@ -376,7 +452,12 @@ impl FfiBackend {
         Ok(table.get_or_init(index, || fresh).clone())
     }
 
-    pub(super) fn exit_cif(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<FfiCif>> {
+    pub(super) fn exit_cif(
+        &self,
+        reg: &Registry,
+        id: SigId,
+        conv: CallConv,
+    ) -> Result<Arc<FfiCif>> {
         Self::cached(&self.exits, reg, id, conv, false)
     }
 
@@ -402,22 +483,40 @@ impl FfiBackend {
         let mut code: *mut c_void = null_mut();
         // SAFETY: ffi_closure_alloc returns writable closure memory and its
         // executable address in `code`, or null.
-        let closure = unsafe { ffi_closure_alloc(size_of::<ffi_closure>(), &mut code) }.cast::<ffi_closure>();
+        let closure =
+            unsafe { ffi_closure_alloc(size_of::<ffi_closure>(), &mut code) }.cast::<ffi_closure>();
         if closure.is_null() || code.is_null() {
             return Err(ThunkError::OutOfMemory("a libffi closure"));
         }
-        let binding = Box::new(Binding { cif, dispatcher, func });
+        let binding = Box::new(Binding {
+            cif,
+            dispatcher,
+            func,
+        });
         let user = (&*binding as *const Binding).cast_mut().cast::<c_void>();
         // SAFETY: `closure`/`code` come from ffi_closure_alloc; the cif and the
         // binding outlive the closure (FfiEntry owns both and frees the closure first).
-        let status =
-            unsafe { ffi_prep_closure_loc(closure, binding.cif.cif_ptr(), Some(closure_handler), user, code) };
+        let status = unsafe {
+            ffi_prep_closure_loc(
+                closure,
+                binding.cif.cif_ptr(),
+                Some(closure_handler),
+                user,
+                code,
+            )
+        };
         if status != ffi_status_FFI_OK {
             // SAFETY: allocated above and never handed out.
             unsafe { ffi_closure_free(closure.cast()) };
-            return Err(ThunkError::Internal(format!("ffi_prep_closure_loc failed: status {status}")));
+            return Err(ThunkError::Internal(format!(
+                "ffi_prep_closure_loc failed: status {status}"
+            )));
         }
-        Ok(FfiEntry { closure, code, _binding: binding })
+        Ok(FfiEntry {
+            closure,
+            code,
+            _binding: binding,
+        })
     }
 }
 
@@ -470,7 +569,12 @@ unsafe fn read_bits(p: *const u8, size: u32) -> u64 {
 /// # Safety
 /// Called by libffi only, with `data` the closure's `Binding`, `args` one
 /// pointer per cif argument and `ret` room for the result.
-unsafe extern "C" fn closure_handler(_cif: *mut ffi_cif, ret: *mut c_void, args: *mut *mut c_void, data: *mut c_void) {
+unsafe extern "C" fn closure_handler(
+    _cif: *mut ffi_cif,
+    ret: *mut c_void,
+    args: *mut *mut c_void,
+    data: *mut c_void,
+) {
     // SAFETY: `data` is the Binding the closure was prepared with, alive while the closure is.
     let b = unsafe { &*(data as *const Binding) };
     let cif = &*b.cif;
@@ -530,7 +634,11 @@ unsafe extern "C" fn closure_handler(_cif: *mut ffi_cif, ret: *mut c_void, args:
         Some(Type::Scalar(Scalar::F32)) => unsafe { *(ret as *mut u32) = rets[0] as u32 },
         Some(Type::Scalar(s)) => unsafe { *(ret as *mut u64) = s.to_slot(rets[0]) },
         Some(Type::Struct(st)) => unsafe {
-            std::ptr::copy_nonoverlapping(rets.as_ptr().cast::<u8>(), ret.cast::<u8>(), st.size() as usize)
+            std::ptr::copy_nonoverlapping(
+                rets.as_ptr().cast::<u8>(),
+                ret.cast::<u8>(),
+                st.size() as usize,
+            )
         },
     }
 }
@@ -550,7 +658,9 @@ mod tests {
         assert!(libffi_type_for(&pk6, CallConv::SysV, false).is_ok());
         assert!(libffi_type_for(&pk6, CallConv::Win64, false).is_err());
         let pk7 = sig("(packed{u16,u8,u32})->void").params()[0].clone();
-        let err = libffi_type_for(&pk7, CallConv::SysV, false).unwrap_err().to_string();
+        let err = libffi_type_for(&pk7, CallConv::SysV, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("offset 3"), "{err}");
     }
 
@@ -558,10 +668,16 @@ mod tests {
     fn variadic_closure_plan_covers_unused_registers_then_the_stack() {
         let s = sig("(i32,f64,...)->f64");
         let plan = va_plan(&classify(&s, CallConv::SysV), 2);
-        assert_eq!((plan.gp_first, plan.gp_count, plan.fp_first, plan.fp_count), (1, 5, 1, 7));
+        assert_eq!(
+            (plan.gp_first, plan.gp_count, plan.fp_first, plan.fp_count),
+            (1, 5, 1, 7)
+        );
         assert_eq!(plan.anchor, 2 + 5 + 7);
         let plan = va_plan(&classify(&s, CallConv::Win64), 2);
-        assert_eq!((plan.gp_first, plan.gp_count, plan.anchor, plan.anchor_back), (2, 2, 4, 0));
+        assert_eq!(
+            (plan.gp_first, plan.gp_count, plan.anchor, plan.anchor_back),
+            (2, 2, 4, 0)
+        );
         let six = sig("(i64,i64,i64,i64,i64,i64,...)->void");
         let plan = va_plan(&classify(&six, CallConv::Win64), 6);
         assert_eq!((plan.gp_count, plan.anchor, plan.anchor_back), (0, 6, 16));

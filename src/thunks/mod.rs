@@ -111,7 +111,9 @@ impl std::str::FromStr for BackendKind {
         match s {
             "generated" => Ok(BackendKind::Generated),
             "libffi" => Ok(BackendKind::Libffi),
-            _ => Err(format!("unknown backend {s:?} (expected \"generated\" or \"libffi\")")),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected \"generated\" or \"libffi\")"
+            )),
         }
     }
 }
@@ -147,7 +149,11 @@ impl Bridge {
 
     /// A bridge on the libffi backend (available everywhere libffi is).
     pub fn libffi() -> Bridge {
-        Bridge { kind: BackendKind::Libffi, registry: Registry::global(), ffi: ffi::FfiBackend::default() }
+        Bridge {
+            kind: BackendKind::Libffi,
+            registry: Registry::global(),
+            ffi: ffi::FfiBackend::default(),
+        }
     }
 
     /// The backend in use.
@@ -191,9 +197,17 @@ impl Bridge {
     /// # Errors
     /// [`ThunkError::Unsupported`] when the backend cannot express the
     /// signature, [`ThunkError::OutOfMemory`] when no closure can be allocated.
-    pub fn entry_point(&self, sig: &Signature, conv: CallConv, dispatcher: &Dispatcher, func: u64) -> Result<EntryPoint> {
+    pub fn entry_point(
+        &self,
+        sig: &Signature,
+        conv: CallConv,
+        dispatcher: &Dispatcher,
+        func: u64,
+    ) -> Result<EntryPoint> {
         let id = self.registry.intern(sig);
-        let inner = self.ffi.bind(self.registry, id, conv, dispatcher.clone(), func)?;
+        let inner = self
+            .ffi
+            .bind(self.registry, id, conv, dispatcher.clone(), func)?;
         Ok(EntryPoint { inner, id })
     }
 }
@@ -207,7 +221,10 @@ pub struct ExitStub {
 
 impl fmt::Debug for ExitStub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExitStub").field("sig", &self.signature().to_string()).field("conv", &self.layout().conv).finish()
+        f.debug_struct("ExitStub")
+            .field("sig", &self.signature().to_string())
+            .field("conv", &self.layout().conv)
+            .finish()
     }
 }
 
@@ -277,16 +294,27 @@ impl ExitStub {
     pub unsafe fn call_values(&self, target: *const c_void, args: &[Value]) -> Result<Value> {
         let sig = self.signature();
         if args.len() != sig.params().len() {
-            return Err(ThunkError::ArgCount { sig: sig.to_string(), expected: sig.params().len(), got: args.len() });
+            return Err(ThunkError::ArgCount {
+                sig: sig.to_string(),
+                expected: sig.params().len(),
+                got: args.len(),
+            });
         }
         let mut slots = vec![0u64; sig.arg_slots()];
-        for (index, ((value, ty), layout)) in args.iter().zip(sig.params()).zip(&self.layout().args).enumerate() {
+        for (index, ((value, ty), layout)) in args
+            .iter()
+            .zip(sig.params())
+            .zip(&self.layout().args)
+            .enumerate()
+        {
             let at = layout.slot as usize;
-            value.write_slots(ty, &mut slots[at..at + layout.slots as usize]).map_err(|got| ThunkError::ArgType {
-                index,
-                expected: ty.to_string(),
-                got,
-            })?;
+            value
+                .write_slots(ty, &mut slots[at..at + layout.slots as usize])
+                .map_err(|got| ThunkError::ArgType {
+                    index,
+                    expected: ty.to_string(),
+                    got,
+                })?;
         }
         let mut ret = vec![0u64; sig.ret_slots()];
         // SAFETY: forwarded contract.
@@ -307,7 +335,10 @@ pub struct EntryPoint {
 
 impl fmt::Debug for EntryPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntryPoint").field("code", &self.code_ptr()).field("sig", &self.id).finish()
+        f.debug_struct("EntryPoint")
+            .field("code", &self.code_ptr())
+            .field("sig", &self.id)
+            .finish()
     }
 }
 
@@ -320,5 +351,23 @@ impl EntryPoint {
     /// The interned signature id.
     pub fn sig_id(&self) -> SigId {
         self.id
+    }
+
+    /// The entry point as a typed Rust function pointer, for Rust code that
+    /// calls it directly.
+    ///
+    /// # Safety
+    /// `F` must be a function pointer type whose convention and signature are
+    /// exactly the entry point's (`extern "C" fn(i64) -> i64` for a SysV
+    /// `(i64)->i64`, `extern "win64" fn…` for Win64), and the result must not
+    /// be called after this handle is dropped.
+    ///
+    /// # Panics
+    /// If `F` is not pointer-sized.
+    pub unsafe fn as_fn<F: Copy>(&self) -> F {
+        let code = std::ptr::NonNull::new(self.code_ptr().cast_mut())
+            .expect("an entry point's code is never null");
+        // SAFETY: forwarded contract.
+        unsafe { crate::code::callable_as::<F>(code) }
     }
 }

@@ -48,7 +48,10 @@ impl Value {
         match self {
             Value::Void => "void".into(),
             Value::Struct(b) => format!("a {}-byte struct", b.len()),
-            other => other.scalar().map(|(s, _)| s.to_string()).unwrap_or_default(),
+            other => other
+                .scalar()
+                .map(|(s, _)| s.to_string())
+                .unwrap_or_default(),
         }
     }
 

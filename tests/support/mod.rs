@@ -11,12 +11,18 @@ use tierbridge::abi::{CallConv, Scalar, Signature, StructType, Type};
 
 /// Number of random cases: `TIERBRIDGE_CASES` or the default.
 pub fn cases(default: usize) -> usize {
-    std::env::var("TIERBRIDGE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("TIERBRIDGE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The seed: `TIERBRIDGE_SEED` or a fixed one (printed so a failure can be replayed).
 pub fn seed() -> u64 {
-    let s = std::env::var("TIERBRIDGE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x7157_b41d);
+    let s = std::env::var("TIERBRIDGE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x7157_b41d);
     eprintln!("TIERBRIDGE_SEED={s}");
     s
 }
@@ -32,31 +38,54 @@ pub fn rand_struct(rng: &mut fastrand::Rng, depth: usize, max_size: u32) -> Type
         let n = rng.usize(1..=4);
         let fields = (0..n)
             .map(|_| {
-                let ty = if depth < 2 && rng.u8(..100) < 20 { rand_struct(rng, depth + 1, 24) } else { rand_scalar(rng).into() };
+                let ty = if depth < 2 && rng.u8(..100) < 20 {
+                    rand_struct(rng, depth + 1, 24)
+                } else {
+                    rand_scalar(rng).into()
+                };
                 let count = (rng.u8(..100) < 20).then(|| rng.u32(1..=5));
                 (ty, count)
             })
             .collect();
-        if let Ok(st) = StructType::new(fields, packed) {
-            if st.size() <= max_size {
-                return st.into();
-            }
+        if let Ok(st) = StructType::new(fields, packed)
+            && st.size() <= max_size
+        {
+            return st.into();
         }
     }
 }
 
 pub fn rand_type(rng: &mut fastrand::Rng, struct_pct: u8) -> Type {
-    if rng.u8(..100) < struct_pct { rand_struct(rng, 0, 40) } else { rand_scalar(rng).into() }
+    if rng.u8(..100) < struct_pct {
+        rand_struct(rng, 0, 40)
+    } else {
+        rand_scalar(rng).into()
+    }
 }
 
 /// A promoted variadic argument type; structs only when `structs`.
 pub fn rand_vararg(rng: &mut fastrand::Rng, structs: bool) -> Type {
-    const PROMOTED: [Scalar; 5] = [Scalar::I32, Scalar::U32, Scalar::I64, Scalar::F64, Scalar::Ptr];
-    if structs && rng.u8(..100) < 20 { rand_struct(rng, 0, 32) } else { PROMOTED[rng.usize(..PROMOTED.len())].into() }
+    const PROMOTED: [Scalar; 5] = [
+        Scalar::I32,
+        Scalar::U32,
+        Scalar::I64,
+        Scalar::F64,
+        Scalar::Ptr,
+    ];
+    if structs && rng.u8(..100) < 20 {
+        rand_struct(rng, 0, 32)
+    } else {
+        PROMOTED[rng.usize(..PROMOTED.len())].into()
+    }
 }
 
 /// A random signature; variadic ones come as call-site signatures.
-pub fn rand_sig(rng: &mut fastrand::Rng, max_params: usize, variadic_pct: u8, struct_varargs: bool) -> Signature {
+pub fn rand_sig(
+    rng: &mut fastrand::Rng,
+    max_params: usize,
+    variadic_pct: u8,
+    struct_varargs: bool,
+) -> Signature {
     let n = rng.usize(0..=max_params);
     let params: Vec<Type> = (0..n).map(|_| rand_type(rng, 25)).collect();
     let ret = match rng.u8(..100) {
@@ -65,8 +94,13 @@ pub fn rand_sig(rng: &mut fastrand::Rng, max_params: usize, variadic_pct: u8, st
         _ => Some(rand_scalar(rng).into()),
     };
     if rng.u8(..100) < variadic_pct {
-        let extra: Vec<Type> = (0..rng.usize(0..=10)).map(|_| rand_vararg(rng, struct_varargs)).collect();
-        Signature::new_variadic(params, ret).unwrap().with_varargs(&extra).unwrap()
+        let extra: Vec<Type> = (0..rng.usize(0..=10))
+            .map(|_| rand_vararg(rng, struct_varargs))
+            .collect();
+        Signature::new_variadic(params, ret)
+            .unwrap()
+            .with_varargs(&extra)
+            .unwrap()
     } else {
         Signature::new(params, ret).unwrap()
     }
@@ -75,8 +109,13 @@ pub fn rand_sig(rng: &mut fastrand::Rng, max_params: usize, variadic_pct: u8, st
 /// Random bytes for a value of `ty`: `bool`s are 0 or 1, other bytes anything
 /// (0x55/0xAA-heavy so that extension mistakes show).
 pub fn rand_value(rng: &mut fastrand::Rng, ty: &Type) -> Vec<u8> {
-    let mut b: Vec<u8> =
-        (0..ty.size()).map(|_| match rng.u8(..4) { 0 => 0x55, 1 => 0xAA, _ => rng.u8(..) }).collect();
+    let mut b: Vec<u8> = (0..ty.size())
+        .map(|_| match rng.u8(..4) {
+            0 => 0x55,
+            1 => 0xAA,
+            _ => rng.u8(..),
+        })
+        .collect();
     for (at, s) in ty.flatten() {
         if s == Scalar::Bool {
             b[at as usize] = rng.u8(..2);
@@ -110,7 +149,11 @@ pub fn same_value(ty: &Type, a: &[u8], b: &[u8]) -> Result<(), String> {
     for (at, s) in ty.flatten() {
         let r = at as usize..(at + s.size()) as usize;
         if a[r.clone()] != b[r.clone()] {
-            return Err(format!("{s} at offset {at}: expected {:02x?}, got {:02x?}", &a[r.clone()], &b[r]));
+            return Err(format!(
+                "{s} at offset {at}: expected {:02x?}, got {:02x?}",
+                &a[r.clone()],
+                &b[r]
+            ));
         }
     }
     Ok(())
@@ -209,8 +252,17 @@ fn out_dir() -> PathBuf {
 }
 
 fn run_cc(args: &[&str], src: &Path) {
-    let out = Command::new(compiler()).args(args).arg(src).output().expect("running the C compiler (cc)");
-    assert!(out.status.success(), "cc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(compiler())
+        .args(args)
+        .arg(src)
+        .output()
+        .expect("running the C compiler (cc)");
+    assert!(
+        out.status.success(),
+        "cc failed on {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Compiles C source into a shared library in the test tmp dir.
@@ -219,7 +271,10 @@ pub fn compile_so(name: &str, src: &str) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     let so = dir.join(format!("lib{name}.so"));
     std::fs::write(&c, src).unwrap();
-    run_cc(&["-O1", "-shared", "-fPIC", "-w", "-o", so.to_str().unwrap()], &c);
+    run_cc(
+        &["-O1", "-shared", "-fPIC", "-w", "-o", so.to_str().unwrap()],
+        &c,
+    );
     so
 }
 
@@ -246,7 +301,10 @@ fn build_sample() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
     // One file per test binary: several binaries may build it at the same time.
     let exe = std::env::current_exe().unwrap();
-    let so = out_dir().join(format!("libsample-{}.so", exe.file_name().unwrap().to_string_lossy()));
+    let so = out_dir().join(format!(
+        "libsample-{}.so",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
     let out = Command::new(compiler())
         .args(["-O2", "-shared", "-fPIC", "-o"])
         .arg(&so)
@@ -254,7 +312,11 @@ fn build_sample() -> (PathBuf, PathBuf) {
         .arg("-pthread")
         .output()
         .expect("running the C compiler (cc)");
-    assert!(out.status.success(), "building libsample.so: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "building libsample.so: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (so, dir.join("sample.json"))
 }
 
@@ -270,6 +332,11 @@ impl Lib {
     pub fn addr(&self, name: &str) -> *const std::ffi::c_void {
         let sym = format!("{name}\0");
         // SAFETY: used only as an address.
-        unsafe { *self.0.get::<*const std::ffi::c_void>(sym.as_bytes()).unwrap() }
+        unsafe {
+            *self
+                .0
+                .get::<*const std::ffi::c_void>(sym.as_bytes())
+                .unwrap()
+        }
     }
 }
