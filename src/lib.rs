@@ -48,3 +48,8 @@ pub mod host;
 mod sys;
 mod table;
 pub mod thunks;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
