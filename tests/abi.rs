@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use tierbridge::abi::{
-    AbiError, ArgPass, CallConv, Gpr, Loc, MAX_NESTING, MAX_PARAMS, Part, PartKind, Registry,
+    AbiError, ArgPass, CallConv, Ext, Gpr, Loc, MAX_NESTING, MAX_PARAMS, Part, PartKind, Registry,
     RetPass, Scalar, Signature, StructType, Type, classify,
 };
 
@@ -485,6 +485,17 @@ fn win64_variadic_floats_travel_in_both_registers() {
     assert_eq!(parts(&l.args[3].pass)[0].loc, Loc::XmmAndGpr(3, Gpr::R9));
     assert_eq!(parts(&l.args[4].pass)[0].loc, Loc::Stack(32));
     assert_eq!(l.al, None);
+}
+
+#[test]
+fn narrow_integers_carry_their_extension_rule() {
+    let l = classify(
+        &sig("(i8,u16,bool,i32,u32,i64,f32,{i8})->void"),
+        CallConv::SysV,
+    );
+    let ext: Vec<Ext> = l.args.iter().map(|a| parts(&a.pass)[0].ext()).collect();
+    use Ext::*;
+    assert_eq!(ext, vec![Sign, Zero, Zero, Sign, Zero, None, None, None]);
 }
 
 #[test]

@@ -5,11 +5,22 @@
 mod runner;
 mod support;
 
+use std::sync::{Mutex, MutexGuard};
+
 use tierbridge::thunks::BackendKind;
+
+/// The sample library keeps process-wide state (reentrancy counters, a stored
+/// callback), so two corpus runs in one process must not overlap: tests in one
+/// binary run on parallel threads.
+fn one_run_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn the_sample_corpus_passes_on_the_libffi_backend() {
     let (so, json) = support::sample_library();
+    let _one = one_run_at_a_time();
     let report = runner::run(BackendKind::Libffi, Some(&so), &json).expect("the corpus runs");
     for line in report
         .skips
@@ -49,6 +60,7 @@ fn a_corrupted_expectation_is_reported_as_a_failure() {
     f["vectors"][0]["ret"] = serde_json::json!("0x0000000000000000");
     let bad = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("corrupted.json");
     std::fs::write(&bad, doc.to_string()).unwrap();
+    let _one = one_run_at_a_time();
     let report = runner::run(BackendKind::Libffi, Some(&so), &bad).unwrap();
     assert_eq!(report.failed, 1, "{:#?}", report.failures);
     assert!(report.failures[0].contains("sample_cb_ms6[0]"));

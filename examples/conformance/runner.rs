@@ -150,8 +150,23 @@ fn slots_to_bytes(slots: &[u64]) -> Vec<u8> {
     slots.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
+/// A scalar's bytes as the corpus would write the value.
+fn show(s: Scalar, bytes: &[u8]) -> String {
+    let mut b = [0u8; 8];
+    b[..bytes.len()].copy_from_slice(bytes);
+    let raw = u64::from_le_bytes(b);
+    match s {
+        Scalar::F32 => format!("0x{raw:08x} ({})", f32::from_bits(raw as u32)),
+        Scalar::F64 => format!("0x{raw:016x} ({})", f64::from_bits(raw)),
+        Scalar::Ptr => format!("{raw:#x}"),
+        s if s.is_signed() => format!("{}", s.to_slot(raw) as i64),
+        s => format!("{}", s.to_slot(raw)),
+    }
+}
+
 /// Compares two C-layout byte images of `ty` scalar by scalar (padding excluded).
 fn diff_bytes(ty: &Type, want: &[u8], got: &[u8]) -> Option<String> {
+    let whole = matches!(ty, Type::Scalar(_));
     for (at, s) in ty.flatten() {
         let r = at as usize..(at + s.size()) as usize;
         let (w, g) = (&want[r.clone()], &got[r]);
@@ -161,8 +176,15 @@ fn diff_bytes(ty: &Type, want: &[u8], got: &[u8]) -> Option<String> {
             w != g
         };
         if differs {
+            let place = if whole {
+                String::new()
+            } else {
+                format!(" at offset {at}")
+            };
             return Some(format!(
-                "{s} at offset {at}: expected {w:02x?}, got {g:02x?}"
+                "{s}{place}: expected {}, got {}",
+                show(s, w),
+                show(s, g)
             ));
         }
     }
@@ -571,7 +593,10 @@ impl Runner<'_> {
         if let Some(w) = want_errno
             && got_errno != Some(w as i32)
         {
-            problems.push(format!("errno: expected {w}, got {got_errno:?}"));
+            problems.push(format!(
+                "errno: expected {w}, got {}",
+                got_errno.unwrap_or_default()
+            ));
         }
         let want = v.get("ret").unwrap_or(&Json::Null);
         match call_sig.ret() {

@@ -71,6 +71,18 @@ pub enum PartKind {
     Memory,
 }
 
+/// How the bits of a part above its width are to be filled when it is put in a
+/// register, and read when it is taken out (ABI.md, "Who extends narrow integers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ext {
+    /// Sign-extend from the part's width (signed integers narrower than 64 bits).
+    Sign,
+    /// Zero-extend from the part's width (unsigned integers, `bool`).
+    Zero,
+    /// Nothing to extend: 64-bit values, floats (raw bits), struct bytes.
+    None,
+}
+
 /// One piece of a value: `size` bytes at `offset` in the value's C layout,
 /// travelling in `loc`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -470,6 +482,17 @@ fn classify_win64(sig: &Signature) -> CallLayout {
         gprs_used: pos.min(4) as u8,
         xmms_used,
         al: None,
+    }
+}
+
+impl Part {
+    /// The extension rule of this part.
+    pub fn ext(&self) -> Ext {
+        match self.kind {
+            PartKind::Scalar(s) if s.size() < 8 && s.is_signed() => Ext::Sign,
+            PartKind::Scalar(s) if s.size() < 8 && !s.is_float() => Ext::Zero,
+            _ => Ext::None,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ mod types;
 
 pub use callconv::CallConv;
 pub use classify::{
-    ArgLayout, ArgPass, CallLayout, EightbyteClass, Gpr, Loc, Part, PartKind, RetPass,
+    ArgLayout, ArgPass, CallLayout, EightbyteClass, Ext, Gpr, Loc, Part, PartKind, RetPass,
     SYSV_INT_ARGS, SYSV_SSE_ARGS, WIN64_INT_ARGS, WIN64_SHADOW_BYTES, classify, sysv_eightbytes,
     win64_in_register,
 };
