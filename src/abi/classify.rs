@@ -235,6 +235,12 @@ fn scalar_part(s: Scalar, loc: Loc) -> Part {
     }
 }
 
+/// Both conventions return a scalar in `xmm0` (floats) or `rax` (the rest).
+fn scalar_ret(s: Scalar) -> RetPass {
+    let loc = if s.is_float() { Loc::Xmm(0) } else { Loc::Gpr(Gpr::Rax) };
+    RetPass::Direct([scalar_part(s, loc)].into_iter().collect())
+}
+
 fn slots_of(sig: &Signature) -> (Vec<(u32, u32)>, u32) {
     let mut next = 0;
     let slots = sig
@@ -255,12 +261,7 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
     let mut stack = 0u32;
     let ret = match sig.ret() {
         None => RetPass::Void,
-        Some(Type::Scalar(s)) if s.is_float() => {
-            RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect())
-        }
-        Some(Type::Scalar(s)) => {
-            RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect())
-        }
+        Some(Type::Scalar(s)) => scalar_ret(*s),
         Some(ty) => match sysv_eightbytes(ty) {
             None => {
                 gpr = 1;
@@ -398,12 +399,7 @@ fn classify_win64(sig: &Signature) -> CallLayout {
     let mut pos = 0u32;
     let ret = match sig.ret() {
         None => RetPass::Void,
-        Some(Type::Scalar(s)) if s.is_float() => {
-            RetPass::Direct([scalar_part(*s, Loc::Xmm(0))].into_iter().collect())
-        }
-        Some(Type::Scalar(s)) => {
-            RetPass::Direct([scalar_part(*s, Loc::Gpr(Gpr::Rax))].into_iter().collect())
-        }
+        Some(Type::Scalar(s)) => scalar_ret(*s),
         Some(ty) if win64_in_register(ty) => RetPass::Direct(
             [Part {
                 offset: 0,
