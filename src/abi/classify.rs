@@ -153,6 +153,8 @@ pub struct CallLayout {
     pub arg_slots: u32,
     /// Interpreter slots of the result.
     pub ret_slots: u32,
+    /// Size of the result in bytes (0 for `void`).
+    pub ret_size: u32,
     /// Bytes of outgoing stack argument area, Win64 home area included; a
     /// multiple of 16 so that `rsp` stays 16-byte aligned at the call.
     pub stack_bytes: u32,
@@ -357,6 +359,7 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
         ret,
         arg_slots,
         ret_slots: sig.ret_slots() as u32,
+        ret_size: sig.ret().map_or(0, Type::size),
         stack_bytes: stack.next_multiple_of(16),
         copy_bytes: 0,
         gprs_used: gpr as u8,
@@ -473,6 +476,7 @@ fn classify_win64(sig: &Signature) -> CallLayout {
         ret,
         arg_slots,
         ret_slots: sig.ret_slots() as u32,
+        ret_size: sig.ret().map_or(0, Type::size),
         stack_bytes: (WIN64_SHADOW_BYTES + 8 * pos.saturating_sub(4)).next_multiple_of(16),
         copy_bytes: copy,
         gprs_used: pos.min(4) as u8,

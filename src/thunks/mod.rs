@@ -4,11 +4,18 @@
 //! - [`Bridge`] picks a backend ([`BackendKind`]) and hands out
 //!   [`ExitStub`]s (one per signature shape and convention, cached) and
 //!   [`EntryPoint`]s (one per bound function).
-//! - The libffi backend (`ffi_call` and closures) works wherever libffi does.
-//! - The generated backend (dynasm, x86-64) is not built yet: asking for it
-//!   gives [`ThunkError::Unsupported`].
+//! - The generated backend (dynasm, x86-64): exit stubs and shared entry
+//!   thunks emitted from the [`CallLayout`], in W^X executable memory
+//!   ([`ExecStrategy`]); each bound entry point is a 32-byte trampoline.
+//! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
+//!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
+mod exec;
+#[cfg(target_arch = "x86_64")]
+mod x64;
 mod ffi;
+#[cfg(target_arch = "x86_64")]
+mod generated;
 mod value;
 
 use std::ffi::c_void;
@@ -20,6 +27,7 @@ use thiserror::Error;
 use crate::abi::{AbiError, CallConv, CallLayout, Registry, SigId, Signature};
 use crate::host::{Dispatcher, EntryError};
 
+pub use exec::ExecStrategy;
 pub use value::Value;
 
 /// Result alias of the `thunks` layer.
@@ -118,33 +126,82 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// How to build a [`Bridge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BridgeOptions {
+    /// The backend wanted.
+    pub backend: BackendKind,
+    /// Force an executable-memory strategy for the generated backend (`None`:
+    /// probe, dual mapping first). Also settable with the environment variable
+    /// `TIERBRIDGE_EXEC=write-then-protect|dual-mapping`.
+    pub exec: Option<ExecStrategy>,
+}
+
 /// The entry to everything in this layer: a backend plus the signature registry.
 pub struct Bridge {
     kind: BackendKind,
     registry: &'static Registry,
     ffi: ffi::FfiBackend,
+    #[cfg(target_arch = "x86_64")]
+    generated: Option<generated::GenBackend>,
+    fallback: Option<String>,
 }
 
 impl fmt::Debug for Bridge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bridge").field("kind", &self.kind).finish()
+        f.debug_struct("Bridge")
+            .field("kind", &self.kind)
+            .field("exec", &self.exec_strategy())
+            .field("fallback", &self.fallback)
+            .finish()
     }
 }
 
 impl Bridge {
-    /// A bridge on the given backend.
+    /// A bridge on the given backend. Asking for [`BackendKind::Generated`]
+    /// where code cannot be generated (not x86-64, or no executable-memory
+    /// strategy works) gives a libffi bridge that says why in
+    /// [`Bridge::fallback_reason`].
     ///
     /// # Errors
-    /// [`ThunkError::Unsupported`] for [`BackendKind::Generated`], which is not
-    /// built yet.
+    /// Only with a forced strategy (`TIERBRIDGE_EXEC`) that does not work.
     pub fn new(kind: BackendKind) -> Result<Bridge> {
-        match kind {
-            BackendKind::Libffi => Ok(Bridge::libffi()),
-            BackendKind::Generated => Err(ThunkError::Unsupported {
-                backend: kind,
-                reason: "the generated backend is not available yet".into(),
-            }),
+        let exec = match std::env::var("TIERBRIDGE_EXEC") {
+            Ok(v) => Some(v.parse().map_err(|reason| ThunkError::Unsupported { backend: kind, reason })?),
+            Err(_) => None,
+        };
+        Bridge::with_options(BridgeOptions { backend: kind, exec })
+    }
+
+    /// A bridge built exactly as `options` say.
+    ///
+    /// # Errors
+    /// [`ThunkError::Unsupported`] when `options.exec` forces a strategy that
+    /// does not work here.
+    pub fn with_options(options: BridgeOptions) -> Result<Bridge> {
+        let mut bridge = Bridge::libffi();
+        if options.backend == BackendKind::Libffi {
+            return Ok(bridge);
         }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mem = match options.exec {
+                Some(s) => Ok(exec::ExecMemory::new(s)?),
+                None => exec::ExecMemory::probe(),
+            };
+            match mem {
+                Ok(mem) => {
+                    bridge.kind = BackendKind::Generated;
+                    bridge.generated = Some(generated::GenBackend::new(mem));
+                }
+                Err(why) => bridge.fallback = Some(format!("no executable memory ({why}); using libffi")),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            bridge.fallback = Some("the generated backend needs an x86-64 CPU; using libffi".into());
+        }
+        Ok(bridge)
     }
 
     /// A bridge on the libffi backend (available everywhere libffi is).
@@ -153,12 +210,32 @@ impl Bridge {
             kind: BackendKind::Libffi,
             registry: Registry::global(),
             ffi: ffi::FfiBackend::default(),
+            #[cfg(target_arch = "x86_64")]
+            generated: None,
+            fallback: None,
         }
     }
 
     /// The backend in use.
     pub fn kind(&self) -> BackendKind {
         self.kind
+    }
+
+    /// Why the generated backend was asked for but libffi is in use.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The executable-memory strategy of the generated backend.
+    pub fn exec_strategy(&self) -> Option<ExecStrategy> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.generated.as_ref().map(|g| g.exec().strategy())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     }
 
     /// The registry signatures are interned in.
@@ -180,13 +257,17 @@ impl Bridge {
         self.exit_stub_by_id(id, conv)
     }
 
-    /// [`Bridge::exit_stub`] for an already interned signature.
+    /// [`Bridge::exit_stub`] for an already interned signature: no hashing.
     ///
     /// # Errors
     /// As [`Bridge::exit_stub`], plus [`AbiError::UnknownSigId`].
     pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(g) = &self.generated {
+            return Ok(ExitStub { imp: ExitImpl::Gen(g.exit(self.registry, id, conv)?), id });
+        }
         let cif = self.ffi.exit_cif(self.registry, id, conv)?;
-        Ok(ExitStub { cif, id })
+        Ok(ExitStub { imp: ExitImpl::Ffi(cif), id })
     }
 
     /// Binds function `func` of `dispatcher` to a new native entry point with
@@ -205,17 +286,33 @@ impl Bridge {
         func: u64,
     ) -> Result<EntryPoint> {
         let id = self.registry.intern(sig);
-        let inner = self
-            .ffi
-            .bind(self.registry, id, conv, dispatcher.clone(), func)?;
-        Ok(EntryPoint { inner, id })
+        #[cfg(target_arch = "x86_64")]
+        if let Some(g) = &self.generated {
+            let e = g.bind(self.registry, id, conv, dispatcher.clone(), func)?;
+            return Ok(EntryPoint { imp: EntryImpl::Gen(e), id });
+        }
+        let inner = self.ffi.bind(self.registry, id, conv, dispatcher.clone(), func)?;
+        Ok(EntryPoint { imp: EntryImpl::Ffi(inner), id })
     }
+}
+
+#[derive(Clone)]
+enum ExitImpl {
+    Ffi(Arc<ffi::FfiCif>),
+    #[cfg(target_arch = "x86_64")]
+    Gen(Arc<generated::GenExit>),
+}
+
+enum EntryImpl {
+    Ffi(ffi::FfiEntry),
+    #[cfg(target_arch = "x86_64")]
+    Gen(generated::GenEntry),
 }
 
 /// Calls native functions of one signature shape from interpreter slots.
 #[derive(Clone)]
 pub struct ExitStub {
-    cif: Arc<ffi::FfiCif>,
+    imp: ExitImpl,
     id: SigId,
 }
 
@@ -231,7 +328,11 @@ impl fmt::Debug for ExitStub {
 impl ExitStub {
     /// The signature.
     pub fn signature(&self) -> &Signature {
-        &self.cif.sig
+        match &self.imp {
+            ExitImpl::Ffi(c) => &c.sig,
+            #[cfg(target_arch = "x86_64")]
+            ExitImpl::Gen(g) => &g.sig,
+        }
     }
 
     /// Its interned id.
@@ -241,7 +342,30 @@ impl ExitStub {
 
     /// Its layout.
     pub fn layout(&self) -> &CallLayout {
-        &self.cif.layout
+        match &self.imp {
+            ExitImpl::Ffi(c) => &c.layout,
+            #[cfg(target_arch = "x86_64")]
+            ExitImpl::Gen(g) => &g.layout,
+        }
+    }
+
+    /// # Safety
+    /// As [`ExitStub::call`].
+    unsafe fn call_inner(
+        &self,
+        target: *const c_void,
+        args: &[u64],
+        ret: &mut [u64],
+        errno_before: Option<i32>,
+    ) -> Result<Option<i32>> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match &self.imp {
+                ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before),
+                #[cfg(target_arch = "x86_64")]
+                ExitImpl::Gen(g) => g.call(target, args, ret, errno_before),
+            }
+        }
     }
 
     /// Calls `target` with argument slots `args`, writing the result slots `ret`
@@ -259,7 +383,7 @@ impl ExitStub {
     /// with it.
     pub unsafe fn call(&self, target: *const c_void, args: &[u64], ret: &mut [u64]) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.cif.call(target, args, ret, None) }.map(|_| ())
+        unsafe { self.call_inner(target, args, ret, None) }.map(|_| ())
     }
 
     /// [`ExitStub::call`], capturing the thread's `errno` right after the
@@ -279,7 +403,7 @@ impl ExitStub {
         errno_before: i32,
     ) -> Result<i32> {
         // SAFETY: forwarded contract.
-        unsafe { self.cif.call(target, args, ret, Some(errno_before)) }.map(|e| e.unwrap_or(0))
+        unsafe { self.call_inner(target, args, ret, Some(errno_before)) }.map(|e| e.unwrap_or(0))
     }
 
     /// Typed form of [`ExitStub::call`]: checks each value's type against the
@@ -329,7 +453,7 @@ impl ExitStub {
 /// Drop it only when no native code can still call the pointer, and never
 /// from inside a call through it: the memory is released at once.
 pub struct EntryPoint {
-    inner: ffi::FfiEntry,
+    imp: EntryImpl,
     id: SigId,
 }
 
@@ -345,7 +469,11 @@ impl fmt::Debug for EntryPoint {
 impl EntryPoint {
     /// The native function pointer to hand to C.
     pub fn code_ptr(&self) -> *const c_void {
-        self.inner.code_ptr()
+        match &self.imp {
+            EntryImpl::Ffi(e) => e.code_ptr(),
+            #[cfg(target_arch = "x86_64")]
+            EntryImpl::Gen(e) => e.code_ptr(),
+        }
     }
 
     /// The interned signature id.

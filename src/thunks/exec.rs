@@ -1,0 +1,266 @@
+//! Executable memory for generated code: slabs, never writable and executable
+//! at once.
+//!
+//! Two strategies ([`ExecStrategy`]):
+//! - **write, then protect**: code is written into pages mapped read-write,
+//!   which are then made read+execute with `mprotect`. Page-granular: each
+//!   allocation takes whole pages of a slab (so a page is never written while
+//!   other code in it may run).
+//! - **dual mapping**: a slab is an in-memory file mapped twice, once
+//!   read-write and once read+execute. Code is written through the first view
+//!   and run from the second; no system call per allocation, 16-byte granular.
+//!   For kernels that refuse to make written anonymous pages executable.
+//!
+//! Freed allocations go to a free list and are reused; slabs are never
+//! unmapped while the [`ExecMemory`] lives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use super::{BackendKind, Result, ThunkError};
+use crate::sys::exec as os;
+
+/// How executable memory is obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExecStrategy {
+    /// Write into read-write pages, then make them read+execute.
+    WriteThenProtect,
+    /// Write through a read-write view of pages that a second view executes.
+    DualMapping,
+}
+
+impl fmt::Display for ExecStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecStrategy::WriteThenProtect => "write-then-protect",
+            ExecStrategy::DualMapping => "dual-mapping",
+        })
+    }
+}
+
+impl std::str::FromStr for ExecStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "write-then-protect" => Ok(ExecStrategy::WriteThenProtect),
+            "dual-mapping" => Ok(ExecStrategy::DualMapping),
+            _ => Err(format!("unknown strategy {s:?} (expected write-then-protect or dual-mapping)")),
+        }
+    }
+}
+
+const SLAB_BYTES: usize = 256 * 1024;
+const ALIGN: usize = 16;
+
+fn os_err(what: &str, e: std::io::Error) -> ThunkError {
+    ThunkError::Unsupported { backend: BackendKind::Generated, reason: format!("executable memory: {what}: {e}") }
+}
+
+enum Slab {
+    /// Anonymous read-write mapping whose pages are flipped to read+execute.
+    Protect { map: MmapMut },
+    /// Read-write and read+execute views of one memfd.
+    Dual { rw: MmapMut, rx: Mmap },
+}
+
+impl Slab {
+    fn exec_base(&self) -> *const u8 {
+        match self {
+            Slab::Protect { map } => map.as_ptr(),
+            Slab::Dual { rx, .. } => rx.as_ptr(),
+        }
+    }
+}
+
+struct Inner {
+    slabs: Vec<Slab>,
+    /// Bytes used in the last slab.
+    used: usize,
+    /// Freed allocations by rounded size: (slab index, offset).
+    free: BTreeMap<usize, Vec<(usize, usize)>>,
+}
+
+/// A slab allocator of executable memory.
+pub(crate) struct ExecMemory {
+    strategy: ExecStrategy,
+    page: usize,
+    inner: Mutex<Inner>,
+}
+
+// SAFETY: the raw pointers inside the maps are only touched under the mutex
+// (writes) or handed out as read+execute addresses (never written through).
+unsafe impl Send for ExecMemory {}
+// SAFETY: see Send.
+unsafe impl Sync for ExecMemory {}
+
+/// A piece of executable code owned by its creator; released on drop.
+pub(crate) struct ExecCode {
+    mem: Arc<ExecMemory>,
+    slab: usize,
+    offset: usize,
+    size: usize,
+    addr: NonNull<u8>,
+}
+
+// SAFETY: an ExecCode is an address of read+execute memory that nothing writes
+// while it is alive, plus an Arc; its Drop only touches the allocator's mutex.
+unsafe impl Send for ExecCode {}
+// SAFETY: see Send; shared access only reads the address.
+unsafe impl Sync for ExecCode {}
+
+impl ExecCode {
+    /// The code's executable address.
+    pub(crate) fn addr(&self) -> NonNull<u8> {
+        self.addr
+    }
+}
+
+impl fmt::Debug for ExecCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExecCode({:p}, {} bytes)", self.addr, self.size)
+    }
+}
+
+impl Drop for ExecCode {
+    fn drop(&mut self) {
+        let mut inner = self.mem.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.free.entry(self.size).or_default().push((self.slab, self.offset));
+    }
+}
+
+/// The instruction-cache hook: x86-64 keeps instruction fetch coherent with
+/// stores, so there is nothing to do; other targets would flush here.
+fn flush_icache(_addr: *const u8, _len: usize) {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+impl ExecMemory {
+    /// Executable memory with `strategy`, checked by running a tiny function.
+    pub(crate) fn new(strategy: ExecStrategy) -> Result<Arc<ExecMemory>> {
+        let mem = Arc::new(ExecMemory {
+            strategy,
+            page: os::page_size(),
+            inner: Mutex::new(Inner { slabs: Vec::new(), used: 0, free: BTreeMap::new() }),
+        });
+        mem.self_test()?;
+        Ok(mem)
+    }
+
+    /// The first strategy that works: dual mapping, then write-then-protect.
+    pub(crate) fn probe() -> std::result::Result<Arc<ExecMemory>, String> {
+        let mut why = Vec::new();
+        for s in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {
+            match ExecMemory::new(s) {
+                Ok(m) => return Ok(m),
+                Err(e) => why.push(format!("{s}: {e}")),
+            }
+        }
+        Err(why.join("; "))
+    }
+
+    pub(crate) fn strategy(&self) -> ExecStrategy {
+        self.strategy
+    }
+
+    fn self_test(self: &Arc<Self>) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // mov eax, 0x2a ; ret
+            let code = self.install(&[0xb8, 0x2a, 0, 0, 0, 0xc3])?;
+            // SAFETY: the bytes above are a complete function returning 42.
+            let f: extern "C" fn() -> u32 = unsafe { crate::code::callable_as(code.addr().cast()) };
+            if f() != 42 {
+                return Err(ThunkError::Internal("executable memory self-test returned the wrong value".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn new_slab(&self) -> Result<Slab> {
+        match self.strategy {
+            ExecStrategy::WriteThenProtect => {
+                let map = MmapOptions::new().len(SLAB_BYTES).map_anon().map_err(|e| os_err("mmap", e))?;
+                Ok(Slab::Protect { map })
+            }
+            ExecStrategy::DualMapping => {
+                let file = os::code_file(SLAB_BYTES).map_err(|e| os_err("memfd_create", e))?;
+                // SAFETY: the file is private to this process (an unnamed memfd);
+                // nobody else can truncate or modify it under the maps.
+                let rw = unsafe { MmapOptions::new().len(SLAB_BYTES).map_mut(&file) }
+                    .map_err(|e| os_err("mmap (read-write view)", e))?;
+                // SAFETY: as above.
+                let rx = unsafe { MmapOptions::new().len(SLAB_BYTES).map_exec(&file) }
+                    .map_err(|e| os_err("mmap (executable view)", e))?;
+                Ok(Slab::Dual { rw, rx })
+            }
+        }
+    }
+
+    fn granule(&self) -> usize {
+        match self.strategy {
+            ExecStrategy::WriteThenProtect => self.page,
+            ExecStrategy::DualMapping => ALIGN,
+        }
+    }
+
+    /// Copies `code` into executable memory and returns it, published
+    /// read+execute. Never maps anything writable and executable at once.
+    pub(crate) fn install(self: &Arc<Self>, code: &[u8]) -> Result<ExecCode> {
+        let size = code.len().max(1).next_multiple_of(self.granule());
+        if size > SLAB_BYTES {
+            return Err(ThunkError::Internal(format!("{} bytes of code is more than a slab", code.len())));
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let reused = inner.free.get_mut(&size).and_then(Vec::pop);
+        let (slab, offset) = match reused {
+            Some(at) => at,
+            None => {
+                if inner.slabs.is_empty() || inner.used + size > SLAB_BYTES {
+                    let s = self.new_slab()?;
+                    inner.slabs.push(s);
+                    inner.used = 0;
+                }
+                let at = (inner.slabs.len() - 1, inner.used);
+                inner.used += size;
+                at
+            }
+        };
+        match &mut inner.slabs[slab] {
+            Slab::Protect { map } => {
+                let base = map.as_mut_ptr();
+                // SAFETY: [offset, offset+size) are whole pages of this slab that no
+                // live code occupies (fresh, or freed: the owner promised no call is
+                // inside), so making them writable cannot break running code.
+                unsafe {
+                    let p = base.add(offset);
+                    os::protect(p, size, false).map_err(|e| os_err("mprotect (write)", e))?;
+                    std::ptr::copy_nonoverlapping(code.as_ptr(), p, code.len());
+                    os::protect(p, size, true).map_err(|e| os_err("mprotect (execute)", e))?;
+                }
+            }
+            Slab::Dual { rw, .. } => {
+                rw[offset..offset + code.len()].copy_from_slice(code);
+            }
+        }
+        let addr = inner.slabs[slab].exec_base().wrapping_add(offset);
+        flush_icache(addr, code.len());
+        drop(inner);
+        Ok(ExecCode {
+            mem: self.clone(),
+            slab,
+            offset,
+            size,
+            addr: NonNull::new(addr.cast_mut()).expect("a mapping is never at address 0"),
+        })
+    }
+}
+
+impl fmt::Debug for ExecMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecMemory").field("strategy", &self.strategy).finish()
+    }
+}

@@ -1,0 +1,268 @@
+//! The generated backend's objects: exit stubs and shared entry thunks cached
+//! per signature and convention, and bindings reached through a pool of
+//! trampolines.
+//!
+//! A binding costs one 32-byte trampoline of executable memory and one data
+//! cell: trampolines are generated a block at a time, each reading its binding
+//! from its own cell, so binding a function writes no code at all. When an
+//! entry point is dropped its cell is pointed at a dead binding whose code
+//! aborts with a message (a stale call never runs freed memory), and the
+//! trampoline goes to the back of a FIFO free list.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::ptr::{NonNull, null_mut};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::exec::{ExecCode, ExecMemory};
+use super::x64::{BindingHead, ErrnoIo, TRAMPOLINE_BYTES, emit_entry, emit_exit, emit_trampolines};
+use super::{BackendKind, Result, ThunkError};
+use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
+use crate::code::{RawFn, callable, callable_as};
+use crate::host::{Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut, take_entry_error};
+use crate::table::IdTable;
+
+type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
+
+/// A generated exit stub.
+pub(super) struct GenExit {
+    _code: ExecCode,
+    f: ExitFn,
+    pub(super) sig: Arc<Signature>,
+    pub(super) layout: Arc<CallLayout>,
+}
+
+impl GenExit {
+    /// # Safety
+    /// As `ExitStub::call`.
+    pub(super) unsafe fn call(
+        &self,
+        target: *const c_void,
+        args: &[u64],
+        ret: &mut [u64],
+        errno_before: Option<i32>,
+    ) -> Result<Option<i32>> {
+        if target.is_null() {
+            return Err(ThunkError::NullTarget);
+        }
+        let (nargs, nret) = (self.layout.arg_slots as usize, self.layout.ret_slots as usize);
+        if args.len() != nargs {
+            return Err(ThunkError::ArgCount { sig: self.sig.to_string(), expected: nargs, got: args.len() });
+        }
+        if ret.len() < nret {
+            return Err(ThunkError::RetSlots { sig: self.sig.to_string(), expected: nret, got: ret.len() });
+        }
+        let mut io = ErrnoIo { loc: null_mut(), value: 0 };
+        let io_ptr = match errno_before {
+            Some(v) => {
+                io = ErrnoIo { loc: crate::sys::errno_location(), value: v };
+                &mut io as *mut ErrnoIo
+            }
+            None => null_mut(),
+        };
+        clear_entry_error();
+        // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
+        // checked above); the caller vouches that `target` has this signature.
+        unsafe { (self.f)(slot_ptr(args), slot_ptr_mut(ret), target, io_ptr) };
+        if let Some(e) = take_entry_error() {
+            return Err(ThunkError::Callback(e));
+        }
+        Ok(errno_before.map(|_| io.value))
+    }
+}
+
+/// A generated shared entry thunk.
+struct GenThunk {
+    _code: ExecCode,
+    entry: RawFn,
+}
+
+/// What a trampoline's cell points to. Generated code reads `head` only.
+#[repr(C)]
+struct GenBinding {
+    head: BindingHead,
+    dispatcher: Dispatcher,
+    _thunk: Arc<GenThunk>,
+}
+
+struct DeadHead(BindingHead);
+// SAFETY: immutable, and its pointers are to functions or null.
+unsafe impl Sync for DeadHead {}
+
+/// Where a dropped entry point's trampoline leads.
+static DEAD: DeadHead = DeadHead(BindingHead { thunk: dead_entry, dispatch: dead_dispatch, ctx: null_mut(), func: u64::MAX });
+
+/// Reached (by a jump from a trampoline) when native code calls an entry point
+/// after it was dropped.
+unsafe extern "C" fn dead_entry() {
+    eprintln!("tierbridge: an entry point was called after its EntryPoint was dropped; aborting");
+    std::process::abort();
+}
+
+/// Never called (the dead binding's code aborts first); present so the dead
+/// binding is a complete `BindingHead`.
+unsafe extern "C" fn dead_dispatch(_: *mut c_void, _: *mut RawEntryCall) -> u32 {
+    std::process::abort();
+}
+
+/// Called by entry thunks when the dispatcher returned a failure status.
+///
+/// # Safety
+/// `binding` is the live binding of the running thunk, `ret` its `nret` result slots.
+unsafe extern "C" fn entry_failed(status: u32, binding: *const GenBinding, ret: *mut u64, nret: u32) {
+    // SAFETY: by the contract above (the thunk passes its own binding and frame).
+    let (b, ret) = unsafe { (&*binding, std::slice::from_raw_parts_mut(ret, nret as usize)) };
+    after_dispatch(status, b.head.func, b.dispatcher.policy, ret);
+}
+
+const BLOCK: usize = 128;
+
+struct Block {
+    code: ExecCode,
+    cells: Box<[AtomicPtr<BindingHead>]>,
+}
+
+struct Pool {
+    blocks: Vec<Block>,
+    free: VecDeque<(usize, usize)>,
+}
+
+/// A bound generated entry point.
+pub(super) struct GenEntry {
+    binding: Box<GenBinding>,
+    at: (usize, usize),
+    code: *const c_void,
+    pool: Arc<Mutex<Pool>>,
+}
+
+// SAFETY: the binding is immutable once published and its parts are Send + Sync;
+// the pool is behind a mutex.
+unsafe impl Send for GenEntry {}
+// SAFETY: see Send.
+unsafe impl Sync for GenEntry {}
+
+impl GenEntry {
+    pub(super) fn code_ptr(&self) -> *const c_void {
+        self.code
+    }
+}
+
+impl Drop for GenEntry {
+    fn drop(&mut self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let (b, i) = self.at;
+        pool.blocks[b].cells[i].store((&DEAD.0 as *const BindingHead).cast_mut(), Ordering::Release);
+        // To the back: the slot is reused as late as possible.
+        pool.free.push_back(self.at);
+        let _ = &self.binding;
+    }
+}
+
+/// The generated backend.
+pub(super) struct GenBackend {
+    mem: Arc<ExecMemory>,
+    exits: IdTable<Arc<GenExit>>,
+    thunks: IdTable<Arc<GenThunk>>,
+    pool: Arc<Mutex<Pool>>,
+}
+
+fn cache_index(id: SigId, conv: CallConv) -> u32 {
+    id.index() * 2 + conv as u32
+}
+
+fn too_big(len: usize) -> ThunkError {
+    ThunkError::Unsupported {
+        backend: BackendKind::Generated,
+        reason: format!("the stub would be {len} bytes of code; structs this large are not supported"),
+    }
+}
+
+impl GenBackend {
+    pub(super) fn new(mem: Arc<ExecMemory>) -> GenBackend {
+        GenBackend {
+            mem,
+            exits: IdTable::default(),
+            thunks: IdTable::default(),
+            pool: Arc::new(Mutex::new(Pool { blocks: Vec::new(), free: VecDeque::new() })),
+        }
+    }
+
+    pub(super) fn exec(&self) -> &ExecMemory {
+        &self.mem
+    }
+
+    fn install(&self, code: &[u8]) -> Result<ExecCode> {
+        if code.len() > 64 * 1024 {
+            return Err(too_big(code.len()));
+        }
+        self.mem.install(code)
+    }
+
+    pub(super) fn exit(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenExit>> {
+        let index = cache_index(id, conv);
+        if let Some(e) = self.exits.get(index) {
+            return Ok(e.clone());
+        }
+        let sig = reg.signature(id)?.clone();
+        let layout = reg.layout(id, conv)?.clone();
+        let code = self.install(&emit_exit(&layout))?;
+        // SAFETY: the code was emitted as exactly this function type.
+        let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
+        let fresh = Arc::new(GenExit { _code: code, f, sig, layout });
+        Ok(self.exits.get_or_init(index, || fresh).clone())
+    }
+
+    fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenThunk>> {
+        let index = cache_index(id, conv);
+        if let Some(t) = self.thunks.get(index) {
+            return Ok(t.clone());
+        }
+        let sig = reg.signature(id)?;
+        let layout = reg.layout(id, conv)?;
+        let code = self.install(&emit_entry(layout, sig.is_variadic(), entry_failed as *const () as usize))?;
+        // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
+        let entry = unsafe { callable(code.addr().cast()) };
+        let fresh = Arc::new(GenThunk { _code: code, entry });
+        Ok(self.thunks.get_or_init(index, || fresh).clone())
+    }
+
+    pub(super) fn bind(
+        &self,
+        reg: &Registry,
+        id: SigId,
+        conv: CallConv,
+        dispatcher: Dispatcher,
+        func: u64,
+    ) -> Result<GenEntry> {
+        if reg.signature(id)?.has_call_varargs() {
+            return Err(ThunkError::Unsupported {
+                backend: BackendKind::Generated,
+                reason: "an entry point takes the declared variadic signature".into(),
+            });
+        }
+        let thunk = self.thunk(reg, id, conv)?;
+        let binding = Box::new(GenBinding {
+            head: BindingHead { thunk: thunk.entry, dispatch: dispatcher.dispatch, ctx: dispatcher.ctx, func },
+            dispatcher,
+            _thunk: thunk,
+        });
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.free.is_empty() {
+            let cells: Box<[AtomicPtr<BindingHead>]> =
+                (0..BLOCK).map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut())).collect();
+            let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
+            let code = self.install(&emit_trampolines(&addrs))?;
+            let b = pool.blocks.len();
+            pool.blocks.push(Block { code, cells });
+            pool.free.extend((0..BLOCK).map(|i| (b, i)));
+        }
+        let (b, i) = pool.free.pop_front().expect("a block was just added");
+        let head = (&binding.head as *const BindingHead).cast_mut();
+        pool.blocks[b].cells[i].store(head, Ordering::Release);
+        let base: NonNull<u8> = pool.blocks[b].code.addr();
+        let code = base.as_ptr().wrapping_add(i * TRAMPOLINE_BYTES).cast::<c_void>();
+        drop(pool);
+        Ok(GenEntry { binding, at: (b, i), code, pool: self.pool.clone() })
+    }
+}

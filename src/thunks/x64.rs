@@ -1,0 +1,435 @@
+//! The generated backend: x86-64 exit stubs and entry thunks assembled with
+//! dynasm from a [`CallLayout`]. The emitters read the layout; they never
+//! re-derive ABI rules. Code is position independent (internal labels only,
+//! absolute addresses as 64-bit immediates), assembled into a buffer and
+//! copied into [`ExecMemory`](super::exec::ExecMemory).
+//!
+//! Frames (ABI.md, "Generated code"):
+//! - exit stub, called from Rust as `extern "C" fn(args, ret, target, errno)`:
+//!   saves rbx/r12–r14 (which hold its four arguments across the call),
+//!   reserves `stack_bytes + copy_bytes` so `rsp` is 16-byte aligned at the
+//!   call, loads every part from the slots, calls, stores the result parts.
+//! - entry thunk, reached through a trampoline that puts the binding in r10:
+//!   saves every callee-saved register of both conventions it uses (Win64:
+//!   also rdi, rsi, xmm6–xmm15), spills each argument part into slots
+//!   (reading only the declared width), calls the dispatcher with a
+//!   `RawEntryCall` on its frame, then loads the result parts.
+
+use std::ffi::c_void;
+use std::mem::offset_of;
+
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
+
+use crate::abi::{ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar};
+use crate::host::{RawDispatch, RawEntryCall, RawVaList};
+
+type Asm = VecAssembler<X64Relocation>;
+
+/// What the exit stub takes in `rcx`: where errno lives and the value to put
+/// there before the call; the value found right after the call is written back.
+#[repr(C)]
+pub(crate) struct ErrnoIo {
+    pub(crate) loc: *mut i32,
+    pub(crate) value: i32,
+}
+
+/// The part of a binding generated code reads (at the start of every binding).
+#[repr(C)]
+pub(crate) struct BindingHead {
+    /// Where the trampoline jumps: the shared thunk of the signature.
+    pub(crate) thunk: unsafe extern "C" fn(),
+    pub(crate) dispatch: RawDispatch,
+    pub(crate) ctx: *mut c_void,
+    pub(crate) func: u64,
+}
+
+fn d(v: u32) -> i32 {
+    i32::try_from(v).expect("frame offsets fit in 32 bits")
+}
+
+/// Bytes of incoming or outgoing stack arguments actually used (not rounded to 16).
+fn stack_end(l: &CallLayout) -> u32 {
+    let mut end = if l.conv == CallConv::Win64 { crate::abi::WIN64_SHADOW_BYTES } else { 0 };
+    for a in &l.args {
+        let locs: Vec<(Loc, u32)> = match &a.pass {
+            ArgPass::Direct(parts) => parts.iter().map(|p| (p.loc, p.size)).collect(),
+            ArgPass::ByRef { ptr, .. } => vec![(*ptr, 8)],
+        };
+        for (loc, size) in locs {
+            if let Loc::Stack(off) = loc {
+                end = end.max(off + size.next_multiple_of(8));
+            }
+        }
+    }
+    end
+}
+
+/// Copies exactly `size` bytes from `[src + s]` to `[dst + t]` through rax.
+fn copy_exact(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
+    let mut k = 0i32;
+    let size = size as i32;
+    while k + 8 <= size {
+        dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(src) + s + k] ; mov QWORD [Rq(dst) + t + k], rax);
+        k += 8;
+    }
+    if k + 4 <= size {
+        dynasm!(ops ; .arch x64 ; mov eax, DWORD [Rq(src) + s + k] ; mov DWORD [Rq(dst) + t + k], eax);
+        k += 4;
+    }
+    if k + 2 <= size {
+        dynasm!(ops ; .arch x64 ; mov ax, WORD [Rq(src) + s + k] ; mov WORD [Rq(dst) + t + k], ax);
+        k += 2;
+    }
+    if k < size {
+        dynasm!(ops ; .arch x64 ; mov al, BYTE [Rq(src) + s + k] ; mov BYTE [Rq(dst) + t + k], al);
+    }
+}
+
+/// Copies `ceil(size/8)` whole quadwords (both sides are slot- or
+/// stack-slot-granular, so this never reads or writes outside them).
+fn copy_qwords(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
+    for k in 0..size.div_ceil(8) as i32 {
+        dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(src) + s + 8 * k] ; mov QWORD [Rq(dst) + t + 8 * k], rax);
+    }
+}
+
+/// rax = the scalar in register `g`, extended as its type says.
+fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
+    match s {
+        Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, Rb(g)),
+        Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, Rb(g)),
+        Scalar::I16 => dynasm!(ops ; .arch x64 ; movsx rax, Rw(g)),
+        Scalar::U16 => dynasm!(ops ; .arch x64 ; movzx eax, Rw(g)),
+        Scalar::I32 => dynasm!(ops ; .arch x64 ; movsxd rax, Rd(g)),
+        Scalar::U32 | Scalar::F32 => dynasm!(ops ; .arch x64 ; mov eax, Rd(g)),
+        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => dynasm!(ops ; .arch x64 ; mov rax, Rq(g)),
+    }
+}
+
+/// rax = the scalar at `[base + o]`, reading only its width, extended.
+fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
+    match s {
+        Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + o]),
+        Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + o]),
+        Scalar::I16 => dynasm!(ops ; .arch x64 ; movsx rax, WORD [Rq(base) + o]),
+        Scalar::U16 => dynasm!(ops ; .arch x64 ; movzx eax, WORD [Rq(base) + o]),
+        Scalar::I32 => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [Rq(base) + o]),
+        Scalar::U32 | Scalar::F32 => dynasm!(ops ; .arch x64 ; mov eax, DWORD [Rq(base) + o]),
+        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => {
+            dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(base) + o])
+        }
+    }
+}
+
+const RBX: u8 = Gpr::Rbx as u8;
+const RSP: u8 = Gpr::Rsp as u8;
+const RBP: u8 = Gpr::Rbp as u8;
+const R11: u8 = Gpr::R11 as u8;
+const R12: u8 = Gpr::R12 as u8;
+
+/// The exit stub: `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`.
+pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
+    let mut ops = Asm::new(0);
+    let frame = d(l.stack_bytes + l.copy_bytes);
+    dynasm!(ops ; .arch x64
+        ; push rbp ; mov rbp, rsp ; push rbx ; push r12 ; push r13 ; push r14
+        ; sub rsp, frame
+        ; mov rbx, rdi ; mov r12, rsi ; mov r13, rdx ; mov r14, rcx
+        ; test r14, r14 ; jz >no_errno_in
+        ; mov rax, QWORD [r14] ; mov r11d, DWORD [r14 + 8] ; mov DWORD [rax], r11d
+        ; no_errno_in:
+    );
+    // Stack arguments and by-reference copies first (rax is the only scratch).
+    for a in &l.args {
+        let slot = d(a.slot * 8);
+        match &a.pass {
+            ArgPass::Direct(parts) => {
+                for p in parts {
+                    if let Loc::Stack(off) = p.loc {
+                        copy_qwords(&mut ops, RBX, slot + d(p.offset), RSP, d(off), p.size);
+                    }
+                }
+            }
+            ArgPass::ByRef { ptr, copy } => {
+                let at = d(l.stack_bytes + copy);
+                copy_qwords(&mut ops, RBX, slot, RSP, at, a.ty.size());
+                if let Loc::Stack(off) = ptr {
+                    dynasm!(ops ; .arch x64 ; lea rax, [rsp + at] ; mov QWORD [rsp + d(*off)], rax);
+                }
+            }
+        }
+    }
+    // Then the registers.
+    for a in &l.args {
+        let slot = d(a.slot * 8);
+        match &a.pass {
+            ArgPass::Direct(parts) => {
+                for p in parts {
+                    let src = slot + d(p.offset);
+                    match p.loc {
+                        Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rbx + src]),
+                        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src]),
+                        Loc::XmmAndGpr(n, g) => {
+                            dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src] ; mov Rq(g as u8), QWORD [rbx + src])
+                        }
+                        Loc::Stack(_) => {}
+                    }
+                }
+            }
+            ArgPass::ByRef { ptr: Loc::Gpr(g), copy } => {
+                dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + d(l.stack_bytes + copy)]);
+            }
+            ArgPass::ByRef { .. } => {}
+        }
+    }
+    if let RetPass::Sret { ptr } = l.ret {
+        dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), r12);
+    }
+    if let Some(al) = l.al {
+        dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
+    }
+    dynasm!(ops ; .arch x64
+        ; call r13
+        // errno first: nothing may run between the callee and this read.
+        ; test r14, r14 ; jz >no_errno_out
+        ; mov r10, QWORD [r14] ; mov r10d, DWORD [r10] ; mov DWORD [r14 + 8], r10d
+        ; no_errno_out:
+    );
+    if let RetPass::Direct(parts) = &l.ret {
+        for p in parts {
+            store_result_part(&mut ops, p);
+        }
+    }
+    dynasm!(ops ; .arch x64
+        ; lea rsp, [rbp - 32] ; pop r14 ; pop r13 ; pop r12 ; pop rbx ; pop rbp ; ret
+    );
+    ops.finalize().expect("exit stubs use no external relocations")
+}
+
+/// Stores one result part from its register into the result slots at r12.
+fn store_result_part(ops: &mut Asm, p: &Part) {
+    let o = d(p.offset);
+    match (p.kind, p.loc) {
+        (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
+            dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; mov QWORD [r12 + o], rax)
+        }
+        (PartKind::Scalar(s), Loc::Gpr(g)) => {
+            extend_reg(ops, s, g as u8);
+            dynasm!(ops ; .arch x64 ; mov QWORD [r12 + o], rax);
+        }
+        (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq QWORD [r12 + o], Rx(n)),
+        (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov QWORD [r12 + o], Rq(g as u8)),
+        (_, other) => unreachable!("a result part in {other:?}"),
+    }
+}
+
+/// Offsets within an entry thunk's frame (from `rsp` after the prologue).
+struct EntryFrame {
+    va: i32,
+    args: i32,
+    rets: i32,
+    xmm_save: i32,
+    size: i32,
+}
+
+fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
+    let mut at = size_of::<RawEntryCall>().next_multiple_of(16) as u32;
+    let va = at;
+    if variadic {
+        at += size_of::<RawVaList>().next_multiple_of(16) as u32;
+    }
+    let args = at;
+    at += (l.arg_slots * 8).next_multiple_of(16);
+    let rets = at;
+    at += (l.ret_slots.max(1) * 8).next_multiple_of(16);
+    let xmm_save = at;
+    if l.conv == CallConv::Win64 {
+        at += 160;
+    }
+    // The pushes leave rsp at 8 mod 16; this brings it back to 0 at the call.
+    EntryFrame { va: d(va), args: d(args), rets: d(rets), xmm_save: d(xmm_save), size: d(at + 8) }
+}
+
+/// The shared entry thunk of one signature and convention (a declared
+/// variadic signature when `variadic`); `failed` is the address of the Rust
+/// function that applies the failure policy.
+pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
+    let mut ops = Asm::new(0);
+    let f = entry_frame(l, variadic);
+    let win = l.conv == CallConv::Win64;
+    dynasm!(ops ; .arch x64
+        ; push rbp ; mov rbp, rsp ; push rbx ; push r12 ; push r13 ; push r14 ; push r15
+    );
+    if win {
+        dynasm!(ops ; .arch x64 ; push rdi ; push rsi);
+    }
+    dynasm!(ops ; .arch x64 ; sub rsp, f.size ; mov rbx, r10);
+    if let RetPass::Sret { ptr } = l.ret {
+        dynasm!(ops ; .arch x64 ; mov r12, Rq(ptr as u8));
+    }
+    if variadic {
+        let va = f.va;
+        let gp = va + offset_of!(RawVaList, gp) as i32;
+        let fp = va + offset_of!(RawVaList, fp) as i32;
+        let (regs, gp_next, overflow): (&[Gpr], u32, u32) = match l.conv {
+            CallConv::SysV => (&crate::abi::SYSV_INT_ARGS, u32::from(l.gprs_used), stack_end(l)),
+            CallConv::Win64 => (&crate::abi::WIN64_INT_ARGS, win64_positions(l), crate::abi::WIN64_SHADOW_BYTES),
+        };
+        for (i, r) in regs.iter().enumerate() {
+            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + gp + 8 * i as i32], Rq(*r as u8));
+        }
+        if !win {
+            for n in 0..8u8 {
+                dynasm!(ops ; .arch x64 ; movq QWORD [rsp + fp + 8 * i32::from(n)], Rx(n));
+            }
+        }
+        dynasm!(ops ; .arch x64
+            ; mov DWORD [rsp + va + offset_of!(RawVaList, conv) as i32], l.conv as i32
+            ; mov DWORD [rsp + va + offset_of!(RawVaList, gp_next) as i32], gp_next as i32
+            ; mov DWORD [rsp + va + offset_of!(RawVaList, fp_next) as i32], i32::from(l.xmms_used)
+            ; mov DWORD [rsp + va + offset_of!(RawVaList, stack_read) as i32], 0
+            ; lea rax, [rbp + 16 + d(overflow)]
+            ; mov QWORD [rsp + va + offset_of!(RawVaList, overflow) as i32], rax
+        );
+    }
+    // Arguments into slots; rax and r11 are the only scratch registers, and
+    // neither carries an argument in either convention.
+    for a in &l.args {
+        let slot = f.args + d(a.slot * 8);
+        match &a.pass {
+            ArgPass::Direct(parts) => {
+                for p in parts {
+                    let at = slot + d(p.offset);
+                    match (p.kind, p.loc) {
+                        (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
+                            dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; mov QWORD [rsp + at], rax)
+                        }
+                        (PartKind::Scalar(s), Loc::Gpr(g)) => {
+                            extend_reg(&mut ops, s, g as u8);
+                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
+                        }
+                        (PartKind::Scalar(s), Loc::Stack(off)) => {
+                            extend_mem(&mut ops, s, RBP, 16 + d(off));
+                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
+                        }
+                        (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => {
+                            dynasm!(ops ; .arch x64 ; movq QWORD [rsp + at], Rx(n))
+                        }
+                        (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8)),
+                        (_, Loc::Stack(off)) => copy_qwords(&mut ops, RBP, 16 + d(off), RSP, at, p.size),
+                    }
+                }
+            }
+            ArgPass::ByRef { ptr, .. } => {
+                match ptr {
+                    Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov r11, Rq(*g as u8)),
+                    Loc::Stack(off) => dynasm!(ops ; .arch x64 ; mov r11, QWORD [rbp + 16 + d(*off)]),
+                    other => unreachable!("a by-reference pointer in {other:?}"),
+                }
+                // Exactly the struct's bytes: the caller's copy may end at a page edge.
+                copy_exact(&mut ops, R11, 0, RSP, slot, a.ty.size());
+            }
+        }
+    }
+    if win {
+        for i in 0..10u8 {
+            dynasm!(ops ; .arch x64 ; movdqu [rsp + f.xmm_save + 16 * i32::from(i)], Rx(6 + i));
+        }
+    }
+    for k in 0..l.ret_slots as i32 {
+        dynasm!(ops ; .arch x64 ; mov QWORD [rsp + f.rets + 8 * k], 0);
+    }
+    let fail = ops.new_dynamic_label();
+    let results = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64
+        ; mov rax, QWORD [rbx + offset_of!(BindingHead, func) as i32]
+        ; mov QWORD [rsp + offset_of!(RawEntryCall, func) as i32], rax
+        ; lea rax, [rsp + f.args]
+        ; mov QWORD [rsp + offset_of!(RawEntryCall, args) as i32], rax
+        ; lea rax, [rsp + f.rets]
+        ; mov QWORD [rsp + offset_of!(RawEntryCall, ret) as i32], rax
+    );
+    if variadic {
+        dynasm!(ops ; .arch x64 ; lea rax, [rsp + f.va]);
+    } else {
+        dynasm!(ops ; .arch x64 ; xor eax, eax);
+    }
+    dynasm!(ops ; .arch x64
+        ; mov QWORD [rsp + offset_of!(RawEntryCall, va) as i32], rax
+        ; mov DWORD [rsp + offset_of!(RawEntryCall, nargs) as i32], d(l.arg_slots)
+        ; mov DWORD [rsp + offset_of!(RawEntryCall, nret) as i32], d(l.ret_slots)
+        ; mov rdi, QWORD [rbx + offset_of!(BindingHead, ctx) as i32]
+        ; mov rsi, rsp
+        ; call QWORD [rbx + offset_of!(BindingHead, dispatch) as i32]
+        ; test eax, eax
+        ; jnz =>fail
+        ; =>results
+    );
+    match &l.ret {
+        RetPass::Void => {}
+        RetPass::Direct(parts) => {
+            for p in parts {
+                let o = f.rets + d(p.offset);
+                match (p.kind, p.loc) {
+                    (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
+                        dynasm!(ops ; .arch x64 ; movd Rx(n), DWORD [rsp + o])
+                    }
+                    (PartKind::Scalar(s), Loc::Gpr(Gpr::Rax)) => extend_mem(&mut ops, s, RSP, o),
+                    (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rsp + o]),
+                    (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rsp + o]),
+                    (_, other) => unreachable!("a result part in {other:?}"),
+                }
+            }
+        }
+        RetPass::Sret { .. } => {
+            // Exactly the result's bytes: the caller's buffer may end at a page edge.
+            copy_exact(&mut ops, RSP, f.rets, R12, 0, l.ret_size);
+            dynasm!(ops ; .arch x64 ; mov rax, r12);
+        }
+    }
+    if win {
+        for i in 0..10u8 {
+            dynasm!(ops ; .arch x64 ; movdqu Rx(6 + i), [rsp + f.xmm_save + 16 * i32::from(i)]);
+        }
+    }
+    dynasm!(ops ; .arch x64 ; add rsp, f.size);
+    if win {
+        dynasm!(ops ; .arch x64 ; pop rsi ; pop rdi);
+    }
+    dynasm!(ops ; .arch x64
+        ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbx ; pop rbp ; ret
+        ; =>fail
+        // entry_failed(status, binding, ret slots, count): applies the policy.
+        ; mov edi, eax ; mov rsi, rbx ; lea rdx, [rsp + f.rets] ; mov ecx, d(l.ret_slots)
+        ; mov rax, QWORD failed as i64 ; call rax
+        ; jmp =>results
+    );
+    ops.finalize().expect("entry thunks use no external relocations")
+}
+
+/// Argument positions the fixed parameters (and a hidden result pointer) use.
+fn win64_positions(l: &CallLayout) -> u32 {
+    l.args.len() as u32 + u32::from(matches!(l.ret, RetPass::Sret { .. }))
+}
+
+/// One trampoline per binding, `TRAMPOLINE_BYTES` each: loads the binding
+/// from its data cell into r10 and jumps to the binding's thunk.
+pub(super) const TRAMPOLINE_BYTES: usize = 32;
+
+/// Code for `cells.len()` trampolines; trampoline `i` reads `cells[i]`.
+pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
+    let mut ops = Asm::new(0);
+    for &cell in cells {
+        let start = ops.offset().0;
+        dynasm!(ops ; .arch x64
+            ; mov r10, QWORD cell as i64
+            ; mov r10, QWORD [r10]
+            ; jmp QWORD [r10]
+        );
+        while ops.offset().0 - start < TRAMPOLINE_BYTES {
+            dynasm!(ops ; .arch x64 ; int3);
+        }
+    }
+    ops.finalize().expect("trampolines use no external relocations")
+}
