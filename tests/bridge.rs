@@ -74,7 +74,13 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
 
 #[test]
 fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_structs_and_sret() {
-    let b = Bridge::libffi();
+    for (name, b) in support::all_bridges() {
+        eprintln!("{name}");
+        win64_rust_functions(&b);
+    }
+}
+
+fn win64_rust_functions(b: &Bridge) {
     let s = b
         .exit_stub(
             &sig("(i8,f32,i64,f64,u16,f32,{f32,f32},{i64,f64,i32})->f64"),
@@ -131,7 +137,16 @@ fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_str
 
 #[test]
 fn an_entry_point_called_through_an_exit_stub_sees_every_scalar_extended_as_its_type_says() {
-    let b = Bridge::libffi();
+    // Every pairing of backends: each side checks the other.
+    for (xn, x) in support::all_bridges() {
+        for (en, e) in support::all_bridges() {
+            eprintln!("exit {xn} -> entry {en}");
+            every_scalar(&x, &e);
+        }
+    }
+}
+
+fn every_scalar(xb: &Bridge, b: &Bridge) {
     let text = "(i8,u8,i16,u16,i32,u32,i64,u64,bool,f32,f64,ptr)->i16";
     for conv in CallConv::ALL {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -145,7 +160,7 @@ fn an_entry_point_called_through_an_exit_stub_sees_every_scalar_extended_as_its_
             FailurePolicy::Report,
         );
         let ep = b.entry_point(&sig(text), conv, &d, 7).unwrap();
-        let exit = b.exit_stub(&sig(text), conv).unwrap();
+        let exit = xb.exit_stub(&sig(text), conv).unwrap();
         let args = [
             Value::I8(-1),
             Value::U8(0xAA),
@@ -209,42 +224,42 @@ fn apply_nested(b: &Bridge, d: &Dispatcher) -> Result<i32, ThunkError> {
 
 #[test]
 fn a_host_error_reaches_the_interpreter_after_the_c_caller_returns() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
-    let d = host(
-        move |c| {
-            if c2.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Err("first call refused".into());
+    for (name, b) in support::all_bridges() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c2 = calls.clone();
+        let d = host(
+            move |c| {
+                if c2.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err("first call refused".into());
+                }
+                c.ret[0] = (c.args[0] as i32 - c.args[1] as i32) as i64 as u64;
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        match apply_nested(&b, &d) {
+            Err(ThunkError::Callback(EntryError::Host { func: 1, error })) => {
+                assert_eq!(error.to_string(), "first call refused")
             }
-            c.ret[0] = (c.args[0] as i32 - c.args[1] as i32) as i64 as u64;
-            Ok(())
-        },
-        FailurePolicy::Report,
-    );
-    let b = Bridge::libffi();
-    match apply_nested(&b, &d) {
-        Err(ThunkError::Callback(EntryError::Host { func: 1, error })) => {
-            assert_eq!(error.to_string(), "first call refused")
+            other => panic!("{name}: expected the callback's error, got {other:?}"),
         }
-        other => panic!("expected the callback's error, got {other:?}"),
+        // C carried on with a zeroed result: f(0, 6) ran as the second call.
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
+        let again = apply_nested(&b, &d).unwrap();
+        assert_eq!(again, (6 - 7) - 6, "{name}: a later call is not affected");
     }
-    // C carried on with a zeroed result: f(0, 6) ran as the second call.
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        apply_nested(&b, &d).unwrap(),
-        (6 - 7) - 6,
-        "a later call is not affected"
-    );
 }
 
 #[test]
 fn a_panicking_host_becomes_an_error_not_an_unwind_through_c() {
     let d = host(|_| panic!("host blew up"), FailurePolicy::Report);
-    match apply_nested(&Bridge::libffi(), &d) {
-        Err(ThunkError::Callback(EntryError::Panic { message, .. })) => {
-            assert_eq!(message, "host blew up")
+    for (name, b) in support::all_bridges() {
+        match apply_nested(&b, &d) {
+            Err(ThunkError::Callback(EntryError::Panic { message, .. })) => {
+                assert_eq!(message, "host blew up")
+            }
+            other => panic!("{name}: expected the panic as an error, got {other:?}"),
         }
-        other => panic!("expected the panic as an error, got {other:?}"),
     }
 }
 
@@ -257,65 +272,52 @@ fn native_code_can_see_that_a_callback_failed() {
            *out = cb(5); return status(); }\n",
     );
     let lib = support::Lib::open(&so);
-    let b = Bridge::libffi();
-    let exit = b
-        .exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV)
-        .unwrap();
-    for (fail, want_status) in [(false, STATUS_OK), (true, STATUS_ERROR)] {
-        let d = host(
-            move |c| {
-                if fail {
-                    return Err("no".into());
-                }
-                c.ret[0] = c.args[0] * 10;
-                Ok(())
-            },
-            FailurePolicy::Report,
-        );
-        let ep = b
-            .entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0)
-            .unwrap();
-        let mut out = 0i64;
-        let mut ret = [0u64];
-        let args = [
-            ep.code_ptr() as u64,
-            pending_entry_status as *const () as u64,
-            &mut out as *mut i64 as u64,
-        ];
-        // SAFETY: call_then_status has this signature; all three pointers are valid.
-        let r = unsafe { exit.call(lib.addr("call_then_status"), &args, &mut ret) };
-        assert_eq!(ret[0] as u32, want_status);
-        assert_eq!(out, if fail { 0 } else { 50 });
-        assert_eq!(r.is_err(), fail);
+    for (name, b) in support::all_bridges() {
+        let exit = b.exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV).unwrap();
+        for (fail, want_status) in [(false, STATUS_OK), (true, STATUS_ERROR)] {
+            let d = host(
+                move |c| {
+                    if fail {
+                        return Err("no".into());
+                    }
+                    c.ret[0] = c.args[0] * 10;
+                    Ok(())
+                },
+                FailurePolicy::Report,
+            );
+            let ep = b.entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0).unwrap();
+            let mut out = 0i64;
+            let mut ret = [0u64];
+            let status_fn = pending_entry_status as *const () as u64;
+            let args = [ep.code_ptr() as u64, status_fn, &mut out as *mut i64 as u64];
+            // SAFETY: call_then_status has this signature; all three pointers are valid.
+            let r = unsafe { exit.call(lib.addr("call_then_status"), &args, &mut ret) };
+            assert_eq!(ret[0] as u32, want_status, "{name}");
+            assert_eq!(out, if fail { 0 } else { 50 }, "{name}");
+            assert_eq!(r.is_err(), fail, "{name}");
+        }
     }
 }
 
-/// Runs the ignored test `name` of this binary in a child process with
-/// `TIERBRIDGE_CHILD=1` and returns its status and stderr.
-fn run_child(name: &str) -> (std::process::ExitStatus, String) {
+/// Runs the ignored test `name` of this binary in a child process, on bridge
+/// number `backend` of `all_bridges`, and returns its status and stderr.
+fn run_child(name: &str, backend: usize) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TIERBRIDGE_CHILD", "1")
+        .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
+        .env("TIERBRIDGE_CHILD", backend.to_string())
         .output()
         .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn abort_child(fail: fn(EntryCall<'_>) -> Result<(), HostError>) {
-    if std::env::var_os("TIERBRIDGE_CHILD").is_none() {
-        return; // only meaningful in the child process started by run_child
-    }
+    // Only meaningful in the child process started by run_child.
+    let Some(backend) = std::env::var("TIERBRIDGE_CHILD").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        return;
+    };
     let d = host(fail, FailurePolicy::Abort);
-    let _ = apply_nested(&Bridge::libffi(), &d);
+    let (_, b) = support::all_bridges().swap_remove(backend);
+    let _ = apply_nested(&b, &d);
     eprintln!("child survived");
 }
 
@@ -335,90 +337,60 @@ fn child_host_panic_under_abort() {
 #[test]
 fn the_abort_policy_aborts_the_process_on_a_host_error_or_panic() {
     use std::os::unix::process::ExitStatusExt;
-    for (child, message) in [
-        ("child_host_error_under_abort", "fatal host error"),
-        ("child_host_panic_under_abort", "fatal host panic"),
-    ] {
-        let (status, stderr) = run_child(child);
-        assert_eq!(
-            status.signal(),
-            Some(6),
-            "{child} should die of SIGABRT; stderr:\n{stderr}"
-        );
-        assert!(
-            stderr.contains("tierbridge: aborting") && stderr.contains(message),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("child survived"));
+    for backend in 0..support::all_bridges().len() {
+        for (child, message) in [
+            ("child_host_error_under_abort", "fatal host error"),
+            ("child_host_panic_under_abort", "fatal host panic"),
+        ] {
+            let (status, stderr) = run_child(child, backend);
+            let what = format!("{child} on bridge {backend}; stderr:\n{stderr}");
+            assert_eq!(status.signal(), Some(6), "should die of SIGABRT: {what}");
+            assert!(stderr.contains("tierbridge: aborting") && stderr.contains(message), "{what}");
+            assert!(!stderr.contains("child survived"), "{what}");
+        }
     }
 }
 
 #[test]
 fn bad_calls_are_typed_errors() {
-    let b = Bridge::libffi();
-    let s = b.exit_stub(&sig("(i32,f64)->i32"), CallConv::SysV).unwrap();
-    // SAFETY: none of these calls reaches native code: each fails its checks first.
-    unsafe {
-        assert!(matches!(
-            s.call(std::ptr::null(), &[1, 2], &mut [0]),
-            Err(ThunkError::NullTarget)
-        ));
+    for (name, b) in support::all_bridges() {
+        let s = b.exit_stub(&sig("(i32,f64)->i32"), CallConv::SysV).unwrap();
         let f = win_mix as *const c_void;
-        assert!(matches!(
-            s.call(f, &[1], &mut [0]),
-            Err(ThunkError::ArgCount {
-                expected: 2,
-                got: 1,
-                ..
-            })
-        ));
-        assert!(matches!(
-            s.call(f, &[1, 2], &mut []),
-            Err(ThunkError::RetSlots {
-                expected: 1,
-                got: 0,
-                ..
-            })
-        ));
-        assert!(matches!(
-            s.call_values(f, &[Value::I32(1), Value::F32(2.0)]),
-            Err(ThunkError::ArgType { index: 1, .. })
-        ));
-        assert!(matches!(
-            s.call_values(f, &[Value::I32(1)]),
-            Err(ThunkError::ArgCount { .. })
-        ));
+        // SAFETY: none of these calls reaches native code: each fails its checks first.
+        unsafe {
+            let null = s.call(std::ptr::null(), &[1, 2], &mut [0]);
+            assert!(matches!(null, Err(ThunkError::NullTarget)), "{name}");
+            let few = s.call(f, &[1], &mut [0]);
+            assert!(matches!(few, Err(ThunkError::ArgCount { expected: 2, got: 1, .. })), "{name}");
+            let no_room = s.call(f, &[1, 2], &mut []);
+            assert!(matches!(no_room, Err(ThunkError::RetSlots { expected: 1, got: 0, .. })), "{name}");
+            let typed = s.call_values(f, &[Value::I32(1), Value::F32(2.0)]);
+            assert!(matches!(typed, Err(ThunkError::ArgType { index: 1, .. })), "{name}");
+            let count = s.call_values(f, &[Value::I32(1)]);
+            assert!(matches!(count, Err(ThunkError::ArgCount { .. })), "{name}");
+        }
+        let d = host(|_| Ok(()), FailurePolicy::Report);
+        let call_site =
+            sig("(i32,...)->void").with_varargs(&[tierbridge::abi::Scalar::I64.into()]).unwrap();
+        let e = b.entry_point(&call_site, CallConv::SysV, &d, 0);
+        assert!(matches!(e, Err(ThunkError::Unsupported { .. })), "{name}");
+        // Packed structs: libffi cannot describe them; generated code can.
+        let packed = b.exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV);
+        match b.kind() {
+            BackendKind::Libffi => assert!(
+                matches!(packed, Err(ThunkError::Unsupported { backend: BackendKind::Libffi, .. })),
+                "{name}"
+            ),
+            _ => assert!(packed.is_ok(), "{name}"),
+        }
     }
-    let packed = b
-        .exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV)
-        .unwrap_err();
-    assert!(
-        matches!(
-            packed,
-            ThunkError::Unsupported {
-                backend: BackendKind::Libffi,
-                ..
-            }
-        ),
-        "{packed}"
-    );
-    let d = host(|_| Ok(()), FailurePolicy::Report);
-    let call_site = sig("(i32,...)->void")
-        .with_varargs(&[tierbridge::abi::Scalar::I64.into()])
-        .unwrap();
-    assert!(matches!(
-        b.entry_point(&call_site, CallConv::SysV, &d, 0),
-        Err(ThunkError::Unsupported { .. })
-    ));
-    assert!(matches!(
-        Bridge::new(BackendKind::Generated),
-        Err(ThunkError::Unsupported { .. })
-    ));
     let nested = "(".to_owned() + &"{".repeat(20) + "i32" + &"}".repeat(20) + ")->void";
     assert!(matches!(
         Signature::parse(&nested).map_err(ThunkError::from),
         Err(ThunkError::Abi(AbiError::NestingTooDeep { .. }))
     ));
+    let forced = "no-such-strategy".parse::<tierbridge::thunks::ExecStrategy>();
+    assert!(forced.is_err());
 }
 
 unsafe extern "C" {
@@ -427,100 +399,90 @@ unsafe extern "C" {
 
 #[test]
 fn errno_is_captured_right_after_the_native_call() {
-    let b = Bridge::libffi();
-    let s = b.exit_stub(&sig("(i32)->i32"), CallConv::SysV).unwrap();
-    let mut ret = [0u64];
-    // SAFETY: close(-1) only fails with EBADF.
-    let errno =
-        unsafe { s.call_capture_errno(close as *const c_void, &[(-1i64) as u64], &mut ret, 12345) }
-            .unwrap();
-    assert_eq!((ret[0] as i32, errno), (-1, 9));
-    // A callee that leaves errno alone: the value set before the call comes back.
     extern "C" fn ident(x: i32) -> i32 {
         x
     }
-    // SAFETY: ident has this signature.
-    let errno =
-        unsafe { s.call_capture_errno(ident as *const c_void, &[4], &mut ret, 12345) }.unwrap();
-    assert_eq!((ret[0], errno), (4, 12345));
+    for (name, b) in support::all_bridges() {
+        let s = b.exit_stub(&sig("(i32)->i32"), CallConv::SysV).unwrap();
+        let mut ret = [0u64];
+        let bad_fd = [(-1i64) as u64];
+        // SAFETY: close(-1) only fails with EBADF.
+        let errno = unsafe { s.call_capture_errno(close as *const c_void, &bad_fd, &mut ret, 12345) };
+        assert_eq!((ret[0] as i32, errno.unwrap()), (-1, 9), "{name}");
+        // A callee that leaves errno alone: the value set before the call comes back.
+        // SAFETY: ident has this signature.
+        let errno = unsafe { s.call_capture_errno(ident as *const c_void, &[4], &mut ret, 12345) };
+        assert_eq!((ret[0], errno.unwrap()), (4, 12345), "{name}");
+    }
 }
 
 #[test]
 fn exit_stubs_are_cached_per_shape() {
-    let b = Bridge::libffi();
-    let x = b.exit_stub(&sig("(i64,i64)->i64"), CallConv::SysV).unwrap();
-    let y = b
-        .exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV)
-        .unwrap();
-    assert_eq!(x.sig_id(), y.sig_id());
-    assert_ne!(
-        x.sig_id(),
-        b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV)
-            .unwrap()
-            .sig_id()
-    );
+    for (_, b) in support::all_bridges() {
+        let x = b.exit_stub(&sig("(i64,i64)->i64"), CallConv::SysV).unwrap();
+        let y = b.exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV).unwrap();
+        assert_eq!(x.sig_id(), y.sig_id());
+        let z = b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV).unwrap();
+        assert_ne!(x.sig_id(), z.sig_id());
+    }
 }
 
 #[test]
 fn eight_threads_create_call_and_drop_entry_points() {
-    let b = Arc::new(Bridge::libffi());
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let b = b.clone();
-            std::thread::spawn(move || {
-                let exit = b.exit_stub(&sig("(i64,i32)->i64"), CallConv::SysV).unwrap();
-                for i in 0..200u64 {
-                    let d = host(
-                        move |c| {
-                            c.ret[0] = c.args[0].wrapping_mul(t + 1).wrapping_add(c.args[1]);
-                            Ok(())
-                        },
-                        FailurePolicy::Report,
-                    );
-                    let ep = b
-                        .entry_point(&sig("(i64,i32)->i64"), CallConv::SysV, &d, i)
-                        .unwrap();
-                    let mut ret = [0u64];
-                    // SAFETY: the entry point has this signature.
-                    unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }.unwrap();
-                    assert_eq!(ret[0], (i * (t + 1)).wrapping_sub(1));
-                }
+    for (name, b) in support::all_bridges() {
+        let b = Arc::new(b);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let s = sig("(i64,i32)->i64");
+                    let exit = b.exit_stub(&s, CallConv::SysV).unwrap();
+                    for i in 0..200u64 {
+                        let d = host(
+                            move |c| {
+                                c.ret[0] = c.args[0].wrapping_mul(t + 1).wrapping_add(c.args[1]);
+                                Ok(())
+                            },
+                            FailurePolicy::Report,
+                        );
+                        let ep = b.entry_point(&s, CallConv::SysV, &d, i).unwrap();
+                        let mut ret = [0u64];
+                        // SAFETY: the entry point has this signature.
+                        unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }.unwrap();
+                        assert_eq!(ret[0], (i * (t + 1)).wrapping_sub(1));
+                    }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            .collect();
+        for t in threads {
+            t.join().unwrap_or_else(|_| panic!("{name}: a thread failed"));
+        }
     }
 }
 
 #[test]
 fn the_variadic_cursor_stops_instead_of_reading_the_whole_stack() {
-    let b = Bridge::libffi();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c2 = count.clone();
-    let d = host(
-        move |c| {
-            let mut va = c.varargs.expect("variadic");
-            let mut n = 0;
-            while va.next_f64().is_some() {
-                n += 1;
-            }
-            c2.store(n, Ordering::SeqCst);
-            Ok(())
-        },
-        FailurePolicy::Report,
-    );
-    let ep = b
-        .entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0)
-        .unwrap();
-    let exit = b
-        .exit_stub(&sig("(i32,...)->void"), CallConv::SysV)
-        .unwrap();
-    // SAFETY: a variadic entry point called with no variadic argument.
-    unsafe { exit.call(ep.code_ptr(), &[0], &mut []) }.unwrap();
-    // 8 vector registers, then at most MAX_VA_STACK_SLOTS stack slots.
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        8 + tierbridge::host::MAX_VA_STACK_SLOTS as usize
-    );
+    for (name, b) in support::all_bridges() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let c2 = count.clone();
+        let d = host(
+            move |c| {
+                let mut va = c.varargs.expect("variadic");
+                let mut n = 0;
+                while va.next_f64().is_some() {
+                    n += 1;
+                }
+                c2.store(n, Ordering::SeqCst);
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        let ep = b.entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0).unwrap();
+        let exit = b.exit_stub(&sig("(i32,...)->void"), CallConv::SysV).unwrap();
+        // SAFETY: a variadic entry point called with no variadic argument.
+        unsafe { exit.call(ep.code_ptr(), &[0], &mut []) }.unwrap();
+        // 8 vector registers, then at most MAX_VA_STACK_SLOTS stack slots.
+        let max = 8 + tierbridge::host::MAX_VA_STACK_SLOTS as usize;
+        assert_eq!(count.load(Ordering::SeqCst), max, "{name}");
+    }
 }
