@@ -56,10 +56,18 @@ pub(crate) mod exec {
     /// `addr..addr+len` must be pages of a mapping this process owns, and no
     /// code may be executing in (or be about to execute) pages made non-executable.
     pub(crate) unsafe fn protect(addr: *mut u8, len: usize, exec: bool) -> io::Result<()> {
-        let prot = if exec { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ | libc::PROT_WRITE };
+        let prot = if exec {
+            libc::PROT_READ | libc::PROT_EXEC
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         // SAFETY: by the caller's contract.
         let r = unsafe { libc::mprotect(addr.cast(), len, prot) };
-        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// An anonymous in-memory file for dual mapping (Linux `memfd_create`).
@@ -80,7 +88,9 @@ pub(crate) mod exec {
     /// Dual mapping needs `memfd_create`, which this OS does not have.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(crate) fn code_file(_len: usize) -> io::Result<std::fs::File> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "no memfd_create on this OS"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no memfd_create on this OS",
+        ))
     }
 }
-

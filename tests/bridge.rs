@@ -273,7 +273,9 @@ fn native_code_can_see_that_a_callback_failed() {
     );
     let lib = support::Lib::open(&so);
     for (name, b) in support::all_bridges() {
-        let exit = b.exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV).unwrap();
+        let exit = b
+            .exit_stub(&sig("(ptr,ptr,ptr)->u32"), CallConv::SysV)
+            .unwrap();
         for (fail, want_status) in [(false, STATUS_OK), (true, STATUS_ERROR)] {
             let d = host(
                 move |c| {
@@ -285,7 +287,9 @@ fn native_code_can_see_that_a_callback_failed() {
                 },
                 FailurePolicy::Report,
             );
-            let ep = b.entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0).unwrap();
+            let ep = b
+                .entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0)
+                .unwrap();
             let mut out = 0i64;
             let mut ret = [0u64];
             let status_fn = pending_entry_status as *const () as u64;
@@ -303,16 +307,28 @@ fn native_code_can_see_that_a_callback_failed() {
 /// number `backend` of `all_bridges`, and returns its status and stderr.
 fn run_child(name: &str, backend: usize) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TIERBRIDGE_CHILD", backend.to_string())
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn abort_child(fail: fn(EntryCall<'_>) -> Result<(), HostError>) {
     // Only meaningful in the child process started by run_child.
-    let Some(backend) = std::env::var("TIERBRIDGE_CHILD").ok().and_then(|v| v.parse::<usize>().ok()) else {
+    let Some(backend) = std::env::var("TIERBRIDGE_CHILD")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
         return;
     };
     let d = host(fail, FailurePolicy::Abort);
@@ -345,7 +361,10 @@ fn the_abort_policy_aborts_the_process_on_a_host_error_or_panic() {
             let (status, stderr) = run_child(child, backend);
             let what = format!("{child} on bridge {backend}; stderr:\n{stderr}");
             assert_eq!(status.signal(), Some(6), "should die of SIGABRT: {what}");
-            assert!(stderr.contains("tierbridge: aborting") && stderr.contains(message), "{what}");
+            assert!(
+                stderr.contains("tierbridge: aborting") && stderr.contains(message),
+                "{what}"
+            );
             assert!(!stderr.contains("child survived"), "{what}");
         }
     }
@@ -361,24 +380,54 @@ fn bad_calls_are_typed_errors() {
             let null = s.call(std::ptr::null(), &[1, 2], &mut [0]);
             assert!(matches!(null, Err(ThunkError::NullTarget)), "{name}");
             let few = s.call(f, &[1], &mut [0]);
-            assert!(matches!(few, Err(ThunkError::ArgCount { expected: 2, got: 1, .. })), "{name}");
+            assert!(
+                matches!(
+                    few,
+                    Err(ThunkError::ArgCount {
+                        expected: 2,
+                        got: 1,
+                        ..
+                    })
+                ),
+                "{name}"
+            );
             let no_room = s.call(f, &[1, 2], &mut []);
-            assert!(matches!(no_room, Err(ThunkError::RetSlots { expected: 1, got: 0, .. })), "{name}");
+            assert!(
+                matches!(
+                    no_room,
+                    Err(ThunkError::RetSlots {
+                        expected: 1,
+                        got: 0,
+                        ..
+                    })
+                ),
+                "{name}"
+            );
             let typed = s.call_values(f, &[Value::I32(1), Value::F32(2.0)]);
-            assert!(matches!(typed, Err(ThunkError::ArgType { index: 1, .. })), "{name}");
+            assert!(
+                matches!(typed, Err(ThunkError::ArgType { index: 1, .. })),
+                "{name}"
+            );
             let count = s.call_values(f, &[Value::I32(1)]);
             assert!(matches!(count, Err(ThunkError::ArgCount { .. })), "{name}");
         }
         let d = host(|_| Ok(()), FailurePolicy::Report);
-        let call_site =
-            sig("(i32,...)->void").with_varargs(&[tierbridge::abi::Scalar::I64.into()]).unwrap();
+        let call_site = sig("(i32,...)->void")
+            .with_varargs(&[tierbridge::abi::Scalar::I64.into()])
+            .unwrap();
         let e = b.entry_point(&call_site, CallConv::SysV, &d, 0);
         assert!(matches!(e, Err(ThunkError::Unsupported { .. })), "{name}");
         // Packed structs: libffi cannot describe them; generated code can.
         let packed = b.exit_stub(&sig("(packed{u8,u32})->void"), CallConv::SysV);
         match b.kind() {
             BackendKind::Libffi => assert!(
-                matches!(packed, Err(ThunkError::Unsupported { backend: BackendKind::Libffi, .. })),
+                matches!(
+                    packed,
+                    Err(ThunkError::Unsupported {
+                        backend: BackendKind::Libffi,
+                        ..
+                    })
+                ),
                 "{name}"
             ),
             _ => assert!(packed.is_ok(), "{name}"),
@@ -407,7 +456,8 @@ fn errno_is_captured_right_after_the_native_call() {
         let mut ret = [0u64];
         let bad_fd = [(-1i64) as u64];
         // SAFETY: close(-1) only fails with EBADF.
-        let errno = unsafe { s.call_capture_errno(close as *const c_void, &bad_fd, &mut ret, 12345) };
+        let errno =
+            unsafe { s.call_capture_errno(close as *const c_void, &bad_fd, &mut ret, 12345) };
         assert_eq!((ret[0] as i32, errno.unwrap()), (-1, 9), "{name}");
         // A callee that leaves errno alone: the value set before the call comes back.
         // SAFETY: ident has this signature.
@@ -420,7 +470,9 @@ fn errno_is_captured_right_after_the_native_call() {
 fn exit_stubs_are_cached_per_shape() {
     for (_, b) in support::all_bridges() {
         let x = b.exit_stub(&sig("(i64,i64)->i64"), CallConv::SysV).unwrap();
-        let y = b.exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV).unwrap();
+        let y = b
+            .exit_stub(&sig("( i64 , i64 ) -> i64"), CallConv::SysV)
+            .unwrap();
         assert_eq!(x.sig_id(), y.sig_id());
         let z = b.exit_stub(&sig("(i64,i64)->i32"), CallConv::SysV).unwrap();
         assert_ne!(x.sig_id(), z.sig_id());
@@ -448,14 +500,16 @@ fn eight_threads_create_call_and_drop_entry_points() {
                         let ep = b.entry_point(&s, CallConv::SysV, &d, i).unwrap();
                         let mut ret = [0u64];
                         // SAFETY: the entry point has this signature.
-                        unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }.unwrap();
+                        unsafe { exit.call(ep.code_ptr(), &[i, (-1i64) as u64], &mut ret) }
+                            .unwrap();
                         assert_eq!(ret[0], (i * (t + 1)).wrapping_sub(1));
                     }
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap_or_else(|_| panic!("{name}: a thread failed"));
+            t.join()
+                .unwrap_or_else(|_| panic!("{name}: a thread failed"));
         }
     }
 }
@@ -477,8 +531,12 @@ fn the_variadic_cursor_stops_instead_of_reading_the_whole_stack() {
             },
             FailurePolicy::Report,
         );
-        let ep = b.entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0).unwrap();
-        let exit = b.exit_stub(&sig("(i32,...)->void"), CallConv::SysV).unwrap();
+        let ep = b
+            .entry_point(&sig("(i32,...)->void"), CallConv::SysV, &d, 0)
+            .unwrap();
+        let exit = b
+            .exit_stub(&sig("(i32,...)->void"), CallConv::SysV)
+            .unwrap();
         // SAFETY: a variadic entry point called with no variadic argument.
         unsafe { exit.call(ep.code_ptr(), &[0], &mut []) }.unwrap();
         // 8 vector registers, then at most MAX_VA_STACK_SLOTS stack slots.

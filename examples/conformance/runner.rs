@@ -754,7 +754,9 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
     };
     let bridge = Bridge::new(backend).map_err(|e| e.to_string())?;
     if let Some(why) = bridge.fallback_reason() {
-        return Err(format!("the {backend} backend is not available here: {why}"));
+        return Err(format!(
+            "the {backend} backend is not available here: {why}"
+        ));
     }
     // SAFETY: loading the corpus's library runs its initializers; the corpus is trusted test input.
     let lib = unsafe { libloading::Library::new(&lib_path) }

@@ -239,7 +239,11 @@ fn scalar_part(s: Scalar, loc: Loc) -> Part {
 
 /// Both conventions return a scalar in `xmm0` (floats) or `rax` (the rest).
 fn scalar_ret(s: Scalar) -> RetPass {
-    let loc = if s.is_float() { Loc::Xmm(0) } else { Loc::Gpr(Gpr::Rax) };
+    let loc = if s.is_float() {
+        Loc::Xmm(0)
+    } else {
+        Loc::Gpr(Gpr::Rax)
+    };
     RetPass::Direct([scalar_part(s, loc)].into_iter().collect())
 }
 

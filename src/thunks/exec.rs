@@ -48,7 +48,9 @@ impl std::str::FromStr for ExecStrategy {
         match s {
             "write-then-protect" => Ok(ExecStrategy::WriteThenProtect),
             "dual-mapping" => Ok(ExecStrategy::DualMapping),
-            _ => Err(format!("unknown strategy {s:?} (expected write-then-protect or dual-mapping)")),
+            _ => Err(format!(
+                "unknown strategy {s:?} (expected write-then-protect or dual-mapping)"
+            )),
         }
     }
 }
@@ -57,7 +59,10 @@ const SLAB_BYTES: usize = 256 * 1024;
 const ALIGN: usize = 16;
 
 fn os_err(what: &str, e: std::io::Error) -> ThunkError {
-    ThunkError::Unsupported { backend: BackendKind::Generated, reason: format!("executable memory: {what}: {e}") }
+    ThunkError::Unsupported {
+        backend: BackendKind::Generated,
+        reason: format!("executable memory: {what}: {e}"),
+    }
 }
 
 enum Slab {
@@ -128,7 +133,11 @@ impl fmt::Debug for ExecCode {
 impl Drop for ExecCode {
     fn drop(&mut self) {
         let mut inner = self.mem.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.free.entry(self.size).or_default().push((self.slab, self.offset));
+        inner
+            .free
+            .entry(self.size)
+            .or_default()
+            .push((self.slab, self.offset));
     }
 }
 
@@ -144,7 +153,11 @@ impl ExecMemory {
         let mem = Arc::new(ExecMemory {
             strategy,
             page: os::page_size(),
-            inner: Mutex::new(Inner { slabs: Vec::new(), used: 0, free: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                slabs: Vec::new(),
+                used: 0,
+                free: BTreeMap::new(),
+            }),
         });
         mem.self_test()?;
         Ok(mem)
@@ -174,7 +187,9 @@ impl ExecMemory {
             // SAFETY: the bytes above are a complete function returning 42.
             let f: extern "C" fn() -> u32 = unsafe { crate::code::callable_as(code.addr().cast()) };
             if f() != 42 {
-                return Err(ThunkError::Internal("executable memory self-test returned the wrong value".into()));
+                return Err(ThunkError::Internal(
+                    "executable memory self-test returned the wrong value".into(),
+                ));
             }
         }
         Ok(())
@@ -183,7 +198,10 @@ impl ExecMemory {
     fn new_slab(&self) -> Result<Slab> {
         match self.strategy {
             ExecStrategy::WriteThenProtect => {
-                let map = MmapOptions::new().len(SLAB_BYTES).map_anon().map_err(|e| os_err("mmap", e))?;
+                let map = MmapOptions::new()
+                    .len(SLAB_BYTES)
+                    .map_anon()
+                    .map_err(|e| os_err("mmap", e))?;
                 Ok(Slab::Protect { map })
             }
             ExecStrategy::DualMapping => {
@@ -212,7 +230,10 @@ impl ExecMemory {
     pub(crate) fn install(self: &Arc<Self>, code: &[u8]) -> Result<ExecCode> {
         let size = code.len().max(1).next_multiple_of(self.granule());
         if size > SLAB_BYTES {
-            return Err(ThunkError::Internal(format!("{} bytes of code is more than a slab", code.len())));
+            return Err(ThunkError::Internal(format!(
+                "{} bytes of code is more than a slab",
+                code.len()
+            )));
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let reused = inner.free.get_mut(&size).and_then(Vec::pop);
@@ -261,6 +282,8 @@ impl ExecMemory {
 
 impl fmt::Debug for ExecMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExecMemory").field("strategy", &self.strategy).finish()
+        f.debug_struct("ExecMemory")
+            .field("strategy", &self.strategy)
+            .finish()
     }
 }

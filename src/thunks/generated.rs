@@ -20,7 +20,10 @@ use super::x64::{BindingHead, ErrnoIo, TRAMPOLINE_BYTES, emit_entry, emit_exit, 
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
 use crate::code::{RawFn, callable, callable_as};
-use crate::host::{Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut, take_entry_error};
+use crate::host::{
+    Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
+    take_entry_error,
+};
 use crate::table::IdTable;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
@@ -46,17 +49,34 @@ impl GenExit {
         if target.is_null() {
             return Err(ThunkError::NullTarget);
         }
-        let (nargs, nret) = (self.layout.arg_slots as usize, self.layout.ret_slots as usize);
+        let (nargs, nret) = (
+            self.layout.arg_slots as usize,
+            self.layout.ret_slots as usize,
+        );
         if args.len() != nargs {
-            return Err(ThunkError::ArgCount { sig: self.sig.to_string(), expected: nargs, got: args.len() });
+            return Err(ThunkError::ArgCount {
+                sig: self.sig.to_string(),
+                expected: nargs,
+                got: args.len(),
+            });
         }
         if ret.len() < nret {
-            return Err(ThunkError::RetSlots { sig: self.sig.to_string(), expected: nret, got: ret.len() });
+            return Err(ThunkError::RetSlots {
+                sig: self.sig.to_string(),
+                expected: nret,
+                got: ret.len(),
+            });
         }
-        let mut io = ErrnoIo { loc: null_mut(), value: 0 };
+        let mut io = ErrnoIo {
+            loc: null_mut(),
+            value: 0,
+        };
         let io_ptr = match errno_before {
             Some(v) => {
-                io = ErrnoIo { loc: crate::sys::errno_location(), value: v };
+                io = ErrnoIo {
+                    loc: crate::sys::errno_location(),
+                    value: v,
+                };
                 &mut io as *mut ErrnoIo
             }
             None => null_mut(),
@@ -91,7 +111,12 @@ struct DeadHead(BindingHead);
 unsafe impl Sync for DeadHead {}
 
 /// Where a dropped entry point's trampoline leads.
-static DEAD: DeadHead = DeadHead(BindingHead { thunk: dead_entry, dispatch: dead_dispatch, ctx: null_mut(), func: u64::MAX });
+static DEAD: DeadHead = DeadHead(BindingHead {
+    thunk: dead_entry,
+    dispatch: dead_dispatch,
+    ctx: null_mut(),
+    func: u64::MAX,
+});
 
 /// Reached (by a jump from a trampoline) when native code calls an entry point
 /// after it was dropped.
@@ -110,9 +135,19 @@ unsafe extern "C" fn dead_dispatch(_: *mut c_void, _: *mut RawEntryCall) -> u32 
 ///
 /// # Safety
 /// `binding` is the live binding of the running thunk, `ret` its `nret` result slots.
-unsafe extern "C" fn entry_failed(status: u32, binding: *const GenBinding, ret: *mut u64, nret: u32) {
+unsafe extern "C" fn entry_failed(
+    status: u32,
+    binding: *const GenBinding,
+    ret: *mut u64,
+    nret: u32,
+) {
     // SAFETY: by the contract above (the thunk passes its own binding and frame).
-    let (b, ret) = unsafe { (&*binding, std::slice::from_raw_parts_mut(ret, nret as usize)) };
+    let (b, ret) = unsafe {
+        (
+            &*binding,
+            std::slice::from_raw_parts_mut(ret, nret as usize),
+        )
+    };
     after_dispatch(status, b.head.func, b.dispatcher.policy, ret);
 }
 
@@ -152,7 +187,10 @@ impl Drop for GenEntry {
     fn drop(&mut self) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let (b, i) = self.at;
-        pool.blocks[b].cells[i].store((&DEAD.0 as *const BindingHead).cast_mut(), Ordering::Release);
+        pool.blocks[b].cells[i].store(
+            (&DEAD.0 as *const BindingHead).cast_mut(),
+            Ordering::Release,
+        );
         // To the back: the slot is reused as late as possible.
         pool.free.push_back(self.at);
         let _ = &self.binding;
@@ -174,7 +212,9 @@ fn cache_index(id: SigId, conv: CallConv) -> u32 {
 fn too_big(len: usize) -> ThunkError {
     ThunkError::Unsupported {
         backend: BackendKind::Generated,
-        reason: format!("the stub would be {len} bytes of code; structs this large are not supported"),
+        reason: format!(
+            "the stub would be {len} bytes of code; structs this large are not supported"
+        ),
     }
 }
 
@@ -184,7 +224,10 @@ impl GenBackend {
             mem,
             exits: IdTable::default(),
             thunks: IdTable::default(),
-            pool: Arc::new(Mutex::new(Pool { blocks: Vec::new(), free: VecDeque::new() })),
+            pool: Arc::new(Mutex::new(Pool {
+                blocks: Vec::new(),
+                free: VecDeque::new(),
+            })),
         }
     }
 
@@ -209,7 +252,12 @@ impl GenBackend {
         let code = self.install(&emit_exit(&layout))?;
         // SAFETY: the code was emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
-        let fresh = Arc::new(GenExit { _code: code, f, sig, layout });
+        let fresh = Arc::new(GenExit {
+            _code: code,
+            f,
+            sig,
+            layout,
+        });
         Ok(self.exits.get_or_init(index, || fresh).clone())
     }
 
@@ -220,7 +268,11 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?;
         let layout = reg.layout(id, conv)?;
-        let code = self.install(&emit_entry(layout, sig.is_variadic(), entry_failed as *const () as usize))?;
+        let code = self.install(&emit_entry(
+            layout,
+            sig.is_variadic(),
+            entry_failed as *const () as usize,
+        ))?;
         // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
         let entry = unsafe { callable(code.addr().cast()) };
         let fresh = Arc::new(GenThunk { _code: code, entry });
@@ -243,14 +295,20 @@ impl GenBackend {
         }
         let thunk = self.thunk(reg, id, conv)?;
         let binding = Box::new(GenBinding {
-            head: BindingHead { thunk: thunk.entry, dispatch: dispatcher.dispatch, ctx: dispatcher.ctx, func },
+            head: BindingHead {
+                thunk: thunk.entry,
+                dispatch: dispatcher.dispatch,
+                ctx: dispatcher.ctx,
+                func,
+            },
             dispatcher,
             _thunk: thunk,
         });
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.free.is_empty() {
-            let cells: Box<[AtomicPtr<BindingHead>]> =
-                (0..BLOCK).map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut())).collect();
+            let cells: Box<[AtomicPtr<BindingHead>]> = (0..BLOCK)
+                .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
+                .collect();
             let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
             let code = self.install(&emit_trampolines(&addrs))?;
             let b = pool.blocks.len();
@@ -261,8 +319,16 @@ impl GenBackend {
         let head = (&binding.head as *const BindingHead).cast_mut();
         pool.blocks[b].cells[i].store(head, Ordering::Release);
         let base: NonNull<u8> = pool.blocks[b].code.addr();
-        let code = base.as_ptr().wrapping_add(i * TRAMPOLINE_BYTES).cast::<c_void>();
+        let code = base
+            .as_ptr()
+            .wrapping_add(i * TRAMPOLINE_BYTES)
+            .cast::<c_void>();
         drop(pool);
-        Ok(GenEntry { binding, at: (b, i), code, pool: self.pool.clone() })
+        Ok(GenEntry {
+            binding,
+            at: (b, i),
+            code,
+            pool: self.pool.clone(),
+        })
     }
 }

@@ -11,12 +11,12 @@
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
 mod exec;
-#[cfg(target_arch = "x86_64")]
-mod x64;
 mod ffi;
 #[cfg(target_arch = "x86_64")]
 mod generated;
 mod value;
+#[cfg(target_arch = "x86_64")]
+mod x64;
 
 use std::ffi::c_void;
 use std::fmt;
@@ -167,10 +167,16 @@ impl Bridge {
     /// Only with a forced strategy (`TIERBRIDGE_EXEC`) that does not work.
     pub fn new(kind: BackendKind) -> Result<Bridge> {
         let exec = match std::env::var("TIERBRIDGE_EXEC") {
-            Ok(v) => Some(v.parse().map_err(|reason| ThunkError::Unsupported { backend: kind, reason })?),
+            Ok(v) => Some(v.parse().map_err(|reason| ThunkError::Unsupported {
+                backend: kind,
+                reason,
+            })?),
             Err(_) => None,
         };
-        Bridge::with_options(BridgeOptions { backend: kind, exec })
+        Bridge::with_options(BridgeOptions {
+            backend: kind,
+            exec,
+        })
     }
 
     /// A bridge built exactly as `options` say.
@@ -194,12 +200,15 @@ impl Bridge {
                     bridge.kind = BackendKind::Generated;
                     bridge.generated = Some(generated::GenBackend::new(mem));
                 }
-                Err(why) => bridge.fallback = Some(format!("no executable memory ({why}); using libffi")),
+                Err(why) => {
+                    bridge.fallback = Some(format!("no executable memory ({why}); using libffi"))
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            bridge.fallback = Some("the generated backend needs an x86-64 CPU; using libffi".into());
+            bridge.fallback =
+                Some("the generated backend needs an x86-64 CPU; using libffi".into());
         }
         Ok(bridge)
     }
@@ -264,10 +273,16 @@ impl Bridge {
     pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
-            return Ok(ExitStub { imp: ExitImpl::Gen(g.exit(self.registry, id, conv)?), id });
+            return Ok(ExitStub {
+                imp: ExitImpl::Gen(g.exit(self.registry, id, conv)?),
+                id,
+            });
         }
         let cif = self.ffi.exit_cif(self.registry, id, conv)?;
-        Ok(ExitStub { imp: ExitImpl::Ffi(cif), id })
+        Ok(ExitStub {
+            imp: ExitImpl::Ffi(cif),
+            id,
+        })
     }
 
     /// Binds function `func` of `dispatcher` to a new native entry point with
@@ -289,10 +304,18 @@ impl Bridge {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             let e = g.bind(self.registry, id, conv, dispatcher.clone(), func)?;
-            return Ok(EntryPoint { imp: EntryImpl::Gen(e), id });
+            return Ok(EntryPoint {
+                imp: EntryImpl::Gen(e),
+                id,
+            });
         }
-        let inner = self.ffi.bind(self.registry, id, conv, dispatcher.clone(), func)?;
-        Ok(EntryPoint { imp: EntryImpl::Ffi(inner), id })
+        let inner = self
+            .ffi
+            .bind(self.registry, id, conv, dispatcher.clone(), func)?;
+        Ok(EntryPoint {
+            imp: EntryImpl::Ffi(inner),
+            id,
+        })
     }
 }
 

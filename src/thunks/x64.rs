@@ -50,7 +50,11 @@ fn d(v: u32) -> i32 {
 
 /// Bytes of incoming or outgoing stack arguments actually used (not rounded to 16).
 fn stack_end(l: &CallLayout) -> u32 {
-    let mut end = if l.conv == CallConv::Win64 { crate::abi::WIN64_SHADOW_BYTES } else { 0 };
+    let mut end = if l.conv == CallConv::Win64 {
+        crate::abi::WIN64_SHADOW_BYTES
+    } else {
+        0
+    };
     for a in &l.args {
         let locs: Vec<(Loc, u32)> = match &a.pass {
             ArgPass::Direct(parts) => parts.iter().map(|p| (p.loc, p.size)).collect(),
@@ -103,7 +107,9 @@ fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
         Scalar::U16 => dynasm!(ops ; .arch x64 ; movzx eax, Rw(g)),
         Scalar::I32 => dynasm!(ops ; .arch x64 ; movsxd rax, Rd(g)),
         Scalar::U32 | Scalar::F32 => dynasm!(ops ; .arch x64 ; mov eax, Rd(g)),
-        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => dynasm!(ops ; .arch x64 ; mov rax, Rq(g)),
+        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => {
+            dynasm!(ops ; .arch x64 ; mov rax, Rq(g))
+        }
     }
 }
 
@@ -168,7 +174,9 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
                 for p in parts {
                     let src = slot + d(p.offset);
                     match p.loc {
-                        Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rbx + src]),
+                        Loc::Gpr(g) => {
+                            dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rbx + src])
+                        }
                         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src]),
                         Loc::XmmAndGpr(n, g) => {
                             dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src] ; mov Rq(g as u8), QWORD [rbx + src])
@@ -177,7 +185,10 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
                     }
                 }
             }
-            ArgPass::ByRef { ptr: Loc::Gpr(g), copy } => {
+            ArgPass::ByRef {
+                ptr: Loc::Gpr(g),
+                copy,
+            } => {
                 dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + d(l.stack_bytes + copy)]);
             }
             ArgPass::ByRef { .. } => {}
@@ -204,7 +215,8 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
     dynasm!(ops ; .arch x64
         ; lea rsp, [rbp - 32] ; pop r14 ; pop r13 ; pop r12 ; pop rbx ; pop rbp ; ret
     );
-    ops.finalize().expect("exit stubs use no external relocations")
+    ops.finalize()
+        .expect("exit stubs use no external relocations")
 }
 
 /// Stores one result part from its register into the result slots at r12.
@@ -248,7 +260,13 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
         at += 160;
     }
     // The pushes leave rsp at 8 mod 16; this brings it back to 0 at the call.
-    EntryFrame { va: d(va), args: d(args), rets: d(rets), xmm_save: d(xmm_save), size: d(at + 8) }
+    EntryFrame {
+        va: d(va),
+        args: d(args),
+        rets: d(rets),
+        xmm_save: d(xmm_save),
+        size: d(at + 8),
+    }
 }
 
 /// The shared entry thunk of one signature and convention (a declared
@@ -273,8 +291,16 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         let gp = va + offset_of!(RawVaList, gp) as i32;
         let fp = va + offset_of!(RawVaList, fp) as i32;
         let (regs, gp_next, overflow): (&[Gpr], u32, u32) = match l.conv {
-            CallConv::SysV => (&crate::abi::SYSV_INT_ARGS, u32::from(l.gprs_used), stack_end(l)),
-            CallConv::Win64 => (&crate::abi::WIN64_INT_ARGS, win64_positions(l), crate::abi::WIN64_SHADOW_BYTES),
+            CallConv::SysV => (
+                &crate::abi::SYSV_INT_ARGS,
+                u32::from(l.gprs_used),
+                stack_end(l),
+            ),
+            CallConv::Win64 => (
+                &crate::abi::WIN64_INT_ARGS,
+                win64_positions(l),
+                crate::abi::WIN64_SHADOW_BYTES,
+            ),
         };
         for (i, r) in regs.iter().enumerate() {
             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + gp + 8 * i as i32], Rq(*r as u8));
@@ -316,15 +342,21 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                         (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => {
                             dynasm!(ops ; .arch x64 ; movq QWORD [rsp + at], Rx(n))
                         }
-                        (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8)),
-                        (_, Loc::Stack(off)) => copy_qwords(&mut ops, RBP, 16 + d(off), RSP, at, p.size),
+                        (_, Loc::Gpr(g)) => {
+                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8))
+                        }
+                        (_, Loc::Stack(off)) => {
+                            copy_qwords(&mut ops, RBP, 16 + d(off), RSP, at, p.size)
+                        }
                     }
                 }
             }
             ArgPass::ByRef { ptr, .. } => {
                 match ptr {
                     Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov r11, Rq(*g as u8)),
-                    Loc::Stack(off) => dynasm!(ops ; .arch x64 ; mov r11, QWORD [rbp + 16 + d(*off)]),
+                    Loc::Stack(off) => {
+                        dynasm!(ops ; .arch x64 ; mov r11, QWORD [rbp + 16 + d(*off)])
+                    }
                     other => unreachable!("a by-reference pointer in {other:?}"),
                 }
                 // Exactly the struct's bytes: the caller's copy may end at a page edge.
@@ -405,7 +437,8 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         ; mov rax, QWORD failed as i64 ; call rax
         ; jmp =>results
     );
-    ops.finalize().expect("entry thunks use no external relocations")
+    ops.finalize()
+        .expect("entry thunks use no external relocations")
 }
 
 /// Argument positions the fixed parameters (and a hidden result pointer) use.
@@ -431,5 +464,6 @@ pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
             dynasm!(ops ; .arch x64 ; int3);
         }
     }
-    ops.finalize().expect("trampolines use no external relocations")
+    ops.finalize()
+        .expect("trampolines use no external relocations")
 }

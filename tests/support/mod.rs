@@ -347,8 +347,11 @@ pub fn all_bridges() -> Vec<(String, tierbridge::thunks::Bridge)> {
     use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions, ExecStrategy};
     let mut v = vec![("libffi".to_owned(), Bridge::libffi())];
     for exec in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {
-        let b = Bridge::with_options(BridgeOptions { backend: BackendKind::Generated, exec: Some(exec) })
-            .expect("the generated backend works on this machine");
+        let b = Bridge::with_options(BridgeOptions {
+            backend: BackendKind::Generated,
+            exec: Some(exec),
+        })
+        .expect("the generated backend works on this machine");
         assert_eq!(b.kind(), BackendKind::Generated);
         v.push((format!("generated/{exec}"), b));
     }
@@ -358,6 +361,11 @@ pub fn all_bridges() -> Vec<(String, tierbridge::thunks::Bridge)> {
 /// The generated backend with the default (probed) memory strategy.
 pub fn generated() -> tierbridge::thunks::Bridge {
     let b = tierbridge::thunks::Bridge::new(tierbridge::thunks::BackendKind::Generated).unwrap();
-    assert_eq!(b.kind(), tierbridge::thunks::BackendKind::Generated, "{:?}", b.fallback_reason());
+    assert_eq!(
+        b.kind(),
+        tierbridge::thunks::BackendKind::Generated,
+        "{:?}",
+        b.fallback_reason()
+    );
     b
 }
