@@ -116,10 +116,10 @@ fn one_case(
     }
     if let (Some(t), Some(v)) = (sig.ret(), &ret) {
         same_value(t, v, &slots_bytes(&out)).map_err(|err| format!("result ({t}): {err}"))?;
-        if let Type::Scalar(sc) = t {
-            if out[0] != sc.to_slot(out[0]) {
-                return Err(format!("result slot {:#x} not extended as {sc}", out[0]));
-            }
+        if let Type::Scalar(sc) = t
+            && out[0] != sc.to_slot(out[0])
+        {
+            return Err(format!("result slot {:#x} not extended as {sc}", out[0]));
         }
     }
     Ok(true)

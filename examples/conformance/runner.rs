@@ -736,8 +736,24 @@ fn flags(j: &Json) -> Vec<String> {
 }
 
 /// Runs a corpus file on one backend. `Err` only for problems that make the
-/// whole file unusable (unreadable, wrong format, library not loadable).
+/// whole file unusable (unreadable, wrong format, library not loadable, or the
+/// backend not available here).
 pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Result<Report, String> {
+    let bridge = Bridge::new(backend).map_err(|e| e.to_string())?;
+    if let Some(why) = bridge.fallback_reason() {
+        return Err(format!(
+            "the {backend} backend is not available here: {why}"
+        ));
+    }
+    run_bridge(&bridge, lib_path, corpus)
+}
+
+/// [`run`] on a bridge made by the caller.
+pub fn run_bridge(
+    bridge: &Bridge,
+    lib_path: Option<&Path>,
+    corpus: &Path,
+) -> Result<Report, String> {
     let text = std::fs::read_to_string(corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
     let doc: Json =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", corpus.display()))?;
@@ -752,17 +768,11 @@ pub fn run(backend: BackendKind, lib_path: Option<&Path>, corpus: &Path) -> Resu
                 .ok_or("no library named in the corpus")?,
         ),
     };
-    let bridge = Bridge::new(backend).map_err(|e| e.to_string())?;
-    if let Some(why) = bridge.fallback_reason() {
-        return Err(format!(
-            "the {backend} backend is not available here: {why}"
-        ));
-    }
     // SAFETY: loading the corpus's library runs its initializers; the corpus is trusted test input.
     let lib = unsafe { libloading::Library::new(&lib_path) }
         .map_err(|e| format!("{}: {e}", lib_path.display()))?;
     let mut runner = Runner {
-        bridge: &bridge,
+        bridge,
         lib,
         callbacks: HashMap::new(),
         report: Report::default(),

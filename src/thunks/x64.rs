@@ -15,6 +15,9 @@
 //!   (reading only the declared width), calls the dispatcher with a
 //!   `RawEntryCall` on its frame, then loads the result parts.
 
+// dynasm's macro converts dynamic register numbers with `.into()`.
+#![allow(clippy::useless_conversion)]
+
 use std::ffi::c_void;
 use std::mem::offset_of;
 
