@@ -22,7 +22,7 @@
 //! - [`FailurePolicy::Abort`]: the process prints the error and aborts.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -215,19 +215,35 @@ impl EntryError {
 
 thread_local! {
     static PENDING: RefCell<Option<EntryError>> = const { RefCell::new(None) };
+    /// Mirrors `PENDING.is_some()`: one cheap load on every exit call's hot path.
+    static HAS_PENDING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Takes the failure of the latest failed entry call on this thread, if any.
 pub fn take_entry_error() -> Option<EntryError> {
-    PENDING.with(|p| p.borrow_mut().take())
+    if !HAS_PENDING.with(Cell::get) {
+        return None;
+    }
+    HAS_PENDING.with(|h| h.set(false));
+    PENDING.with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
 }
 
+/// Drops a stale failure (one nobody took) before a new exit call.
+#[inline(always)]
 pub(crate) fn clear_entry_error() {
-    PENDING.with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut() {
-            *p = None;
-        }
-    });
+    if HAS_PENDING.with(Cell::get) {
+        drop(take_entry_error());
+    }
+}
+
+/// The failure of the exit call that just returned, if a callback failed during it.
+#[inline(always)]
+pub(crate) fn take_entry_error_fast() -> Option<EntryError> {
+    if HAS_PENDING.with(Cell::get) {
+        take_entry_error()
+    } else {
+        None
+    }
 }
 
 fn set_pending(e: EntryError) {
@@ -236,6 +252,7 @@ fn set_pending(e: EntryError) {
         // Keep the first failure: later ones are usually its consequences.
         if p.is_none() {
             *p = Some(e);
+            HAS_PENDING.with(|h| h.set(true));
         }
     });
 }

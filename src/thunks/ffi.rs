@@ -379,7 +379,7 @@ impl FfiCif {
         if let Some(Type::Scalar(s)) = self.sig.ret() {
             ret[0] = s.to_slot(ret[0]);
         }
-        if let Some(e) = crate::host::take_entry_error() {
+        if let Some(e) = crate::host::take_entry_error_fast() {
             return Err(ThunkError::Callback(e));
         }
         Ok(captured)

@@ -22,7 +22,7 @@ use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
-    take_entry_error,
+    take_entry_error_fast,
 };
 use crate::table::IdTable;
 
@@ -85,7 +85,7 @@ impl GenExit {
         // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
         // checked above); the caller vouches that `target` has this signature.
         unsafe { (self.f)(slot_ptr(args), slot_ptr_mut(ret), target, io_ptr) };
-        if let Some(e) = take_entry_error() {
+        if let Some(e) = take_entry_error_fast() {
             return Err(ThunkError::Callback(e));
         }
         Ok(errno_before.map(|_| io.value))

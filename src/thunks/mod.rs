@@ -300,7 +300,20 @@ impl Bridge {
         dispatcher: &Dispatcher,
         func: u64,
     ) -> Result<EntryPoint> {
-        let id = self.registry.intern(sig);
+        self.entry_point_by_id(self.registry.intern(sig), conv, dispatcher, func)
+    }
+
+    /// [`Bridge::entry_point`] for an already interned signature: no hashing.
+    ///
+    /// # Errors
+    /// As [`Bridge::entry_point`], plus [`AbiError::UnknownSigId`].
+    pub fn entry_point_by_id(
+        &self,
+        id: SigId,
+        conv: CallConv,
+        dispatcher: &Dispatcher,
+        func: u64,
+    ) -> Result<EntryPoint> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             let e = g.bind(self.registry, id, conv, dispatcher.clone(), func)?;

@@ -6,9 +6,10 @@
 //!
 //! Frames (ABI.md, "Generated code"):
 //! - exit stub, called from Rust as `extern "C" fn(args, ret, target, errno)`:
-//!   saves rbx/r12–r14 (which hold its four arguments across the call),
-//!   reserves `stack_bytes + copy_bytes` so `rsp` is 16-byte aligned at the
-//!   call, loads every part from the slots, calls, stores the result parts.
+//!   keeps `ret` and `errno` in r12/r13 (saved), the argument pointer and the
+//!   target in r11/r10; reserves `stack_bytes + copy_bytes` so `rsp` is
+//!   16-byte aligned at the call, loads every part from the slots, calls,
+//!   reads errno if asked, stores the result parts.
 //! - entry thunk, reached through a trampoline that puts the binding in r10:
 //!   saves every callee-saved register of both conventions it uses (Win64:
 //!   also rdi, rsi, xmm6–xmm15), spills each argument part into slots
@@ -131,22 +132,27 @@ fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
     }
 }
 
-const RBX: u8 = Gpr::Rbx as u8;
 const RSP: u8 = Gpr::Rsp as u8;
 const RBP: u8 = Gpr::Rbp as u8;
 const R11: u8 = Gpr::R11 as u8;
 const R12: u8 = Gpr::R12 as u8;
 
 /// The exit stub: `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`.
+///
+/// Only `ret` (r12) and `errno` (r13) must survive the call, so only those two
+/// callee-saved registers are pushed; the argument pointer (r11) and the
+/// target (r10) live in caller-saved registers that carry no argument in
+/// either convention.
 pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
     let mut ops = Asm::new(0);
-    let frame = d(l.stack_bytes + l.copy_bytes);
+    // Two pushes leave rsp at 8 mod 16; `+ 8` realigns it for the call.
+    let frame = d(l.stack_bytes + l.copy_bytes + 8);
     dynasm!(ops ; .arch x64
-        ; push rbp ; mov rbp, rsp ; push rbx ; push r12 ; push r13 ; push r14
+        ; push r12 ; push r13
         ; sub rsp, frame
-        ; mov rbx, rdi ; mov r12, rsi ; mov r13, rdx ; mov r14, rcx
-        ; test r14, r14 ; jz >no_errno_in
-        ; mov rax, QWORD [r14] ; mov r11d, DWORD [r14 + 8] ; mov DWORD [rax], r11d
+        ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx ; mov r13, rcx
+        ; test r13, r13 ; jz >no_errno_in
+        ; mov rax, QWORD [r13] ; mov edx, DWORD [r13 + 8] ; mov DWORD [rax], edx
         ; no_errno_in:
     );
     // Stack arguments and by-reference copies first (rax is the only scratch).
@@ -156,13 +162,13 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
             ArgPass::Direct(parts) => {
                 for p in parts {
                     if let Loc::Stack(off) = p.loc {
-                        copy_qwords(&mut ops, RBX, slot + d(p.offset), RSP, d(off), p.size);
+                        copy_qwords(&mut ops, R11, slot + d(p.offset), RSP, d(off), p.size);
                     }
                 }
             }
             ArgPass::ByRef { ptr, copy } => {
                 let at = d(l.stack_bytes + copy);
-                copy_qwords(&mut ops, RBX, slot, RSP, at, a.ty.size());
+                copy_qwords(&mut ops, R11, slot, RSP, at, a.ty.size());
                 if let Loc::Stack(off) = ptr {
                     dynasm!(ops ; .arch x64 ; lea rax, [rsp + at] ; mov QWORD [rsp + d(*off)], rax);
                 }
@@ -178,11 +184,11 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
                     let src = slot + d(p.offset);
                     match p.loc {
                         Loc::Gpr(g) => {
-                            dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rbx + src])
+                            dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src])
                         }
-                        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src]),
+                        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
                         Loc::XmmAndGpr(n, g) => {
-                            dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rbx + src] ; mov Rq(g as u8), QWORD [rbx + src])
+                            dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
                         }
                         Loc::Stack(_) => {}
                     }
@@ -204,10 +210,10 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
     dynasm!(ops ; .arch x64
-        ; call r13
+        ; call r10
         // errno first: nothing may run between the callee and this read.
-        ; test r14, r14 ; jz >no_errno_out
-        ; mov r10, QWORD [r14] ; mov r10d, DWORD [r10] ; mov DWORD [r14 + 8], r10d
+        ; test r13, r13 ; jz >no_errno_out
+        ; mov r10, QWORD [r13] ; mov r10d, DWORD [r10] ; mov DWORD [r13 + 8], r10d
         ; no_errno_out:
     );
     if let RetPass::Direct(parts) = &l.ret {
@@ -216,7 +222,7 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
         }
     }
     dynasm!(ops ; .arch x64
-        ; lea rsp, [rbp - 32] ; pop r14 ; pop r13 ; pop r12 ; pop rbx ; pop rbp ; ret
+        ; add rsp, frame ; pop r13 ; pop r12 ; ret
     );
     ops.finalize()
         .expect("exit stubs use no external relocations")
