@@ -1,30 +1,47 @@
-//! Call overhead: a direct call through a function pointer against the libffi
-//! backend's exit stubs and entry points, on the same shapes, in one run.
+//! Call overhead, side by side in one run: a direct call through a function
+//! pointer, generated and libffi exit stubs (interpreter → native), generated
+//! and libffi entry points (native → a Rust host), on the same shapes; and the
+//! setup costs (a new signature's thunks, a new bound entry point, lookups).
 //!
 //! `cargo bench --bench calls` (HTML reports in target/criterion/).
 
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
 use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
-use tierbridge::thunks::Bridge;
+use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pair {
+    a: f32,
+    b: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Triple {
+    a: f64,
+    b: f64,
+    c: f64,
+}
 
 extern "C" fn add_i64(a: i64, b: i64) -> i64 {
     a.wrapping_add(b)
 }
-
 extern "C" fn add_f64(a: f64, b: f64) -> f64 {
     a + b
 }
-
 #[allow(clippy::too_many_arguments)]
 extern "C" fn mixed8(a: i8, b: u16, c: i32, d: i64, e: f32, f: f64, g: u8, h: f64) -> f64 {
     a as f64 + b as f64 + c as f64 + d as f64 + e as f64 + f + g as f64 + h
 }
-
 #[allow(clippy::too_many_arguments)]
 extern "C" fn ten_i64(
     a: i64,
@@ -40,126 +57,316 @@ extern "C" fn ten_i64(
 ) -> i64 {
     a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
 }
+extern "C" fn pair_sum(p: Pair) -> f32 {
+    p.a + p.b
+}
+extern "C" fn triple(x: f64) -> Triple {
+    Triple {
+        a: x,
+        b: x * 2.0,
+        c: -x,
+    }
+}
 
-fn sum_host() -> Dispatcher {
-    let host = |c: EntryCall<'_>| -> Result<(), HostError> {
-        c.ret[0] = c.args.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
+type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
+
+/// The interpreter side of the entry benchmarks: does each shape's work on slots.
+fn host() -> Dispatcher {
+    let h = |c: EntryCall<'_>| -> Result<(), HostError> {
+        match c.func.0 {
+            0 => c.ret[0] = c.args[0].wrapping_add(c.args[1]),
+            1 => c.ret[0] = (f64::from_bits(c.args[0]) + f64::from_bits(c.args[1])).to_bits(),
+            3 => c.ret[0] = c.args.iter().fold(0, |a, b| a ^ b),
+            4 => {
+                let (a, b) = (
+                    f32::from_bits(c.args[0] as u32),
+                    f32::from_bits((c.args[0] >> 32) as u32),
+                );
+                c.ret[0] = u64::from((a + b).to_bits());
+            }
+            5 => {
+                let x = f64::from_bits(c.args[0]);
+                c.ret[0] = x.to_bits();
+                c.ret[1] = (x * 2.0).to_bits();
+                c.ret[2] = (-x).to_bits();
+            }
+            _ => c.ret[0] = c.args.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+        }
         Ok(())
     };
-    Dispatcher::from_host(Arc::new(host), FailurePolicy::Report)
+    Dispatcher::from_host(Arc::new(h), FailurePolicy::Report)
+}
+
+struct Backends {
+    generated: Bridge,
+    libffi: Bridge,
+    host: Dispatcher,
+}
+
+impl Backends {
+    fn exits(&self, sig: &str) -> [(&'static str, ExitStub); 2] {
+        let s: Signature = sig.parse().unwrap();
+        [
+            (
+                "generated exit",
+                self.generated.exit_stub(&s, CallConv::SysV).unwrap(),
+            ),
+            (
+                "libffi exit",
+                self.libffi.exit_stub(&s, CallConv::SysV).unwrap(),
+            ),
+        ]
+    }
+
+    fn entries(&self, sig: &str, func: u64) -> [(&'static str, tierbridge::thunks::EntryPoint); 2] {
+        let s: Signature = sig.parse().unwrap();
+        [
+            (
+                "generated entry",
+                self.generated
+                    .entry_point(&s, CallConv::SysV, &self.host, func)
+                    .unwrap(),
+            ),
+            (
+                "libffi entry",
+                self.libffi
+                    .entry_point(&s, CallConv::SysV, &self.host, func)
+                    .unwrap(),
+            ),
+        ]
+    }
+}
+
+fn exit_bench(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    exits: &[(&'static str, ExitStub)],
+    f: *const c_void,
+    args: &[u64],
+) {
+    for (name, stub) in exits {
+        let mut ret = vec![0u64; stub.signature().ret_slots()];
+        // SAFETY: `f` has the stub's signature.
+        g.bench_function(*name, |b| {
+            b.iter(|| unsafe { stub.call(black_box(f), black_box(args), &mut ret) }.unwrap())
+        });
+    }
 }
 
 fn shapes(c: &mut Criterion) {
-    let bridge = Bridge::libffi();
-    let conv = CallConv::SysV;
-    let d = sum_host();
+    let generated = Bridge::new(BackendKind::Generated).unwrap();
+    assert_eq!(
+        generated.kind(),
+        BackendKind::Generated,
+        "{:?}",
+        generated.fallback_reason()
+    );
+    let be = Backends {
+        generated,
+        libffi: Bridge::libffi(),
+        host: host(),
+    };
 
     let mut g = c.benchmark_group("(i64,i64)->i64");
-    let sig: Signature = "(i64,i64)->i64".parse().unwrap();
-    let stub = bridge.exit_stub(&sig, conv).unwrap();
-    let ep = bridge.entry_point(&sig, conv, &d, 0).unwrap();
-    // SAFETY: the entry point has this signature and outlives every call below.
-    let entry: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
     g.bench_function("direct", |b| {
         b.iter(|| black_box(add_i64 as extern "C" fn(i64, i64) -> i64)(black_box(1), 2))
     });
-    g.bench_function("libffi exit", |b| {
-        let mut r = [0u64];
-        // SAFETY: add_i64 has this signature.
-        b.iter(|| unsafe {
-            stub.call(black_box(add_i64 as *const c_void), &[1, 2], &mut r)
-                .unwrap()
-        })
-    });
-    g.bench_function("libffi entry", |b| {
-        b.iter(|| black_box(entry)(black_box(1), 2))
-    });
+    exit_bench(
+        &mut g,
+        &be.exits("(i64,i64)->i64"),
+        add_i64 as *const c_void,
+        &[1, 2],
+    );
+    for (name, ep) in be.entries("(i64,i64)->i64", 0) {
+        // SAFETY: the entry point has this signature and outlives the benchmark.
+        let f: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(1), 2)));
+    }
     g.finish();
 
     let mut g = c.benchmark_group("(f64,f64)->f64");
-    let stub = bridge
-        .exit_stub(&"(f64,f64)->f64".parse().unwrap(), conv)
-        .unwrap();
     g.bench_function("direct", |b| {
         b.iter(|| black_box(add_f64 as extern "C" fn(f64, f64) -> f64)(black_box(1.0), 2.0))
     });
-    g.bench_function("libffi exit", |b| {
-        let mut r = [0u64];
-        let args = [1f64.to_bits(), 2f64.to_bits()];
-        // SAFETY: add_f64 has this signature.
-        b.iter(|| unsafe {
-            stub.call(black_box(add_f64 as *const c_void), &args, &mut r)
-                .unwrap()
-        })
-    });
+    exit_bench(
+        &mut g,
+        &be.exits("(f64,f64)->f64"),
+        add_f64 as *const c_void,
+        &[1f64.to_bits(), 2f64.to_bits()],
+    );
+    for (name, ep) in be.entries("(f64,f64)->f64", 1) {
+        // SAFETY: as above.
+        let f: extern "C" fn(f64, f64) -> f64 = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(1.0), 2.0)));
+    }
     g.finish();
 
     let mut g = c.benchmark_group("8 mixed scalars");
-    let stub = bridge
-        .exit_stub(
-            &"(i8,u16,i32,i64,f32,f64,u8,f64)->f64".parse().unwrap(),
-            conv,
-        )
-        .unwrap();
-    type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
     g.bench_function("direct", |b| {
         b.iter(|| black_box(mixed8 as Mixed)(black_box(1), 2, 3, 4, 5.0, 6.0, 7, 8.0))
     });
-    g.bench_function("libffi exit", |b| {
-        let mut r = [0u64];
-        let args = [
-            1,
-            2,
-            3,
-            4,
-            5f32.to_bits() as u64,
-            6f64.to_bits(),
-            7,
-            8f64.to_bits(),
-        ];
-        // SAFETY: mixed8 has this signature.
-        b.iter(|| unsafe {
-            stub.call(black_box(mixed8 as *const c_void), &args, &mut r)
-                .unwrap()
-        })
-    });
+    let args = [
+        1,
+        2,
+        3,
+        4,
+        u64::from(5f32.to_bits()),
+        6f64.to_bits(),
+        7,
+        8f64.to_bits(),
+    ];
+    exit_bench(
+        &mut g,
+        &be.exits("(i8,u16,i32,i64,f32,f64,u8,f64)->f64"),
+        mixed8 as *const c_void,
+        &args,
+    );
+    for (name, ep) in be.entries("(i8,u16,i32,i64,f32,f64,u8,f64)->f64", 2) {
+        // SAFETY: as above.
+        let f: Mixed = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5.0, 6.0, 7, 8.0))
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("10 x i64 (stack)");
-    let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
-        .parse()
-        .unwrap();
-    let stub = bridge.exit_stub(&sig, conv).unwrap();
-    let ep = bridge.entry_point(&sig, conv, &d, 0).unwrap();
-    type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
-    // SAFETY: the entry point has this signature and outlives every call below.
-    let entry: Ten = unsafe { ep.as_fn() };
+    let ten = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64";
     g.bench_function("direct", |b| {
         b.iter(|| black_box(ten_i64 as Ten)(black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, 10))
     });
-    g.bench_function("libffi exit", |b| {
-        let mut r = [0u64];
-        let args = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-        // SAFETY: ten_i64 has this signature.
-        b.iter(|| unsafe {
-            stub.call(black_box(ten_i64 as *const c_void), &args, &mut r)
-                .unwrap()
-        })
-    });
-    g.bench_function("libffi entry", |b| {
-        b.iter(|| black_box(entry)(black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, 10))
-    });
+    exit_bench(
+        &mut g,
+        &be.exits(ten),
+        ten_i64 as *const c_void,
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    );
+    for (name, ep) in be.entries(ten, 3) {
+        // SAFETY: as above.
+        let f: Ten = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, 10))
+        });
+    }
     g.finish();
 
+    let mut g = c.benchmark_group("({f32,f32})->f32");
+    let p = Pair { a: 1.5, b: 2.5 };
+    g.bench_function("direct", |b| {
+        b.iter(|| black_box(pair_sum as extern "C" fn(Pair) -> f32)(black_box(p)))
+    });
+    let slot = u64::from(1.5f32.to_bits()) | u64::from(2.5f32.to_bits()) << 32;
+    exit_bench(
+        &mut g,
+        &be.exits("({f32,f32})->f32"),
+        pair_sum as *const c_void,
+        &[slot],
+    );
+    for (name, ep) in be.entries("({f32,f32})->f32", 4) {
+        // SAFETY: as above.
+        let f: extern "C" fn(Pair) -> f32 = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(p))));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("(f64)->{f64,f64,f64} (sret)");
+    g.bench_function("direct", |b| {
+        b.iter(|| black_box(triple as extern "C" fn(f64) -> Triple)(black_box(3.0)))
+    });
+    exit_bench(
+        &mut g,
+        &be.exits("(f64)->{f64,f64,f64}"),
+        triple as *const c_void,
+        &[3f64.to_bits()],
+    );
+    for (name, ep) in be.entries("(f64)->{f64,f64,f64}", 5) {
+        // SAFETY: as above.
+        let f: extern "C" fn(f64) -> Triple = unsafe { ep.as_fn() };
+        g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(3.0))));
+    }
+    g.finish();
+
+    setup(c, &be);
+}
+
+/// A signature nobody has seen: its parameter types spell `n` in base 11.
+fn fresh_sig(n: u64, salt: u64) -> Signature {
+    const T: [&str; 11] = [
+        "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
+    ];
+    let mut params = vec![format!("{{[u8;{}]}}", 1 + salt)];
+    let mut k = n;
+    loop {
+        params.push(T[(k % 11) as usize].to_owned());
+        k /= 11;
+        if k == 0 {
+            break;
+        }
+    }
+    format!("({})->i64", params.join(",")).parse().unwrap()
+}
+
+fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
-    g.bench_function("cached exit stub lookup", |b| {
-        b.iter(|| bridge.exit_stub(black_box(&sig), conv).unwrap())
-    });
-    g.bench_function("new bound entry point", |b| {
-        b.iter(|| bridge.entry_point(&sig, conv, &d, 1).unwrap())
-    });
+    let mut salt = 0u64;
+    for (name, bridge) in [("generated", &be.generated), ("libffi", &be.libffi)] {
+        g.bench_function(
+            format!("{name}: new signature's exit stub + entry thunk"),
+            |b| {
+                b.iter_custom(|iters| {
+                    salt += 1;
+                    let sigs: Vec<Signature> = (0..iters).map(|n| fresh_sig(n, salt)).collect();
+                    let mut keep = Vec::with_capacity(iters as usize);
+                    let t = Instant::now();
+                    for s in &sigs {
+                        let x = bridge.exit_stub(s, CallConv::SysV).unwrap();
+                        let e = bridge.entry_point(s, CallConv::SysV, &be.host, 0).unwrap();
+                        keep.push((x, e));
+                    }
+                    let d = t.elapsed();
+                    drop(keep);
+                    d
+                })
+            },
+        );
+        let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
+            .parse()
+            .unwrap();
+        let id = bridge.registry().intern(&sig);
+        g.bench_function(format!("{name}: new bound entry point (by id)"), |b| {
+            b.iter_custom(|iters| {
+                let mut keep = Vec::with_capacity(iters as usize);
+                let t = Instant::now();
+                for i in 0..iters {
+                    keep.push(
+                        bridge
+                            .entry_point_by_id(id, CallConv::SysV, &be.host, i)
+                            .unwrap(),
+                    );
+                }
+                let d = t.elapsed();
+                drop(keep);
+                d
+            })
+        });
+        bridge.exit_stub(&sig, CallConv::SysV).unwrap();
+        g.bench_function(format!("{name}: cached exit stub by id"), |b| {
+            b.iter(|| {
+                bridge
+                    .exit_stub_by_id(black_box(id), CallConv::SysV)
+                    .unwrap()
+            })
+        });
+        g.bench_function(format!("{name}: cached exit stub by signature"), |b| {
+            b.iter(|| bridge.exit_stub(black_box(&sig), CallConv::SysV).unwrap())
+        });
+    }
     g.finish();
 }
 
-criterion_group!(benches, shapes);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_millis(1500));
+    targets = shapes
+}
 criterion_main!(benches);

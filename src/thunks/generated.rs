@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::exec::{ExecCode, ExecMemory};
-use super::x64::{BindingHead, ErrnoIo, TRAMPOLINE_BYTES, emit_entry, emit_exit, emit_trampolines};
+use super::x64::{
+    BindingHead, ErrnoIo, TRAMPOLINE_BYTES, emit_entry, emit_exits, emit_trampolines,
+};
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
-    Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
-    take_entry_error_fast,
+    Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, take_entry_error_fast,
 };
 use crate::table::IdTable;
 
@@ -32,13 +33,20 @@ type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut Err
 pub(super) struct GenExit {
     _code: ExecCode,
     f: ExitFn,
+    f_errno: ExitFn,
+    nargs: usize,
+    nret: usize,
     pub(super) sig: Arc<Signature>,
     pub(super) layout: Arc<CallLayout>,
 }
 
 impl GenExit {
+    /// The call: checks, the stub, and the callback-failure check, with every
+    /// error built out of line so the hot path stays a handful of instructions.
+    ///
     /// # Safety
     /// As `ExitStub::call`.
+    #[inline]
     pub(super) unsafe fn call(
         &self,
         target: *const c_void,
@@ -46,49 +54,51 @@ impl GenExit {
         ret: &mut [u64],
         errno_before: Option<i32>,
     ) -> Result<Option<i32>> {
-        if target.is_null() {
-            return Err(ThunkError::NullTarget);
+        if target.is_null() || args.len() != self.nargs || ret.len() < self.nret {
+            return Err(self.bad_call(target, args.len(), ret.len()));
         }
-        let (nargs, nret) = (
-            self.layout.arg_slots as usize,
-            self.layout.ret_slots as usize,
-        );
-        if args.len() != nargs {
-            return Err(ThunkError::ArgCount {
-                sig: self.sig.to_string(),
-                expected: nargs,
-                got: args.len(),
-            });
-        }
-        if ret.len() < nret {
-            return Err(ThunkError::RetSlots {
-                sig: self.sig.to_string(),
-                expected: nret,
-                got: ret.len(),
-            });
-        }
-        let mut io = ErrnoIo {
-            loc: null_mut(),
-            value: 0,
-        };
-        let io_ptr = match errno_before {
+        clear_entry_error();
+        match errno_before {
+            // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
+            // checked above); the caller vouches that `target` has this signature.
+            None => unsafe { (self.f)(args.as_ptr(), ret.as_mut_ptr(), target, null_mut()) },
             Some(v) => {
-                io = ErrnoIo {
+                let mut io = ErrnoIo {
                     loc: crate::sys::errno_location(),
                     value: v,
                 };
-                &mut io as *mut ErrnoIo
+                // SAFETY: as above; `io` outlives the call.
+                unsafe { (self.f_errno)(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
+                if let Some(e) = take_entry_error_fast() {
+                    return Err(ThunkError::Callback(e));
+                }
+                return Ok(Some(io.value));
             }
-            None => null_mut(),
-        };
-        clear_entry_error();
-        // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
-        // checked above); the caller vouches that `target` has this signature.
-        unsafe { (self.f)(slot_ptr(args), slot_ptr_mut(ret), target, io_ptr) };
+        }
         if let Some(e) = take_entry_error_fast() {
             return Err(ThunkError::Callback(e));
         }
-        Ok(errno_before.map(|_| io.value))
+        Ok(None)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_call(&self, target: *const c_void, nargs: usize, nret: usize) -> ThunkError {
+        if target.is_null() {
+            ThunkError::NullTarget
+        } else if nargs != self.nargs {
+            ThunkError::ArgCount {
+                sig: self.sig.to_string(),
+                expected: self.nargs,
+                got: nargs,
+            }
+        } else {
+            ThunkError::RetSlots {
+                sig: self.sig.to_string(),
+                expected: self.nret,
+                got: nret,
+            }
+        }
     }
 }
 
@@ -249,12 +259,19 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let code = self.install(&emit_exit(&layout))?;
-        // SAFETY: the code was emitted as exactly this function type.
+        let (bytes, errno_at) = emit_exits(&layout);
+        let code = self.install(&bytes)?;
+        // SAFETY: both stubs were emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
+        // SAFETY: as above; the errno variant starts `errno_at` bytes in.
+        let f_errno: ExitFn = unsafe { callable_as(code.addr().add(errno_at).cast()) };
+        let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             _code: code,
             f,
+            f_errno,
+            nargs,
+            nret,
             sig,
             layout,
         });

@@ -387,6 +387,7 @@ impl ExitStub {
 
     /// # Safety
     /// As [`ExitStub::call`].
+    #[inline]
     unsafe fn call_inner(
         &self,
         target: *const c_void,
@@ -417,6 +418,7 @@ impl ExitStub {
     /// `target` must be a function with exactly this signature and convention,
     /// and every pointer passed in `args` must be valid for what the callee does
     /// with it.
+    #[inline]
     pub unsafe fn call(&self, target: *const c_void, args: &[u64], ret: &mut [u64]) -> Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.call_inner(target, args, ret, None) }.map(|_| ())

@@ -11,8 +11,9 @@
 //!   16-byte aligned at the call, loads every part from the slots, calls,
 //!   reads errno if asked, stores the result parts.
 //! - entry thunk, reached through a trampoline that puts the binding in r10:
-//!   saves every callee-saved register of both conventions it uses (Win64:
-//!   also rdi, rsi, xmm6–xmm15), spills each argument part into slots
+//!   saves the callee-saved registers it uses (rbp, rbx, r12; on Win64 also
+//!   rdi, rsi and xmm6–xmm15, which the SysV dispatcher it calls may
+//!   clobber), spills each argument part into slots
 //!   (reading only the declared width), calls the dispatcher with a
 //!   `RawEntryCall` on its frame, then loads the result parts.
 
@@ -137,24 +138,42 @@ const RBP: u8 = Gpr::Rbp as u8;
 const R11: u8 = Gpr::R11 as u8;
 const R12: u8 = Gpr::R12 as u8;
 
-/// The exit stub: `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`.
-///
-/// Only `ret` (r12) and `errno` (r13) must survive the call, so only those two
-/// callee-saved registers are pushed; the argument pointer (r11) and the
-/// target (r10) live in caller-saved registers that carry no argument in
-/// either convention.
-pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
+/// Both exit stubs of a signature in one buffer: the plain one at offset 0 and
+/// the errno-capturing one at the returned offset. Each is
+/// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
+/// (the plain one ignores `errno`).
+pub(super) fn emit_exits(l: &CallLayout) -> (Vec<u8>, usize) {
     let mut ops = Asm::new(0);
-    // Two pushes leave rsp at 8 mod 16; `+ 8` realigns it for the call.
-    let frame = d(l.stack_bytes + l.copy_bytes + 8);
-    dynasm!(ops ; .arch x64
-        ; push r12 ; push r13
-        ; sub rsp, frame
-        ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx ; mov r13, rcx
-        ; test r13, r13 ; jz >no_errno_in
-        ; mov rax, QWORD [r13] ; mov edx, DWORD [r13 + 8] ; mov DWORD [rax], edx
-        ; no_errno_in:
-    );
+    emit_exit(&mut ops, l, false);
+    while ops.offset().0 % 16 != 0 {
+        dynasm!(ops ; .arch x64 ; int3);
+    }
+    let errno_at = ops.offset().0;
+    emit_exit(&mut ops, l, true);
+    (
+        ops.finalize()
+            .expect("exit stubs use no external relocations"),
+        errno_at,
+    )
+}
+
+/// One exit stub.
+///
+/// Only `ret` (r12) and, when capturing errno, the `errno` block (r13) must
+/// survive the call, so only those callee-saved registers are pushed; the
+/// argument pointer (r11) and the target (r10) live in caller-saved registers
+/// that carry no argument in either convention.
+fn emit_exit(ops: &mut Asm, l: &CallLayout, errno: bool) {
+    // One push leaves rsp at 0 mod 16, two at 8: realign for the call.
+    let frame = d(l.stack_bytes + l.copy_bytes + if errno { 8 } else { 0 });
+    dynasm!(ops ; .arch x64 ; push r12);
+    if errno {
+        dynasm!(ops ; .arch x64
+            ; push r13 ; mov r13, rcx
+            ; mov rax, QWORD [r13] ; mov ecx, DWORD [r13 + 8] ; mov DWORD [rax], ecx
+        );
+    }
+    dynasm!(ops ; .arch x64 ; sub rsp, frame ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
     // Stack arguments and by-reference copies first (rax is the only scratch).
     for a in &l.args {
         let slot = d(a.slot * 8);
@@ -162,13 +181,13 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
             ArgPass::Direct(parts) => {
                 for p in parts {
                     if let Loc::Stack(off) = p.loc {
-                        copy_qwords(&mut ops, R11, slot + d(p.offset), RSP, d(off), p.size);
+                        copy_qwords(ops, R11, slot + d(p.offset), RSP, d(off), p.size);
                     }
                 }
             }
             ArgPass::ByRef { ptr, copy } => {
                 let at = d(l.stack_bytes + copy);
-                copy_qwords(&mut ops, R11, slot, RSP, at, a.ty.size());
+                copy_qwords(ops, R11, slot, RSP, at, a.ty.size());
                 if let Loc::Stack(off) = ptr {
                     dynasm!(ops ; .arch x64 ; lea rax, [rsp + at] ; mov QWORD [rsp + d(*off)], rax);
                 }
@@ -209,23 +228,21 @@ pub(super) fn emit_exit(l: &CallLayout) -> Vec<u8> {
     if let Some(al) = l.al {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
-    dynasm!(ops ; .arch x64
-        ; call r10
-        // errno first: nothing may run between the callee and this read.
-        ; test r13, r13 ; jz >no_errno_out
-        ; mov r10, QWORD [r13] ; mov r10d, DWORD [r10] ; mov DWORD [r13 + 8], r10d
-        ; no_errno_out:
-    );
+    dynasm!(ops ; .arch x64 ; call r10);
+    if errno {
+        // First thing after the call: nothing may run between the callee and this read.
+        dynasm!(ops ; .arch x64 ; mov r10, QWORD [r13] ; mov r10d, DWORD [r10] ; mov DWORD [r13 + 8], r10d);
+    }
     if let RetPass::Direct(parts) = &l.ret {
         for p in parts {
-            store_result_part(&mut ops, p);
+            store_result_part(ops, p);
         }
     }
-    dynasm!(ops ; .arch x64
-        ; add rsp, frame ; pop r13 ; pop r12 ; ret
-    );
-    ops.finalize()
-        .expect("exit stubs use no external relocations")
+    dynasm!(ops ; .arch x64 ; add rsp, frame);
+    if errno {
+        dynasm!(ops ; .arch x64 ; pop r13);
+    }
+    dynasm!(ops ; .arch x64 ; pop r12 ; ret);
 }
 
 /// Stores one result part from its register into the result slots at r12.
@@ -268,13 +285,14 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
     if l.conv == CallConv::Win64 {
         at += 160;
     }
-    // The pushes leave rsp at 8 mod 16; this brings it back to 0 at the call.
+    // Three pushes (five on Win64) after the return address leave rsp 16-byte
+    // aligned, and the frame is a multiple of 16: aligned at the call.
     EntryFrame {
         va: d(va),
         args: d(args),
         rets: d(rets),
         xmm_save: d(xmm_save),
-        size: d(at + 8),
+        size: d(at),
     }
 }
 
@@ -286,7 +304,9 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     dynasm!(ops ; .arch x64
-        ; push rbp ; mov rbp, rsp ; push rbx ; push r12 ; push r13 ; push r14 ; push r15
+        // rbp addresses incoming stack arguments, rbx holds the binding, r12
+        // the hidden result pointer: the only callee-saved registers used.
+        ; push rbp ; mov rbp, rsp ; push rbx ; push r12
     );
     if win {
         dynasm!(ops ; .arch x64 ; push rdi ; push rsi);
@@ -439,7 +459,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         dynasm!(ops ; .arch x64 ; pop rsi ; pop rdi);
     }
     dynasm!(ops ; .arch x64
-        ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbx ; pop rbp ; ret
+        ; pop r12 ; pop rbx ; pop rbp ; ret
         ; =>fail
         // entry_failed(status, binding, ret slots, count): applies the policy.
         ; mov edi, eax ; mov rsi, rbx ; lea rdx, [rsp + f.rets] ; mov ecx, d(l.ret_slots)
