@@ -36,6 +36,34 @@ fn main() {
                 ) as u64);
             }
         }
+        "create" => {
+            // n new signatures: exit stub + entry thunk for each.
+            let d = Dispatcher::from_host(
+                Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
+                FailurePolicy::Report,
+            );
+            let mut keep = Vec::new();
+            for i in 0..n {
+                // Distinct shapes: the parameter types spell i in base 11.
+                const T: [&str; 11] = [
+                    "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
+                ];
+                let (mut k, mut params) = (i, vec!["{i32,f32}".to_owned()]);
+                loop {
+                    params.push(T[(k % 11) as usize].to_owned());
+                    k /= 11;
+                    if k == 0 {
+                        break;
+                    }
+                }
+                let s = format!("({})->i64", params.join(",")).parse().unwrap();
+                keep.push((
+                    b.exit_stub(&s, CallConv::SysV).unwrap(),
+                    b.entry_point(&s, CallConv::SysV, &d, 0).unwrap(),
+                ));
+            }
+            acc = keep.len() as u64;
+        }
         "exit" => {
             let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
             let mut ret = [0u64];

@@ -1,11 +1,12 @@
 //! Interning: one [`SigId`] per distinct signature shape.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+
+use rustc_hash::FxBuildHasher;
 
 use super::callconv::CallConv;
 use super::classify::{CallLayout, classify};
@@ -45,7 +46,7 @@ struct Entry {
 /// hash (a write lock only the first time a shape is seen); looking up an id
 /// takes no lock at all.
 pub struct Registry {
-    shards: [RwLock<HashMap<Arc<Signature>, SigId>>; SHARDS],
+    shards: [RwLock<HashMap<Arc<Signature>, SigId, FxBuildHasher>>; SHARDS],
     entries: IdTable<Entry>,
     next: AtomicU32,
 }
@@ -53,7 +54,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            shards: std::array::from_fn(|_| RwLock::new(HashMap::default())),
             entries: IdTable::default(),
             next: AtomicU32::new(0),
         }
@@ -92,9 +93,10 @@ impl Registry {
 
     /// The id of `sig`'s shape, interning it on first sight.
     pub fn intern(&self, sig: &Signature) -> SigId {
-        let mut h = DefaultHasher::new();
-        sig.hash(&mut h);
-        let shard = &self.shards[h.finish() as usize % SHARDS];
+        // FxHash: signatures come from the embedder, not from an adversary, so a
+        // fast hash without flooding resistance is the right trade.
+        let hash = FxBuildHasher.hash_one(sig);
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.
         if let Some(id) = shard.read().unwrap_or_else(|e| e.into_inner()).get(sig) {
