@@ -1,6 +1,7 @@
 //! What tierbridge does so far, in one run: an "interpreter" (here, plain Rust
 //! working on 8-byte slots) calls C functions through exit stubs, and hands C
-//! a callback that runs on the interpreter side through an entry point.
+//! a callback that runs on the interpreter side through an entry point, on the
+//! generated backend (or libffi where code cannot be generated, saying why).
 //!
 //! `cargo run --release --example demo`
 
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use tierbridge::abi::{CallConv, Scalar, Signature, classify};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
-use tierbridge::thunks::{Bridge, Value};
+use tierbridge::thunks::{BackendKind, Bridge, Value};
 
 unsafe extern "C" {
     fn pow(x: f64, y: f64) -> f64;
@@ -23,11 +24,18 @@ unsafe extern "C" {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conv = CallConv::host()?;
-    let bridge = Bridge::libffi();
-    println!(
-        "tierbridge demo: backend {}, host convention {conv}\n",
-        bridge.kind()
-    );
+    let bridge = Bridge::new(BackendKind::Generated)?;
+    match (bridge.fallback_reason(), bridge.exec_strategy()) {
+        (Some(why), _) => println!("tierbridge demo: backend {} ({why})", bridge.kind()),
+        (None, Some(exec)) => {
+            println!(
+                "tierbridge demo: backend {}, executable memory by {exec}",
+                bridge.kind()
+            )
+        }
+        (None, None) => println!("tierbridge demo: backend {}", bridge.kind()),
+    }
+    println!("host convention {conv}\n");
 
     // 1. Signatures are data: parse one and see where each argument travels.
     let sig: Signature = "(i32, {f32,f32}, f64, {[u8;17]}) -> {i64,f64}".parse()?;
@@ -110,32 +118,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     assert!(data.windows(2).all(|w| w[0] <= w[1]));
 
-    // 4. What a call costs (median of 5 runs of 200k calls; see benches/ for criterion).
+    // 4. What a call costs (median of 5 runs of 200k calls; benches/ has the full set).
     let n = 200_000;
     let direct = median_ns(n, || {
         let f: extern "C" fn(f64, f64) -> f64 = std::hint::black_box(add_f64);
         std::hint::black_box(f(1.0, 2.0));
     });
-    let stub = bridge.exit_stub(&"(f64,f64)->f64".parse()?, conv)?;
+    let sig: Signature = "(f64,f64)->f64".parse()?;
+    let args = [1f64.to_bits(), 2f64.to_bits()];
     let mut ret = [0u64];
-    let exit = median_ns(n, || {
-        // SAFETY: add_f64 has this signature.
-        unsafe {
-            stub.call(
-                add_f64 as *const c_void,
-                &[1f64.to_bits(), 2f64.to_bits()],
-                &mut ret,
-            )
-            .unwrap()
-        };
-    });
     println!("\ncall overhead, (f64,f64)->f64, {n} calls, median of 5:");
-    println!("  direct call through a fn pointer  {direct:6.1} ns");
-    println!(
-        "  libffi exit stub from slots       {exit:6.1} ns  ({:.1}x direct)",
-        exit / direct
-    );
-    println!("  (the generated backend, coming next, targets <= 1.5x direct)");
+    println!("  direct call through a fn pointer   {direct:6.1} ns");
+    for b in [&bridge, &Bridge::libffi()] {
+        let stub = b.exit_stub(&sig, conv)?;
+        let t = median_ns(n, || {
+            // SAFETY: add_f64 has this signature.
+            unsafe {
+                stub.call(add_f64 as *const c_void, &args, &mut ret)
+                    .unwrap()
+            };
+        });
+        let name = format!("{} exit stub from slots", b.kind());
+        println!("  {name:<34} {t:6.1} ns  ({:.1}x direct)", t / direct);
+    }
     Ok(())
 }
 

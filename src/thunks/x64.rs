@@ -496,3 +496,52 @@ pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
     ops.finalize()
         .expect("trampolines use no external relocations")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated code reads these at fixed offsets (ABI.md, "Generated code").
+    #[test]
+    fn repr_c_layouts_match_abi_md() {
+        assert_eq!(offset_of!(BindingHead, thunk), 0);
+        assert_eq!(offset_of!(BindingHead, dispatch), 8);
+        assert_eq!(offset_of!(BindingHead, ctx), 16);
+        assert_eq!(offset_of!(BindingHead, func), 24);
+        assert_eq!(offset_of!(ErrnoIo, loc), 0);
+        assert_eq!(offset_of!(ErrnoIo, value), 8);
+    }
+
+    #[test]
+    fn a_trampoline_fits_its_32_bytes() {
+        let code = emit_trampolines(&[0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00]);
+        assert_eq!(code.len(), 2 * TRAMPOLINE_BYTES);
+        // mov r10, imm64 (49 ba + 8 bytes) carries the cell address.
+        assert_eq!(&code[..2], &[0x49, 0xba]);
+        assert_eq!(&code[2..10], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&code[32..34], &[0x49, 0xba]);
+    }
+
+    #[test]
+    fn exit_and_entry_frames_keep_the_stack_aligned() {
+        for text in [
+            "()->void",
+            "(i64,i64,i64,i64,i64,i64,i64)->i64",
+            "({[u8;17]},f32,...)->{f64,f64,f64}",
+        ] {
+            let sig = crate::abi::Signature::parse(text).unwrap();
+            for conv in CallConv::ALL {
+                let l = crate::abi::classify(&sig, conv);
+                assert_eq!(l.stack_bytes % 16, 0);
+                assert_eq!(l.copy_bytes % 16, 0);
+                // Three pushes (five on Win64) after the return address: the frame
+                // itself must be a multiple of 16.
+                assert_eq!(
+                    entry_frame(&l, sig.is_variadic()).size % 16,
+                    0,
+                    "{text} {conv}"
+                );
+            }
+        }
+    }
+}
