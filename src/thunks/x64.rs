@@ -145,7 +145,7 @@ const R12: u8 = Gpr::R12 as u8;
 pub(super) fn emit_exits(l: &CallLayout) -> (Vec<u8>, usize) {
     let mut ops = Asm::new(0);
     emit_exit(&mut ops, l, false);
-    while ops.offset().0 % 16 != 0 {
+    while !ops.offset().0.is_multiple_of(16) {
         dynasm!(ops ; .arch x64 ; int3);
     }
     let errno_at = ops.offset().0;
