@@ -377,7 +377,13 @@ fn child_calls_a_dropped_entry_point() {
         return;
     }
     let b = support::generated();
-    let d = host(|c| Ok(c.ret[0] = 1), FailurePolicy::Report);
+    let d = host(
+        |c| {
+            c.ret[0] = 1;
+            Ok(())
+        },
+        FailurePolicy::Report,
+    );
     let ep = b
         .entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 0)
         .unwrap();
