@@ -130,6 +130,9 @@ static DEAD: DeadHead = DeadHead(BindingHead {
 
 /// Reached (by a jump from a trampoline) when native code calls an entry point
 /// after it was dropped.
+///
+/// # Safety
+/// Only ever jumped to by a trampoline; it never returns.
 unsafe extern "C" fn dead_entry() {
     eprintln!("tierbridge: an entry point was called after its EntryPoint was dropped; aborting");
     std::process::abort();
@@ -137,6 +140,9 @@ unsafe extern "C" fn dead_entry() {
 
 /// Never called (the dead binding's code aborts first); present so the dead
 /// binding is a complete `BindingHead`.
+///
+/// # Safety
+/// None needed: it aborts without touching its arguments.
 unsafe extern "C" fn dead_dispatch(_: *mut c_void, _: *mut RawEntryCall) -> u32 {
     std::process::abort();
 }
