@@ -17,8 +17,11 @@
 //!   frames.
 //! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
 //!   exit stubs (interpreter → native) and entry points (native →
-//!   interpreter) through a backend: libffi today; the generated (dynasm)
-//!   backend will plug in behind the same API.
+//!   interpreter) through one of two backends behind one API: x86-64 code
+//!   generated from the classification (dynasm, W^X executable memory), or
+//!   libffi where code cannot be generated.
+//! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
+//!   native imports through exit stubs, exports as C function pointers.
 //!
 //! Conventions relied upon are written in `ABI.md` at the repository root.
 //!
@@ -48,6 +51,8 @@ pub mod host;
 mod sys;
 mod table;
 pub mod thunks;
+#[cfg(feature = "wasmi")]
+pub mod wasm;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
