@@ -111,12 +111,11 @@ fn conv_for(wasm: ValType, c: &Type) -> Result<Conv, String> {
     }
 }
 
-/// The conversions of every parameter and of the result (`None`: no result).
-fn plan(
-    what: &str,
-    ty: &FuncType,
-    sig: &Signature,
-) -> Result<(Vec<Conv>, Option<(ValType, Conv)>), WasmError> {
+/// How the result travels: its wasm type and conversion (`None`: no result).
+type RetPlan = Option<(ValType, Conv)>;
+
+/// The conversions of every parameter and of the result.
+fn plan(what: &str, ty: &FuncType, sig: &Signature) -> Result<(Vec<Conv>, RetPlan), WasmError> {
     let mismatch = |why: String| WasmError::Mismatch {
         what: what.to_owned(),
         wasm: format!("{:?} -> {:?}", ty.params(), ty.results()),
