@@ -117,7 +117,7 @@ fn wasm_ty(c: &Case) -> String {
 
 /// Slot-normalised expected value of a C/wasm value of kind k with these bits.
 fn norm(kind: usize, bits: u64) -> u64 {
-    if kind % 2 == 0 {
+    if kind.is_multiple_of(2) {
         bits as u32 as u64
     } else {
         bits
@@ -139,9 +139,9 @@ fn imports_of_every_wasm_type_deliver_exactly_what_wasm_passed() {
             .map(|(i, p)| format!("{} a{i}", KINDS[*p].2))
             .collect();
         let rt = case.ret.map_or("void", |r| KINDS[r].2);
-        write!(
+        writeln!(
             c,
-            "{rt} imp_{k}({}) {{\n",
+            "{rt} imp_{k}({}) {{",
             if params.is_empty() {
                 "void".into()
             } else {
