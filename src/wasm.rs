@@ -161,7 +161,11 @@ fn plan(what: &str, ty: &FuncType, sig: &Signature) -> Result<(Vec<Conv>, RetPla
 /// The linear memory "memory" as (base, size); (null, 0) if there is none.
 fn memory_span(mem: Option<wasmi::Memory>, ctx: impl wasmi::AsContext) -> (usize, usize) {
     match mem {
-        Some(m) => (m.data_ptr(&ctx) as usize, m.data_size(&ctx)),
+        // One store lookup for both (the memory can grow and move between calls).
+        Some(m) => {
+            let data = m.data(&ctx);
+            (data.as_ptr() as usize, data.len())
+        }
         None => (0, 0),
     }
 }
@@ -453,11 +457,17 @@ fn import_call<T: 'static>(
     ret: Option<(ValType, Conv)>,
     nret: usize,
 ) -> Result<(), wasmi::Error> {
-    let memory = caller.get_export("memory").and_then(Extern::into_memory);
+    // Only linear-memory pointers need the memory (looked up by name: not free).
+    let uses_memory = params.contains(&Conv::MemPtr) || matches!(ret, Some((_, Conv::MemPtr)));
+    let memory = if uses_memory {
+        caller.get_export("memory").and_then(Extern::into_memory)
+    } else {
+        None
+    };
     let mem = memory_span(memory, &caller);
-    let mut slots = [0u64; crate::abi::MAX_PARAMS];
-    for (i, (v, c)) in args.iter().zip(params).enumerate() {
-        slots[i] = to_slot(v, *c, mem)?;
+    let mut slots = smallvec::SmallVec::<[u64; 16]>::new();
+    for (v, c) in args.iter().zip(params) {
+        slots.push(to_slot(v, *c, mem)?);
     }
     let mut out = [0u64; 1];
     let outcome = {
@@ -467,7 +477,7 @@ fn import_call<T: 'static>(
         let _active = unsafe { activate::<T>(&mut fat) };
         // SAFETY: `target` has the stub's signature (NativeFn::new's contract), the
         // slots were built from that signature, and pointer slots point into memory.
-        unsafe { stub.call(target, &slots[..args.len()], &mut out[..nret]) }
+        unsafe { stub.call(target, &slots, &mut out[..nret]) }
     };
     match outcome {
         Ok(()) => {}
@@ -501,7 +511,12 @@ struct ExportHost<T> {
 impl<T: 'static> crate::host::Host for ExportHost<T> {
     fn call(&self, call: EntryCall<'_>) -> Result<(), HostError> {
         let result = with_active::<T, Option<u64>>(|ctx| {
-            let mem = memory_span(self.memory, ctx.as_context());
+            let memory = if self.params.contains(&Conv::MemPtr) {
+                self.memory
+            } else {
+                None
+            };
+            let mem = memory_span(memory, ctx.as_context());
             let mut vals = smallvec::SmallVec::<[Val; 8]>::new();
             for ((slot, c), w) in call.args.iter().zip(&self.params).zip(self.ty.params()) {
                 vals.push(from_slot(*slot, *w, *c, mem)?);
@@ -512,7 +527,8 @@ impl<T: 'static> crate::host::Host for ExportHost<T> {
             match self.ret {
                 None => Ok(None),
                 Some((_, c)) => {
-                    let mem = memory_span(self.memory, ctx.as_context());
+                    let memory = if c == Conv::MemPtr { self.memory } else { None };
+                    let mem = memory_span(memory, ctx.as_context());
                     Ok(Some(to_slot(&outs[0], c, mem)?))
                 }
             }
