@@ -14,7 +14,7 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use tierbridge::abi::{CallConv, Signature};
-use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawEntryCall};
 use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
 #[repr(C)]
@@ -102,6 +102,7 @@ struct Backends {
     generated: Bridge,
     libffi: Bridge,
     host: Dispatcher,
+    raw: Dispatcher,
 }
 
 impl Backends {
@@ -119,20 +120,15 @@ impl Backends {
         ]
     }
 
-    fn entries(&self, sig: &str, func: u64) -> [(&'static str, tierbridge::thunks::EntryPoint); 2] {
+    fn entries(&self, sig: &str, func: u64) -> [(&'static str, tierbridge::thunks::EntryPoint); 3] {
         let s: Signature = sig.parse().unwrap();
+        let bind = |b: &Bridge, d: &Dispatcher| b.entry_point(&s, CallConv::SysV, d, func).unwrap();
         [
+            ("generated entry", bind(&self.generated, &self.host)),
+            ("libffi entry", bind(&self.libffi, &self.host)),
             (
-                "generated entry",
-                self.generated
-                    .entry_point(&s, CallConv::SysV, &self.host, func)
-                    .unwrap(),
-            ),
-            (
-                "libffi entry",
-                self.libffi
-                    .entry_point(&s, CallConv::SysV, &self.host, func)
-                    .unwrap(),
+                "generated entry (raw dispatcher)",
+                bind(&self.generated, &self.raw),
             ),
         ]
     }
@@ -151,6 +147,40 @@ fn exit_bench(
             b.iter(|| unsafe { stub.call(black_box(f), black_box(args), &mut ret) }.unwrap())
         });
     }
+    // The stub alone, as a verified call site or generated code would use it.
+    let (_, stub) = &exits[0];
+    let mut ret = vec![0u64; stub.signature().ret_slots().max(1)];
+    g.bench_function("generated exit (unchecked)", |b| {
+        // SAFETY: as above; the slices have the stub's slot counts.
+        b.iter(|| unsafe {
+            stub.call_unchecked(black_box(f), black_box(args).as_ptr(), ret.as_mut_ptr())
+        })
+    });
+}
+
+/// A raw `extern "C"` dispatcher (no `Host` trait layer): sums the argument
+/// slots into every result slot.
+///
+/// # Safety
+/// Called by entry points with a valid `RawEntryCall`.
+unsafe extern "C" fn raw_sum(_: *mut c_void, call: *mut RawEntryCall) -> u32 {
+    // SAFETY: the entry side passes valid slot pointers for the counts.
+    unsafe {
+        let c = &*call;
+        let mut acc = 0u64;
+        for i in 0..c.nargs as usize {
+            acc = acc.wrapping_add(*c.args.add(i));
+        }
+        for i in 0..c.nret as usize {
+            *c.ret.add(i) = acc;
+        }
+    }
+    0
+}
+
+fn raw_host() -> Dispatcher {
+    // SAFETY: raw_sum never unwinds and uses no context.
+    unsafe { Dispatcher::from_raw(raw_sum, std::ptr::null_mut(), FailurePolicy::Report) }
 }
 
 fn shapes(c: &mut Criterion) {
@@ -165,6 +195,7 @@ fn shapes(c: &mut Criterion) {
         generated,
         libffi: Bridge::libffi(),
         host: host(),
+        raw: raw_host(),
     };
 
     let mut g = c.benchmark_group("(i64,i64)->i64");

@@ -583,3 +583,29 @@ fn the_variadic_cursor_stops_instead_of_reading_the_whole_stack() {
         assert_eq!(count.load(Ordering::SeqCst), max, "{name}");
     }
 }
+
+#[test]
+fn unchecked_calls_run_the_stub_and_leave_callback_failures_pending() {
+    extern "C" fn mul(a: i64, b: i32) -> i64 {
+        a * i64::from(b)
+    }
+    for (name, b) in support::all_bridges() {
+        let s = b.exit_stub(&sig("(i64,i32)->i64"), CallConv::SysV).unwrap();
+        let args = [7u64, (-3i64) as u64];
+        let mut ret = [0u64];
+        // SAFETY: mul has this signature; 2 argument slots, 1 result slot.
+        unsafe { s.call_unchecked(mul as *const c_void, args.as_ptr(), ret.as_mut_ptr()) };
+        assert_eq!(ret[0] as i64, -21, "{name}");
+        let d = host(|_| Err("refused".into()), FailurePolicy::Report);
+        let ep = b
+            .entry_point(&sig("(i64,i32)->i64"), CallConv::SysV, &d, 3)
+            .unwrap();
+        // SAFETY: as above, through the entry point.
+        unsafe { s.call_unchecked(ep.code_ptr(), args.as_ptr(), ret.as_mut_ptr()) };
+        assert_eq!(ret[0], 0, "{name}: the failed callback's result is zero");
+        match tierbridge::host::take_entry_error() {
+            Some(EntryError::Host { func: 3, error }) => assert_eq!(error.to_string(), "refused"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}

@@ -324,6 +324,8 @@ impl FfiCif {
     }
 
     /// The exit call. Returns the captured errno when `errno_before` is given.
+    /// With `collect_failure`, a callback failure during the call becomes
+    /// `ThunkError::Callback`; without it, it stays pending for the host.
     ///
     /// # Safety
     /// As `ExitStub::call`.
@@ -333,6 +335,7 @@ impl FfiCif {
         args: &[u64],
         ret: &mut [u64],
         errno_before: Option<i32>,
+        collect_failure: bool,
     ) -> Result<Option<i32>> {
         let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
         if args.len() != self.arg_slots {
@@ -379,7 +382,7 @@ impl FfiCif {
         if let Some(Type::Scalar(s)) = self.sig.ret() {
             ret[0] = s.to_slot(ret[0]);
         }
-        if let Some(e) = crate::host::take_entry_error_fast() {
+        if collect_failure && let Some(e) = crate::host::take_entry_error_fast() {
             return Err(ThunkError::Callback(e));
         }
         Ok(captured)

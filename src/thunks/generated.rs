@@ -81,6 +81,21 @@ impl GenExit {
         Ok(None)
     }
 
+    /// The stub alone: no checks (see `ExitStub::call_unchecked`).
+    ///
+    /// # Safety
+    /// As `ExitStub::call_unchecked`.
+    #[inline(always)]
+    pub(super) unsafe fn call_unchecked(
+        &self,
+        target: *const c_void,
+        args: *const u64,
+        ret: *mut u64,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { (self.f)(args, ret, target, null_mut()) }
+    }
+
     #[cold]
     #[inline(never)]
     fn bad_call(&self, target: *const c_void, nargs: usize, nret: usize) -> ThunkError {

@@ -398,7 +398,7 @@ impl ExitStub {
         // SAFETY: forwarded contract.
         unsafe {
             match &self.imp {
-                ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before),
+                ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before, true),
                 #[cfg(target_arch = "x86_64")]
                 ExitImpl::Gen(g) => g.call(target, args, ret, errno_before),
             }
@@ -422,6 +422,32 @@ impl ExitStub {
     pub unsafe fn call(&self, target: *const c_void, args: &[u64], ret: &mut [u64]) -> Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.call_inner(target, args, ret, None) }.map(|_| ())
+    }
+
+    /// [`ExitStub::call`] without its checks, for callers that already know
+    /// the call is well formed (an interpreter whose verifier checked the call
+    /// site, generated code): no slot-count or null check, and a callback
+    /// failure is not turned into an error here — it stays pending for
+    /// [`take_entry_error`](crate::host::take_entry_error).
+    ///
+    /// # Safety
+    /// As [`ExitStub::call`], and: `target` is not null, `args` points to
+    /// `signature().arg_slots()` readable slots and `ret` to
+    /// `signature().ret_slots()` writable ones (any non-null pointer when 0).
+    #[inline]
+    pub unsafe fn call_unchecked(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
+        match &self.imp {
+            // SAFETY: forwarded contract; the counts are the stub's own.
+            ExitImpl::Ffi(c) => unsafe {
+                let args = std::slice::from_raw_parts(args, c.layout.arg_slots as usize);
+                let ret = std::slice::from_raw_parts_mut(ret, c.layout.ret_slots as usize);
+                // Cannot fail: the target is non-null and the counts are the stub's.
+                let _ = c.call(target, args, ret, None, false);
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded contract.
+            ExitImpl::Gen(g) => unsafe { g.call_unchecked(target, args, ret) },
+        }
     }
 
     /// [`ExitStub::call`], capturing the thread's `errno` right after the
