@@ -20,6 +20,9 @@
 //!   interpreter) through one of two backends behind one API: x86-64 code
 //!   generated from the classification (dynasm, W^X executable memory), or
 //!   libffi where code cannot be generated.
+//! - [`interp`] — a reference interpreter over slots that uses the bridge
+//!   end to end: natives through exit stubs, interpreted functions as C
+//!   function pointers.
 //! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
 //!   native imports through exit stubs, exports as C function pointers.
 //!
@@ -48,6 +51,7 @@
 pub mod abi;
 mod code;
 pub mod host;
+pub mod interp;
 mod sys;
 mod table;
 pub mod thunks;
