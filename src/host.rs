@@ -246,6 +246,12 @@ pub(crate) fn take_entry_error_fast() -> Option<EntryError> {
     }
 }
 
+/// Records a failure for the host, as a failed entry call does (the first one
+/// wins until it is taken).
+pub(crate) fn record_failure(e: EntryError) {
+    set_pending(e);
+}
+
 fn set_pending(e: EntryError) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();

@@ -23,6 +23,8 @@
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end: natives through exit stubs, interpreted functions as C
 //!   function pointers.
+//! - [`tier`] — entry cells, tier-up to a baseline JIT, on-stack replacement
+//!   and deoptimization, for the interpreter.
 //! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
 //!   native imports through exit stubs, exports as C function pointers.
 //!
@@ -55,6 +57,7 @@ pub mod interp;
 mod sys;
 mod table;
 pub mod thunks;
+pub mod tier;
 #[cfg(feature = "wasmi")]
 pub mod wasm;
 

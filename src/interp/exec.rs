@@ -1,14 +1,17 @@
 //! Running programs.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use smallvec::SmallVec;
 
 use super::{InterpError, Op, Program};
 use crate::abi::{CallConv, Type};
-use crate::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use crate::host::{Dispatcher, EntryCall, EntryError, FailurePolicy, HostError};
+use crate::thunks::exec::ExecCode;
 use crate::thunks::{Bridge, EntryPoint, ExitStub, ThunkError};
+use crate::tier::{TierConfig, TierStats};
 
 /// Deepest interpreted call nesting before a call traps.
 pub const MAX_CALL_DEPTH: u32 = 4_000;
@@ -28,12 +31,37 @@ struct NativeBinding {
     stub: ExitStub,
 }
 
+/// Compiled code of one function.
+struct Compiled {
+    _code: ExecCode,
+    /// OSR entries: (loop header pc, address of `extern "C" fn(*const u64) -> R`).
+    osr: Vec<(u32, usize)>,
+    /// Exit stub of `(ptr)->R`, to enter an OSR entry.
+    osr_stub: ExitStub,
+}
+
+/// Entry cells and JIT state (generated backend only).
+struct Tiers {
+    config: TierConfig,
+    /// Each function's current code: its interpreter entry point, then its JIT code.
+    cells: Box<[AtomicUsize]>,
+    /// `jmp [cell]` stubs: the stable native pointers of the functions.
+    jumps: ExecCode,
+    compiled: Vec<OnceLock<Option<Compiled>>>,
+    calls: Box<[AtomicU32]>,
+    back_edges: Box<[AtomicU32]>,
+    n_compiled: AtomicU64,
+    n_osr: AtomicU64,
+    n_deopt: AtomicU64,
+}
+
 struct Inner {
     program: Program,
     bridge: Arc<Bridge>,
     conv: CallConv,
     natives: Vec<OnceLock<NativeBinding>>,
     entries: Vec<EntryPoint>,
+    tiers: Option<Tiers>,
 }
 
 /// Runs a [`Program`]: calls between interpreted functions, natives through
@@ -53,8 +81,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// A runtime for `program` on `bridge`, in the host's C convention. Each
-    /// interpreted function gets an entry point whose failures follow `policy`.
+    /// A runtime for `program` on `bridge`, in the host's C convention, that
+    /// only interprets. Each interpreted function gets an entry point whose
+    /// failures follow `policy`.
     ///
     /// # Errors
     /// Bridge errors (a signature the backend cannot express).
@@ -62,6 +91,21 @@ impl Runtime {
         program: Program,
         bridge: Arc<Bridge>,
         policy: FailurePolicy,
+    ) -> Result<Runtime, InterpError> {
+        Runtime::with_tiers(program, bridge, policy, TierConfig::interpreter_only())
+    }
+
+    /// A runtime that tiers hot functions up to the baseline JIT as `config`
+    /// says — on the generated backend; on libffi (no code generation: another
+    /// CPU, or a policy) everything is interpreted, with the same results.
+    ///
+    /// # Errors
+    /// Bridge errors.
+    pub fn with_tiers(
+        program: Program,
+        bridge: Arc<Bridge>,
+        policy: FailurePolicy,
+        config: TierConfig,
     ) -> Result<Runtime, InterpError> {
         let conv = CallConv::host().map_err(|e| InterpError::Call(e.to_string()))?;
         let mut failure = None;
@@ -83,18 +127,56 @@ impl Runtime {
                     Err(e) => failure = failure.take().or(Some(e)),
                 }
             }
+            let tiers = if entries.len() == program.functions.len() {
+                match make_tiers(&bridge, &entries, config) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failure = failure.take().or(Some(e));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             Inner {
                 natives: program.natives.iter().map(|_| OnceLock::new()).collect(),
                 program,
                 bridge,
                 conv,
                 entries,
+                tiers,
             }
         });
         if let Some(e) = failure {
             return Err(e.into());
         }
         Ok(Runtime { inner })
+    }
+
+    /// What the tiers did so far (all zero when only interpreting).
+    pub fn tier_stats(&self) -> TierStats {
+        self.inner
+            .tiers
+            .as_ref()
+            .map_or(TierStats::default(), |t| TierStats {
+                compiled: t.n_compiled.load(Ordering::Relaxed),
+                osr_entries: t.n_osr.load(Ordering::Relaxed),
+                deopts: t.n_deopt.load(Ordering::Relaxed),
+            })
+    }
+
+    /// True if this runtime can tier up (generated backend, tiering enabled).
+    pub fn tiers_enabled(&self) -> bool {
+        self.inner.tiers.is_some()
+    }
+
+    /// Compiles function `name` now and publishes it in its entry cell
+    /// (explicit tier-up); false if it cannot be compiled here.
+    pub fn tier_up(&self, name: &str) -> bool {
+        self.inner
+            .program
+            .function(name)
+            .is_some_and(|i| self.inner.compiled(i).is_some())
     }
 
     /// The program.
@@ -185,11 +267,207 @@ impl Runtime {
                 args.len()
             )));
         }
-        self.inner.run(i, args, 0)
+        self.inner.call_function(i, args, 0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn make_tiers(
+    bridge: &Bridge,
+    entries: &[EntryPoint],
+    config: TierConfig,
+) -> Result<Option<Tiers>, ThunkError> {
+    if config.call_threshold == u32::MAX && config.loop_threshold == u32::MAX {
+        return Ok(None);
+    }
+    let cells: Box<[AtomicUsize]> = entries
+        .iter()
+        .map(|e| AtomicUsize::new(e.code_ptr() as usize))
+        .collect();
+    let addrs: Vec<usize> = cells
+        .iter()
+        .map(|c| c as *const AtomicUsize as usize)
+        .collect();
+    let Some(jumps) = bridge.install_code(&crate::thunks::x64::emit_cell_jumps(&addrs)) else {
+        return Ok(None); // libffi: interpret only
+    };
+    Ok(Some(Tiers {
+        config,
+        jumps: jumps?,
+        compiled: entries.iter().map(|_| OnceLock::new()).collect(),
+        calls: entries.iter().map(|_| AtomicU32::new(0)).collect(),
+        back_edges: entries.iter().map(|_| AtomicU32::new(0)).collect(),
+        cells,
+        n_compiled: AtomicU64::new(0),
+        n_osr: AtomicU64::new(0),
+        n_deopt: AtomicU64::new(0),
+    }))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn make_tiers(_: &Bridge, _: &[EntryPoint], _: TierConfig) -> Result<Option<Tiers>, ThunkError> {
+    Ok(None)
+}
+
+/// Called by compiled code when a guard fails at `pc`: the interpreter resumes
+/// there with the compiled frame's locals and operand stack, and its result is
+/// the compiled function's result.
+///
+/// # Safety
+/// `ctx` is the live `Inner` the code was compiled for; `frame` points to the
+/// function's locals followed by its operand stack at `pc`.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn jit_deopt(ctx: *const Inner, fi: u32, pc: u32, frame: *const u64) -> u64 {
+    // SAFETY: by the contract above.
+    let inner = unsafe { &*ctx };
+    let f = &inner.program.functions[fi as usize];
+    let (nl, depth) = (f.locals.len(), f.depth[pc as usize] as usize);
+    // SAFETY: the frame holds nl locals and then the operand stack.
+    let all = unsafe { std::slice::from_raw_parts(frame, nl + depth) };
+    if let Some(t) = &inner.tiers {
+        t.n_deopt.fetch_add(1, Ordering::Relaxed);
+    }
+    // No OSR from a resumed frame: a forced deopt would otherwise re-enter
+    // compiled code and deopt again, growing the native stack.
+    match inner.run_from(
+        fi,
+        pc as usize,
+        SmallVec::from_slice(&all[..nl]),
+        SmallVec::from_slice(&all[nl..]),
+        0,
+        false,
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            crate::host::record_failure(EntryError::Host {
+                func: u64::from(fi),
+                error: Box::new(e),
+            });
+            0
+        }
     }
 }
 
 impl Inner {
+    /// The stable native pointer of function `i`.
+    fn func_ptr(&self, i: u32) -> usize {
+        match &self.tiers {
+            Some(t) => t.jumps.addr().as_ptr() as usize + 16 * i as usize,
+            None => self.entries[i as usize].code_ptr() as usize,
+        }
+    }
+
+    /// Compiles function `fi` once, publishing it in its cell.
+    #[cfg(target_arch = "x86_64")]
+    fn compiled(&self, fi: u32) -> Option<&Compiled> {
+        let t = self.tiers.as_ref()?;
+        t.compiled[fi as usize]
+            .get_or_init(|| self.compile(fi))
+            .as_ref()
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn compiled(&self, _: u32) -> Option<&Compiled> {
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn compile(&self, fi: u32) -> Option<Compiled> {
+        let t = self.tiers.as_ref()?;
+        let stub_of = |sig: &crate::abi::Signature| {
+            self.bridge
+                .exit_stub(sig, self.conv)
+                .ok()
+                .and_then(|s| s.raw_fn())
+        };
+        let call_stubs = self
+            .program
+            .functions
+            .iter()
+            .map(|f| stub_of(&f.sig))
+            .collect::<Option<Vec<_>>>()?;
+        let native_stubs = self
+            .program
+            .natives
+            .iter()
+            .map(|n| stub_of(&n.sig))
+            .collect::<Option<Vec<_>>>()?;
+        // Every native must be bound: compiled code calls them directly.
+        let natives = self
+            .natives
+            .iter()
+            .map(|n| n.get().map(|b| b.addr))
+            .collect::<Option<Vec<_>>>()?;
+        let cells: Vec<usize> = t
+            .cells
+            .iter()
+            .map(|c| c as *const AtomicUsize as usize)
+            .collect();
+        let func_ptrs: Vec<usize> = (0..self.program.functions.len() as u32)
+            .map(|i| self.func_ptr(i))
+            .collect();
+        let env = crate::tier::jit::JitEnv {
+            cells: &cells,
+            call_stubs: &call_stubs,
+            natives: &natives,
+            native_stubs: &native_stubs,
+            func_ptrs: &func_ptrs,
+            deopt: jit_deopt as *const () as usize,
+            ctx: self as *const Inner as usize,
+            force_deopt: t.config.force_deopt,
+        };
+        let code = crate::tier::jit::compile(&self.program, fi, &env);
+        let installed = self.bridge.install_code(&code.bytes)?.ok()?;
+        let base = installed.addr().as_ptr() as usize;
+        let f = &self.program.functions[fi as usize];
+        let osr_sig =
+            crate::abi::Signature::new(vec![crate::abi::Scalar::Ptr.into()], f.sig.ret().cloned())
+                .ok()?;
+        let osr_stub = self.bridge.exit_stub(&osr_sig, self.conv).ok()?;
+        t.cells[fi as usize].store(base, Ordering::Release);
+        t.n_compiled.fetch_add(1, Ordering::Relaxed);
+        Some(Compiled {
+            _code: installed,
+            osr: code.osr.iter().map(|(h, off)| (*h, base + off)).collect(),
+            osr_stub,
+        })
+    }
+
+    /// A call of function `i` from the interpreter or from Rust: through its
+    /// entry cell once it is compiled, else interpreted here.
+    fn call_function(&self, i: u32, args: &[u64], depth: u32) -> Result<u64, InterpError> {
+        if let Some(t) = &self.tiers {
+            let cell = t.cells[i as usize].load(Ordering::Acquire);
+            if cell != self.entries[i as usize].code_ptr() as usize {
+                let f = &self.program.functions[i as usize];
+                let stub = self.bridge.exit_stub(&f.sig, self.conv)?;
+                let mut ret = [0u64; 1];
+                // SAFETY: the cell holds compiled code of exactly this signature.
+                match unsafe {
+                    stub.call(cell as *const c_void, args, &mut ret[..f.sig.ret_slots()])
+                } {
+                    Ok(()) => return Ok(ret[0]),
+                    Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
+                        return Err(match error.downcast::<InterpError>() {
+                            Ok(e) => *e,
+                            Err(other) => InterpError::Call(other.to_string()),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if t.calls[i as usize]
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+                >= t.config.call_threshold
+            {
+                // Hot: compile; this call still runs here, later ones go through the cell.
+                let _ = self.compiled(i);
+            }
+        }
+        self.run(i, args, depth)
+    }
+
     fn trap<T>(&self, fi: u32, pc: usize, message: impl Into<String>) -> Result<T, InterpError> {
         Err(InterpError::Trap {
             func: self.program.functions[fi as usize].name.clone(),
@@ -200,9 +478,6 @@ impl Inner {
 
     fn run(&self, fi: u32, args: &[u64], depth: u32) -> Result<u64, InterpError> {
         let f = &self.program.functions[fi as usize];
-        if depth > MAX_CALL_DEPTH {
-            return self.trap(fi, 0, "call depth exceeded");
-        }
         let mut locals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, f.locals.len());
         for (slot, (a, t)) in locals.iter_mut().zip(args.iter().zip(f.sig.params())) {
             // The slot convention: what a native caller would deliver.
@@ -211,8 +486,24 @@ impl Inner {
                 Type::Struct(_) => *a,
             };
         }
-        let mut st: SmallVec<[u64; 16]> = SmallVec::with_capacity(f.max_stack as usize);
-        let mut pc = 0usize;
+        self.run_from(fi, 0, locals, SmallVec::new(), depth, true)
+    }
+
+    /// Interprets function `fi` from instruction `pc` with the given frame.
+    fn run_from(
+        &self,
+        fi: u32,
+        mut pc: usize,
+        mut locals: SmallVec<[u64; 16]>,
+        mut st: SmallVec<[u64; 16]>,
+        depth: u32,
+        allow_osr: bool,
+    ) -> Result<u64, InterpError> {
+        let f = &self.program.functions[fi as usize];
+        if depth > MAX_CALL_DEPTH {
+            return self.trap(fi, pc, "call depth exceeded");
+        }
+        let osr_tiers = if allow_osr { self.tiers.as_ref() } else { None };
         macro_rules! pop {
             () => {
                 st.pop().expect("verified: the operand is there")
@@ -324,22 +615,28 @@ impl Inner {
                         }
                     }
                 }
-                Op::Br(t) => pc = t as usize,
-                Op::BrIf(t) => {
-                    if pop!() != 0 {
+                Op::Br(t) | Op::BrIf(t) | Op::BrUnless(t) => {
+                    let taken = match op {
+                        Op::Br(_) => true,
+                        Op::BrIf(_) => pop!() != 0,
+                        _ => pop!() == 0,
+                    };
+                    if taken {
+                        let backward = (t as usize) < pc;
                         pc = t as usize;
-                    }
-                }
-                Op::BrUnless(t) => {
-                    if pop!() == 0 {
-                        pc = t as usize;
+                        if backward
+                            && let Some(tiers) = osr_tiers
+                            && let Some(r) = self.maybe_osr(tiers, fi, pc, &locals, &st)?
+                        {
+                            return Ok(r);
+                        }
                     }
                 }
                 Op::Call(i) => {
                     let callee = &self.program.functions[i as usize];
                     let n = callee.sig.params().len();
                     let args: SmallVec<[u64; 8]> = st.drain(st.len() - n..).collect();
-                    let r = self.run(i, &args, depth + 1)?;
+                    let r = self.call_function(i, &args, depth + 1)?;
                     if callee.sig.ret().is_some() {
                         st.push(r);
                     }
@@ -372,7 +669,7 @@ impl Inner {
                         st.push(ret[0]);
                     }
                 }
-                Op::FuncAddr(i) => st.push(self.entries[i as usize].code_ptr() as u64),
+                Op::FuncAddr(i) => st.push(self.func_ptr(i) as u64),
                 Op::Return => {
                     return Ok(match (f.sig.ret(), st.pop()) {
                         (Some(Type::Scalar(s)), Some(v)) => s.to_slot(v),
@@ -380,6 +677,57 @@ impl Inner {
                     });
                 }
             }
+        }
+    }
+}
+
+impl Inner {
+    /// At a taken backward branch to `header` with an empty operand stack:
+    /// counts it, and once the function is hot moves this frame into its
+    /// compiled code (OSR); returns the function's result if it did.
+    fn maybe_osr(
+        &self,
+        t: &Tiers,
+        fi: u32,
+        header: usize,
+        locals: &[u64],
+        st: &[u64],
+    ) -> Result<Option<u64>, InterpError> {
+        if !st.is_empty()
+            || t.back_edges[fi as usize]
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+                < t.config.loop_threshold
+        {
+            return Ok(None);
+        }
+        let Some(c) = self.compiled(fi) else {
+            return Ok(None);
+        };
+        let Some(&(_, entry)) = c.osr.iter().find(|(h, _)| *h as usize == header) else {
+            return Ok(None);
+        };
+        t.n_osr.fetch_add(1, Ordering::Relaxed);
+        let f = &self.program.functions[fi as usize];
+        let mut ret = [0u64; 1];
+        // SAFETY: `entry` is this function's OSR entry for `header`, of type
+        // `extern "C" fn(*const u64) -> R`; `locals` holds all its locals.
+        let r = unsafe {
+            c.osr_stub.call(
+                entry as *const c_void,
+                &[locals.as_ptr() as u64],
+                &mut ret[..f.sig.ret_slots()],
+            )
+        };
+        match r {
+            Ok(()) => Ok(Some(ret[0])),
+            Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
+                Err(match error.downcast::<InterpError>() {
+                    Ok(e) => *e,
+                    Err(other) => InterpError::Call(other.to_string()),
+                })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -102,8 +102,8 @@ unsafe impl Send for ExecMemory {}
 // SAFETY: see Send.
 unsafe impl Sync for ExecMemory {}
 
-/// A piece of executable code owned by its creator; released on drop.
-pub(crate) struct ExecCode {
+/// Executable code owned by its creator; released on drop.
+pub struct ExecCode {
     mem: Arc<ExecMemory>,
     slab: usize,
     offset: usize,

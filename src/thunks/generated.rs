@@ -81,6 +81,11 @@ impl GenExit {
         Ok(None)
     }
 
+    /// The stub's address (the plain variant).
+    pub(super) fn raw_fn(&self) -> usize {
+        self.f as usize
+    }
+
     /// The stub alone: no checks (see `ExitStub::call_unchecked`).
     ///
     /// # Safety
@@ -266,7 +271,7 @@ impl GenBackend {
         &self.mem
     }
 
-    fn install(&self, code: &[u8]) -> Result<ExecCode> {
+    pub(super) fn install(&self, code: &[u8]) -> Result<ExecCode> {
         if code.len() > 64 * 1024 {
             return Err(too_big(code.len()));
         }

@@ -10,13 +10,13 @@
 //! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
-mod exec;
+pub(crate) mod exec;
 mod ffi;
 #[cfg(target_arch = "x86_64")]
 mod generated;
 mod value;
 #[cfg(target_arch = "x86_64")]
-mod x64;
+pub(crate) mod x64;
 
 use std::ffi::c_void;
 use std::fmt;
@@ -247,6 +247,13 @@ impl Bridge {
         }
     }
 
+    /// Installs machine code in the generated backend's executable memory
+    /// (for the tier layer's JIT); `None` on the libffi backend.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn install_code(&self, code: &[u8]) -> Option<Result<exec::ExecCode>> {
+        self.generated.as_ref().map(|g| g.install(code))
+    }
+
     /// The registry signatures are interned in.
     pub fn registry(&self) -> &'static Registry {
         self.registry
@@ -422,6 +429,16 @@ impl ExitStub {
     pub unsafe fn call(&self, target: *const c_void, args: &[u64], ret: &mut [u64]) -> Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.call_inner(target, args, ret, None) }.map(|_| ())
+    }
+
+    /// The generated stub itself, `extern "C" fn(args, ret, target, errno)`
+    /// (for generated code that calls it directly); `None` on libffi.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn raw_fn(&self) -> Option<usize> {
+        match &self.imp {
+            ExitImpl::Gen(g) => Some(g.raw_fn()),
+            ExitImpl::Ffi(_) => None,
+        }
     }
 
     /// [`ExitStub::call`] without its checks, for callers that already know

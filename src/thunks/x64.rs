@@ -29,7 +29,7 @@ use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 use crate::abi::{ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar};
 use crate::host::{RawDispatch, RawEntryCall, RawVaList};
 
-type Asm = VecAssembler<X64Relocation>;
+pub(crate) type Asm = VecAssembler<X64Relocation>;
 
 /// What the exit stub takes in `rcx`: where errno lives and the value to put
 /// there before the call; the value found right after the call is written back.
@@ -104,7 +104,7 @@ fn copy_qwords(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
 }
 
 /// rax = the scalar in register `g`, extended as its type says.
-fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
+pub(crate) fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
     match s {
         Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, Rb(g)),
         Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, Rb(g)),
@@ -119,7 +119,7 @@ fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
 }
 
 /// rax = the scalar at `[base + o]`, reading only its width, extended.
-fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
+pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
     match s {
         Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + o]),
         Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + o]),
@@ -473,6 +473,21 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
 /// Argument positions the fixed parameters (and a hidden result pointer) use.
 fn win64_positions(l: &CallLayout) -> u32 {
     l.args.len() as u32 + u32::from(matches!(l.ret, RetPass::Sret { .. }))
+}
+
+/// One 16-byte stub per cell: `jmp [cell]` — a stable native function pointer
+/// that always reaches the cell's current code (tier layer).
+pub(crate) fn emit_cell_jumps(cells: &[usize]) -> Vec<u8> {
+    let mut ops = Asm::new(0);
+    for &cell in cells {
+        let start = ops.offset().0;
+        dynasm!(ops ; .arch x64 ; mov r11, QWORD cell as i64 ; jmp QWORD [r11]);
+        while ops.offset().0 - start < 16 {
+            dynasm!(ops ; .arch x64 ; int3);
+        }
+    }
+    ops.finalize()
+        .expect("cell jumps use no external relocations")
 }
 
 /// One trampoline per binding, `TRAMPOLINE_BYTES` each: loads the binding

@@ -1,0 +1,325 @@
+//! The baseline JIT: one verified function's bytecode to x86-64 code with the
+//! function's native (SysV) convention.
+//!
+//! Frame: `rbx` = `rsp` after the prologue; local `i` at `[rbx + 8i]`, operand
+//! slot `j` at `[rbx + 8(nlocals + j)]`. Operand depths are known statically
+//! (the verifier), so every instruction works on fixed frame slots, and the
+//! arguments of a call are consecutive slots: a call is a call of the
+//! callee's exit stub with those slots, the target read from the callee's
+//! entry cell. Guards (an `i64.add` overflow, a division by zero, a null
+//! pointer) jump to a deopt path that hands the frame to the interpreter at
+//! that instruction (ABI.md, "Tiers").
+
+// dynasm's macro converts dynamic register numbers with `.into()`.
+#![allow(clippy::useless_conversion)]
+
+use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, dynasm};
+
+use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
+use crate::interp::{Op, Program};
+use crate::thunks::x64::{Asm, extend_mem, extend_reg};
+
+/// What compiled code needs to know about the world.
+pub(crate) struct JitEnv<'a> {
+    /// Address of each function's entry cell.
+    pub cells: &'a [usize],
+    /// Exit stub (plain variant) for each function's signature.
+    pub call_stubs: &'a [usize],
+    /// Address of each native function.
+    pub natives: &'a [usize],
+    /// Exit stub for each native's signature.
+    pub native_stubs: &'a [usize],
+    /// What `ref.func` pushes for each function.
+    pub func_ptrs: &'a [usize],
+    /// `extern "C" fn(ctx, func: u32, pc: u32, frame: *const u64) -> u64`.
+    pub deopt: usize,
+    /// Its first argument.
+    pub ctx: usize,
+    /// Make every guard fail (testing deoptimization).
+    pub force_deopt: bool,
+}
+
+/// Compiled code: the function at offset 0, an OSR entry per loop header.
+pub(crate) struct JitCode {
+    pub bytes: Vec<u8>,
+    /// (loop header pc, offset of its OSR entry `extern "C" fn(locals: *const u64) -> R`).
+    pub osr: Vec<(u32, usize)>,
+}
+
+const RBP: u8 = Gpr::Rbp as u8;
+
+pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
+    let f = &program.functions[fi as usize];
+    let nl = f.locals.len() as i32;
+    let local = |i: u32| 8 * i as i32;
+    let slot = |j: u32| 8 * (nl + j as i32);
+    let frame = (8 * (f.locals.len() + f.max_stack as usize + 1)).next_multiple_of(16) as i32;
+    let layout = classify(&f.sig, CallConv::SysV);
+    let ret_scalar = f.sig.ret().and_then(Type::as_scalar);
+    let mut ops = Asm::new(0);
+    let labels: Vec<DynamicLabel> = (0..f.code.len()).map(|_| ops.new_dynamic_label()).collect();
+    let epilogue = ops.new_dynamic_label();
+
+    // Three pushes after the return address: rsp is 16-byte aligned, and so
+    // it stays (the frame is a multiple of 16).
+    macro_rules! prologue {
+        () => {
+            dynasm!(ops ; .arch x64
+                ; push rbp ; mov rbp, rsp ; push rbx ; push r12
+                ; sub rsp, frame ; mov rbx, rsp
+            )
+        };
+    }
+
+    // The function entry: parameters from their registers or stack slots.
+    prologue!();
+    for (i, a) in layout.args.iter().enumerate() {
+        let ArgPass::Direct(parts) = &a.pass else {
+            unreachable!("interpreter parameters are scalars")
+        };
+        let p = parts[0];
+        let PartKind::Scalar(s) = p.kind else {
+            unreachable!("scalar parameters")
+        };
+        match p.loc {
+            Loc::Gpr(g) => extend_reg(&mut ops, s, g as u8),
+            Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq rax, Rx(n)),
+            Loc::Stack(off) => extend_mem(&mut ops, s, RBP, 16 + off as i32),
+            Loc::XmmAndGpr(..) => unreachable!("no varargs"),
+        }
+        dynasm!(ops ; .arch x64 ; mov QWORD [rbx + local(i as u32)], rax);
+    }
+    for i in f.sig.params().len()..f.locals.len() {
+        dynasm!(ops ; .arch x64 ; mov QWORD [rbx + local(i as u32)], 0);
+    }
+    dynasm!(ops ; .arch x64 ; jmp =>labels[0]);
+
+    // OSR entries: rdi points to the locals (a migration buffer).
+    let mut osr_starts = Vec::new();
+    for &h in &f.loop_headers {
+        if f.depth[h as usize] != 0 {
+            continue; // OSR only where the operand stack is empty
+        }
+        osr_starts.push((h, ops.offset().0));
+        prologue!();
+        for i in 0..f.locals.len() as i32 {
+            dynasm!(ops ; .arch x64 ; mov rax, QWORD [rdi + 8 * i] ; mov QWORD [rbx + 8 * i], rax);
+        }
+        dynasm!(ops ; .arch x64 ; jmp =>labels[h as usize]);
+    }
+
+    // A guard failure at `pc`: the interpreter resumes there with this frame.
+    let deopt_at = |ops: &mut Asm, pc: usize| {
+        dynasm!(ops ; .arch x64
+            ; mov rdi, QWORD env.ctx as i64 ; mov esi, fi as i32 ; mov edx, pc as i32 ; mov rcx, rbx
+            ; mov rax, QWORD env.deopt as i64 ; call rax
+        );
+        if ret_scalar == Some(Scalar::F64) {
+            dynasm!(ops ; .arch x64 ; movq xmm0, rax);
+        }
+        dynasm!(ops ; .arch x64 ; jmp =>epilogue);
+    };
+    let mut deopts: Vec<(DynamicLabel, usize)> = Vec::new();
+
+    for (pc, op) in f.code.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; =>labels[pc]);
+        let d = f.depth[pc];
+        let (a, b) = (slot(d.wrapping_sub(2)), slot(d.wrapping_sub(1)));
+        let mut guard = || {
+            let l = ops.new_dynamic_label();
+            deopts.push((l, pc));
+            l
+        };
+        macro_rules! int_bin {
+            ($($t:tt)*) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; $($t)* rax, QWORD [rbx + b] ; mov QWORD [rbx + a], rax)
+            };
+        }
+        macro_rules! int_cmp {
+            ($set:ident) => {
+                dynasm!(ops ; .arch x64
+                    ; mov rax, QWORD [rbx + a] ; cmp rax, QWORD [rbx + b] ; $set al ; movzx eax, al
+                    ; mov QWORD [rbx + a], rax)
+            };
+        }
+        macro_rules! flt_bin {
+            ($ins:ident) => {
+                dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + a] ; $ins xmm0, QWORD [rbx + b] ; movq QWORD [rbx + a], xmm0)
+            };
+        }
+        // a OP b where OP is above (>) or above-or-equal (>=), NaN false.
+        macro_rules! flt_cmp {
+            ($x:ident, $y:ident, $set:ident) => {
+                dynasm!(ops ; .arch x64
+                    ; movq xmm0, QWORD [rbx + a] ; movq xmm1, QWORD [rbx + b]
+                    ; ucomisd $x, $y ; $set al ; movzx eax, al ; mov QWORD [rbx + a], rax)
+            };
+        }
+        match *op {
+            Op::ConstI(v) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD v ; mov QWORD [rbx + slot(d)], rax)
+            }
+            Op::ConstF(bits) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD bits as i64 ; mov QWORD [rbx + slot(d)], rax)
+            }
+            Op::FuncAddr(i) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD env.func_ptrs[i as usize] as i64 ; mov QWORD [rbx + slot(d)], rax)
+            }
+            Op::Get(l) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + local(l)] ; mov QWORD [rbx + slot(d)], rax)
+            }
+            Op::Set(l) | Op::Tee(l) => {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b] ; mov QWORD [rbx + local(l)], rax)
+            }
+            Op::Drop => {}
+            Op::IAdd => {
+                // The guard: signed overflow deoptimizes (the interpreter wraps,
+                // so the result is the same either way).
+                let g = guard();
+                if env.force_deopt {
+                    dynasm!(ops ; .arch x64 ; jmp =>g);
+                } else {
+                    dynasm!(ops ; .arch x64
+                        ; mov rax, QWORD [rbx + a] ; add rax, QWORD [rbx + b] ; jo =>g ; mov QWORD [rbx + a], rax);
+                }
+            }
+            Op::ISub => int_bin!(sub),
+            Op::IMul => int_bin!(imul),
+            Op::IAnd => int_bin!(and),
+            Op::IOr => int_bin!(or),
+            Op::IXor => int_bin!(xor),
+            Op::IDivS | Op::IRemS => {
+                let g = guard();
+                let done = ops.new_dynamic_label();
+                let normal = ops.new_dynamic_label();
+                dynasm!(ops ; .arch x64
+                    ; mov rcx, QWORD [rbx + b] ; test rcx, rcx ; jz =>g
+                    ; mov rax, QWORD [rbx + a]
+                    ; cmp rcx, -1 ; jne =>normal
+                );
+                // x / -1 = wrapping negation, x % -1 = 0 (idiv would fault on MIN / -1).
+                if *op == Op::IDivS {
+                    dynasm!(ops ; .arch x64 ; neg rax ; mov QWORD [rbx + a], rax ; jmp =>done);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], 0 ; jmp =>done);
+                }
+                dynasm!(ops ; .arch x64 ; =>normal ; cqo ; idiv rcx);
+                if *op == Op::IDivS {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rdx);
+                }
+                dynasm!(ops ; .arch x64 ; =>done);
+            }
+            Op::IShl | Op::IShrS | Op::IShrU => {
+                dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rbx + b] ; mov rax, QWORD [rbx + a]);
+                match *op {
+                    Op::IShl => dynasm!(ops ; .arch x64 ; shl rax, cl),
+                    Op::IShrS => dynasm!(ops ; .arch x64 ; sar rax, cl),
+                    _ => dynasm!(ops ; .arch x64 ; shr rax, cl),
+                }
+                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rax);
+            }
+            Op::IEq => int_cmp!(sete),
+            Op::INe => int_cmp!(setne),
+            Op::ILtS => int_cmp!(setl),
+            Op::ILeS => int_cmp!(setle),
+            Op::IGtS => int_cmp!(setg),
+            Op::IGeS => int_cmp!(setge),
+            Op::IEqz => dynasm!(ops ; .arch x64
+                ; cmp QWORD [rbx + b], 0 ; sete al ; movzx eax, al ; mov QWORD [rbx + b], rax),
+            Op::FAdd => flt_bin!(addsd),
+            Op::FSub => flt_bin!(subsd),
+            Op::FMul => flt_bin!(mulsd),
+            Op::FDiv => flt_bin!(divsd),
+            Op::FGt => flt_cmp!(xmm0, xmm1, seta),
+            Op::FGe => flt_cmp!(xmm0, xmm1, setae),
+            Op::FLt => flt_cmp!(xmm1, xmm0, seta),
+            Op::FLe => flt_cmp!(xmm1, xmm0, setae),
+            Op::FEq | Op::FNe => {
+                dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + a] ; ucomisd xmm0, QWORD [rbx + b]);
+                if *op == Op::FEq {
+                    dynasm!(ops ; .arch x64 ; sete al ; setnp cl ; and al, cl);
+                } else {
+                    dynasm!(ops ; .arch x64 ; setne al ; setp cl ; or al, cl);
+                }
+                dynasm!(ops ; .arch x64 ; movzx eax, al ; mov QWORD [rbx + a], rax);
+            }
+            Op::IToF => {
+                dynasm!(ops ; .arch x64 ; cvtsi2sd xmm0, QWORD [rbx + b] ; movq QWORD [rbx + b], xmm0)
+            }
+            Op::FToI => {
+                dynasm!(ops ; .arch x64 ; cvttsd2si rax, QWORD [rbx + b] ; mov QWORD [rbx + b], rax)
+            }
+            Op::Load32S | Op::Load64 | Op::LoadF64 => {
+                let g = guard();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b] ; test rax, rax ; jz =>g);
+                if *op == Op::Load32S {
+                    dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rax]);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD [rax]);
+                }
+                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + b], rax);
+            }
+            Op::Store32 | Op::Store64 => {
+                let g = guard();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; test rax, rax ; jz =>g ; mov rcx, QWORD [rbx + b]);
+                if *op == Op::Store32 {
+                    dynasm!(ops ; .arch x64 ; mov DWORD [rax], ecx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rax], rcx);
+                }
+            }
+            Op::Br(t) => dynasm!(ops ; .arch x64 ; jmp =>labels[t as usize]),
+            Op::BrIf(t) => {
+                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0 ; jne =>labels[t as usize])
+            }
+            Op::BrUnless(t) => {
+                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0 ; je =>labels[t as usize])
+            }
+            Op::Call(i) | Op::CallNative(i) => {
+                let (nparams, stub) = match *op {
+                    Op::Call(_) => (
+                        program.functions[i as usize].sig.params().len(),
+                        env.call_stubs[i as usize],
+                    ),
+                    _ => (
+                        program.natives[i as usize].sig.params().len(),
+                        env.native_stubs[i as usize],
+                    ),
+                };
+                let first = slot(d - nparams as u32);
+                dynasm!(ops ; .arch x64 ; lea rdi, [rbx + first] ; lea rsi, [rbx + first]);
+                if let Op::Call(_) = *op {
+                    // Through the callee's entry cell: whatever code it holds now.
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD env.cells[i as usize] as i64 ; mov rdx, QWORD [rax]);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rdx, QWORD env.natives[i as usize] as i64);
+                }
+                dynasm!(ops ; .arch x64 ; xor ecx, ecx ; mov rax, QWORD stub as i64 ; call rax);
+            }
+            Op::Return => {
+                match ret_scalar {
+                    None => {}
+                    Some(Scalar::F64) => dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + b]),
+                    Some(s) => extend_mem(&mut ops, s, Gpr::Rbx as u8, b),
+                }
+                dynasm!(ops ; .arch x64 ; jmp =>epilogue);
+            }
+        }
+    }
+    for (l, pc) in deopts {
+        dynasm!(ops ; .arch x64 ; =>l);
+        deopt_at(&mut ops, pc);
+    }
+    dynasm!(ops ; .arch x64
+        ; =>epilogue
+        ; lea rsp, [rbp - 16] ; pop r12 ; pop rbx ; pop rbp ; ret
+    );
+    JitCode {
+        bytes: ops
+            .finalize()
+            .expect("JIT code uses no external relocations"),
+        osr: osr_starts,
+    }
+}

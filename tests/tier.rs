@@ -1,0 +1,361 @@
+//! Tiers: every program runs interpreter-only, tiered with thresholds of 1
+//! (compiled at the first call, OSR at the first back-edge) and with every
+//! guard forced to deoptimize — the results must be identical. Plus OSR in a
+//! mixed stack (interpreter → C qsort → interpreted comparator), recursion
+//! through compiled frames, a tier-up while another thread calls through the
+//! cell, and the pure-interpreter mode on libffi.
+
+mod support;
+
+use std::sync::Arc;
+
+use tierbridge::host::FailurePolicy;
+use tierbridge::interp::{Runtime, parse_program};
+use tierbridge::thunks::Bridge;
+use tierbridge::tier::TierConfig;
+
+const PROGRAM: &str = r#"
+extern abs "(i32)->i32"
+extern qsort "(ptr,u64,u64,ptr)->void"
+
+fn collatz_steps(n: i64) -> i64
+  local steps: i64
+top:
+  local.get n
+  i64.const 1
+  i64.le_s
+  br_if done
+  local.get steps
+  i64.const 1
+  i64.add
+  local.set steps
+  local.get n
+  i64.const 2
+  i64.rem_s
+  br_if odd
+  local.get n
+  i64.const 2
+  i64.div_s
+  local.set n
+  br top
+odd:
+  local.get n
+  i64.const 3
+  i64.mul
+  i64.const 1
+  i64.add
+  local.set n
+  br top
+done:
+  local.get steps
+  return
+end
+
+# sum over i < n of collatz_steps(i): calls between tiers
+fn total_steps(n: i64) -> i64
+  local i: i64
+  local acc: i64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get acc
+  local.get i
+  call collatz_steps
+  i64.add
+  local.set acc
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  local.get acc
+  return
+end
+
+# wrapping arithmetic past i64::MAX exercises the overflow guard
+fn overflow_mix(n: i64) -> i64
+  local i: i64
+  local x: i64
+  i64.const 9223372036854775000
+  local.set x
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get x
+  local.get i
+  i64.const 977
+  i64.mul
+  i64.add
+  local.get x
+  i64.const 13
+  i64.shr_u
+  i64.xor
+  local.set x
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  local.get x
+  return
+end
+
+fn float_series(n: i64) -> f64
+  local i: i64
+  local acc: f64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get acc
+  f64.const 1
+  local.get i
+  f64.convert_i64
+  f64.const 1
+  f64.add
+  f64.div
+  f64.add
+  local.set acc
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  local.get acc
+  return
+end
+
+fn fib(n: i64) -> i64
+  local.get n
+  i64.const 2
+  i64.lt_s
+  br_if small
+  local.get n
+  i64.const 1
+  i64.sub
+  call fib
+  local.get n
+  i64.const 2
+  i64.sub
+  call fib
+  i64.add
+  return
+small:
+  local.get n
+  return
+end
+
+# comparator with a loop inside: OSR happens while C's qsort is on the stack
+fn cmp_slow(a: ptr, b: ptr) -> i32
+  local x: i64
+  local y: i64
+  local k: i64
+  local.get a
+  i64.load32_s
+  local.set x
+  local.get b
+  i64.load32_s
+  local.set y
+spin:
+  local.get k
+  i64.const 50
+  i64.ge_s
+  br_if cmp
+  local.get k
+  i64.const 1
+  i64.add
+  local.set k
+  br spin
+cmp:
+  local.get x
+  call abs_i64
+  local.get y
+  call abs_i64
+  i64.sub
+  return
+end
+
+fn abs_i64(v: i64) -> i64
+  local.get v
+  call abs
+  return
+end
+
+fn sort(base: ptr, n: i64)
+  local.get base
+  local.get n
+  i64.const 4
+  ref.func cmp_slow
+  call qsort
+  return
+end
+
+fn divide(a: i64, b: i64) -> i64
+  local.get a
+  local.get b
+  i64.div_s
+  return
+end
+"#;
+
+fn runtime(bridge: Bridge, config: TierConfig) -> Runtime {
+    let program = parse_program(PROGRAM).unwrap();
+    let rt = Runtime::with_tiers(program, Arc::new(bridge), FailurePolicy::Report, config).unwrap();
+    // SAFETY: abs and qsort from the C library have the declared signatures.
+    unsafe { rt.bind_natives_from_process() }.unwrap();
+    rt
+}
+
+fn ways() -> Vec<(&'static str, Runtime)> {
+    let hot = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        force_deopt: false,
+    };
+    let deopt = TierConfig {
+        force_deopt: true,
+        ..hot
+    };
+    vec![
+        (
+            "interpreter",
+            runtime(Bridge::libffi(), TierConfig::interpreter_only()),
+        ),
+        ("tiered", runtime(support::generated(), hot)),
+        ("forced deopt", runtime(support::generated(), deopt)),
+    ]
+}
+
+fn run_all(rt: &Runtime) -> Vec<u64> {
+    let mut v = vec![
+        rt.call("collatz_steps", &[27]).unwrap(),
+        rt.call("total_steps", &[300]).unwrap(),
+        rt.call("overflow_mix", &[1000]).unwrap(),
+        rt.call("float_series", &[1000]).unwrap(),
+        rt.call("fib", &[18]).unwrap(),
+    ];
+    let mut data: Vec<i32> = (0..64).map(|i| (i * 37 % 61) - 30).collect();
+    rt.call("sort", &[data.as_mut_ptr() as u64, data.len() as u64])
+        .unwrap();
+    v.extend(data.iter().map(|x| *x as u64));
+    v
+}
+
+#[test]
+fn every_program_gives_identical_results_interpreted_tiered_and_deoptimized() {
+    let mut results = Vec::new();
+    for (name, rt) in ways() {
+        // Twice: the second run starts from compiled code.
+        let first = run_all(&rt);
+        let second = run_all(&rt);
+        assert_eq!(first, second, "{name}: a second run differs");
+        let stats = rt.tier_stats();
+        match name {
+            "interpreter" => assert_eq!(stats.compiled, 0),
+            "tiered" => {
+                assert!(stats.compiled >= 5, "{name}: {stats:?}");
+                assert!(stats.osr_entries >= 1, "{name}: {stats:?}");
+            }
+            _ => assert!(stats.deopts >= 1, "{name}: {stats:?}"),
+        }
+        results.push((name, first));
+    }
+    assert_eq!(results[0].1[0], 111, "collatz(27) takes 111 steps");
+    let mut sorted: Vec<i64> = (0..64).map(|i| (i * 37 % 61) - 30).collect();
+    sorted.sort_by_key(|x| x.abs());
+    for (name, r) in &results[1..] {
+        assert_eq!(r, &results[0].1, "{name} differs from the interpreter");
+    }
+    let abs_sorted: Vec<i64> = results[0].1[5..]
+        .iter()
+        .map(|x| (*x as i32).abs() as i64)
+        .collect();
+    assert_eq!(
+        abs_sorted,
+        sorted.iter().map(|x| x.abs()).collect::<Vec<_>>(),
+        "sorted by magnitude"
+    );
+}
+
+#[test]
+fn a_trap_in_compiled_code_is_the_interpreters_trap() {
+    for (name, rt) in ways() {
+        assert_eq!(rt.call("divide", &[7, 2]).unwrap(), 3, "{name}");
+        let e = rt.call("divide", &[7, 0]).unwrap_err().to_string();
+        assert!(
+            e.contains("division by zero") && e.contains("divide"),
+            "{name}: {e}"
+        );
+        assert_eq!(
+            rt.call("divide", &[i64::MIN as u64, u64::MAX]).unwrap() as i64,
+            i64::MIN,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn recursion_through_compiled_frames_and_native_callers_reach_compiled_code() {
+    let hot = TierConfig {
+        call_threshold: 3,
+        loop_threshold: 2,
+        force_deopt: false,
+    };
+    let rt = runtime(support::generated(), hot);
+    assert_eq!(rt.call("fib", &[22]).unwrap(), 17711);
+    assert!(rt.tier_stats().compiled >= 1);
+    // The native pointer jumps through the cell: it now reaches compiled code.
+    let p = rt.entry_point("fib").unwrap();
+    // SAFETY: fib has the C signature int64_t(int64_t).
+    let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(p) };
+    assert_eq!(f(20), 6765);
+}
+
+#[test]
+fn a_tier_up_while_another_thread_calls_through_the_cell_gives_the_same_results() {
+    let rt = runtime(
+        support::generated(),
+        TierConfig {
+            call_threshold: u32::MAX,
+            loop_threshold: u32::MAX - 1,
+            force_deopt: false,
+        },
+    );
+    let p = rt.entry_point("total_steps").unwrap() as usize;
+    let caller = std::thread::spawn(move || {
+        // SAFETY: total_steps has the C signature int64_t(int64_t).
+        let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(p) };
+        (0..200).map(|_| f(100)).collect::<Vec<_>>()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(rt.tier_up("total_steps") && rt.tier_up("collatz_steps"));
+    let results = caller.join().unwrap();
+    assert!(
+        results.iter().all(|r| *r == results[0]),
+        "old and new code disagree"
+    );
+    assert_eq!(rt.call("total_steps", &[100]).unwrap() as i64, results[0]);
+}
+
+#[test]
+fn without_code_generation_everything_is_interpreted_with_the_same_results() {
+    let rt = runtime(
+        Bridge::libffi(),
+        TierConfig {
+            call_threshold: 1,
+            loop_threshold: 1,
+            force_deopt: false,
+        },
+    );
+    assert!(!rt.tiers_enabled());
+    assert_eq!(rt.call("collatz_steps", &[27]).unwrap(), 111);
+    assert_eq!(rt.tier_stats().compiled, 0);
+}
