@@ -170,6 +170,43 @@ impl Runtime {
         self.inner.tiers.is_some()
     }
 
+    /// Moves an interpreter frame of function `name` into its compiled code at
+    /// loop header `header` (an instruction index with an empty operand
+    /// stack), compiling the function first if needed: the same transfer the
+    /// interpreter makes at a hot back-edge. `locals` are the frame's locals
+    /// (parameters first). Returns the function's result, or `None` if there
+    /// is no compiled code or no OSR entry at `header`.
+    ///
+    /// # Errors
+    /// [`InterpError::Call`] if `locals` has the wrong length; a trap or
+    /// failure in the compiled code (after deoptimization).
+    pub fn osr_enter(
+        &self,
+        name: &str,
+        header: usize,
+        locals: &[u64],
+    ) -> Result<Option<u64>, InterpError> {
+        let fi = self
+            .inner
+            .program
+            .function(name)
+            .ok_or_else(|| InterpError::Call(format!("no function {name}")))?;
+        let want = self.inner.program.functions[fi as usize].locals.len();
+        if locals.len() != want {
+            return Err(InterpError::Call(format!(
+                "{name} has {want} locals, {} given",
+                locals.len()
+            )));
+        }
+        let Some(t) = &self.inner.tiers else {
+            return Ok(None);
+        };
+        if self.inner.compiled(fi).is_none() {
+            return Ok(None);
+        }
+        self.inner.osr_into(t, fi, header, locals)
+    }
+
     /// Compiles function `name` now and publishes it in its entry cell
     /// (explicit tier-up); false if it cannot be compiled here.
     pub fn tier_up(&self, name: &str) -> bool {
@@ -701,6 +738,21 @@ impl Inner {
         {
             return Ok(None);
         }
+        if self.compiled(fi).is_none() {
+            return Ok(None);
+        }
+        self.osr_into(t, fi, header, locals)
+    }
+
+    /// The OSR transfer: calls the compiled function's entry for loop header
+    /// `header` with the frame's locals as a migration buffer.
+    fn osr_into(
+        &self,
+        t: &Tiers,
+        fi: u32,
+        header: usize,
+        locals: &[u64],
+    ) -> Result<Option<u64>, InterpError> {
         let Some(c) = self.compiled(fi) else {
             return Ok(None);
         };
