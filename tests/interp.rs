@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use tierbridge::host::FailurePolicy;
 use tierbridge::interp::{InterpError, Runtime, parse_program};
+use tierbridge::thunks::Bridge;
+use tierbridge::tier::TierConfig;
 
 const PROGRAM: &str = r#"
 extern abs "(i32)->i32"
@@ -147,13 +149,41 @@ fn load_libm() {
     assert!(!h.is_null(), "libm.so.6 could not be loaded");
 }
 
+/// The program interpreted on every backend, then tiered (compiled at the
+/// first call, OSR at the first back-edge) and with every guard forced to
+/// deoptimize: every test checks the same results all five ways.
 fn runtimes() -> Vec<(String, Runtime)> {
     load_libm();
     let program = parse_program(PROGRAM).expect("the program verifies");
-    support::all_bridges()
+    let hot = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        force_deopt: false,
+    };
+    let mut ways: Vec<(String, Bridge, TierConfig)> = support::all_bridges()
         .into_iter()
         .map(|(name, b)| {
-            let rt = Runtime::new(program.clone(), Arc::new(b), FailurePolicy::Report).unwrap();
+            (
+                format!("{name} interpreter"),
+                b,
+                TierConfig::interpreter_only(),
+            )
+        })
+        .collect();
+    ways.push(("tiered".into(), support::generated(), hot));
+    ways.push((
+        "forced deopt".into(),
+        support::generated(),
+        TierConfig {
+            force_deopt: true,
+            ..hot
+        },
+    ));
+    ways.into_iter()
+        .map(|(name, b, config)| {
+            let rt =
+                Runtime::with_tiers(program.clone(), Arc::new(b), FailurePolicy::Report, config)
+                    .unwrap();
             // SAFETY: abs, pow and qsort from the C library have the declared signatures.
             unsafe { rt.bind_natives_from_process() }.unwrap();
             (name, rt)

@@ -359,3 +359,105 @@ fn without_code_generation_everything_is_interpreted_with_the_same_results() {
     assert_eq!(rt.call("collatz_steps", &[27]).unwrap(), 111);
     assert_eq!(rt.tier_stats().compiled, 0);
 }
+
+#[test]
+fn osr_happens_inside_a_comparator_while_c_qsort_is_on_the_stack() {
+    // Calls never tier up, back-edges do at once: the first comparator call from
+    // C starts in the interpreter and moves into compiled code mid-loop (OSR
+    // with qsort's frames below it); that also publishes the compiled code in
+    // the entry cell, so qsort's later calls, which go through the cell, run
+    // compiled code from their first instruction.
+    let config = TierConfig {
+        call_threshold: u32::MAX,
+        loop_threshold: 1,
+        force_deopt: false,
+    };
+    let rt = runtime(support::generated(), config);
+    let mut data: Vec<i32> = (0..40).map(|i| (i * 17 % 41) - 20).collect();
+    rt.call("sort", &[data.as_mut_ptr() as u64, data.len() as u64])
+        .unwrap();
+    let osr = rt.tier_stats().osr_entries;
+    assert!(
+        data.windows(2).all(|w| w[0].abs() <= w[1].abs()),
+        "{data:?}"
+    );
+    assert_eq!(osr, 1, "{:?}", rt.tier_stats());
+    assert!(rt.tier_stats().compiled >= 1);
+}
+
+const RECURSIVE_LOOPS: &str = r#"
+# depth(n): loops n times, then recurses: OSR'd frames calling interpreted and
+# compiled frames of themselves.
+fn depth(n: i64) -> i64
+  local i: i64
+  local acc: i64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if recurse
+  local.get acc
+  local.get i
+  i64.add
+  local.set acc
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+recurse:
+  local.get n
+  i64.eqz
+  br_if done
+  local.get acc
+  local.get n
+  i64.const 1
+  i64.sub
+  call depth
+  i64.add
+  return
+done:
+  local.get acc
+  return
+end
+"#;
+
+#[test]
+fn recursion_through_osr_frames_matches_the_interpreter() {
+    // sum over k in 0..=n of k*(k-1)/2
+    let want: u64 = (0..=60u64).map(|k| k * k.saturating_sub(1) / 2).sum();
+    for config in [
+        TierConfig::interpreter_only(),
+        TierConfig {
+            call_threshold: u32::MAX,
+            loop_threshold: 3,
+            force_deopt: false,
+        },
+        TierConfig {
+            call_threshold: 5,
+            loop_threshold: 3,
+            force_deopt: false,
+        },
+        TierConfig {
+            call_threshold: 5,
+            loop_threshold: 3,
+            force_deopt: true,
+        },
+    ] {
+        let rt = Runtime::with_tiers(
+            parse_program(RECURSIVE_LOOPS).unwrap(),
+            Arc::new(support::generated()),
+            FailurePolicy::Report,
+            config,
+        )
+        .unwrap();
+        assert_eq!(rt.call("depth", &[60]).unwrap(), want, "{config:?}");
+        if config.loop_threshold == 3 {
+            assert!(
+                rt.tier_stats().osr_entries >= 1,
+                "{config:?}: {:?}",
+                rt.tier_stats()
+            );
+        }
+    }
+}
