@@ -15,7 +15,7 @@
 //! - [`FailurePolicy::Report`]: the native caller gets a zeroed result, and the
 //!   error is kept in a thread-local until the host takes it: the exit call
 //!   that led into the native code returns it as
-//!   [`CallError::Callback`](crate::thunks::CallError::Callback) when that
+//!   [`ThunkError::Callback`](crate::thunks::ThunkError::Callback) when that
 //!   code returns, or [`take_entry_error`] hands it over. Native code can ask
 //!   [`pending_entry_status`] (an `extern "C"` function) whether a callback
 //!   failed.
