@@ -429,11 +429,19 @@ impl Inner {
             .iter()
             .map(|n| stub_of(&n.sig))
             .collect::<Option<Vec<_>>>()?;
-        // Every native must be bound: compiled code calls them directly.
+        // The natives this function calls must be bound: compiled code calls
+        // them directly (the others are never used by this code).
+        let f = &self.program.functions[fi as usize];
+        let used = |i: usize| f.code.contains(&crate::interp::Op::CallNative(i as u32));
         let natives = self
             .natives
             .iter()
-            .map(|n| n.get().map(|b| b.addr))
+            .enumerate()
+            .map(|(i, n)| match n.get() {
+                Some(b) => Some(b.addr),
+                None if !used(i) => Some(0),
+                None => None,
+            })
             .collect::<Option<Vec<_>>>()?;
         let cells: Vec<usize> = t
             .cells

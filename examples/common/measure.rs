@@ -1,0 +1,415 @@
+//! Call-overhead measurement shared by `examples/overhead.rs` and
+//! `examples/tour.rs`: every mechanism on every shape, interleaved round by
+//! round, medians of the rounds.
+#![allow(dead_code)]
+
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tierbridge::abi::{CallConv, Signature};
+use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use tierbridge::interp::{Runtime, parse_program};
+use tierbridge::thunks::{Bridge, EntryPoint, ExitStub};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pair {
+    a: f32,
+    b: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Triple {
+    a: f64,
+    b: f64,
+    c: f64,
+}
+
+extern "C" fn add_i64(a: i64, b: i64) -> i64 {
+    a.wrapping_add(b)
+}
+extern "C" fn add_f64(a: f64, b: f64) -> f64 {
+    a + b
+}
+#[allow(clippy::too_many_arguments)]
+extern "C" fn mixed8(a: i8, b: u16, c: i32, d: i64, e: f32, f: f64, g: u8, h: f64) -> f64 {
+    a as f64 + b as f64 + c as f64 + d as f64 + e as f64 + f + g as f64 + h
+}
+#[allow(clippy::too_many_arguments)]
+extern "C" fn ten_i64(
+    a: i64,
+    b: i64,
+    c: i64,
+    d: i64,
+    e: i64,
+    f: i64,
+    g: i64,
+    h: i64,
+    i: i64,
+    j: i64,
+) -> i64 {
+    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
+}
+extern "C" fn pair_sum(p: Pair) -> f32 {
+    p.a + p.b
+}
+extern "C" fn triple(x: f64) -> Triple {
+    Triple {
+        a: x,
+        b: x * 2.0,
+        c: -x,
+    }
+}
+extern "C" fn cmp_i32(a: *const i32, b: *const i32) -> i32 {
+    // SAFETY: called with pointers to two i32s.
+    let (x, y) = unsafe { (*a, *b) };
+    (x > y) as i32 - (x < y) as i32
+}
+
+type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
+type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
+type Cmp = extern "C" fn(*const i32, *const i32) -> i32;
+
+/// The shapes: name, signature, number of scalar arguments (None: not all scalar).
+pub const SHAPES: [(&str, &str, Option<usize>); 7] = [
+    ("(i64,i64)->i64", "(i64,i64)->i64", Some(2)),
+    ("(f64,f64)->f64", "(f64,f64)->f64", Some(2)),
+    (
+        "8 mixed scalars",
+        "(i8,u16,i32,i64,f32,f64,u8,f64)->f64",
+        Some(8),
+    ),
+    (
+        "10 x i64",
+        "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64",
+        Some(10),
+    ),
+    ("({f32,f32})->f32", "({f32,f32})->f32", None),
+    ("(f64)->24-byte struct", "(f64)->{f64,f64,f64}", None),
+    ("(ptr,ptr)->i32", "(ptr,ptr)->i32", Some(2)),
+];
+
+pub const MECHANISMS: [&str; 6] = [
+    "direct call",
+    "generated exit",
+    "libffi exit",
+    "generated entry",
+    "libffi entry",
+    "interpreter → C → interpreter",
+];
+
+/// The interpreter side of the entry rows: each shape's work on slots.
+fn host() -> Dispatcher {
+    let h = |c: EntryCall<'_>| -> Result<(), HostError> {
+        match c.func.0 {
+            1 => c.ret[0] = (f64::from_bits(c.args[0]) + f64::from_bits(c.args[1])).to_bits(),
+            4 => {
+                let (a, b) = (
+                    f32::from_bits(c.args[0] as u32),
+                    f32::from_bits((c.args[0] >> 32) as u32),
+                );
+                c.ret[0] = u64::from((a + b).to_bits());
+            }
+            5 => {
+                let x = f64::from_bits(c.args[0]);
+                c.ret[0] = x.to_bits();
+                c.ret[1] = (x * 2.0).to_bits();
+                c.ret[2] = (-x).to_bits();
+            }
+            6 => {
+                // SAFETY: the comparator's arguments point to i32s.
+                let (x, y) = unsafe { (*(c.args[0] as *const i32), *(c.args[1] as *const i32)) };
+                c.ret[0] = ((x > y) as i32 - (x < y) as i32) as i64 as u64;
+            }
+            _ => c.ret[0] = c.args.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+        }
+        Ok(())
+    };
+    Dispatcher::from_host(Arc::new(h), FailurePolicy::Report)
+}
+
+const ROUND_TRIP: &str = r#"
+extern bsearch "(ptr,ptr,u64,u64,ptr)->ptr"
+fn cmp(a: ptr, b: ptr) -> i32
+  local.get a
+  i64.load32_s
+  local.get b
+  i64.load32_s
+  i64.sub
+  return
+end
+# one bsearch over a one-element array: C calls cmp exactly once
+fn find(key: ptr, base: ptr) -> ptr
+  local.get key
+  local.get base
+  i64.const 1
+  i64.const 4
+  ref.func cmp
+  call bsearch
+  return
+end
+"#;
+
+/// ns per call: `table[mechanism][shape]` (None: not measured for that shape).
+pub type Table = Vec<Vec<Option<f64>>>;
+
+fn time_ns(iters: u32, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / f64::from(iters)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Setup {
+    exits: [ExitStub; 2],
+    entries: [EntryPoint; 2],
+}
+
+/// Measures every mechanism on every shape, `rounds` times interleaved, with
+/// `iters` calls per cell per round; returns medians in ns per call.
+pub fn measure(generated: &Bridge, iters: u32, rounds: usize) -> Table {
+    let libffi = Bridge::libffi();
+    let d = host();
+    let conv = CallConv::host().expect("x86-64 host");
+    let setups: Vec<Setup> = SHAPES
+        .iter()
+        .enumerate()
+        .map(|(k, (_, sig, _))| {
+            let s: Signature = sig.parse().unwrap();
+            Setup {
+                exits: [
+                    generated.exit_stub(&s, conv).unwrap(),
+                    libffi.exit_stub(&s, conv).unwrap(),
+                ],
+                entries: [
+                    generated.entry_point(&s, conv, &d, k as u64).unwrap(),
+                    libffi.entry_point(&s, conv, &d, k as u64).unwrap(),
+                ],
+            }
+        })
+        .collect();
+    let rt = Runtime::new(
+        parse_program(ROUND_TRIP).unwrap(),
+        Arc::new(Bridge::new(generated.kind()).unwrap()),
+        FailurePolicy::Report,
+    )
+    .unwrap();
+    // SAFETY: bsearch from the C library has the declared signature.
+    unsafe { rt.bind_natives_from_process() }.unwrap();
+    let (x, y) = (5i32, 5i32);
+    let (px, py) = (&x as *const i32, &y as *const i32);
+    let p = Pair { a: 1.5, b: 2.5 };
+    let args: [Vec<u64>; 7] = [
+        vec![1, 2],
+        vec![1f64.to_bits(), 2f64.to_bits()],
+        vec![
+            1,
+            2,
+            3,
+            4,
+            u64::from(5f32.to_bits()),
+            6f64.to_bits(),
+            7,
+            8f64.to_bits(),
+        ],
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        vec![u64::from(1.5f32.to_bits()) | u64::from(2.5f32.to_bits()) << 32],
+        vec![3f64.to_bits()],
+        vec![px as u64, py as u64],
+    ];
+    let targets: [*const c_void; 7] = [
+        add_i64 as *const c_void,
+        add_f64 as *const c_void,
+        mixed8 as *const c_void,
+        ten_i64 as *const c_void,
+        pair_sum as *const c_void,
+        triple as *const c_void,
+        cmp_i32 as *const c_void,
+    ];
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); SHAPES.len()]; MECHANISMS.len()];
+    let mut ret = [0u64; 3];
+    for _ in 0..rounds {
+        for k in 0..SHAPES.len() {
+            let direct = match k {
+                0 => time_ns(iters, || {
+                    black_box(black_box(add_i64 as extern "C" fn(i64, i64) -> i64)(
+                        black_box(1),
+                        2,
+                    ));
+                }),
+                1 => time_ns(iters, || {
+                    black_box(black_box(add_f64 as extern "C" fn(f64, f64) -> f64)(
+                        black_box(1.0),
+                        2.0,
+                    ));
+                }),
+                2 => time_ns(iters, || {
+                    black_box(black_box(mixed8 as Mixed)(
+                        black_box(1),
+                        2,
+                        3,
+                        4,
+                        5.0,
+                        6.0,
+                        7,
+                        8.0,
+                    ));
+                }),
+                3 => time_ns(iters, || {
+                    black_box(black_box(ten_i64 as Ten)(
+                        black_box(1),
+                        2,
+                        3,
+                        4,
+                        5,
+                        6,
+                        7,
+                        8,
+                        9,
+                        10,
+                    ));
+                }),
+                4 => time_ns(iters, || {
+                    black_box(black_box(pair_sum as extern "C" fn(Pair) -> f32)(
+                        black_box(p),
+                    ));
+                }),
+                5 => time_ns(iters, || {
+                    black_box(black_box(triple as extern "C" fn(f64) -> Triple)(
+                        black_box(3.0),
+                    ));
+                }),
+                _ => time_ns(iters, || {
+                    black_box(black_box(cmp_i32 as Cmp)(black_box(px), py));
+                }),
+            };
+            samples[0][k].push(direct);
+            let nret = SHAPES[k].1.parse::<Signature>().unwrap().ret_slots();
+            for (m, stub) in setups[k].exits.iter().enumerate() {
+                let t = time_ns(iters, || {
+                    // SAFETY: each target has its shape's signature.
+                    unsafe {
+                        stub.call(black_box(targets[k]), black_box(&args[k]), &mut ret[..nret])
+                    }
+                    .unwrap();
+                });
+                samples[1 + m][k].push(t);
+            }
+            for (m, ep) in setups[k].entries.iter().enumerate() {
+                // SAFETY (all arms): the entry point has its shape's C signature.
+                let t = unsafe {
+                    match k {
+                        0 => {
+                            let f: extern "C" fn(i64, i64) -> i64 = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(1), 2));
+                            })
+                        }
+                        1 => {
+                            let f: extern "C" fn(f64, f64) -> f64 = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(1.0), 2.0));
+                            })
+                        }
+                        2 => {
+                            let f: Mixed = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(1), 2, 3, 4, 5.0, 6.0, 7, 8.0));
+                            })
+                        }
+                        3 => {
+                            let f: Ten = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, 10));
+                            })
+                        }
+                        4 => {
+                            let f: extern "C" fn(Pair) -> f32 = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(p)));
+                            })
+                        }
+                        5 => {
+                            let f: extern "C" fn(f64) -> Triple = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(3.0)));
+                            })
+                        }
+                        _ => {
+                            let f: Cmp = ep.as_fn();
+                            time_ns(iters, || {
+                                black_box(black_box(f)(black_box(px), py));
+                            })
+                        }
+                    }
+                };
+                samples[3 + m][k].push(t);
+            }
+            if k == 6 {
+                let t = time_ns(iters / 4, || {
+                    black_box(rt.call("find", &[px as u64, py as u64]).unwrap());
+                });
+                samples[5][k].push(t);
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|s| (!s.is_empty()).then(|| median(s)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The table as markdown: ns per call and the ratio to the direct call.
+pub fn markdown(table: &Table) -> String {
+    let mut s = String::from("| mechanism |");
+    for (name, _, _) in SHAPES {
+        s.push_str(&format!(" {name} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(SHAPES.len()));
+    s.push('\n');
+    for (m, row) in table.iter().enumerate() {
+        s.push_str(&format!("| {} |", MECHANISMS[m]));
+        for (k, cell) in row.iter().enumerate() {
+            match (cell, table[0][k]) {
+                (Some(ns), _) if m == 0 => s.push_str(&format!(" {ns:.2} ns |")),
+                (Some(ns), Some(direct)) => {
+                    s.push_str(&format!(" {ns:.2} ns ({:.1}×) |", ns / direct))
+                }
+                _ => s.push_str(" — |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// (R1, R2, R3, R4) of the summary line: worst generated/direct exit and entry
+/// ratios over the all-scalar shapes of at most 8 arguments; smallest
+/// libffi/generated speedups (exit, entry) over all shapes.
+pub fn summary(table: &Table) -> (f64, f64, f64, f64) {
+    let ratio = |m: usize, k: usize| table[m][k].unwrap() / table[0][k].unwrap();
+    let small: Vec<usize> = (0..SHAPES.len())
+        .filter(|k| SHAPES[*k].2.is_some_and(|n| n <= 8))
+        .collect();
+    let worst = |m: usize| small.iter().map(|k| ratio(m, *k)).fold(0.0, f64::max);
+    let speedup = |lib: usize, generated: usize| {
+        (0..SHAPES.len())
+            .map(|k| table[lib][k].unwrap() / table[generated][k].unwrap())
+            .fold(f64::INFINITY, f64::min)
+    };
+    (worst(1), worst(3), speedup(2, 1), speedup(4, 3))
+}
