@@ -39,14 +39,14 @@
 //! [`FailurePolicy::Abort`] the process aborts.
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use thiserror::Error;
 use wasmi::{
-    AsContextMut, Caller, Extern, ExternType, Func, FuncType, Instance, Linker, Module, Val,
-    ValType,
+    AsContextMut, Caller, Extern, ExternType, Func, FuncType, Instance, Linker, Module, TypedFunc,
+    Val, ValType,
 };
 
 use crate::abi::{CallConv, Scalar, Signature, Type};
@@ -197,6 +197,18 @@ fn to_slot(v: &Val, conv: Conv, mem: (usize, usize)) -> Result<u64, wasmi::Error
     })
 }
 
+/// A native pointer into linear memory → its wasm offset (else a trap).
+#[inline]
+fn mem_offset(slot: u64, mem: (usize, usize)) -> Result<i32, wasmi::Error> {
+    let addr = slot as usize;
+    if mem.0 == 0 || addr < mem.0 || addr > mem.0 + mem.1 {
+        return Err(trap(format!(
+            "native pointer {addr:#x} does not point into linear memory"
+        )));
+    }
+    Ok((addr - mem.0) as i32)
+}
+
 /// C slot → wasm value of type `w`.
 fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<Val, wasmi::Error> {
     Ok(match (conv, w) {
@@ -220,18 +232,22 @@ fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<V
 
 // ------------------------------------------------------------ active contexts
 
+/// An active store context: the type of the store data and a pointer to a
+/// `&mut dyn AsContextMut<Data = T>` living in the frame that activated it.
+type Active = Option<(TypeId, *mut c_void)>;
+
 thread_local! {
-    /// Active store contexts, innermost last: (type of the store data, pointer
-    /// to a `&mut dyn AsContextMut<Data = T>` living in the pushing frame).
-    static CONTEXTS: RefCell<Vec<(TypeId, *mut c_void)>> = const { RefCell::new(Vec::new()) };
+    /// The innermost active store context; each activation keeps the one it
+    /// replaced and puts it back when it ends (a stack threaded through frames).
+    static ACTIVE: Cell<Active> = const { Cell::new(None) };
 }
 
-/// Pops the context it pushed when dropped.
-struct ActiveContext;
+/// Restores the previously active context when dropped.
+struct ActiveContext(Active);
 
 impl Drop for ActiveContext {
     fn drop(&mut self) {
-        CONTEXTS.with(|c| c.borrow_mut().pop());
+        ACTIVE.with(|a| a.set(self.0));
     }
 }
 
@@ -242,8 +258,7 @@ impl Drop for ActiveContext {
 /// else uses until the guard is dropped, and the guard must be dropped before
 /// that reference's frame returns.
 unsafe fn activate<T: 'static>(slot: *mut &mut dyn AsContextMut<Data = T>) -> ActiveContext {
-    CONTEXTS.with(|c| c.borrow_mut().push((TypeId::of::<T>(), slot.cast())));
-    ActiveContext
+    ActiveContext(ACTIVE.with(|a| a.replace(Some((TypeId::of::<T>(), slot.cast())))))
 }
 
 /// Runs `f` (which calls native code that may call exports) with `store` as
@@ -263,12 +278,10 @@ pub fn with_store<T: 'static, R>(
 fn with_active<T: 'static, R>(
     f: impl FnOnce(&mut dyn AsContextMut<Data = T>) -> Result<R, wasmi::Error>,
 ) -> Result<R, wasmi::Error> {
-    let top = CONTEXTS.with(|c| c.borrow().last().copied());
-    match top {
+    match ACTIVE.with(Cell::get) {
         Some((id, p)) if id == TypeId::of::<T>() => {
-            // SAFETY: pushed by `activate::<T>` (same TypeId) from a frame that is
-            // suspended in native code below us and still owns the reference; the
-            // borrow of CONTEXTS is released, so nested pushes are fine.
+            // SAFETY: set by `activate::<T>` (same TypeId) from a frame that is
+            // suspended in native code below us and still owns the reference.
             let ctx = unsafe { &mut **p.cast::<&mut dyn AsContextMut<Data = T>>() };
             f(ctx)
         }
@@ -432,12 +445,16 @@ impl WasmBridge {
         let ty = func.ty(&store);
         let (params, ret) = plan(&what, &ty, sig)?;
         let memory = instance.get_memory(&store, "memory");
+        let typed = Typed::of(func, &store);
+        let params: Vec<(ValType, Conv)> = ty.params().iter().copied().zip(params).collect();
+        let uses_memory = params.iter().any(|(_, c)| *c == Conv::MemPtr);
         let host = ExportHost::<T> {
             func,
+            typed,
             memory,
             params,
+            uses_memory,
             ret,
-            ty,
             _data: std::marker::PhantomData,
         };
         let dispatcher = Dispatcher::from_host(Arc::new(host), policy);
@@ -498,39 +515,119 @@ fn import_call<T: 'static>(
     Ok(())
 }
 
+/// A typed handle on an export of a common callback shape: calling it skips
+/// wasmi's per-call type verification (`TypedFunc` vs `Func::call`).
+#[derive(Clone, Copy)]
+enum Typed {
+    I32I32ToI32(TypedFunc<(i32, i32), i32>),
+    I32ToI32(TypedFunc<i32, i32>),
+    I64ToI64(TypedFunc<i64, i64>),
+    I64I64ToI64(TypedFunc<(i64, i64), i64>),
+    F64ToF64(TypedFunc<f64, f64>),
+    F64F64ToF64(TypedFunc<(f64, f64), f64>),
+    I32ToNone(TypedFunc<i32, ()>),
+    NoneToNone(TypedFunc<(), ()>),
+}
+
+impl Typed {
+    fn of(func: Func, store: impl wasmi::AsContext) -> Option<Typed> {
+        use ValType::{F64, I32, I64};
+        let ty = func.ty(&store);
+        Some(match (ty.params(), ty.results()) {
+            ([I32, I32], [I32]) => Typed::I32I32ToI32(func.typed(&store).ok()?),
+            ([I32], [I32]) => Typed::I32ToI32(func.typed(&store).ok()?),
+            ([I64], [I64]) => Typed::I64ToI64(func.typed(&store).ok()?),
+            ([I64, I64], [I64]) => Typed::I64I64ToI64(func.typed(&store).ok()?),
+            ([F64], [F64]) => Typed::F64ToF64(func.typed(&store).ok()?),
+            ([F64, F64], [F64]) => Typed::F64F64ToF64(func.typed(&store).ok()?),
+            ([I32], []) => Typed::I32ToNone(func.typed(&store).ok()?),
+            ([], []) => Typed::NoneToNone(func.typed(&store).ok()?),
+            _ => return None,
+        })
+    }
+
+    /// Calls with the arguments taken straight from their slots (no `Val`s).
+    fn call(
+        self,
+        ctx: wasmi::StoreContextMut<'_, impl Sized>,
+        slots: &[u64],
+        params: &[(ValType, Conv)],
+        mem: (usize, usize),
+    ) -> Result<Option<Val>, wasmi::Error> {
+        let i = |k: usize| -> Result<i32, wasmi::Error> {
+            match params[k].1 {
+                Conv::Int(s) => Ok(s.to_slot(slots[k]) as i32),
+                _ => mem_offset(slots[k], mem),
+            }
+        };
+        let l = |k: usize| -> Result<i64, wasmi::Error> {
+            match params[k].1 {
+                Conv::Int(s) => Ok(s.to_slot(slots[k]) as i64),
+                _ => Ok(slots[k] as i64),
+            }
+        };
+        let f = |k: usize| f64::from_bits(slots[k]);
+        Ok(match self {
+            Typed::I32I32ToI32(t) => Some(Val::I32(t.call(ctx, (i(0)?, i(1)?))?)),
+            Typed::I32ToI32(t) => Some(Val::I32(t.call(ctx, i(0)?)?)),
+            Typed::I64ToI64(t) => Some(Val::I64(t.call(ctx, l(0)?)?)),
+            Typed::I64I64ToI64(t) => Some(Val::I64(t.call(ctx, (l(0)?, l(1)?))?)),
+            Typed::F64ToF64(t) => Some(Val::F64(t.call(ctx, f(0))?.into())),
+            Typed::F64F64ToF64(t) => Some(Val::F64(t.call(ctx, (f(0), f(1)))?.into())),
+            Typed::I32ToNone(t) => {
+                t.call(ctx, i(0)?)?;
+                None
+            }
+            Typed::NoneToNone(t) => {
+                t.call(ctx, ())?;
+                None
+            }
+        })
+    }
+}
+
 /// The interpreter side of an export handed to C.
 struct ExportHost<T> {
     func: Func,
+    typed: Option<Typed>,
     memory: Option<wasmi::Memory>,
-    params: Vec<Conv>,
+    /// (wasm type, conversion) of each parameter, cached at creation.
+    params: Vec<(ValType, Conv)>,
+    uses_memory: bool,
     ret: Option<(ValType, Conv)>,
-    ty: FuncType,
     _data: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: 'static> crate::host::Host for ExportHost<T> {
     fn call(&self, call: EntryCall<'_>) -> Result<(), HostError> {
         let result = with_active::<T, Option<u64>>(|ctx| {
-            let memory = if self.params.contains(&Conv::MemPtr) {
-                self.memory
-            } else {
-                None
-            };
+            let memory = if self.uses_memory { self.memory } else { None };
             let mem = memory_span(memory, ctx.as_context());
-            let mut vals = smallvec::SmallVec::<[Val; 8]>::new();
-            for ((slot, c), w) in call.args.iter().zip(&self.params).zip(self.ty.params()) {
-                vals.push(from_slot(*slot, *w, *c, mem)?);
-            }
-            let mut outs = smallvec::SmallVec::<[Val; 1]>::new();
-            outs.extend(self.ty.results().iter().map(|w| Val::default_for_ty(*w)));
-            self.func.call(ctx.as_context_mut(), &vals, &mut outs)?;
-            match self.ret {
-                None => Ok(None),
-                Some((_, c)) => {
+            let out = match self.typed {
+                Some(t) => t.call(ctx.as_context_mut(), call.args, &self.params, mem)?,
+                None => {
+                    let mut args = smallvec::SmallVec::<[Val; 8]>::new();
+                    for (slot, (w, c)) in call.args.iter().zip(&self.params) {
+                        args.push(from_slot(*slot, *w, *c, mem)?);
+                    }
+                    let mut outs = [Val::I32(0)];
+                    let k = usize::from(self.ret.is_some());
+                    if let Some((w, _)) = self.ret {
+                        outs[0] = Val::default_for_ty(w);
+                    }
+                    self.func
+                        .call(ctx.as_context_mut(), &args, &mut outs[..k])?;
+                    let [first] = outs;
+                    (k == 1).then_some(first)
+                }
+            };
+            match (self.ret, out) {
+                (Some((_, c)), Some(v)) => {
                     let memory = if c == Conv::MemPtr { self.memory } else { None };
                     let mem = memory_span(memory, ctx.as_context());
-                    Ok(Some(to_slot(&outs[0], c, mem)?))
+                    Ok(Some(to_slot(&v, c, mem)?))
                 }
+                _ => Ok(None),
             }
         });
         match result {
