@@ -641,3 +641,78 @@ fn mismatched_import_and_export_types_are_link_errors() {
     );
     assert!(matches!(e, Err(WasmError::Mismatch { .. })), "{e:?}");
 }
+
+#[test]
+fn every_typed_fast_path_shape_converts_arguments_and_results_exactly() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (global $hits (mut i32) (i32.const 0))
+      (func (export "ii_i") (param i32 i32) (result i32) (i32.sub (local.get 0) (local.get 1)))
+      (func (export "i_i") (param i32) (result i32) (i32.mul (local.get 0) (i32.const -3)))
+      (func (export "l_l") (param i64) (result i64) (i64.xor (local.get 0) (i64.const -1)))
+      (func (export "ll_l") (param i64 i64) (result i64) (i64.sub (local.get 0) (local.get 1)))
+      (func (export "d_d") (param f64) (result f64) (f64.mul (local.get 0) (f64.const 0.5)))
+      (func (export "dd_d") (param f64 f64) (result f64) (f64.div (local.get 0) (local.get 1)))
+      (func (export "i_") (param i32) (global.set $hits (i32.add (global.get $hits) (local.get 0))))
+      (func (export "_") (global.set $hits (i32.add (global.get $hits) (i32.const 100))))
+      (func (export "hits") (result i32) (global.get $hits)))"#;
+    for (name, bridge) in support::all_bridges() {
+        let wb = WasmBridge::new(Arc::new(bridge));
+        let engine = Engine::default();
+        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = Store::new(&engine, ());
+        let inst = <Linker<()>>::new(&engine)
+            .instantiate_and_start(&mut store, &module)
+            .unwrap();
+        let ep = |store: &Store<()>, export: &str, sig: &str| {
+            wb.export_entry(
+                store,
+                &inst,
+                export,
+                &sig.parse().unwrap(),
+                CallConv::SysV,
+                FailurePolicy::Report,
+            )
+            .unwrap()
+        };
+        let (ii_i, i_i, l_l, ll_l) = (
+            ep(&store, "ii_i", "(i32,i32)->i32"),
+            ep(&store, "i_i", "(i16)->i32"),
+            ep(&store, "l_l", "(u64)->u64"),
+            ep(&store, "ll_l", "(i64,i64)->i64"),
+        );
+        let (d_d, dd_d, i_, e_) = (
+            ep(&store, "d_d", "(f64)->f64"),
+            ep(&store, "dd_d", "(f64,f64)->f64"),
+            ep(&store, "i_", "(u8)->void"),
+            ep(&store, "_", "()->void"),
+        );
+        // SAFETY (all): each entry point has exactly the C signature it is cast to.
+        unsafe {
+            let f1: extern "C" fn(i32, i32) -> i32 = ii_i.as_fn();
+            let f2: extern "C" fn(i16) -> i32 = i_i.as_fn();
+            let f3: extern "C" fn(u64) -> u64 = l_l.as_fn();
+            let f4: extern "C" fn(i64, i64) -> i64 = ll_l.as_fn();
+            let f5: extern "C" fn(f64) -> f64 = d_d.as_fn();
+            let f6: extern "C" fn(f64, f64) -> f64 = dd_d.as_fn();
+            let f7: extern "C" fn(u8) = i_.as_fn();
+            let f8: extern "C" fn() = e_.as_fn();
+            with_store(&mut store, || {
+                assert_eq!(f1(i32::MIN, 1), i32::MAX, "{name}: wraps");
+                assert_eq!(f2(-7), 21, "{name}: i16 sign-extended into i32");
+                assert_eq!(f3(0x0123_4567_89ab_cdef), !0x0123_4567_89ab_cdef, "{name}");
+                assert_eq!(f4(i64::MIN, 1), i64::MAX, "{name}");
+                assert_eq!(f5(-0.0).to_bits(), (-0.0f64).to_bits(), "{name}: -0 kept");
+                assert_eq!(f6(1.0, 0.0), f64::INFINITY, "{name}");
+                f7(200);
+                f8();
+            });
+        }
+        let hits = inst
+            .get_typed_func::<(), i32>(&store, "hits")
+            .unwrap()
+            .call(&mut store, ())
+            .unwrap();
+        assert_eq!(hits, 300, "{name}: u8 200 zero-extended, plus 100");
+    }
+}
