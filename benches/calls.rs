@@ -7,95 +7,24 @@
 
 use std::ffi::c_void;
 use std::hint::black_box;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use tierbridge::abi::{CallConv, Signature};
-use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawEntryCall};
+use tierbridge::host::{Dispatcher, FailurePolicy, RawEntryCall};
 use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Pair {
-    a: f32,
-    b: f32,
-}
+#[path = "../examples/common/measure.rs"]
+mod measure;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Triple {
-    a: f64,
-    b: f64,
-    c: f64,
-}
+use measure::{Mixed, Pair, Ten, Triple, add_f64, add_i64, mixed8, pair_sum, ten_i64, triple};
 
-extern "C" fn add_i64(a: i64, b: i64) -> i64 {
-    a.wrapping_add(b)
-}
-extern "C" fn add_f64(a: f64, b: f64) -> f64 {
-    a + b
-}
-#[allow(clippy::too_many_arguments)]
-extern "C" fn mixed8(a: i8, b: u16, c: i32, d: i64, e: f32, f: f64, g: u8, h: f64) -> f64 {
-    a as f64 + b as f64 + c as f64 + d as f64 + e as f64 + f + g as f64 + h
-}
-#[allow(clippy::too_many_arguments)]
-extern "C" fn ten_i64(
-    a: i64,
-    b: i64,
-    c: i64,
-    d: i64,
-    e: i64,
-    f: i64,
-    g: i64,
-    h: i64,
-    i: i64,
-    j: i64,
-) -> i64 {
-    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
-}
-extern "C" fn pair_sum(p: Pair) -> f32 {
-    p.a + p.b
-}
-extern "C" fn triple(x: f64) -> Triple {
-    Triple {
-        a: x,
-        b: x * 2.0,
-        c: -x,
-    }
-}
-
-type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
-type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
-
-/// The interpreter side of the entry benchmarks: does each shape's work on slots.
+/// The shape's index in `measure::SHAPES`, which selects its work in `measure::host`.
 fn host() -> Dispatcher {
-    let h = |c: EntryCall<'_>| -> Result<(), HostError> {
-        match c.func.0 {
-            0 => c.ret[0] = c.args[0].wrapping_add(c.args[1]),
-            1 => c.ret[0] = (f64::from_bits(c.args[0]) + f64::from_bits(c.args[1])).to_bits(),
-            3 => c.ret[0] = c.args.iter().fold(0, |a, b| a ^ b),
-            4 => {
-                let (a, b) = (
-                    f32::from_bits(c.args[0] as u32),
-                    f32::from_bits((c.args[0] >> 32) as u32),
-                );
-                c.ret[0] = u64::from((a + b).to_bits());
-            }
-            5 => {
-                let x = f64::from_bits(c.args[0]);
-                c.ret[0] = x.to_bits();
-                c.ret[1] = (x * 2.0).to_bits();
-                c.ret[2] = (-x).to_bits();
-            }
-            _ => c.ret[0] = c.args.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
-        }
-        Ok(())
-    };
-    Dispatcher::from_host(Arc::new(h), FailurePolicy::Report)
+    measure::host()
 }
 
 struct Backends {

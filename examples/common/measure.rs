@@ -16,8 +16,8 @@ use tierbridge::thunks::{Bridge, EntryPoint, ExitStub};
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pair {
-    a: f32,
-    b: f32,
+    pub a: f32,
+    pub b: f32,
 }
 
 #[repr(C)]
@@ -28,18 +28,18 @@ pub struct Triple {
     c: f64,
 }
 
-extern "C" fn add_i64(a: i64, b: i64) -> i64 {
+pub extern "C" fn add_i64(a: i64, b: i64) -> i64 {
     a.wrapping_add(b)
 }
-extern "C" fn add_f64(a: f64, b: f64) -> f64 {
+pub extern "C" fn add_f64(a: f64, b: f64) -> f64 {
     a + b
 }
 #[allow(clippy::too_many_arguments)]
-extern "C" fn mixed8(a: i8, b: u16, c: i32, d: i64, e: f32, f: f64, g: u8, h: f64) -> f64 {
+pub extern "C" fn mixed8(a: i8, b: u16, c: i32, d: i64, e: f32, f: f64, g: u8, h: f64) -> f64 {
     a as f64 + b as f64 + c as f64 + d as f64 + e as f64 + f + g as f64 + h
 }
 #[allow(clippy::too_many_arguments)]
-extern "C" fn ten_i64(
+pub extern "C" fn ten_i64(
     a: i64,
     b: i64,
     c: i64,
@@ -53,25 +53,25 @@ extern "C" fn ten_i64(
 ) -> i64 {
     a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
 }
-extern "C" fn pair_sum(p: Pair) -> f32 {
+pub extern "C" fn pair_sum(p: Pair) -> f32 {
     p.a + p.b
 }
-extern "C" fn triple(x: f64) -> Triple {
+pub extern "C" fn triple(x: f64) -> Triple {
     Triple {
         a: x,
         b: x * 2.0,
         c: -x,
     }
 }
-extern "C" fn cmp_i32(a: *const i32, b: *const i32) -> i32 {
+pub extern "C" fn cmp_i32(a: *const i32, b: *const i32) -> i32 {
     // SAFETY: called with pointers to two i32s.
     let (x, y) = unsafe { (*a, *b) };
     (x > y) as i32 - (x < y) as i32
 }
 
-type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
-type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
-type Cmp = extern "C" fn(*const i32, *const i32) -> i32;
+pub type Mixed = extern "C" fn(i8, u16, i32, i64, f32, f64, u8, f64) -> f64;
+pub type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
+pub type Cmp = extern "C" fn(*const i32, *const i32) -> i32;
 
 /// The shapes: name, signature, number of scalar arguments (None: not all scalar).
 pub const SHAPES: [(&str, &str, Option<usize>); 7] = [
@@ -101,8 +101,9 @@ pub const MECHANISMS: [&str; 6] = [
     "interpreter → C → interpreter",
 ];
 
-/// The interpreter side of the entry rows: each shape's work on slots.
-fn host() -> Dispatcher {
+/// The interpreter side of the entry rows: each shape's work on slots,
+/// selected by the bound function id (the shape's index in `SHAPES`).
+pub fn host() -> Dispatcher {
     let h = |c: EntryCall<'_>| -> Result<(), HostError> {
         match c.func.0 {
             1 => c.ret[0] = (f64::from_bits(c.args[0]) + f64::from_bits(c.args[1])).to_bits(),
