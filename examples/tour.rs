@@ -105,15 +105,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     section("2. the interpreter calls C (exit stubs from slots)");
     let f64x2 = bridge.exit_stub(&"(f64,f64)->f64".parse()?, conv)?;
-    // SAFETY (every call in this section): each C function has exactly the stub's signature.
+    // SAFETY: pow is double pow(double, double).
     let r =
         unsafe { f64x2.call_values(pow as *const c_void, &[Value::F64(2.0), Value::F64(0.5)])? };
     println!("  pow(2, 0.5)           = {r:?}");
     let ld = bridge.exit_stub(&"(f64,i32)->f64".parse()?, conv)?;
+    // SAFETY: ldexp is double ldexp(double, int).
     let r = unsafe { ld.call_values(ldexp as *const c_void, &[Value::F64(0.75), Value::I32(4)])? };
     println!("  ldexp(0.75, 4)        = {r:?}");
     let fr = bridge.exit_stub(&"(f64,ptr)->f64".parse()?, conv)?;
     let mut e = 0i32;
+    // SAFETY: frexp is double frexp(double, int *); `e` outlives the call.
     let r = unsafe {
         fr.call_values(
             frexp as *const c_void,
@@ -123,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  frexp(48, &e)         = {r:?}, e = {e}   (out-parameter)");
     let dv = bridge.exit_stub(&"(i32,i32)->{i32,i32}".parse()?, conv)?;
     let mut ret = [0u64];
+    // SAFETY: div is div_t div(int, int); div_t is {int quot; int rem}.
     unsafe { dv.call(div as *const c_void, &[47, 5], &mut ret)? };
     println!(
         "  div(47, 5)            = {{quot: {}, rem: {}}}   (struct returned in rax)",
@@ -142,6 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         12,
         1.625f64.to_bits(),
     ];
+    // SAFETY: snprintf with a format matching the call site's types; buf has 64 bytes.
     unsafe { sn.call(snprintf as *const c_void, &args, &mut ret)? };
     println!(
         "  snprintf(\"{}\", 12, 1.625) = {:?}   (variadic, %al = {})",

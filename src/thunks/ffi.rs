@@ -635,7 +635,9 @@ unsafe extern "C" fn closure_handler(
         // SAFETY (the three writes): libffi's `ret` has room for an ffi_arg
         // (8 bytes) for scalars and for the struct's size for structs.
         Some(Type::Scalar(Scalar::F32)) => unsafe { *(ret as *mut u32) = rets[0] as u32 },
+        // SAFETY: room for an ffi_arg (8 bytes) for integer and pointer results.
         Some(Type::Scalar(s)) => unsafe { *(ret as *mut u64) = s.to_slot(rets[0]) },
+        // SAFETY: room for the struct's size; the result slots hold at least that.
         Some(Type::Struct(st)) => unsafe {
             std::ptr::copy_nonoverlapping(
                 rets.as_ptr().cast::<u8>(),
