@@ -198,16 +198,26 @@ pub struct Native {
     pub sig: Signature,
 }
 
-/// A parsed and verified program.
+/// A parsed and verified program. Only [`parse_program`] makes one (the
+/// verifier's facts — operand depths, kinds — are what the interpreter and
+/// the JIT rely on, so a program cannot be built or changed by hand).
 #[derive(Clone, Debug, Default)]
 pub struct Program {
-    /// Interpreted functions, by index.
-    pub functions: Vec<Function>,
-    /// Native functions, by index.
-    pub natives: Vec<Native>,
+    pub(crate) functions: Vec<Function>,
+    pub(crate) natives: Vec<Native>,
 }
 
 impl Program {
+    /// Interpreted functions, by index.
+    pub fn functions(&self) -> &[Function] {
+        &self.functions
+    }
+
+    /// Native functions, by index.
+    pub fn natives(&self) -> &[Native] {
+        &self.natives
+    }
+
     /// The index of an interpreted function.
     pub fn function(&self, name: &str) -> Option<u32> {
         self.functions
