@@ -31,12 +31,15 @@ fn osr(c: &mut Criterion) {
         loop_threshold: u32::MAX - 1,
         force_deopt: false,
     };
-    let rt = Runtime::with_tiers(
-        parse_program(&program()).unwrap(),
-        bridge,
-        FailurePolicy::Report,
-        config,
-    )
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt = unsafe {
+        Runtime::with_tiers(
+            parse_program(&program()).unwrap(),
+            bridge,
+            FailurePolicy::Report,
+            config,
+        )
+    }
     .unwrap();
     let mut locals = [0u64; 16];
     locals[0] = 5; // a >= b: the loop exits at the header

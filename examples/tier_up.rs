@@ -52,12 +52,15 @@ end
 "#;
 
 fn run(config: TierConfig, bridge: Arc<Bridge>, n: u64) -> (u64, f64, u64) {
-    let rt = Runtime::with_tiers(
-        parse_program(PROGRAM).expect("valid"),
-        bridge,
-        FailurePolicy::Report,
-        config,
-    )
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt = unsafe {
+        Runtime::with_tiers(
+            parse_program(PROGRAM).expect("valid"),
+            bridge,
+            FailurePolicy::Report,
+            config,
+        )
+    }
     .expect("runtime");
     let t = Instant::now();
     let r = rt.call("hot", &[n]).expect("no trap");

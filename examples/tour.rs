@@ -155,12 +155,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     section("3. C calls the interpreter (entry points), a callback-heavy loop");
-    let rt = Runtime::with_tiers(
-        parse_program(PROGRAM)?,
-        bridge.clone(),
-        FailurePolicy::Report,
-        TierConfig::interpreter_only(),
-    )?;
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt = unsafe {
+        Runtime::with_tiers(
+            parse_program(PROGRAM)?,
+            bridge.clone(),
+            FailurePolicy::Report,
+            TierConfig::interpreter_only(),
+        )
+    }?;
     // SAFETY: qsort from the C library has the declared signature.
     unsafe { rt.bind_natives_from_process() }?;
     let mut small: Vec<i32> = vec![42, -7, 19, 0, -23, 8];
@@ -183,20 +186,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     section("4. tier-up: a hot interpreted loop moves into compiled code (OSR)");
     let iters = 3_000_000u64;
-    let plain = Runtime::new(
-        parse_program(PROGRAM)?,
-        bridge.clone(),
-        FailurePolicy::Report,
-    )?;
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let plain = unsafe {
+        Runtime::new(
+            parse_program(PROGRAM)?,
+            bridge.clone(),
+            FailurePolicy::Report,
+        )
+    }?;
     let t = Instant::now();
     let a = plain.call("hot", &[iters])?;
     let interp_ms = t.elapsed().as_secs_f64() * 1e3;
-    let tiered = Runtime::with_tiers(
-        parse_program(PROGRAM)?,
-        bridge.clone(),
-        FailurePolicy::Report,
-        TierConfig::default(),
-    )?;
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let tiered = unsafe {
+        Runtime::with_tiers(
+            parse_program(PROGRAM)?,
+            bridge.clone(),
+            FailurePolicy::Report,
+            TierConfig::default(),
+        )
+    }?;
     let t = Instant::now();
     let b = tiered.call("hot", &[iters])?;
     let tiered_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -182,7 +182,8 @@ fn runtimes() -> Vec<(String, Runtime)> {
     ways.into_iter()
         .map(|(name, b, config)| {
             let rt =
-                Runtime::with_tiers(program.clone(), Arc::new(b), FailurePolicy::Report, config)
+                // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+                unsafe { Runtime::with_tiers(program.clone(), Arc::new(b), FailurePolicy::Report, config) }
                     .unwrap();
             // SAFETY: abs, pow and qsort from the C library have the declared signatures.
             unsafe { rt.bind_natives_from_process() }.unwrap();
@@ -258,11 +259,14 @@ fn traps_and_bad_calls_are_errors() {
         assert!(matches!(rt.call("nope", &[]), Err(InterpError::Call(_))));
     }
     let program = parse_program("extern nosuchsymbol_tierbridge \"()->void\"\nfn f()\n  call nosuchsymbol_tierbridge\n  return\nend\n").unwrap();
-    let rt = Runtime::new(
-        program,
-        Arc::new(tierbridge::thunks::Bridge::libffi()),
-        FailurePolicy::Report,
-    )
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt = unsafe {
+        Runtime::new(
+            program,
+            Arc::new(tierbridge::thunks::Bridge::libffi()),
+            FailurePolicy::Report,
+        )
+    }
     .unwrap();
     // SAFETY: nothing is bound: the symbol does not exist.
     assert!(matches!(

@@ -208,7 +208,10 @@ end
 
 fn runtime(bridge: Bridge, config: TierConfig) -> Runtime {
     let program = parse_program(PROGRAM).unwrap();
-    let rt = Runtime::with_tiers(program, Arc::new(bridge), FailurePolicy::Report, config).unwrap();
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt =
+        unsafe { Runtime::with_tiers(program, Arc::new(bridge), FailurePolicy::Report, config) }
+            .unwrap();
     // SAFETY: abs and qsort from the C library have the declared signatures.
     unsafe { rt.bind_natives_from_process() }.unwrap();
     rt
@@ -444,12 +447,15 @@ fn recursion_through_osr_frames_matches_the_interpreter() {
             force_deopt: true,
         },
     ] {
-        let rt = Runtime::with_tiers(
-            parse_program(RECURSIVE_LOOPS).unwrap(),
-            Arc::new(support::generated()),
-            FailurePolicy::Report,
-            config,
-        )
+        // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+        let rt = unsafe {
+            Runtime::with_tiers(
+                parse_program(RECURSIVE_LOOPS).unwrap(),
+                Arc::new(support::generated()),
+                FailurePolicy::Report,
+                config,
+            )
+        }
         .unwrap();
         assert_eq!(rt.call("depth", &[60]).unwrap(), want, "{config:?}");
         if config.loop_threshold == 3 {

@@ -198,11 +198,14 @@ pub fn measure(generated: &Bridge, iters: u32, rounds: usize) -> Table {
             }
         })
         .collect();
-    let rt = Runtime::new(
-        parse_program(ROUND_TRIP).unwrap(),
-        Arc::new(Bridge::new(generated.kind()).unwrap()),
-        FailurePolicy::Report,
-    )
+    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
+    let rt = unsafe {
+        Runtime::new(
+            parse_program(ROUND_TRIP).unwrap(),
+            Arc::new(Bridge::new(generated.kind()).unwrap()),
+            FailurePolicy::Report,
+        )
+    }
     .unwrap();
     // SAFETY: bsearch from the C library has the declared signature.
     unsafe { rt.bind_natives_from_process() }.unwrap();

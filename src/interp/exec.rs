@@ -85,23 +85,36 @@ impl Runtime {
     /// only interprets. Each interpreted function gets an entry point whose
     /// failures follow `policy`.
     ///
+    /// # Safety
+    /// As [`Runtime::with_tiers`]: the program is trusted like C code.
+    ///
     /// # Errors
     /// Bridge errors (a signature the backend cannot express).
-    pub fn new(
+    pub unsafe fn new(
         program: Program,
         bridge: Arc<Bridge>,
         policy: FailurePolicy,
     ) -> Result<Runtime, InterpError> {
-        Runtime::with_tiers(program, bridge, policy, TierConfig::interpreter_only())
+        // SAFETY: forwarded contract.
+        unsafe { Runtime::with_tiers(program, bridge, policy, TierConfig::interpreter_only()) }
     }
 
     /// A runtime that tiers hot functions up to the baseline JIT as `config`
     /// says — on the generated backend; on libffi (no code generation: another
     /// CPU, or a policy) everything is interpreted, with the same results.
     ///
+    /// # Safety
+    /// The interpreter is not a sandbox: programs load and store through
+    /// pointers and call native functions. The program must be trusted like C
+    /// code — every load, store and native call it makes must be valid for
+    /// every call made into this runtime (by [`Runtime::call`],
+    /// [`Runtime::osr_enter`], or native code calling its entry points). The
+    /// caller of this function takes that responsibility for the runtime's
+    /// whole life.
+    ///
     /// # Errors
     /// Bridge errors.
-    pub fn with_tiers(
+    pub unsafe fn with_tiers(
         program: Program,
         bridge: Arc<Bridge>,
         policy: FailurePolicy,
