@@ -201,7 +201,8 @@ struct Pool {
 
 /// A bound generated entry point.
 pub(super) struct GenEntry {
-    binding: Box<GenBinding>,
+    /// Owned so it lives exactly as long as the trampoline points at it.
+    _binding: Box<GenBinding>,
     at: (usize, usize),
     code: *const c_void,
     pool: Arc<Mutex<Pool>>,
@@ -229,7 +230,8 @@ impl Drop for GenEntry {
         );
         // To the back: the slot is reused as late as possible.
         pool.free.push_back(self.at);
-        let _ = &self.binding;
+        // `self._binding` is freed after this function returns (fields drop
+        // after `drop`), so the cell never points at freed memory.
     }
 }
 
@@ -368,7 +370,7 @@ impl GenBackend {
             .cast::<c_void>();
         drop(pool);
         Ok(GenEntry {
-            binding,
+            _binding: binding,
             at: (b, i),
             code,
             pool: self.pool.clone(),
