@@ -47,6 +47,9 @@ struct Tiers {
     cells: Box<[AtomicUsize]>,
     /// `jmp [cell]` stubs: the stable native pointers of the functions.
     jumps: ExecCode,
+    /// Each function's exit stub (its own signature), made once: the
+    /// interpreter calls compiled code through it, compiled code calls it.
+    stubs: Vec<ExitStub>,
     compiled: Vec<OnceLock<Option<Compiled>>>,
     calls: Box<[AtomicU32]>,
     back_edges: Box<[AtomicU32]>,
@@ -141,7 +144,7 @@ impl Runtime {
                 }
             }
             let tiers = if entries.len() == program.functions.len() {
-                match make_tiers(&bridge, &entries, config) {
+                match make_tiers(&bridge, &program, conv, &entries, config) {
                     Ok(t) => t,
                     Err(e) => {
                         failure = failure.take().or(Some(e));
@@ -321,15 +324,36 @@ impl Runtime {
     }
 }
 
+/// A failure of a call into compiled code: the interpreter error that a guard
+/// failure (deopt) or an interpreted callee recorded, or the bridge's error.
+fn from_compiled(e: ThunkError) -> InterpError {
+    match e {
+        ThunkError::Callback(EntryError::Host { error, .. }) => {
+            match error.downcast::<InterpError>() {
+                Ok(e) => *e,
+                Err(other) => InterpError::Call(other.to_string()),
+            }
+        }
+        e => e.into(),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn make_tiers(
     bridge: &Bridge,
+    program: &Program,
+    conv: CallConv,
     entries: &[EntryPoint],
     config: TierConfig,
 ) -> Result<Option<Tiers>, ThunkError> {
     if config.call_threshold == u32::MAX && config.loop_threshold == u32::MAX {
         return Ok(None);
     }
+    let stubs = program
+        .functions
+        .iter()
+        .map(|f| bridge.exit_stub(&f.sig, conv))
+        .collect::<Result<Vec<_>, _>>()?;
     let cells: Box<[AtomicUsize]> = entries
         .iter()
         .map(|e| AtomicUsize::new(e.code_ptr() as usize))
@@ -344,6 +368,7 @@ fn make_tiers(
     Ok(Some(Tiers {
         config,
         jumps: jumps?,
+        stubs,
         compiled: entries.iter().map(|_| OnceLock::new()).collect(),
         calls: entries.iter().map(|_| AtomicU32::new(0)).collect(),
         back_edges: entries.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -355,7 +380,13 @@ fn make_tiers(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn make_tiers(_: &Bridge, _: &[EntryPoint], _: TierConfig) -> Result<Option<Tiers>, ThunkError> {
+fn make_tiers(
+    _: &Bridge,
+    _: &Program,
+    _: CallConv,
+    _: &[EntryPoint],
+    _: TierConfig,
+) -> Result<Option<Tiers>, ThunkError> {
     Ok(None)
 }
 
@@ -430,11 +461,10 @@ impl Inner {
                 .ok()
                 .and_then(|s| s.raw_fn())
         };
-        let call_stubs = self
-            .program
-            .functions
+        let call_stubs = t
+            .stubs
             .iter()
-            .map(|f| stub_of(&f.sig))
+            .map(ExitStub::raw_fn)
             .collect::<Option<Vec<_>>>()?;
         let native_stubs = self
             .program
@@ -497,22 +527,12 @@ impl Inner {
         if let Some(t) = &self.tiers {
             let cell = t.cells[i as usize].load(Ordering::Acquire);
             if cell != self.entries[i as usize].code_ptr() as usize {
-                let f = &self.program.functions[i as usize];
-                let stub = self.bridge.exit_stub(&f.sig, self.conv)?;
+                let stub = &t.stubs[i as usize];
                 let mut ret = [0u64; 1];
+                let nret = stub.signature().ret_slots();
                 // SAFETY: the cell holds compiled code of exactly this signature.
-                match unsafe {
-                    stub.call(cell as *const c_void, args, &mut ret[..f.sig.ret_slots()])
-                } {
-                    Ok(()) => return Ok(ret[0]),
-                    Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
-                        return Err(match error.downcast::<InterpError>() {
-                            Ok(e) => *e,
-                            Err(other) => InterpError::Call(other.to_string()),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                let r = unsafe { stub.call(cell as *const c_void, args, &mut ret[..nret]) };
+                return r.map(|()| ret[0]).map_err(from_compiled);
             }
             if t.calls[i as usize]
                 .fetch_add(1, Ordering::Relaxed)
@@ -792,15 +812,6 @@ impl Inner {
                 &mut ret[..f.sig.ret_slots()],
             )
         };
-        match r {
-            Ok(()) => Ok(Some(ret[0])),
-            Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
-                Err(match error.downcast::<InterpError>() {
-                    Ok(e) => *e,
-                    Err(other) => InterpError::Call(other.to_string()),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
+        r.map(|()| Some(ret[0])).map_err(from_compiled)
     }
 }
