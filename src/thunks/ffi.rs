@@ -337,21 +337,14 @@ impl FfiCif {
         errno_before: Option<i32>,
         collect_failure: bool,
     ) -> Result<Option<i32>> {
+        super::check_exit_call(
+            &self.sig,
+            target,
+            (self.arg_slots, self.ret_slots),
+            args,
+            ret,
+        )?;
         let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
-        if args.len() != self.arg_slots {
-            return Err(ThunkError::ArgCount {
-                sig: self.sig.to_string(),
-                expected: self.arg_slots,
-                got: args.len(),
-            });
-        }
-        if ret.len() < self.ret_slots {
-            return Err(ThunkError::RetSlots {
-                sig: self.sig.to_string(),
-                expected: self.ret_slots,
-                got: ret.len(),
-            });
-        }
         let mut avalue = [MaybeUninit::<*mut c_void>::uninit(); MAX_PARAMS];
         for (p, slot) in avalue.iter_mut().zip(self.arg_slot.iter()) {
             p.write(args[*slot as usize..].as_ptr() as *mut c_void);

@@ -54,9 +54,7 @@ impl GenExit {
         ret: &mut [u64],
         errno_before: Option<i32>,
     ) -> Result<Option<i32>> {
-        if target.is_null() || args.len() != self.nargs || ret.len() < self.nret {
-            return Err(self.bad_call(target, args.len(), ret.len()));
-        }
+        super::check_exit_call(&self.sig, target, (self.nargs, self.nret), args, ret)?;
         clear_entry_error();
         match errno_before {
             // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
@@ -99,26 +97,6 @@ impl GenExit {
     ) {
         // SAFETY: forwarded contract.
         unsafe { (self.f)(args, ret, target, null_mut()) }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn bad_call(&self, target: *const c_void, nargs: usize, nret: usize) -> ThunkError {
-        if target.is_null() {
-            ThunkError::NullTarget
-        } else if nargs != self.nargs {
-            ThunkError::ArgCount {
-                sig: self.sig.to_string(),
-                expected: self.nargs,
-                got: nargs,
-            }
-        } else {
-            ThunkError::RetSlots {
-                sig: self.sig.to_string(),
-                expected: self.nret,
-                got: nret,
-            }
-        }
     }
 }
 

@@ -95,6 +95,55 @@ pub enum ThunkError {
     Internal(String),
 }
 
+/// Checks the shape of an exit call (both backends): a non-null target,
+/// exactly `nargs` argument slots, room for `nret` result slots. The error is
+/// built out of line so the check costs a few compares on the hot path.
+#[inline(always)]
+fn check_exit_call(
+    sig: &Signature,
+    target: *const c_void,
+    (nargs, nret): (usize, usize),
+    args: &[u64],
+    ret: &[u64],
+) -> Result<()> {
+    if target.is_null() || args.len() != nargs || ret.len() < nret {
+        return Err(bad_exit_call(
+            sig,
+            target,
+            (nargs, nret),
+            args.len(),
+            ret.len(),
+        ));
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn bad_exit_call(
+    sig: &Signature,
+    target: *const c_void,
+    (nargs, nret): (usize, usize),
+    got_args: usize,
+    got_ret: usize,
+) -> ThunkError {
+    if target.is_null() {
+        ThunkError::NullTarget
+    } else if got_args != nargs {
+        ThunkError::ArgCount {
+            sig: sig.to_string(),
+            expected: nargs,
+            got: got_args,
+        }
+    } else {
+        ThunkError::RetSlots {
+            sig: sig.to_string(),
+            expected: nret,
+            got: got_ret,
+        }
+    }
+}
+
 /// Which machinery makes stubs and entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
