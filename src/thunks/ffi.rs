@@ -465,13 +465,7 @@ impl FfiBackend {
         dispatcher: Dispatcher,
         func: u64,
     ) -> Result<FfiEntry> {
-        let sig = reg.signature(id)?;
-        if sig.has_call_varargs() {
-            return Err(unsupported(format!(
-                "entry point for {sig}: give the declared variadic signature; the host reads the variadic arguments"
-            )));
-        }
-        let cif = if sig.is_variadic() {
+        let cif = if reg.signature(id)?.is_variadic() {
             Self::cached(&self.va_closures, reg, id, conv, true)?
         } else {
             self.exit_cif(reg, id, conv)?

@@ -310,12 +310,6 @@ impl GenBackend {
         dispatcher: Dispatcher,
         func: u64,
     ) -> Result<GenEntry> {
-        if reg.signature(id)?.has_call_varargs() {
-            return Err(ThunkError::Unsupported {
-                backend: BackendKind::Generated,
-                reason: "an entry point takes the declared variadic signature".into(),
-            });
-        }
         let thunk = self.thunk(reg, id, conv)?;
         let binding = Box::new(GenBinding {
             head: BindingHead {

@@ -370,6 +370,15 @@ impl Bridge {
         dispatcher: &Dispatcher,
         func: u64,
     ) -> Result<EntryPoint> {
+        let sig = self.registry.signature(id)?;
+        if sig.has_call_varargs() {
+            return Err(ThunkError::Unsupported {
+                backend: self.kind,
+                reason: format!(
+                    "entry point for {sig}: give the declared variadic signature; the host reads the variadic arguments"
+                ),
+            });
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             let e = g.bind(self.registry, id, conv, dispatcher.clone(), func)?;
