@@ -216,15 +216,7 @@ fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<V
         (Conv::Int(s), ValType::I64) => Val::I64(s.to_slot(slot) as i64),
         (Conv::Float, ValType::F32) => Val::F32(wasmi::F32::from_bits(slot as u32)),
         (Conv::Float, ValType::F64) => Val::F64(wasmi::F64::from_bits(slot)),
-        (Conv::MemPtr, _) => {
-            let addr = slot as usize;
-            if mem.0 == 0 || addr < mem.0 || addr > mem.0 + mem.1 {
-                return Err(trap(format!(
-                    "native pointer {addr:#x} does not point into linear memory"
-                )));
-            }
-            Val::I32((addr - mem.0) as i32)
-        }
+        (Conv::MemPtr, _) => Val::I32(mem_offset(slot, mem)?),
         (Conv::RawPtr, _) => Val::I64(slot as i64),
         (conv, w) => return Err(trap(format!("{conv:?} cannot produce wasm {w:?}"))),
     })
@@ -403,21 +395,17 @@ impl WasmBridge {
                 WasmError::NotFound(format!("{what}: the module has no such function import"))
             })?;
         let (params, ret) = plan(&what, &ty, &native.sig)?;
-        let stub = self.bridge.exit_stub(&native.sig, native.conv)?;
-        let addr = native.addr as usize;
-        let nret = native.sig.ret_slots();
+        let import = Import {
+            stub: self.bridge.exit_stub(&native.sig, native.conv)?,
+            addr: native.addr as usize,
+            uses_memory: params.contains(&Conv::MemPtr) || matches!(ret, Some((_, Conv::MemPtr))),
+            params,
+            ret,
+            nret: native.sig.ret_slots(),
+        };
         linker
             .func_new(module_name, name, ty, move |caller, args, results| {
-                import_call(
-                    caller,
-                    args,
-                    results,
-                    &stub,
-                    addr as *const c_void,
-                    &params,
-                    ret,
-                    nret,
-                )
+                import.call(caller, args, results)
             })
             .map_err(|e| WasmError::Wasmi(e.to_string()))?;
         Ok(())
@@ -462,57 +450,68 @@ impl WasmBridge {
     }
 }
 
-/// The host closure of an imported native function.
-#[allow(clippy::too_many_arguments)]
-fn import_call<T: 'static>(
-    mut caller: Caller<'_, T>,
-    args: &[Val],
-    results: &mut [Val],
-    stub: &ExitStub,
-    target: *const c_void,
-    params: &[Conv],
+/// An imported native function, as its host closure sees it: all worked out
+/// at link time.
+struct Import {
+    stub: ExitStub,
+    addr: usize,
+    params: Vec<Conv>,
     ret: Option<(ValType, Conv)>,
     nret: usize,
-) -> Result<(), wasmi::Error> {
-    // Only linear-memory pointers need the memory (looked up by name: not free).
-    let uses_memory = params.contains(&Conv::MemPtr) || matches!(ret, Some((_, Conv::MemPtr)));
-    let memory = if uses_memory {
-        caller.get_export("memory").and_then(Extern::into_memory)
-    } else {
-        None
-    };
-    let mem = memory_span(memory, &caller);
-    let mut slots = smallvec::SmallVec::<[u64; 16]>::new();
-    for (v, c) in args.iter().zip(params) {
-        slots.push(to_slot(v, *c, mem)?);
-    }
-    let mut out = [0u64; 1];
-    let outcome = {
-        let mut fat: &mut dyn AsContextMut<Data = T> = &mut caller;
-        // SAFETY: `fat` lives in this frame until `_active` drops at the end of
-        // this block; while native code runs, only exports it calls use the store.
-        let _active = unsafe { activate::<T>(&mut fat) };
-        // SAFETY: `target` has the stub's signature (NativeFn::new's contract), the
-        // slots were built from that signature, and pointer slots point into memory.
-        unsafe { stub.call(target, &slots, &mut out[..nret]) }
-    };
-    match outcome {
-        Ok(()) => {}
-        Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
-            // A wasm export called by the native code failed (a trap): surface the
-            // original error now that the native code has returned.
-            return Err(match error.downcast::<wasmi::Error>() {
-                Ok(e) => *e,
-                Err(other) => trap(other.to_string()),
-            });
-        }
-        Err(e) => return Err(trap(e.to_string())),
-    }
-    if let Some((w, c)) = ret {
+    /// Whether any parameter or the result is a linear-memory pointer (only
+    /// then is the memory looked up, by name: not free).
+    uses_memory: bool,
+}
+
+impl Import {
+    fn call<T: 'static>(
+        &self,
+        mut caller: Caller<'_, T>,
+        args: &[Val],
+        results: &mut [Val],
+    ) -> Result<(), wasmi::Error> {
+        let memory = if self.uses_memory {
+            caller.get_export("memory").and_then(Extern::into_memory)
+        } else {
+            None
+        };
         let mem = memory_span(memory, &caller);
-        results[0] = from_slot(out[0], w, c, mem)?;
+        let mut slots = smallvec::SmallVec::<[u64; 16]>::new();
+        for (v, c) in args.iter().zip(&self.params) {
+            slots.push(to_slot(v, *c, mem)?);
+        }
+        let mut out = [0u64; 1];
+        let outcome = {
+            let mut fat: &mut dyn AsContextMut<Data = T> = &mut caller;
+            // SAFETY: `fat` lives in this frame until `_active` drops at the end of
+            // this block; while native code runs, only exports it calls use the store.
+            let _active = unsafe { activate::<T>(&mut fat) };
+            // SAFETY: `addr` has the stub's signature (NativeFn::new's contract), the
+            // slots were built from that signature, and pointer slots point into memory.
+            unsafe {
+                self.stub
+                    .call(self.addr as *const c_void, &slots, &mut out[..self.nret])
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(ThunkError::Callback(EntryError::Host { error, .. })) => {
+                // A wasm export called by the native code failed (a trap): surface the
+                // original error now that the native code has returned.
+                return Err(match error.downcast::<wasmi::Error>() {
+                    Ok(e) => *e,
+                    Err(other) => trap(other.to_string()),
+                });
+            }
+            Err(e) => return Err(trap(e.to_string())),
+        }
+        if let Some((w, c)) = self.ret {
+            // Looked up again: the native code may have grown (moved) the memory.
+            let mem = memory_span(memory, &caller);
+            results[0] = from_slot(out[0], w, c, mem)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A typed handle on an export of a common callback shape: calling it skips
