@@ -14,7 +14,7 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use tierbridge::abi::{CallConv, Signature};
-use tierbridge::host::{Dispatcher, FailurePolicy, RawEntryCall};
+use tierbridge::host::{Dispatcher, FailurePolicy, RawBinding, RawVaList};
 use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
 #[path = "../examples/common/measure.rs"]
@@ -91,17 +91,22 @@ fn exit_bench(
 /// slots into every result slot.
 ///
 /// # Safety
-/// Called by entry points with a valid `RawEntryCall`.
-unsafe extern "C" fn raw_sum(_: *mut c_void, call: *mut RawEntryCall) -> u32 {
-    // SAFETY: the entry side passes valid slot pointers for the counts.
+/// Called by entry points with their binding and slots.
+unsafe extern "C" fn raw_sum(
+    binding: *const RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
+    // SAFETY: the entry side passes valid slot pointers for the binding's counts.
     unsafe {
-        let c = &*call;
+        let b = &*binding;
         let mut acc = 0u64;
-        for i in 0..c.nargs as usize {
-            acc = acc.wrapping_add(*c.args.add(i));
+        for i in 0..b.nargs as usize {
+            acc = acc.wrapping_add(*args.add(i));
         }
-        for i in 0..c.nret as usize {
-            *c.ret.add(i) = acc;
+        for i in 0..b.nret as usize {
+            *ret.add(i) = acc;
         }
     }
     0

@@ -1,5 +1,6 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <exit|entry|direct> [calls] [libffi]`.
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|create> [calls] [libffi]`
+//! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 use std::ffi::c_void;
 use std::hint::black_box;
@@ -28,6 +29,7 @@ fn main() {
     let b = Bridge::new(kind).unwrap();
     let sig = "(i64,i64)->i64".parse().unwrap();
     let mut acc = 0u64;
+    let t0 = std::time::Instant::now();
     match mode.as_str() {
         "direct" => {
             for i in 0..n {
@@ -74,6 +76,22 @@ fn main() {
                 acc = acc.wrapping_add(ret[0]);
             }
         }
+        "exit-unchecked" => {
+            let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
+            let mut ret = [0u64];
+            for i in 0..n {
+                let args = [i, 1];
+                // SAFETY: add_i64 has this signature; the slot counts are the stub's.
+                unsafe {
+                    stub.call_unchecked(
+                        black_box(add_i64 as *const c_void),
+                        args.as_ptr(),
+                        ret.as_mut_ptr(),
+                    )
+                };
+                acc = acc.wrapping_add(ret[0]);
+            }
+        }
         _ => {
             let h = |c: EntryCall<'_>| -> Result<(), HostError> {
                 c.ret[0] = c.args[0].wrapping_add(c.args[1]);
@@ -88,5 +106,12 @@ fn main() {
             }
         }
     }
+    let dt = t0.elapsed();
     println!("{acc}");
+    if std::env::var_os("PROFILE_TIME").is_some() {
+        eprintln!(
+            "{mode}: {:.3} ns/call",
+            dt.as_nanos() as f64 / n.max(1) as f64
+        );
+    }
 }

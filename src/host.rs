@@ -43,30 +43,36 @@ pub const STATUS_PANIC: u32 = 2;
 /// The error type a [`Host`] returns.
 pub type HostError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What the entry side hands a raw dispatcher. Read by generated code: its
+/// What an entry point tells its raw dispatcher about itself: fixed when the
+/// function is bound, so a call builds nothing. Read by generated code: its
 /// layout is a contract (ABI.md, "Host contract"; checked by a test).
 #[repr(C)]
 #[derive(Debug)]
-pub struct RawEntryCall {
+pub struct RawBinding {
+    /// The context given with the dispatcher.
+    pub ctx: *mut c_void,
     /// The bound function id.
     pub func: u64,
-    /// Argument slots (`nargs` of them; never null).
-    pub args: *const u64,
-    /// Result slots (`nret` of them, zeroed on entry; never null).
-    pub ret: *mut u64,
-    /// Variadic arguments, or null for a non-variadic signature.
-    pub va: *mut RawVaList,
     /// Number of argument slots.
     pub nargs: u32,
     /// Number of result slots.
     pub nret: u32,
 }
 
-/// A raw dispatcher: `ctx` is the context given with it; returns a status
-/// (`STATUS_OK`, or any other value for a failure).
+/// A raw dispatcher, called by an entry point with its binding, `nargs`
+/// argument slots, `nret` result slots (zeroed on entry) and, for a variadic
+/// signature, the variadic-argument cursor (null otherwise). Every pointer is
+/// non-null (the slot pointers are dangling but aligned when a count is 0).
+/// Returns a status (`STATUS_OK`, or any other value for a failure).
 ///
-/// It must not unwind.
-pub type RawDispatch = unsafe extern "C" fn(ctx: *mut c_void, call: *mut RawEntryCall) -> u32;
+/// All four arguments travel in registers, so an entry thunk stores nothing
+/// but the slots to call it. It must not unwind.
+pub type RawDispatch = unsafe extern "C" fn(
+    binding: *const RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+) -> u32;
 
 /// A function id bound into an entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -307,21 +313,28 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// # Safety
-/// `ctx` is the `Arc<H>` pointer of a live [`Dispatcher::from_host`], and `call`
-/// points to a valid `RawEntryCall` whose slot pointers are valid for their counts.
-unsafe extern "C" fn dispatch_host<H: Host>(ctx: *mut c_void, call: *mut RawEntryCall) -> u32 {
+/// `binding.ctx` is the `Arc<H>` pointer of a live [`Dispatcher::from_host`],
+/// and the slot pointers are valid for the binding's counts (ABI.md, "Host
+/// contract"); a non-null `va` points to a cursor filled for this call.
+unsafe extern "C" fn dispatch_host<H: Host>(
+    binding: *const RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+) -> u32 {
     // SAFETY: by this function's contract.
-    let (host, call) = unsafe { (&*(ctx as *const H), &mut *call) };
-    let func = call.func;
+    let b = unsafe { &*binding };
+    // SAFETY: as above.
+    let host = unsafe { &*(b.ctx as *const H) };
     // SAFETY: backends pass non-null slot pointers valid for the counts.
-    let args = unsafe { std::slice::from_raw_parts(call.args, call.nargs as usize) };
+    let args = unsafe { std::slice::from_raw_parts(args, b.nargs as usize) };
     // SAFETY: as above; the result slots are not aliased during the call.
-    let ret = unsafe { std::slice::from_raw_parts_mut(call.ret, call.nret as usize) };
+    let ret = unsafe { std::slice::from_raw_parts_mut(ret, b.nret as usize) };
     // SAFETY: a non-null `va` points to a cursor filled by the backend for this call.
-    let varargs = unsafe { call.va.as_mut() }.map(VaArgs::new);
+    let varargs = unsafe { va.as_mut() }.map(VaArgs::new);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         host.call(EntryCall {
-            func: FuncId(func),
+            func: FuncId(b.func),
             args,
             ret,
             varargs,
@@ -329,20 +342,32 @@ unsafe extern "C" fn dispatch_host<H: Host>(ctx: *mut c_void, call: *mut RawEntr
     }));
     match outcome {
         Ok(Ok(())) => STATUS_OK,
-        Ok(Err(error)) => {
-            set_pending(EntryError::Host { func, error });
-            STATUS_ERROR
-        }
-        Err(payload) => {
-            set_pending(EntryError::Panic {
-                func,
-                message: panic_message(&*payload),
-            });
-            // Dropping a panic payload can itself panic; never let that unwind.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            STATUS_PANIC
-        }
+        // Out of line: the success path keeps nothing alive across the host
+        // call but the binding.
+        Ok(Err(error)) => host_failed(b.func, error),
+        Err(payload) => host_panicked(b.func, payload),
     }
+}
+
+/// Records a host error; returns its status.
+#[cold]
+#[inline(never)]
+fn host_failed(func: u64, error: HostError) -> u32 {
+    set_pending(EntryError::Host { func, error });
+    STATUS_ERROR
+}
+
+/// Records a host panic; returns its status.
+#[cold]
+#[inline(never)]
+fn host_panicked(func: u64, payload: Box<dyn Any + Send>) -> u32 {
+    set_pending(EntryError::Panic {
+        func,
+        message: panic_message(&*payload),
+    });
+    // Dropping a panic payload can itself panic; never let that unwind.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    STATUS_PANIC
 }
 
 /// How far past the register arguments a [`VaArgs`] cursor reads the caller's
@@ -513,13 +538,11 @@ mod tests {
     /// "Host contract"): the offsets are a contract, checked here.
     #[test]
     fn repr_c_layouts_match_abi_md() {
-        assert_eq!(offset_of!(RawEntryCall, func), 0);
-        assert_eq!(offset_of!(RawEntryCall, args), 8);
-        assert_eq!(offset_of!(RawEntryCall, ret), 16);
-        assert_eq!(offset_of!(RawEntryCall, va), 24);
-        assert_eq!(offset_of!(RawEntryCall, nargs), 32);
-        assert_eq!(offset_of!(RawEntryCall, nret), 36);
-        assert_eq!(size_of::<RawEntryCall>(), 40);
+        assert_eq!(offset_of!(RawBinding, ctx), 0);
+        assert_eq!(offset_of!(RawBinding, func), 8);
+        assert_eq!(offset_of!(RawBinding, nargs), 16);
+        assert_eq!(offset_of!(RawBinding, nret), 20);
+        assert_eq!(size_of::<RawBinding>(), 24);
         assert_eq!(offset_of!(RawVaList, conv), 0);
         assert_eq!(offset_of!(RawVaList, gp_next), 4);
         assert_eq!(offset_of!(RawVaList, fp_next), 8);

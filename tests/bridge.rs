@@ -609,3 +609,78 @@ fn unchecked_calls_run_the_stub_and_leave_callback_failures_pending() {
         }
     }
 }
+
+/// Returns its argument's 64 bits in rax: called through a stub whose result
+/// type is narrower, it is a callee that leaves the result's upper bits set.
+extern "C" fn dirty_sysv(bits: u64) -> u64 {
+    bits
+}
+
+/// As `dirty_sysv`, Win64.
+extern "win64" fn dirty_win64(bits: u64) -> u64 {
+    bits
+}
+
+/// Returns its argument's 64 bits in xmm0 (an `f32` result is only the low half).
+extern "C" fn dirty_float_sysv(bits: f64) -> f64 {
+    bits
+}
+
+/// As `dirty_float_sysv`, Win64.
+extern "win64" fn dirty_float_win64(bits: f64) -> f64 {
+    bits
+}
+
+/// Both conventions leave the bits of a register above a narrow result
+/// undefined (SysV psABI §3.2.3, Microsoft's x64 "Return values"), so every
+/// exit path must extend the result itself. The expected slots are worked out
+/// by hand from 0x0123_4567_89ab_cdef: the low byte 0xef, low half-word 0xcdef
+/// and low word 0x89ab_cdef all have their sign bit set.
+#[test]
+fn narrow_results_are_extended_whatever_the_callee_leaves_in_the_upper_bits() {
+    const BITS: u64 = 0x0123_4567_89ab_cdef;
+    let int_cases: [(&str, u64); 6] = [
+        ("(u64)->i8", 0xffff_ffff_ffff_ffef),
+        ("(u64)->u8", 0xef),
+        ("(u64)->i16", 0xffff_ffff_ffff_cdef),
+        ("(u64)->u16", 0xcdef),
+        ("(u64)->i32", 0xffff_ffff_89ab_cdef),
+        ("(u64)->u32", 0x89ab_cdef),
+    ];
+    // An f32 result is the low 32 bits of xmm0, zero-extended in its slot.
+    const FBITS: u64 = 0x4011_2233_3f80_0000;
+    let float_case = ("(f64)->f32", 0x3f80_0000u64);
+    for (name, b) in support::all_bridges() {
+        for conv in CallConv::ALL {
+            let (int_fn, float_fn) = match conv {
+                CallConv::SysV => (
+                    dirty_sysv as *const c_void,
+                    dirty_float_sysv as *const c_void,
+                ),
+                _ => (
+                    dirty_win64 as *const c_void,
+                    dirty_float_win64 as *const c_void,
+                ),
+            };
+            let cases = int_cases
+                .iter()
+                .map(|&(s, want)| (s, want, int_fn, BITS))
+                .chain([(float_case.0, float_case.1, float_fn, FBITS)]);
+            for (text, want, f, arg) in cases {
+                let stub = b.exit_stub(&sig(text), conv).unwrap();
+                let what = format!("{name} {conv} {text}");
+                let mut r = [0u64];
+                // SAFETY (the three calls): `f` takes one 64-bit argument of
+                // the stub's class and returns a value of its result class.
+                unsafe { stub.call(f, &[arg], &mut r) }.unwrap();
+                assert_eq!(r[0], want, "{what}: call");
+                r[0] = 0;
+                unsafe { stub.call_unchecked(f, [arg].as_ptr(), r.as_mut_ptr()) };
+                assert_eq!(r[0], want, "{what}: call_unchecked");
+                r[0] = 0;
+                unsafe { stub.call_capture_errno(f, &[arg], &mut r, 0) }.unwrap();
+                assert_eq!(r[0], want, "{what}: call_capture_errno");
+            }
+        }
+    }
+}

@@ -122,6 +122,22 @@ fn one_case(
             return Err(format!("result slot {:#x} not extended as {sc}", out[0]));
         }
     }
+    drop(s);
+    // The errno-capturing variant is always the slot stub; `call` may have used
+    // the register-result one: both must deliver the same result.
+    let mut again = vec![0u64; sig.ret_slots()];
+    // SAFETY: as above.
+    unsafe { stub.call_capture_errno(ep.code_ptr(), &slots, &mut again, 0) }
+        .map_err(|err| format!("call_capture_errno: {err}"))?;
+    // Bytes past a struct result's size are unspecified; a scalar's slot is exact.
+    match sig.ret() {
+        Some(Type::Scalar(_)) if again != out => {
+            return Err(format!("call gave {out:x?}, call_capture_errno {again:x?}"));
+        }
+        Some(t) => same_value(t, &slots_bytes(&out), &slots_bytes(&again))
+            .map_err(|err| format!("call vs call_capture_errno ({t}): {err}"))?,
+        None => {}
+    }
     Ok(true)
 }
 

@@ -23,7 +23,7 @@ use crate::abi::{
 };
 use crate::code::RawFn;
 use crate::host::{
-    Dispatcher, RawEntryCall, RawVaList, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
+    Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, slot_ptr, slot_ptr_mut,
 };
 use crate::table::IdTable;
 
@@ -479,9 +479,14 @@ impl FfiBackend {
             return Err(ThunkError::OutOfMemory("a libffi closure"));
         }
         let binding = Box::new(Binding {
+            raw: RawBinding {
+                ctx: dispatcher.ctx,
+                func,
+                nargs: cif.arg_slots as u32,
+                nret: cif.ret_slots as u32,
+            },
             cif,
             dispatcher,
-            func,
         });
         let user = (&*binding as *const Binding).cast_mut().cast::<c_void>();
         // SAFETY: `closure`/`code` come from ffi_closure_alloc; the cif and the
@@ -511,9 +516,10 @@ impl FfiBackend {
 }
 
 struct Binding {
+    /// What the dispatcher receives (its counts are the cif's).
+    raw: RawBinding,
     cif: Arc<FfiCif>,
     dispatcher: Dispatcher,
-    func: u64,
 }
 
 /// A bound libffi closure.
@@ -605,18 +611,12 @@ unsafe extern "C" fn closure_handler(
         raw
     });
     let mut rets: SmallVec<[u64; 4]> = SmallVec::from_elem(0, cif.ret_slots);
-    let mut call = RawEntryCall {
-        func: b.func,
-        args: slot_ptr(&slots),
-        ret: slot_ptr_mut(&mut rets),
-        va: va.as_mut().map_or(null_mut(), |v| v as *mut RawVaList),
-        nargs: slots.len() as u32,
-        nret: rets.len() as u32,
-    };
+    let va = va.as_mut().map_or(null_mut(), |v| v as *mut RawVaList);
     // SAFETY: the dispatcher's contract (Dispatcher::from_host or from_raw) makes
-    // this call valid with its context and a well-formed RawEntryCall.
-    let status = unsafe { (b.dispatcher.dispatch)(b.dispatcher.ctx, &mut call) };
-    after_dispatch(status, b.func, b.dispatcher.policy, &mut rets);
+    // this call valid with its binding (counts equal to these slots).
+    let status =
+        unsafe { (b.dispatcher.dispatch)(&b.raw, slot_ptr(&slots), slot_ptr_mut(&mut rets), va) };
+    after_dispatch(status, b.raw.func, b.dispatcher.policy, &mut rets);
     match cif.sig.ret() {
         None => {}
         // SAFETY (the three writes): libffi's `ret` has room for an ffi_arg

@@ -17,23 +17,35 @@ use std::sync::{Arc, Mutex};
 
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
-    BindingHead, ErrnoIo, TRAMPOLINE_BYTES, emit_entry, emit_exits, emit_trampolines,
+    BindingHead, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_exits, emit_trampolines,
 };
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
-    Dispatcher, RawEntryCall, after_dispatch, clear_entry_error, take_entry_error_fast,
+    Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, take_entry_error_fast,
 };
 use crate::table::IdTable;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
+
+/// A register-result stub returning its result in rax (integers, pointers, void).
+type FastInt = unsafe extern "C" fn(*const u64, *const c_void) -> u64;
+/// A register-result stub returning its result in xmm0 (`f64`, or `f32` in the low half).
+type FastFloat = unsafe extern "C" fn(*const u64, *const c_void) -> f64;
 
 /// A generated exit stub.
 pub(super) struct GenExit {
     _code: ExecCode,
     f: ExitFn,
     f_errno: ExitFn,
+    /// The register-result stub for rax results (none when `fast_float` is set
+    /// or the signature has no such stub).
+    fast_int: Option<FastInt>,
+    /// The register-result stub for xmm0 results.
+    fast_float: Option<FastFloat>,
+    /// The result slot is `bits & float_mask` (`u32::MAX` for an `f32`).
+    float_mask: u64,
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
@@ -59,7 +71,7 @@ impl GenExit {
         match errno_before {
             // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
             // checked above); the caller vouches that `target` has this signature.
-            None => unsafe { (self.f)(args.as_ptr(), ret.as_mut_ptr(), target, null_mut()) },
+            None => unsafe { self.run(target, args.as_ptr(), ret.as_mut_ptr()) },
             Some(v) => {
                 let mut io = ErrnoIo {
                     loc: crate::sys::errno_location(),
@@ -96,7 +108,33 @@ impl GenExit {
         ret: *mut u64,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { (self.f)(args, ret, target, null_mut()) }
+        unsafe { self.run(target, args, ret) }
+    }
+
+    /// One call through the register-result stub when the signature has one
+    /// (its result stored into the one result slot here), else the slot stub.
+    ///
+    /// # Safety
+    /// `args` points to the stub's `nargs` slots, `ret` to its `nret` slots,
+    /// and `target` is a non-null function of this signature.
+    #[inline(always)]
+    unsafe fn run(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
+        // Plain branches, not a match on the result kind: a jump table would
+        // add an indirect branch to every call.
+        if let Some(f) = self.fast_int {
+            // SAFETY: by this function's contract; the stub reads `nargs` slots.
+            let r = unsafe { f(args, target) };
+            if self.nret != 0 {
+                // SAFETY: `ret` points to the one result slot.
+                unsafe { *ret = r };
+            }
+        } else if let Some(f) = self.fast_float {
+            // SAFETY: as above; a float result has exactly one slot.
+            unsafe { *ret = f(args, target).to_bits() & self.float_mask };
+        } else {
+            // SAFETY: by this function's contract.
+            unsafe { (self.f)(args, ret, target, null_mut()) }
+        }
     }
 }
 
@@ -104,6 +142,8 @@ impl GenExit {
 struct GenThunk {
     _code: ExecCode,
     entry: RawFn,
+    /// The signature's argument and result slot counts.
+    slots: (u32, u32),
 }
 
 /// What a trampoline's cell points to. Generated code reads `head` only.
@@ -122,8 +162,12 @@ unsafe impl Sync for DeadHead {}
 static DEAD: DeadHead = DeadHead(BindingHead {
     thunk: dead_entry,
     dispatch: dead_dispatch,
-    ctx: null_mut(),
-    func: u64::MAX,
+    raw: RawBinding {
+        ctx: null_mut(),
+        func: u64::MAX,
+        nargs: 0,
+        nret: 0,
+    },
 });
 
 /// Reached (by a jump from a trampoline) when native code calls an entry point
@@ -141,7 +185,12 @@ unsafe extern "C" fn dead_entry() {
 ///
 /// # Safety
 /// None needed: it aborts without touching its arguments.
-unsafe extern "C" fn dead_dispatch(_: *mut c_void, _: *mut RawEntryCall) -> u32 {
+unsafe extern "C" fn dead_dispatch(
+    _: *const RawBinding,
+    _: *const u64,
+    _: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
     std::process::abort();
 }
 
@@ -162,7 +211,7 @@ unsafe extern "C" fn entry_failed(
             std::slice::from_raw_parts_mut(ret, nret as usize),
         )
     };
-    after_dispatch(status, b.head.func, b.dispatcher.policy, ret);
+    after_dispatch(status, b.head.raw.func, b.dispatcher.policy, ret);
 }
 
 const BLOCK: usize = 128;
@@ -265,17 +314,35 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let (bytes, errno_at) = emit_exits(&layout);
-        let code = self.install(&bytes)?;
-        // SAFETY: both stubs were emitted as exactly this function type.
+        let emitted = emit_exits(&layout);
+        let code = self.install(&emitted.bytes)?;
+        // SAFETY: both slot stubs were emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
         // SAFETY: as above; the errno variant starts `errno_at` bytes in.
-        let f_errno: ExitFn = unsafe { callable_as(code.addr().add(errno_at).cast()) };
+        let f_errno: ExitFn = unsafe { callable_as(code.addr().add(emitted.errno_at).cast()) };
+        let (mut fast_int, mut fast_float, mut float_mask) = (None, None, u64::MAX);
+        if let Some((at, kind)) = emitted.fast {
+            // SAFETY: the register-result stub starts `at` bytes in.
+            let p = unsafe { code.addr().add(at) }.cast();
+            match kind {
+                // SAFETY: emitted to return its result (if any) in rax.
+                FastRet::Void | FastRet::Int => fast_int = Some(unsafe { callable_as(p) }),
+                // SAFETY: emitted to return its result in xmm0; an `f32` read
+                // as `f64` keeps its bits in the low half, which the mask keeps.
+                FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
+            }
+            if kind == FastRet::F32 {
+                float_mask = u64::from(u32::MAX);
+            }
+        }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             _code: code,
             f,
             f_errno,
+            fast_int,
+            fast_float,
+            float_mask,
             nargs,
             nret,
             sig,
@@ -298,7 +365,11 @@ impl GenBackend {
         ))?;
         // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
         let entry = unsafe { callable(code.addr().cast()) };
-        let fresh = Arc::new(GenThunk { _code: code, entry });
+        let fresh = Arc::new(GenThunk {
+            _code: code,
+            entry,
+            slots: (layout.arg_slots, layout.ret_slots),
+        });
         Ok(self.thunks.get_or_init(index, || fresh).clone())
     }
 
@@ -315,8 +386,12 @@ impl GenBackend {
             head: BindingHead {
                 thunk: thunk.entry,
                 dispatch: dispatcher.dispatch,
-                ctx: dispatcher.ctx,
-                func,
+                raw: RawBinding {
+                    ctx: dispatcher.ctx,
+                    func,
+                    nargs: thunk.slots.0,
+                    nret: thunk.slots.1,
+                },
             },
             dispatcher,
             _thunk: thunk,

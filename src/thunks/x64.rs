@@ -11,23 +11,22 @@
 //!   16-byte aligned at the call, loads every part from the slots, calls,
 //!   reads errno if asked, stores the result parts.
 //! - entry thunk, reached through a trampoline that puts the binding in r10:
-//!   saves the callee-saved registers it uses (rbp, rbx, r12; on Win64 also
-//!   rdi, rsi and xmm6–xmm15, which the SysV dispatcher it calls may
-//!   clobber), spills each argument part into slots
-//!   (reading only the declared width), calls the dispatcher with a
-//!   `RawEntryCall` on its frame, then loads the result parts.
+//!   keeps nothing in callee-saved registers (on Win64 it saves rdi, rsi and
+//!   xmm6–xmm15, which the SysV dispatcher it calls may clobber), spills each
+//!   argument part into slots (reading only the declared width), calls the
+//!   dispatcher with everything in registers (`&binding.raw`, the argument
+//!   slots, the result slots, the variadic cursor), then loads the result parts.
 
 // dynasm's macro converts dynamic register numbers with `.into()`.
 #![allow(clippy::useless_conversion)]
 
-use std::ffi::c_void;
 use std::mem::offset_of;
 
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
 use crate::abi::{ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar};
-use crate::host::{RawDispatch, RawEntryCall, RawVaList};
+use crate::host::{RawBinding, RawDispatch, RawVaList};
 
 pub(crate) type Asm = VecAssembler<X64Relocation>;
 
@@ -45,8 +44,8 @@ pub(crate) struct BindingHead {
     /// Where the trampoline jumps: the shared thunk of the signature.
     pub(crate) thunk: unsafe extern "C" fn(),
     pub(crate) dispatch: RawDispatch,
-    pub(crate) ctx: *mut c_void,
-    pub(crate) func: u64,
+    /// What the dispatcher receives, by address.
+    pub(crate) raw: RawBinding,
 }
 
 fn d(v: u32) -> i32 {
@@ -134,27 +133,130 @@ pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
 }
 
 const RSP: u8 = Gpr::Rsp as u8;
-const RBP: u8 = Gpr::Rbp as u8;
 const R11: u8 = Gpr::R11 as u8;
-const R12: u8 = Gpr::R12 as u8;
 
-/// Both exit stubs of a signature in one buffer: the plain one at offset 0 and
-/// the errno-capturing one at the returned offset. Each is
+/// How a register-result exit stub hands back its result (its Rust type is
+/// `extern "C" fn(args: *const u64, target) -> R`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastRet {
+    /// No result.
+    Void,
+    /// The result slot's value in rax (narrow integers already extended).
+    Int,
+    /// An `f64` in xmm0.
+    F64,
+    /// An `f32` in xmm0.
+    F32,
+}
+
+/// A signature's exit stubs in one buffer: the slot stub at offset 0, the
+/// errno-capturing one at `errno_at`, and, when the layout allows it, the
+/// register-result stub at `fast.0`. The slot stubs are
 /// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
 /// (the plain one ignores `errno`).
-pub(super) fn emit_exits(l: &CallLayout) -> (Vec<u8>, usize) {
-    let mut ops = Asm::new(0);
-    emit_exit(&mut ops, l, false);
+pub(super) struct ExitCode {
+    pub(super) bytes: Vec<u8>,
+    pub(super) errno_at: usize,
+    pub(super) fast: Option<(usize, FastRet)>,
+}
+
+fn align16(ops: &mut Asm) {
     while !ops.offset().0.is_multiple_of(16) {
         dynasm!(ops ; .arch x64 ; int3);
     }
+}
+
+pub(super) fn emit_exits(l: &CallLayout) -> ExitCode {
+    let mut ops = Asm::new(0);
+    emit_exit(&mut ops, l, false);
+    align16(&mut ops);
     let errno_at = ops.offset().0;
     emit_exit(&mut ops, l, true);
-    (
-        ops.finalize()
+    let fast = fast_ret(l).map(|kind| {
+        align16(&mut ops);
+        let at = ops.offset().0;
+        emit_exit_fast(&mut ops, l, kind);
+        (at, kind)
+    });
+    ExitCode {
+        bytes: ops
+            .finalize()
             .expect("exit stubs use no external relocations"),
         errno_at,
-    )
+        fast,
+    }
+}
+
+/// Whether the layout allows a register-result stub, and its result kind:
+/// SysV, every argument part in a register, no result or one scalar result.
+fn fast_ret(l: &CallLayout) -> Option<FastRet> {
+    if l.conv != CallConv::SysV || l.stack_bytes != 0 || l.copy_bytes != 0 {
+        return None;
+    }
+    let in_regs = l.args.iter().all(|a| match &a.pass {
+        ArgPass::Direct(parts) => parts
+            .iter()
+            .all(|p| matches!(p.loc, Loc::Gpr(_) | Loc::Xmm(_))),
+        ArgPass::ByRef { .. } => false,
+    });
+    if !in_regs {
+        return None;
+    }
+    match &l.ret {
+        RetPass::Void => Some(FastRet::Void),
+        RetPass::Direct(parts) if parts.len() == 1 => match (parts[0].kind, parts[0].loc) {
+            (PartKind::Scalar(Scalar::F64), Loc::Xmm(0)) => Some(FastRet::F64),
+            (PartKind::Scalar(Scalar::F32), Loc::Xmm(0)) => Some(FastRet::F32),
+            (PartKind::Scalar(_), Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The register-result stub, `extern "C" fn(args: *const u64, target) -> R`:
+/// loads the argument registers from the slots and jumps to the target, which
+/// returns straight to the stub's caller with the result where `R` expects it
+/// (the stack is exactly as the caller left it, so the target sees a normal
+/// call). A narrow integer result is the exception: the callee leaves its
+/// upper bits undefined, so the stub calls, extends, and returns.
+fn emit_exit_fast(ops: &mut Asm, l: &CallLayout, kind: FastRet) {
+    let narrow = match &l.ret {
+        RetPass::Direct(parts) => match parts[0].kind {
+            PartKind::Scalar(Scalar::I64 | Scalar::U64 | Scalar::Ptr) => None,
+            PartKind::Scalar(s) if kind == FastRet::Int => Some(s),
+            _ => None,
+        },
+        _ => None,
+    };
+    if narrow.is_some() {
+        dynasm!(ops ; .arch x64 ; sub rsp, 8);
+    }
+    dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
+    for a in &l.args {
+        let ArgPass::Direct(parts) = &a.pass else {
+            unreachable!("checked by fast_ret")
+        };
+        for p in parts {
+            let src = d(a.slot * 8 + p.offset);
+            match p.loc {
+                Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src]),
+                Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
+                other => unreachable!("checked by fast_ret: {other:?}"),
+            }
+        }
+    }
+    if let Some(al) = l.al {
+        dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
+    }
+    match narrow {
+        None => dynasm!(ops ; .arch x64 ; jmp r10),
+        Some(s) => {
+            dynasm!(ops ; .arch x64 ; call r10);
+            extend_reg(ops, s, Gpr::Rax as u8);
+            dynasm!(ops ; .arch x64 ; add rsp, 8 ; ret);
+        }
+    }
 }
 
 /// One exit stub.
@@ -268,11 +370,23 @@ struct EntryFrame {
     args: i32,
     rets: i32,
     xmm_save: i32,
+    /// The binding (r10 on entry), for the failure path.
+    binding: i32,
+    /// The hidden result pointer (sret).
+    sret: i32,
     size: i32,
+    /// `rsp + incoming` is the caller's first stack argument.
+    incoming: i32,
+}
+
+/// Registers the thunk pushes: none on SysV (it keeps nothing in callee-saved
+/// registers), rdi and rsi on Win64 (which the SysV dispatcher may clobber).
+fn entry_pushes(l: &CallLayout) -> u32 {
+    if l.conv == CallConv::Win64 { 2 } else { 0 }
 }
 
 fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
-    let mut at = size_of::<RawEntryCall>().next_multiple_of(16) as u32;
+    let mut at = 0u32;
     let va = at;
     if variadic {
         at += size_of::<RawVaList>().next_multiple_of(16) as u32;
@@ -285,35 +399,43 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
     if l.conv == CallConv::Win64 {
         at += 160;
     }
-    // Three pushes (five on Win64) after the return address leave rsp 16-byte
-    // aligned, and the frame is a multiple of 16: aligned at the call.
+    let binding = at;
+    let sret = at + 8;
+    at += 16;
+    // The return address and the pushes come on top of the frame: together
+    // they must keep `rsp` 16-byte aligned at the dispatcher call.
+    let above = 8 + 8 * entry_pushes(l);
+    at = (at + above).next_multiple_of(16) - above;
     EntryFrame {
         va: d(va),
         args: d(args),
         rets: d(rets),
         xmm_save: d(xmm_save),
+        binding: d(binding),
+        sret: d(sret),
         size: d(at),
+        incoming: d(at + above),
     }
 }
 
 /// The shared entry thunk of one signature and convention (a declared
 /// variadic signature when `variadic`); `failed` is the address of the Rust
 /// function that applies the failure policy.
+///
+/// The binding arrives in r10. Nothing lives in a callee-saved register across
+/// the dispatcher call (the binding and an sret pointer are kept in the
+/// frame), so on SysV the thunk pushes nothing: its stores are the argument
+/// slots, the zeroed result slots and the binding.
 pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
     let mut ops = Asm::new(0);
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
-    dynasm!(ops ; .arch x64
-        // rbp addresses incoming stack arguments, rbx holds the binding, r12
-        // the hidden result pointer: the only callee-saved registers used.
-        ; push rbp ; mov rbp, rsp ; push rbx ; push r12
-    );
     if win {
         dynasm!(ops ; .arch x64 ; push rdi ; push rsi);
     }
-    dynasm!(ops ; .arch x64 ; sub rsp, f.size ; mov rbx, r10);
+    dynasm!(ops ; .arch x64 ; sub rsp, f.size ; mov QWORD [rsp + f.binding], r10);
     if let RetPass::Sret { ptr } = l.ret {
-        dynasm!(ops ; .arch x64 ; mov r12, Rq(ptr as u8));
+        dynasm!(ops ; .arch x64 ; mov QWORD [rsp + f.sret], Rq(ptr as u8));
     }
     if variadic {
         let va = f.va;
@@ -344,7 +466,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
             ; mov DWORD [rsp + va + offset_of!(RawVaList, gp_next) as i32], gp_next as i32
             ; mov DWORD [rsp + va + offset_of!(RawVaList, fp_next) as i32], i32::from(l.xmms_used)
             ; mov DWORD [rsp + va + offset_of!(RawVaList, stack_read) as i32], 0
-            ; lea rax, [rbp + 16 + d(overflow)]
+            ; lea rax, [rsp + f.incoming + d(overflow)]
             ; mov QWORD [rsp + va + offset_of!(RawVaList, overflow) as i32], rax
         );
     }
@@ -360,12 +482,16 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                         (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
                             dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; mov QWORD [rsp + at], rax)
                         }
+                        (
+                            PartKind::Scalar(Scalar::I64 | Scalar::U64 | Scalar::Ptr),
+                            Loc::Gpr(g),
+                        ) => dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8)),
                         (PartKind::Scalar(s), Loc::Gpr(g)) => {
                             extend_reg(&mut ops, s, g as u8);
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
                         }
                         (PartKind::Scalar(s), Loc::Stack(off)) => {
-                            extend_mem(&mut ops, s, RBP, 16 + d(off));
+                            extend_mem(&mut ops, s, RSP, f.incoming + d(off));
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
                         }
                         (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => {
@@ -375,7 +501,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8))
                         }
                         (_, Loc::Stack(off)) => {
-                            copy_qwords(&mut ops, RBP, 16 + d(off), RSP, at, p.size)
+                            copy_qwords(&mut ops, RSP, f.incoming + d(off), RSP, at, p.size)
                         }
                     }
                 }
@@ -384,7 +510,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                 match ptr {
                     Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov r11, Rq(*g as u8)),
                     Loc::Stack(off) => {
-                        dynasm!(ops ; .arch x64 ; mov r11, QWORD [rbp + 16 + d(*off)])
+                        dynasm!(ops ; .arch x64 ; mov r11, QWORD [rsp + f.incoming + d(*off)])
                     }
                     other => unreachable!("a by-reference pointer in {other:?}"),
                 }
@@ -403,26 +529,19 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
     }
     let fail = ops.new_dynamic_label();
     let results = ops.new_dynamic_label();
+    // dispatch(&binding.raw, args, ret, va): all in registers.
     dynasm!(ops ; .arch x64
-        ; mov rax, QWORD [rbx + offset_of!(BindingHead, func) as i32]
-        ; mov QWORD [rsp + offset_of!(RawEntryCall, func) as i32], rax
-        ; lea rax, [rsp + f.args]
-        ; mov QWORD [rsp + offset_of!(RawEntryCall, args) as i32], rax
-        ; lea rax, [rsp + f.rets]
-        ; mov QWORD [rsp + offset_of!(RawEntryCall, ret) as i32], rax
+        ; lea rdi, [r10 + offset_of!(BindingHead, raw) as i32]
+        ; lea rsi, [rsp + f.args]
+        ; lea rdx, [rsp + f.rets]
     );
     if variadic {
-        dynasm!(ops ; .arch x64 ; lea rax, [rsp + f.va]);
+        dynasm!(ops ; .arch x64 ; lea rcx, [rsp + f.va]);
     } else {
-        dynasm!(ops ; .arch x64 ; xor eax, eax);
+        dynasm!(ops ; .arch x64 ; xor ecx, ecx);
     }
     dynasm!(ops ; .arch x64
-        ; mov QWORD [rsp + offset_of!(RawEntryCall, va) as i32], rax
-        ; mov DWORD [rsp + offset_of!(RawEntryCall, nargs) as i32], d(l.arg_slots)
-        ; mov DWORD [rsp + offset_of!(RawEntryCall, nret) as i32], d(l.ret_slots)
-        ; mov rdi, QWORD [rbx + offset_of!(BindingHead, ctx) as i32]
-        ; mov rsi, rsp
-        ; call QWORD [rbx + offset_of!(BindingHead, dispatch) as i32]
+        ; call QWORD [r10 + offset_of!(BindingHead, dispatch) as i32]
         ; test eax, eax
         ; jnz =>fail
         ; =>results
@@ -445,8 +564,9 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         }
         RetPass::Sret { .. } => {
             // Exactly the result's bytes: the caller's buffer may end at a page edge.
-            copy_exact(&mut ops, RSP, f.rets, R12, 0, l.ret_size);
-            dynasm!(ops ; .arch x64 ; mov rax, r12);
+            dynasm!(ops ; .arch x64 ; mov r11, QWORD [rsp + f.sret]);
+            copy_exact(&mut ops, RSP, f.rets, R11, 0, l.ret_size);
+            dynasm!(ops ; .arch x64 ; mov rax, r11);
         }
     }
     if win {
@@ -459,10 +579,11 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         dynasm!(ops ; .arch x64 ; pop rsi ; pop rdi);
     }
     dynasm!(ops ; .arch x64
-        ; pop r12 ; pop rbx ; pop rbp ; ret
+        ; ret
         ; =>fail
         // entry_failed(status, binding, ret slots, count): applies the policy.
-        ; mov edi, eax ; mov rsi, rbx ; lea rdx, [rsp + f.rets] ; mov ecx, d(l.ret_slots)
+        ; mov edi, eax ; mov rsi, QWORD [rsp + f.binding] ; lea rdx, [rsp + f.rets]
+        ; mov ecx, d(l.ret_slots)
         ; mov rax, QWORD failed as i64 ; call rax
         ; jmp =>results
     );
@@ -521,8 +642,7 @@ mod tests {
     fn repr_c_layouts_match_abi_md() {
         assert_eq!(offset_of!(BindingHead, thunk), 0);
         assert_eq!(offset_of!(BindingHead, dispatch), 8);
-        assert_eq!(offset_of!(BindingHead, ctx), 16);
-        assert_eq!(offset_of!(BindingHead, func), 24);
+        assert_eq!(offset_of!(BindingHead, raw), 16);
         assert_eq!(offset_of!(ErrnoIo, loc), 0);
         assert_eq!(offset_of!(ErrnoIo, value), 8);
     }
@@ -549,13 +669,10 @@ mod tests {
                 let l = crate::abi::classify(&sig, conv);
                 assert_eq!(l.stack_bytes % 16, 0);
                 assert_eq!(l.copy_bytes % 16, 0);
-                // Three pushes (five on Win64) after the return address: the frame
-                // itself must be a multiple of 16.
-                assert_eq!(
-                    entry_frame(&l, sig.is_variadic()).size % 16,
-                    0,
-                    "{text} {conv}"
-                );
+                // The return address, the pushes and the frame: a multiple of 16.
+                let f = entry_frame(&l, sig.is_variadic());
+                assert_eq!(f.incoming % 16, 0, "{text} {conv}");
+                assert_eq!(f.incoming as u32, f.size as u32 + 8 + 8 * entry_pushes(&l));
             }
         }
     }
