@@ -22,15 +22,9 @@ mod measure;
 
 use measure::{Mixed, Pair, Ten, Triple, add_f64, add_i64, mixed8, pair_sum, ten_i64, triple};
 
-/// The shape's index in `measure::SHAPES`, which selects its work in `measure::host`.
-fn host() -> Dispatcher {
-    measure::host()
-}
-
 struct Backends {
     generated: Bridge,
     libffi: Bridge,
-    host: Dispatcher,
     raw: Dispatcher,
 }
 
@@ -49,12 +43,15 @@ impl Backends {
         ]
     }
 
-    fn entries(&self, sig: &str, func: u64) -> [(&'static str, tierbridge::thunks::EntryPoint); 3] {
+    /// Entry points for shape `k` of `measure::SHAPES`; the host does what
+    /// the shape's direct function does (`measure::host_for`).
+    fn entries(&self, sig: &str, k: usize) -> [(&'static str, tierbridge::thunks::EntryPoint); 3] {
         let s: Signature = sig.parse().unwrap();
-        let bind = |b: &Bridge, d: &Dispatcher| b.entry_point(&s, CallConv::SysV, d, func).unwrap();
+        let host = measure::host_for(k);
+        let bind = |b: &Bridge, d: &Dispatcher| b.entry_point(&s, CallConv::SysV, d, 0).unwrap();
         [
-            ("generated entry", bind(&self.generated, &self.host)),
-            ("libffi entry", bind(&self.libffi, &self.host)),
+            ("generated entry", bind(&self.generated, &host)),
+            ("libffi entry", bind(&self.libffi, &host)),
             (
                 "generated entry (raw dispatcher)",
                 bind(&self.generated, &self.raw),
@@ -128,7 +125,6 @@ fn shapes(c: &mut Criterion) {
     let be = Backends {
         generated,
         libffi: Bridge::libffi(),
-        host: host(),
         raw: raw_host(),
     };
 
@@ -145,6 +141,7 @@ fn shapes(c: &mut Criterion) {
     for (name, ep) in be.entries("(i64,i64)->i64", 0) {
         // SAFETY: the entry point has this signature and outlives the benchmark.
         let f: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
+        assert_eq!(f(1, 2), add_i64(1, 2), "{name}");
         g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(1), 2)));
     }
     g.finish();
@@ -162,6 +159,9 @@ fn shapes(c: &mut Criterion) {
     for (name, ep) in be.entries("(f64,f64)->f64", 1) {
         // SAFETY: as above.
         let f: extern "C" fn(f64, f64) -> f64 = unsafe { ep.as_fn() };
+        if !name.contains("raw") {
+            assert_eq!(f(1.0, 2.0), add_f64(1.0, 2.0), "{name}");
+        }
         g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(1.0), 2.0)));
     }
     g.finish();
@@ -189,6 +189,12 @@ fn shapes(c: &mut Criterion) {
     for (name, ep) in be.entries("(i8,u16,i32,i64,f32,f64,u8,f64)->f64", 2) {
         // SAFETY: as above.
         let f: Mixed = unsafe { ep.as_fn() };
+        if !name.contains("raw") {
+            assert_eq!(
+                f(1, 2, 3, 4, 5.0, 6.0, 7, 8.0),
+                mixed8(1, 2, 3, 4, 5.0, 6.0, 7, 8.0)
+            );
+        }
         g.bench_function(name, |b| {
             b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5.0, 6.0, 7, 8.0))
         });
@@ -209,6 +215,10 @@ fn shapes(c: &mut Criterion) {
     for (name, ep) in be.entries(ten, 3) {
         // SAFETY: as above.
         let f: Ten = unsafe { ep.as_fn() };
+        if !name.contains("raw") {
+            let want = ten_i64(1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+            assert_eq!(f(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), want, "{name}");
+        }
         g.bench_function(name, |b| {
             b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, 10))
         });
@@ -230,6 +240,9 @@ fn shapes(c: &mut Criterion) {
     for (name, ep) in be.entries("({f32,f32})->f32", 4) {
         // SAFETY: as above.
         let f: extern "C" fn(Pair) -> f32 = unsafe { ep.as_fn() };
+        if !name.contains("raw") {
+            assert_eq!(f(p), pair_sum(p), "{name}");
+        }
         g.bench_function(name, |b| b.iter(|| black_box(f)(black_box(p))));
     }
     g.finish();
@@ -273,6 +286,7 @@ fn fresh_sig(n: u64, salt: u64) -> Signature {
 
 fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
+    let host = measure::host_for(0);
     let mut salt = 0u64;
     for (name, bridge) in [("generated", &be.generated), ("libffi", &be.libffi)] {
         g.bench_function(
@@ -285,7 +299,7 @@ fn setup(c: &mut Criterion, be: &Backends) {
                     let t = Instant::now();
                     for s in &sigs {
                         let x = bridge.exit_stub(s, CallConv::SysV).unwrap();
-                        let e = bridge.entry_point(s, CallConv::SysV, &be.host, 0).unwrap();
+                        let e = bridge.entry_point(s, CallConv::SysV, &host, 0).unwrap();
                         keep.push((x, e));
                     }
                     let d = t.elapsed();
@@ -305,7 +319,7 @@ fn setup(c: &mut Criterion, be: &Backends) {
                 for i in 0..iters {
                     keep.push(
                         bridge
-                            .entry_point_by_id(id, CallConv::SysV, &be.host, i)
+                            .entry_point_by_id(id, CallConv::SysV, &host, i)
                             .unwrap(),
                     );
                 }

@@ -30,6 +30,26 @@ use crate::host::{RawBinding, RawDispatch, RawVaList};
 
 pub(crate) type Asm = VecAssembler<X64Relocation>;
 
+/// An assembler whose buffer already holds `bytes` (and two dynamic labels
+/// with their references), so emitting a typical stub never reallocates.
+pub(crate) fn asm_with_capacity(bytes: usize) -> Asm {
+    Asm::new_with_capacity(0, bytes, 0, 0, 2, 0, 2)
+}
+
+/// A generous estimate of the code one stub or thunk of `l` needs: every
+/// part costs at most a few instructions (copies of big structs more).
+fn code_estimate(l: &CallLayout) -> usize {
+    let parts: usize = l
+        .args
+        .iter()
+        .map(|a| match &a.pass {
+            ArgPass::Direct(parts) => parts.len(),
+            ArgPass::ByRef { .. } => 1,
+        })
+        .sum();
+    256 + 16 * parts + 2 * (l.arg_slots + l.ret_slots) as usize * 8
+}
+
 /// What the exit stub takes in `rcx`: where errno lives and the value to put
 /// there before the call; the value found right after the call is written back.
 #[repr(C)]
@@ -167,7 +187,7 @@ fn align16(ops: &mut Asm) {
 }
 
 pub(super) fn emit_exits(l: &CallLayout) -> ExitCode {
-    let mut ops = Asm::new(0);
+    let mut ops = asm_with_capacity(3 * code_estimate(l));
     emit_exit(&mut ops, l, false);
     align16(&mut ops);
     let errno_at = ops.offset().0;
@@ -427,7 +447,7 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
 /// frame), so on SysV the thunk pushes nothing: its stores are the argument
 /// slots, the zeroed result slots and the binding.
 pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
-    let mut ops = Asm::new(0);
+    let mut ops = asm_with_capacity(code_estimate(l) + if variadic { 256 } else { 0 });
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     if win {
