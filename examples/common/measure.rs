@@ -92,13 +92,14 @@ pub const SHAPES: [(&str, &str, Option<usize>); 7] = [
     ("(ptr,ptr)->i32", "(ptr,ptr)->i32", Some(2)),
 ];
 
-pub const MECHANISMS: [&str; 6] = [
+pub const MECHANISMS: [&str; 7] = [
     "direct call",
     "generated exit",
     "libffi exit",
     "generated entry",
     "libffi entry",
     "interpreter → C → interpreter",
+    "generated exit, unchecked",
 ];
 
 /// The interpreter side of the entry rows for shape `k` (its index in
@@ -339,6 +340,20 @@ pub fn measure(generated: &Bridge, iters: u32, rounds: usize) -> Table {
                 });
                 samples[1 + m][k].push(t);
             }
+            // The stub without the checked API's checks, as a verified call
+            // site or generated code calls it.
+            let stub = &setups[k].exits[0];
+            let t = time_ns(iters, || {
+                // SAFETY: as above; the slot counts are the stub's.
+                unsafe {
+                    stub.call_unchecked(
+                        black_box(targets[k]),
+                        black_box(&args[k]).as_ptr(),
+                        ret.as_mut_ptr(),
+                    )
+                };
+            });
+            samples[6][k].push(t);
             for (m, ep) in setups[k].entries.iter().enumerate() {
                 // SAFETY (all arms): the entry point has its shape's C signature.
                 let t = unsafe {

@@ -20,7 +20,7 @@ use super::x64::{
     BindingHead, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_exits, emit_trampolines,
 };
 use super::{BackendKind, Result, ThunkError};
-use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
+use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, take_entry_error_fast,
@@ -46,6 +46,11 @@ pub(super) struct GenExit {
     fast_float: Option<FastFloat>,
     /// The result slot is `bits & float_mask` (`u32::MAX` for an `f32`).
     float_mask: u64,
+    /// How `fast_int`'s rax becomes the result slot: shifted left by
+    /// `ext_shift` (64 minus the result's bits) and back, arithmetically when
+    /// `ext_signed` (the callee leaves a narrow result's upper bits undefined).
+    ext_shift: u32,
+    ext_signed: bool,
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
@@ -123,7 +128,12 @@ impl GenExit {
         // add an indirect branch to every call.
         if let Some(f) = self.fast_int {
             // SAFETY: by this function's contract; the stub reads `nargs` slots.
-            let r = unsafe { f(args, target) };
+            let r = unsafe { f(args, target) } << self.ext_shift;
+            let r = if self.ext_signed {
+                ((r as i64) >> self.ext_shift) as u64
+            } else {
+                r >> self.ext_shift
+            };
             if self.nret != 0 {
                 // SAFETY: `ret` points to the one result slot.
                 unsafe { *ret = r };
@@ -335,6 +345,15 @@ impl GenBackend {
                 float_mask = u64::from(u32::MAX);
             }
         }
+        let (ext_shift, ext_signed) = match sig.ret() {
+            Some(Type::Scalar(s @ (Scalar::I8 | Scalar::I16 | Scalar::I32))) => {
+                (64 - 8 * s.size(), true)
+            }
+            Some(Type::Scalar(s @ (Scalar::U8 | Scalar::Bool | Scalar::U16 | Scalar::U32))) => {
+                (64 - 8 * s.size(), false)
+            }
+            _ => (0, false),
+        };
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             _code: code,
@@ -343,6 +362,8 @@ impl GenBackend {
             fast_int,
             fast_float,
             float_mask,
+            ext_shift,
+            ext_signed,
             nargs,
             nret,
             sig,

@@ -161,7 +161,8 @@ const R11: u8 = Gpr::R11 as u8;
 pub(crate) enum FastRet {
     /// No result.
     Void,
-    /// The result slot's value in rax (narrow integers already extended).
+    /// An integer or pointer result in rax, as the callee left it (a narrow
+    /// one still to be extended).
     Int,
     /// An `f64` in xmm0.
     F64,
@@ -195,7 +196,7 @@ pub(super) fn emit_exits(l: &CallLayout) -> ExitCode {
     let fast = fast_ret(l).map(|kind| {
         align16(&mut ops);
         let at = ops.offset().0;
-        emit_exit_fast(&mut ops, l, kind);
+        emit_exit_fast(&mut ops, l);
         (at, kind)
     });
     ExitCode {
@@ -238,20 +239,9 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
 /// loads the argument registers from the slots and jumps to the target, which
 /// returns straight to the stub's caller with the result where `R` expects it
 /// (the stack is exactly as the caller left it, so the target sees a normal
-/// call). A narrow integer result is the exception: the callee leaves its
-/// upper bits undefined, so the stub calls, extends, and returns.
-fn emit_exit_fast(ops: &mut Asm, l: &CallLayout, kind: FastRet) {
-    let narrow = match &l.ret {
-        RetPass::Direct(parts) => match parts[0].kind {
-            PartKind::Scalar(Scalar::I64 | Scalar::U64 | Scalar::Ptr) => None,
-            PartKind::Scalar(s) if kind == FastRet::Int => Some(s),
-            _ => None,
-        },
-        _ => None,
-    };
-    if narrow.is_some() {
-        dynasm!(ops ; .arch x64 ; sub rsp, 8);
-    }
+/// call). A narrow integer result comes back with the callee's upper bits; the
+/// caller extends it (`GenExit::run`).
+fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
@@ -269,14 +259,7 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout, kind: FastRet) {
     if let Some(al) = l.al {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
-    match narrow {
-        None => dynasm!(ops ; .arch x64 ; jmp r10),
-        Some(s) => {
-            dynasm!(ops ; .arch x64 ; call r10);
-            extend_reg(ops, s, Gpr::Rax as u8);
-            dynasm!(ops ; .arch x64 ; add rsp, 8 ; ret);
-        }
-    }
+    dynasm!(ops ; .arch x64 ; jmp r10);
 }
 
 /// One exit stub.
