@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|create> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|create> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 use std::ffi::c_void;
@@ -7,11 +7,26 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use tierbridge::abi::CallConv;
-use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawBinding, RawVaList};
 use tierbridge::thunks::{BackendKind, Bridge};
 
 extern "C" fn add_i64(a: i64, b: i64) -> i64 {
     a.wrapping_add(b)
+}
+
+/// A raw dispatcher for `(i64,i64)->i64`: the sum of its two slots.
+///
+/// # Safety
+/// Called by an entry point of that signature (two argument slots, one result slot).
+unsafe extern "C" fn add_raw(
+    _: *const RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
+    // SAFETY: by this function's contract.
+    unsafe { *ret = (*args).wrapping_add(*args.add(1)) };
+    0
 }
 
 fn main() {
@@ -90,6 +105,18 @@ fn main() {
                     )
                 };
                 acc = acc.wrapping_add(ret[0]);
+            }
+        }
+        "entry-raw" => {
+            // SAFETY: add_raw never unwinds and ignores the context.
+            let d = unsafe {
+                Dispatcher::from_raw(add_raw, std::ptr::null_mut(), FailurePolicy::Report)
+            };
+            let ep = b.entry_point(&sig, CallConv::SysV, &d, 0).unwrap();
+            // SAFETY: the entry point has this signature and outlives the loop.
+            let f: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
+            for i in 0..n {
+                acc = acc.wrapping_add(black_box(f)(i as i64, 1) as u64);
             }
         }
         _ => {

@@ -238,7 +238,7 @@ pub fn take_entry_error() -> Option<EntryError> {
 #[inline(always)]
 pub(crate) fn clear_entry_error() {
     if HAS_PENDING.with(Cell::get) {
-        drop(take_entry_error());
+        drop(take_entry_error_cold());
     }
 }
 
@@ -246,10 +246,18 @@ pub(crate) fn clear_entry_error() {
 #[inline(always)]
 pub(crate) fn take_entry_error_fast() -> Option<EntryError> {
     if HAS_PENDING.with(Cell::get) {
-        take_entry_error()
+        take_entry_error_cold()
     } else {
         None
     }
+}
+
+/// [`take_entry_error`] out of line, so the exit path's common case (nothing
+/// pending) falls straight through.
+#[cold]
+#[inline(never)]
+fn take_entry_error_cold() -> Option<EntryError> {
+    take_entry_error()
 }
 
 /// Records a failure for the host, as a failed entry call does (the first one

@@ -1,11 +1,11 @@
 //! Interning: one [`SigId`] per distinct signature shape.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
 use super::callconv::CallConv;
@@ -33,6 +33,9 @@ impl fmt::Display for SigId {
 
 const SHARDS: usize = 16;
 
+/// One shard entry: the signature's hash, the signature, its id.
+struct Interned(u64, Arc<Signature>, SigId);
+
 struct Entry {
     sig: Arc<Signature>,
     layouts: [OnceLock<Arc<CallLayout>>; 2],
@@ -44,9 +47,11 @@ struct Entry {
 ///
 /// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
 /// hash (a write lock only the first time a shape is seen); looking up an id
-/// takes no lock at all.
+/// takes no lock at all. A signature is hashed once per `intern`: the shards
+/// keep each entry's hash, so neither the second lookup under the write lock
+/// nor a table growth hashes a signature again.
 pub struct Registry {
-    shards: [RwLock<HashMap<Arc<Signature>, SigId, FxBuildHasher>>; SHARDS],
+    shards: [RwLock<HashTable<Interned>>; SHARDS],
     entries: IdTable<Entry>,
     next: AtomicU32,
 }
@@ -54,7 +59,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::default())),
+            shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
             entries: IdTable::default(),
             next: AtomicU32::new(0),
         }
@@ -99,12 +104,17 @@ impl Registry {
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.
-        if let Some(id) = shard.read().unwrap_or_else(|e| e.into_inner()).get(sig) {
-            return *id;
+        let same = |e: &Interned| e.0 == hash && *e.1 == *sig;
+        if let Some(e) = shard
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .find(hash, same)
+        {
+            return e.2;
         }
-        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = map.get(sig) {
-            return *id;
+        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = table.find(hash, same) {
+            return e.2;
         }
         let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
         let sig = Arc::new(sig.clone());
@@ -112,7 +122,7 @@ impl Registry {
             sig: sig.clone(),
             layouts: Default::default(),
         });
-        map.insert(sig, id);
+        table.insert_unique(hash, Interned(hash, sig, id), |e| e.0);
         id
     }
 

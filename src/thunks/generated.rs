@@ -13,11 +13,12 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::ptr::{NonNull, null_mut};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
-    BindingHead, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_exits, emit_trampolines,
+    BindingHead, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit, emit_slot_exits,
+    emit_trampolines,
 };
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, Type};
@@ -34,11 +35,45 @@ type FastInt = unsafe extern "C" fn(*const u64, *const c_void) -> u64;
 /// A register-result stub returning its result in xmm0 (`f64`, or `f32` in the low half).
 type FastFloat = unsafe extern "C" fn(*const u64, *const c_void) -> f64;
 
-/// A generated exit stub.
-pub(super) struct GenExit {
+/// The two slot stubs of a signature (plain and errno-capturing).
+struct SlotStubs {
     _code: ExecCode,
     f: ExitFn,
     f_errno: ExitFn,
+}
+
+/// Installs `code`, refusing sizes no sane signature produces.
+fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
+    if code.len() > 64 * 1024 {
+        return Err(too_big(code.len()));
+    }
+    mem.install(code)
+}
+
+impl SlotStubs {
+    fn new(mem: &Arc<ExecMemory>, layout: &CallLayout) -> Result<SlotStubs> {
+        let (bytes, errno_at) = emit_slot_exits(layout);
+        let code = install(mem, &bytes)?;
+        // SAFETY: both slot stubs were emitted as exactly this function type.
+        let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
+        // SAFETY: as above; the errno variant starts `errno_at` bytes in.
+        let f_errno: ExitFn = unsafe { callable_as(code.addr().add(errno_at).cast()) };
+        Ok(SlotStubs {
+            _code: code,
+            f,
+            f_errno,
+        })
+    }
+}
+
+/// A generated exit stub: the register-result stub when the signature has one
+/// (made with the stub, since `call` uses it), and the slot stubs (made with
+/// the stub when there is no register-result stub, else on first need: errno
+/// capture or compiled code).
+pub(super) struct GenExit {
+    mem: Arc<ExecMemory>,
+    _fast_code: Option<ExecCode>,
+    slots: OnceLock<SlotStubs>,
     /// The register-result stub for rax results (none when `fast_float` is set
     /// or the signature has no such stub).
     fast_int: Option<FastInt>,
@@ -78,12 +113,13 @@ impl GenExit {
             // checked above); the caller vouches that `target` has this signature.
             None => unsafe { self.run(target, args.as_ptr(), ret.as_mut_ptr()) },
             Some(v) => {
+                let f_errno = self.slot_stubs()?.f_errno;
                 let mut io = ErrnoIo {
                     loc: crate::sys::errno_location(),
                     value: v,
                 };
                 // SAFETY: as above; `io` outlives the call.
-                unsafe { (self.f_errno)(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
+                unsafe { f_errno(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
                 if let Some(e) = take_entry_error_fast() {
                     return Err(ThunkError::Callback(e));
                 }
@@ -96,9 +132,20 @@ impl GenExit {
         Ok(None)
     }
 
-    /// The stub's address (the plain variant).
-    pub(super) fn raw_fn(&self) -> usize {
-        self.f as usize
+    /// The slot stubs, made now if this is their first use.
+    fn slot_stubs(&self) -> Result<&SlotStubs> {
+        if let Some(s) = self.slots.get() {
+            return Ok(s);
+        }
+        let fresh = SlotStubs::new(&self.mem, &self.layout)?;
+        // Another thread may have won the race: its stubs are used, these freed.
+        Ok(self.slots.get_or_init(|| fresh))
+    }
+
+    /// The plain slot stub's address (for compiled code); `None` when there
+    /// is no executable memory left to make it.
+    pub(super) fn raw_fn(&self) -> Option<usize> {
+        self.slot_stubs().ok().map(|s| s.f as usize)
     }
 
     /// The stub alone: no checks (see `ExitStub::call_unchecked`).
@@ -142,8 +189,13 @@ impl GenExit {
             // SAFETY: as above; a float result has exactly one slot.
             unsafe { *ret = f(args, target).to_bits() & self.float_mask };
         } else {
+            let f = self
+                .slots
+                .get()
+                .expect("made with the stub when there is no register-result stub")
+                .f;
             // SAFETY: by this function's contract.
-            unsafe { (self.f)(args, ret, target, null_mut()) }
+            unsafe { f(args, ret, target, null_mut()) }
         }
     }
 }
@@ -311,10 +363,7 @@ impl GenBackend {
     }
 
     pub(super) fn install(&self, code: &[u8]) -> Result<ExecCode> {
-        if code.len() > 64 * 1024 {
-            return Err(too_big(code.len()));
-        }
-        self.mem.install(code)
+        install(&self.mem, code)
     }
 
     pub(super) fn exit(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenExit>> {
@@ -324,16 +373,11 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let emitted = emit_exits(&layout);
-        let code = self.install(&emitted.bytes)?;
-        // SAFETY: both slot stubs were emitted as exactly this function type.
-        let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
-        // SAFETY: as above; the errno variant starts `errno_at` bytes in.
-        let f_errno: ExitFn = unsafe { callable_as(code.addr().add(emitted.errno_at).cast()) };
         let (mut fast_int, mut fast_float, mut float_mask) = (None, None, u64::MAX);
-        if let Some((at, kind)) = emitted.fast {
-            // SAFETY: the register-result stub starts `at` bytes in.
-            let p = unsafe { code.addr().add(at) }.cast();
+        let mut fast_code = None;
+        if let Some((bytes, kind)) = emit_fast_exit(&layout) {
+            let code = self.install(&bytes)?;
+            let p = code.addr().cast();
             match kind {
                 // SAFETY: emitted to return its result (if any) in rax.
                 FastRet::Void | FastRet::Int => fast_int = Some(unsafe { callable_as(p) }),
@@ -344,6 +388,12 @@ impl GenBackend {
             if kind == FastRet::F32 {
                 float_mask = u64::from(u32::MAX);
             }
+            fast_code = Some(code);
+        }
+        let slots = OnceLock::new();
+        if fast_code.is_none() {
+            // The slot stub is the call path: make it now.
+            let _ = slots.set(SlotStubs::new(&self.mem, &layout)?);
         }
         let (ext_shift, ext_signed) = match sig.ret() {
             Some(Type::Scalar(s @ (Scalar::I8 | Scalar::I16 | Scalar::I32))) => {
@@ -356,9 +406,9 @@ impl GenBackend {
         };
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
-            _code: code,
-            f,
-            f_errno,
+            mem: self.mem.clone(),
+            _fast_code: fast_code,
+            slots,
             fast_int,
             fast_float,
             float_mask,

@@ -490,11 +490,12 @@ impl ExitStub {
     }
 
     /// The generated stub itself, `extern "C" fn(args, ret, target, errno)`
-    /// (for generated code that calls it directly); `None` on libffi.
+    /// (for generated code that calls it directly); `None` on libffi, or when
+    /// no executable memory is left to make it.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn raw_fn(&self) -> Option<usize> {
         match &self.imp {
-            ExitImpl::Gen(g) => Some(g.raw_fn()),
+            ExitImpl::Gen(g) => g.raw_fn(),
             ExitImpl::Ffi(_) => None,
         }
     }

@@ -170,15 +170,21 @@ pub(crate) enum FastRet {
     F32,
 }
 
-/// A signature's exit stubs in one buffer: the slot stub at offset 0, the
-/// errno-capturing one at `errno_at`, and, when the layout allows it, the
-/// register-result stub at `fast.0`. The slot stubs are
+/// A signature's two slot stubs in one buffer: the plain one at offset 0 and
+/// the errno-capturing one at the returned offset. Both are
 /// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
 /// (the plain one ignores `errno`).
-pub(super) struct ExitCode {
-    pub(super) bytes: Vec<u8>,
-    pub(super) errno_at: usize,
-    pub(super) fast: Option<(usize, FastRet)>,
+pub(super) fn emit_slot_exits(l: &CallLayout) -> (Vec<u8>, usize) {
+    let mut ops = asm_with_capacity(2 * code_estimate(l));
+    emit_exit(&mut ops, l, false);
+    align16(&mut ops);
+    let errno_at = ops.offset().0;
+    emit_exit(&mut ops, l, true);
+    (
+        ops.finalize()
+            .expect("exit stubs use no external relocations"),
+        errno_at,
+    )
 }
 
 fn align16(ops: &mut Asm) {
@@ -187,25 +193,16 @@ fn align16(ops: &mut Asm) {
     }
 }
 
-pub(super) fn emit_exits(l: &CallLayout) -> ExitCode {
-    let mut ops = asm_with_capacity(3 * code_estimate(l));
-    emit_exit(&mut ops, l, false);
-    align16(&mut ops);
-    let errno_at = ops.offset().0;
-    emit_exit(&mut ops, l, true);
-    let fast = fast_ret(l).map(|kind| {
-        align16(&mut ops);
-        let at = ops.offset().0;
-        emit_exit_fast(&mut ops, l);
-        (at, kind)
-    });
-    ExitCode {
-        bytes: ops
-            .finalize()
+/// The register-result stub, when the layout allows one, and how it returns.
+pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
+    let kind = fast_ret(l)?;
+    let mut ops = asm_with_capacity(code_estimate(l));
+    emit_exit_fast(&mut ops, l);
+    Some((
+        ops.finalize()
             .expect("exit stubs use no external relocations"),
-        errno_at,
-        fast,
-    }
+        kind,
+    ))
 }
 
 /// Whether the layout allows a register-result stub, and its result kind:
