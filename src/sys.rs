@@ -70,6 +70,59 @@ pub(crate) mod exec {
         }
     }
 
+    /// An owned memory mapping, unmapped on drop.
+    pub(crate) struct Mapping {
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+    }
+
+    impl Mapping {
+        /// Maps `len` bytes, at `hint` if that range is free (the kernel
+        /// chooses elsewhere otherwise; 0 means no preference): a private
+        /// anonymous read-write mapping when `file` is `None`, else a shared
+        /// read+execute view of `file`.
+        pub(crate) fn new(
+            hint: usize,
+            len: usize,
+            file: Option<&std::fs::File>,
+        ) -> io::Result<Mapping> {
+            use std::os::fd::AsRawFd;
+            let (prot, flags, fd) = match file {
+                None => (
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                ),
+                Some(f) => (
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                ),
+            };
+            // SAFETY: no MAP_FIXED, so the hint never replaces an existing
+            // mapping; the result is checked before use.
+            let p = unsafe { libc::mmap(hint as *mut libc::c_void, len, prot, flags, fd, 0) };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+                .ok_or_else(|| io::Error::other("mmap returned address 0"))?;
+            Ok(Mapping { ptr, len })
+        }
+
+        /// The first byte.
+        pub(crate) fn as_ptr(&self) -> *mut u8 {
+            self.ptr.as_ptr()
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: `ptr..ptr+len` is this mapping, which nothing uses any more.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+
     /// An anonymous in-memory file for dual mapping (Linux `memfd_create`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn code_file(len: usize) -> io::Result<std::fs::File> {

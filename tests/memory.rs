@@ -228,3 +228,43 @@ fn nothing_is_read_or_written_past_an_argument_or_a_result() {
         assert_eq!(got, pattern(10), "{name} sret");
     }
 }
+
+/// Generated code is placed just below the library's own code when that range
+/// is free (as it is in a PIE test binary): the entry thunk's calls to the
+/// dispatcher and the returns stay within one 4 GiB region (ABI.md,
+/// "Executable memory"). Checked on every memory strategy, for an entry
+/// point, an exit stub, and code made after many slabs' worth of bindings.
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn generated_code_lives_within_2_gib_of_the_library() {
+    let lib = tierbridge::host::pending_entry_status as *const () as usize;
+    let near = |p: usize, what: &str| {
+        assert!(
+            p.abs_diff(lib) < 1 << 31,
+            "{what} at {p:#x}, library code at {lib:#x}"
+        );
+    };
+    for (name, b) in support::all_bridges() {
+        if b.kind() != tierbridge::thunks::BackendKind::Generated {
+            continue;
+        }
+        let d = Dispatcher::from_host(
+            Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
+            FailurePolicy::Report,
+        );
+        let s = sig("(i64,i64)->i64");
+        // 3000 bindings: 96 KB of trampolines, and enough entry points to need
+        // more than one slab on the write-then-protect strategy.
+        let eps: Vec<_> = (0..3000)
+            .map(|i| b.entry_point(&s, CallConv::SysV, &d, i).unwrap())
+            .collect();
+        near(
+            eps[0].code_ptr() as usize,
+            &format!("{name}: first entry point"),
+        );
+        near(
+            eps[2999].code_ptr() as usize,
+            &format!("{name}: last entry point"),
+        );
+    }
+}

@@ -13,16 +13,24 @@
 //!
 //! Freed allocations go to a free list and are reused; slabs are never
 //! unmapped while the [`ExecMemory`] lives.
+//!
+//! Slabs are placed just below this library's own code when that address
+//! range is free (a hint, never forced): entry thunks call dispatchers that
+//! live in the same binary, and on the x86-64 machines measured a call or
+//! return whose target is in a different 4 GiB region costs well over a
+//! nearby one (ABI.md, "Executable memory").
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{MmapMut, MmapOptions};
 
 use super::{BackendKind, Result, ThunkError};
 use crate::sys::exec as os;
+use crate::sys::exec::Mapping;
 
 /// How executable memory is obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,9 +75,9 @@ fn os_err(what: &str, e: std::io::Error) -> ThunkError {
 
 enum Slab {
     /// Anonymous read-write mapping whose pages are flipped to read+execute.
-    Protect { map: MmapMut },
+    Protect { map: Mapping },
     /// Read-write and read+execute views of one memfd.
-    Dual { rw: MmapMut, rx: Mmap },
+    Dual { rw: MmapMut, rx: Mapping },
 }
 
 impl Slab {
@@ -79,6 +87,24 @@ impl Slab {
             Slab::Dual { rx, .. } => rx.as_ptr(),
         }
     }
+}
+
+/// Where the next slab of any [`ExecMemory`] in the process should go (0:
+/// anywhere): the first 256 MiB below this library's code on a 2 MiB
+/// boundary, each later one a slab lower, so slabs of several allocators
+/// never ask for the same range. No preference when that would be under
+/// 1 GiB (e.g. a non-PIE binary loaded low).
+fn next_slab_hint() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let first = || {
+        let here = next_slab_hint as *const () as usize;
+        here.checked_sub(256 << 20)
+            .map(|h| h & !((2 << 20) - 1))
+            .unwrap_or(0)
+    };
+    let _ = NEXT.compare_exchange(usize::MAX, first(), Ordering::Relaxed, Ordering::Relaxed);
+    let hint = NEXT.fetch_sub(SLAB_BYTES, Ordering::Relaxed);
+    if hint >= 1 << 30 { hint } else { 0 }
 }
 
 struct Inner {
@@ -195,13 +221,10 @@ impl ExecMemory {
         Ok(())
     }
 
-    fn new_slab(&self) -> Result<Slab> {
+    fn new_slab(&self, hint: usize) -> Result<Slab> {
         match self.strategy {
             ExecStrategy::WriteThenProtect => {
-                let map = MmapOptions::new()
-                    .len(SLAB_BYTES)
-                    .map_anon()
-                    .map_err(|e| os_err("mmap", e))?;
+                let map = Mapping::new(hint, SLAB_BYTES, None).map_err(|e| os_err("mmap", e))?;
                 Ok(Slab::Protect { map })
             }
             ExecStrategy::DualMapping => {
@@ -210,8 +233,7 @@ impl ExecMemory {
                 // nobody else can truncate or modify it under the maps.
                 let rw = unsafe { MmapOptions::new().len(SLAB_BYTES).map_mut(&file) }
                     .map_err(|e| os_err("mmap (read-write view)", e))?;
-                // SAFETY: as above.
-                let rx = unsafe { MmapOptions::new().len(SLAB_BYTES).map_exec(&file) }
+                let rx = Mapping::new(hint, SLAB_BYTES, Some(&file))
                     .map_err(|e| os_err("mmap (executable view)", e))?;
                 Ok(Slab::Dual { rw, rx })
             }
@@ -241,7 +263,7 @@ impl ExecMemory {
             Some(at) => at,
             None => {
                 if inner.slabs.is_empty() || inner.used + size > SLAB_BYTES {
-                    let s = self.new_slab()?;
+                    let s = self.new_slab(next_slab_hint())?;
                     inner.slabs.push(s);
                     inner.used = 0;
                 }
@@ -252,7 +274,7 @@ impl ExecMemory {
         };
         match &mut inner.slabs[slab] {
             Slab::Protect { map } => {
-                let base = map.as_mut_ptr();
+                let base = map.as_ptr();
                 // SAFETY: [offset, offset+size) are whole pages of this slab that no
                 // live code occupies (fresh, or freed: the owner promised no call is
                 // inside), so making them writable cannot break running code.
