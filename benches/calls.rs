@@ -310,30 +310,6 @@ fn setup(c: &mut Criterion, be: &Backends) {
                 })
             },
         );
-        // The same, as an embedder that interns each signature once and then
-        // works with its id does it.
-        g.bench_function(
-            format!("{name}: new signature interned once, exit stub + entry thunk by id"),
-            |b| {
-                b.iter_custom(|iters| {
-                    let sigs: Vec<Signature> = (next..next + iters).map(fresh_sig).collect();
-                    next += iters;
-                    let mut keep = Vec::with_capacity(iters as usize);
-                    let t = Instant::now();
-                    for s in &sigs {
-                        let id = bridge.registry().intern(s);
-                        let x = bridge.exit_stub_by_id(id, CallConv::SysV).unwrap();
-                        let e = bridge
-                            .entry_point_by_id(id, CallConv::SysV, &host, 0)
-                            .unwrap();
-                        keep.push((x, e));
-                    }
-                    let d = t.elapsed();
-                    drop(keep);
-                    d
-                })
-            },
-        );
         let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
             .parse()
             .unwrap();

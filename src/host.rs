@@ -61,8 +61,9 @@ pub struct RawBinding {
 
 /// A raw dispatcher, called by an entry point with its binding, `nargs`
 /// argument slots, `nret` result slots (zeroed on entry) and, for a variadic
-/// signature, the variadic-argument cursor (null otherwise). Every pointer is
-/// non-null (the slot pointers are dangling but aligned when a count is 0).
+/// signature, the variadic-argument cursor (null otherwise). The binding and
+/// slot pointers are never null (a slot pointer may dangle, aligned, when its
+/// count is 0).
 /// Returns a status (`STATUS_OK`, or any other value for a failure).
 ///
 /// All four arguments travel in registers, so an entry thunk stores nothing
