@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tierbridge::abi::CallConv;
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawBinding, RawVaList};
-use tierbridge::thunks::{BackendKind, Bridge};
+use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
 extern "C" fn add_i64(a: i64, b: i64) -> i64 {
     a.wrapping_add(b)
@@ -29,6 +29,48 @@ unsafe extern "C" fn add_raw(
     0
 }
 
+/// `n` calls of `f` in a loop (each loop in its own function, so every mode's
+/// instruction count is its own loop's).
+#[inline(never)]
+fn call_loop(f: extern "C" fn(i64, i64) -> i64, n: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..n {
+        acc = acc.wrapping_add(black_box(f)(i as i64, 1) as u64);
+    }
+    acc
+}
+
+/// `n` checked exit calls of `add_i64`.
+#[inline(never)]
+fn exit_loop(stub: &ExitStub, n: u64) -> u64 {
+    let (mut acc, mut ret) = (0u64, [0u64]);
+    for i in 0..n {
+        // SAFETY: add_i64 has the stub's signature.
+        unsafe { stub.call(black_box(add_i64 as *const c_void), &[i, 1], &mut ret) }.unwrap();
+        acc = acc.wrapping_add(ret[0]);
+    }
+    acc
+}
+
+/// `n` unchecked exit calls of `add_i64`.
+#[inline(never)]
+fn exit_unchecked_loop(stub: &ExitStub, n: u64) -> u64 {
+    let (mut acc, mut ret) = (0u64, [0u64]);
+    for i in 0..n {
+        let args = [i, 1];
+        // SAFETY: add_i64 has the stub's signature; the slot counts are the stub's.
+        unsafe {
+            stub.call_unchecked(
+                black_box(add_i64 as *const c_void),
+                args.as_ptr(),
+                ret.as_mut_ptr(),
+            )
+        };
+        acc = acc.wrapping_add(ret[0]);
+    }
+    acc
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "exit".into());
@@ -43,16 +85,10 @@ fn main() {
     };
     let b = Bridge::new(kind).unwrap();
     let sig = "(i64,i64)->i64".parse().unwrap();
-    let mut acc = 0u64;
+    let acc: u64;
     let t0 = std::time::Instant::now();
     match mode.as_str() {
-        "direct" => {
-            for i in 0..n {
-                acc = acc.wrapping_add(black_box(add_i64 as extern "C" fn(i64, i64) -> i64)(
-                    i as i64, 1,
-                ) as u64);
-            }
-        }
+        "direct" => acc = call_loop(add_i64, n),
         "create" => {
             // n new signatures, as benches/calls.rs makes them: six scalar
             // parameters spelling i in base 11; exit stub + entry thunk for each.
@@ -87,31 +123,9 @@ fn main() {
             }
             acc = keep.len() as u64;
         }
-        "exit" => {
-            let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
-            let mut ret = [0u64];
-            for i in 0..n {
-                // SAFETY: add_i64 has this signature.
-                unsafe { stub.call(black_box(add_i64 as *const c_void), &[i, 1], &mut ret) }
-                    .unwrap();
-                acc = acc.wrapping_add(ret[0]);
-            }
-        }
+        "exit" => acc = exit_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n),
         "exit-unchecked" => {
-            let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
-            let mut ret = [0u64];
-            for i in 0..n {
-                let args = [i, 1];
-                // SAFETY: add_i64 has this signature; the slot counts are the stub's.
-                unsafe {
-                    stub.call_unchecked(
-                        black_box(add_i64 as *const c_void),
-                        args.as_ptr(),
-                        ret.as_mut_ptr(),
-                    )
-                };
-                acc = acc.wrapping_add(ret[0]);
-            }
+            acc = exit_unchecked_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n)
         }
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
@@ -120,10 +134,7 @@ fn main() {
             };
             let ep = b.entry_point(&sig, CallConv::SysV, &d, 0).unwrap();
             // SAFETY: the entry point has this signature and outlives the loop.
-            let f: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
-            for i in 0..n {
-                acc = acc.wrapping_add(black_box(f)(i as i64, 1) as u64);
-            }
+            acc = call_loop(unsafe { ep.as_fn() }, n);
         }
         _ => {
             let h = |c: EntryCall<'_>| -> Result<(), HostError> {
@@ -133,10 +144,7 @@ fn main() {
             let d = Dispatcher::from_host(Arc::new(h), FailurePolicy::Report);
             let ep = b.entry_point(&sig, CallConv::SysV, &d, 0).unwrap();
             // SAFETY: the entry point has this signature and outlives the loop.
-            let f: extern "C" fn(i64, i64) -> i64 = unsafe { ep.as_fn() };
-            for i in 0..n {
-                acc = acc.wrapping_add(black_box(f)(i as i64, 1) as u64);
-            }
+            acc = call_loop(unsafe { ep.as_fn() }, n);
         }
     }
     let dt = t0.elapsed();

@@ -246,11 +246,17 @@ pub(crate) fn clear_entry_error() {
 /// The failure of the exit call that just returned, if a callback failed during it.
 #[inline(always)]
 pub(crate) fn take_entry_error_fast() -> Option<EntryError> {
-    if HAS_PENDING.with(Cell::get) {
+    if entry_failure_pending() {
         take_entry_error_cold()
     } else {
         None
     }
+}
+
+/// Whether a failed entry call left a failure nobody took yet (one load).
+#[inline(always)]
+pub(crate) fn entry_failure_pending() -> bool {
+    HAS_PENDING.with(Cell::get)
 }
 
 /// [`take_entry_error`] out of line, so the exit path's common case (nothing

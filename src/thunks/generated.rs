@@ -24,7 +24,8 @@ use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
-    Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, take_entry_error_fast,
+    Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, entry_failure_pending,
+    take_entry_error,
 };
 use crate::table::IdTable;
 
@@ -40,6 +41,16 @@ struct SlotStubs {
     _code: ExecCode,
     f: ExitFn,
     f_errno: ExitFn,
+}
+
+/// The callback failure an exit call reports (the thread-local says one is pending).
+#[cold]
+#[inline(never)]
+fn callback_failed() -> ThunkError {
+    match take_entry_error() {
+        Some(e) => ThunkError::Callback(e),
+        None => ThunkError::Internal("a pending callback failure vanished".into()),
+    }
 }
 
 /// Installs `code`, refusing sizes no sane signature produces.
@@ -74,16 +85,18 @@ pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     _fast_code: Option<ExecCode>,
     slots: OnceLock<SlotStubs>,
-    /// The register-result stub for rax results (none when `fast_float` is set
-    /// or the signature has no such stub).
-    fast_int: Option<FastInt>,
+    /// The register-result stub when rax is the result slot as it is (64-bit
+    /// integers, pointers) or there is no result.
+    fast_wide: Option<FastInt>,
     /// The register-result stub for xmm0 results.
     fast_float: Option<FastFloat>,
     /// The result slot is `bits & float_mask` (`u32::MAX` for an `f32`).
     float_mask: u64,
-    /// How `fast_int`'s rax becomes the result slot: shifted left by
+    /// The register-result stub for narrow integer results, which the callee
+    /// returns with undefined upper bits: the slot is rax shifted left by
     /// `ext_shift` (64 minus the result's bits) and back, arithmetically when
-    /// `ext_signed` (the callee leaves a narrow result's upper bits undefined).
+    /// `ext_signed`.
+    fast_narrow: Option<FastInt>,
     ext_shift: u32,
     ext_signed: bool,
     nargs: usize,
@@ -108,28 +121,43 @@ impl GenExit {
     ) -> Result<Option<i32>> {
         super::check_exit_call(&self.sig, target, (self.nargs, self.nret), args, ret)?;
         clear_entry_error();
-        match errno_before {
-            // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
-            // checked above); the caller vouches that `target` has this signature.
-            None => unsafe { self.run(target, args.as_ptr(), ret.as_mut_ptr()) },
-            Some(v) => {
-                let f_errno = self.slot_stubs()?.f_errno;
-                let mut io = ErrnoIo {
-                    loc: crate::sys::errno_location(),
-                    value: v,
-                };
-                // SAFETY: as above; `io` outlives the call.
-                unsafe { f_errno(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
-                if let Some(e) = take_entry_error_fast() {
-                    return Err(ThunkError::Callback(e));
-                }
-                return Ok(Some(io.value));
-            }
+        if let Some(v) = errno_before {
+            // SAFETY: forwarded contract; the counts were checked above.
+            return unsafe { self.call_errno(target, args, ret, v) };
         }
-        if let Some(e) = take_entry_error_fast() {
-            return Err(ThunkError::Callback(e));
+        // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
+        // checked above); the caller vouches that `target` has this signature.
+        unsafe { self.run(target, args.as_ptr(), ret.as_mut_ptr()) };
+        if entry_failure_pending() {
+            return Err(callback_failed());
         }
         Ok(None)
+    }
+
+    /// The errno-capturing call, through the slot stub (out of line: it is
+    /// not the common path).
+    ///
+    /// # Safety
+    /// As `call`, with the slot counts already checked.
+    #[inline(never)]
+    unsafe fn call_errno(
+        &self,
+        target: *const c_void,
+        args: &[u64],
+        ret: &mut [u64],
+        errno_before: i32,
+    ) -> Result<Option<i32>> {
+        let f_errno = self.slot_stubs()?.f_errno;
+        let mut io = ErrnoIo {
+            loc: crate::sys::errno_location(),
+            value: errno_before,
+        };
+        // SAFETY: by this function's contract; `io` outlives the call.
+        unsafe { f_errno(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
+        if entry_failure_pending() {
+            return Err(callback_failed());
+        }
+        Ok(Some(io.value))
     }
 
     /// The slot stubs, made now if this is their first use.
@@ -173,14 +201,9 @@ impl GenExit {
     unsafe fn run(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
         // Plain branches, not a match on the result kind: a jump table would
         // add an indirect branch to every call.
-        if let Some(f) = self.fast_int {
+        if let Some(f) = self.fast_wide {
             // SAFETY: by this function's contract; the stub reads `nargs` slots.
-            let r = unsafe { f(args, target) } << self.ext_shift;
-            let r = if self.ext_signed {
-                ((r as i64) >> self.ext_shift) as u64
-            } else {
-                r >> self.ext_shift
-            };
+            let r = unsafe { f(args, target) };
             if self.nret != 0 {
                 // SAFETY: `ret` points to the one result slot.
                 unsafe { *ret = r };
@@ -188,6 +211,16 @@ impl GenExit {
         } else if let Some(f) = self.fast_float {
             // SAFETY: as above; a float result has exactly one slot.
             unsafe { *ret = f(args, target).to_bits() & self.float_mask };
+        } else if let Some(f) = self.fast_narrow {
+            // SAFETY: as above; an integer result has exactly one slot.
+            let r = unsafe { f(args, target) } << self.ext_shift;
+            let r = if self.ext_signed {
+                ((r as i64) >> self.ext_shift) as u64
+            } else {
+                r >> self.ext_shift
+            };
+            // SAFETY: `ret` points to the one result slot.
+            unsafe { *ret = r };
         } else {
             let f = self
                 .slots
@@ -373,14 +406,28 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let (mut fast_int, mut fast_float, mut float_mask) = (None, None, u64::MAX);
+        let (ext_shift, ext_signed) = match sig.ret() {
+            Some(Type::Scalar(s @ (Scalar::I8 | Scalar::I16 | Scalar::I32))) => {
+                (64 - 8 * s.size(), true)
+            }
+            Some(Type::Scalar(s @ (Scalar::U8 | Scalar::Bool | Scalar::U16 | Scalar::U32))) => {
+                (64 - 8 * s.size(), false)
+            }
+            _ => (0, false),
+        };
+        let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
+        let mut float_mask = u64::MAX;
         let mut fast_code = None;
         if let Some((bytes, kind)) = emit_fast_exit(&layout) {
             let code = self.install(&bytes)?;
             let p = code.addr().cast();
             match kind {
                 // SAFETY: emitted to return its result (if any) in rax.
-                FastRet::Void | FastRet::Int => fast_int = Some(unsafe { callable_as(p) }),
+                FastRet::Void | FastRet::Int if ext_shift == 0 => {
+                    fast_wide = Some(unsafe { callable_as(p) })
+                }
+                // SAFETY: as above; the caller extends the narrow result.
+                FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
                 // SAFETY: emitted to return its result in xmm0; an `f32` read
                 // as `f64` keeps its bits in the low half, which the mask keeps.
                 FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
@@ -395,23 +442,15 @@ impl GenBackend {
             // The slot stub is the call path: make it now.
             let _ = slots.set(SlotStubs::new(&self.mem, &layout)?);
         }
-        let (ext_shift, ext_signed) = match sig.ret() {
-            Some(Type::Scalar(s @ (Scalar::I8 | Scalar::I16 | Scalar::I32))) => {
-                (64 - 8 * s.size(), true)
-            }
-            Some(Type::Scalar(s @ (Scalar::U8 | Scalar::Bool | Scalar::U16 | Scalar::U32))) => {
-                (64 - 8 * s.size(), false)
-            }
-            _ => (0, false),
-        };
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
             _fast_code: fast_code,
             slots,
-            fast_int,
+            fast_wide,
             fast_float,
             float_mask,
+            fast_narrow,
             ext_shift,
             ext_signed,
             nargs,
