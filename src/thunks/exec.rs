@@ -16,9 +16,9 @@
 //!
 //! Slabs are placed just below this library's own code when that address
 //! range is free (a hint, never forced): entry thunks call dispatchers that
-//! live in the same binary, and on the x86-64 machines measured a call or
-//! return whose target is in a different 4 GiB region costs well over a
-//! nearby one (ABI.md, "Executable memory").
+//! live in the same binary, and on the machine measured, control transfers
+//! between far-apart code (the default `mmap` area and a PIE binary) made
+//! the call path markedly slower (ABI.md, "Executable memory").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,8 +103,12 @@ fn next_slab_hint() -> usize {
             .unwrap_or(0)
     };
     let _ = NEXT.compare_exchange(usize::MAX, first(), Ordering::Relaxed, Ordering::Relaxed);
-    let hint = NEXT.fetch_sub(SLAB_BYTES, Ordering::Relaxed);
-    if hint >= 1 << 30 { hint } else { 0 }
+    // Hand out the current hint and move the next one a slab down, until the
+    // hints would go under 1 GiB; from then on, no preference.
+    NEXT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        (h >= (1 << 30) + SLAB_BYTES).then(|| h - SLAB_BYTES)
+    })
+    .unwrap_or(0)
 }
 
 struct Inner {
