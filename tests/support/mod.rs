@@ -265,27 +265,47 @@ fn run_cc(args: &[&str], src: &Path) {
     );
 }
 
-/// Compiles C source into a shared library in the test tmp dir.
+/// A file stem no other compilation shares: tests of one binary run in
+/// parallel and several may build the same fixture, and test binaries run as
+/// separate processes sharing the tmp dir.
+fn unique_stem(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{k}", std::process::id())
+}
+
+/// Compiles C source into `lib{name}.so` in the test tmp dir. The source and
+/// the library are written under names no other compilation uses and the
+/// library is then renamed into place (atomically), so a test opening the
+/// same fixture meanwhile sees the old file or the new one, never a file
+/// the compiler is still writing.
 pub fn compile_so(name: &str, src: &str) -> PathBuf {
     let dir = out_dir();
-    let c = dir.join(format!("{name}.c"));
+    let stem = unique_stem(name);
+    let c = dir.join(format!("{stem}.c"));
+    let tmp = dir.join(format!("{stem}.so.tmp"));
     let so = dir.join(format!("lib{name}.so"));
     std::fs::write(&c, src).unwrap();
     run_cc(
-        &["-O1", "-shared", "-fPIC", "-w", "-o", so.to_str().unwrap()],
+        &["-O1", "-shared", "-fPIC", "-w", "-o", tmp.to_str().unwrap()],
         &c,
     );
+    std::fs::remove_file(&c).unwrap();
+    std::fs::rename(&tmp, &so).unwrap();
     so
 }
 
 /// Compiles and runs a C program, returning its standard output.
 pub fn run_c_program(name: &str, src: &str) -> String {
     let dir = out_dir();
-    let c = dir.join(format!("{name}.c"));
-    let exe = dir.join(name);
+    let stem = unique_stem(name);
+    let c = dir.join(format!("{stem}.c"));
+    let exe = dir.join(&stem);
     std::fs::write(&c, src).unwrap();
     run_cc(&["-O1", "-w", "-o", exe.to_str().unwrap()], &c);
     let out = Command::new(&exe).output().unwrap();
+    std::fs::remove_file(&c).unwrap();
+    std::fs::remove_file(&exe).unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
