@@ -684,3 +684,150 @@ fn narrow_results_are_extended_whatever_the_callee_leaves_in_the_upper_bits() {
         }
     }
 }
+
+/// What the raw dispatcher below saw on its last call.
+#[derive(Debug, Default)]
+struct RawSeen {
+    ctx: usize,
+    func: u64,
+    counts: (u32, u32),
+    args: Vec<u64>,
+    ret_on_entry: Vec<u64>,
+    variadic: bool,
+}
+
+/// The raw dispatcher's context: what to record into, what to answer.
+struct RawCtx {
+    seen: std::sync::Mutex<RawSeen>,
+    answer: Vec<u64>,
+    status: u32,
+}
+
+/// A raw `extern "C"` dispatcher that records everything it receives and
+/// answers `ctx.answer` with status `ctx.status`.
+///
+/// # Safety
+/// Called by entry points bound with a `RawCtx` context, with their slots.
+unsafe extern "C" fn raw_recorder(
+    binding: *const tierbridge::host::RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut tierbridge::host::RawVaList,
+) -> u32 {
+    // SAFETY: the binding is the entry point's; its context is a live RawCtx;
+    // the slot pointers are valid for the binding's counts.
+    unsafe {
+        let b = &*binding;
+        let ctx = &*(b.ctx as *const RawCtx);
+        let (nargs, nret) = (b.nargs as usize, b.nret as usize);
+        let mut seen = ctx.seen.lock().unwrap();
+        *seen = RawSeen {
+            ctx: b.ctx as usize,
+            func: b.func,
+            counts: (b.nargs, b.nret),
+            args: std::slice::from_raw_parts(args, nargs).to_vec(),
+            ret_on_entry: std::slice::from_raw_parts(ret, nret).to_vec(),
+            variadic: !va.is_null(),
+        };
+        std::slice::from_raw_parts_mut(ret, nret).copy_from_slice(&ctx.answer[..nret]);
+        ctx.status
+    }
+}
+
+/// (signature, arguments, their slots, the dispatcher's answer slot, the value
+/// the caller must get back).
+type RawCase = (&'static str, Vec<Value>, Vec<u64>, u64, Value);
+
+/// The raw host contract (ABI.md, "Host contract") on every backend and both
+/// conventions: the dispatcher gets the binding fixed at bind time (its
+/// context, the function id, the slot counts of the signature), the argument
+/// slots the caller passed, zeroed result slots, a cursor only for a variadic
+/// signature; its answer reaches the caller; a non-zero status is the
+/// failure the exit call reports, with a zeroed result.
+#[test]
+fn a_raw_dispatcher_gets_its_binding_the_slots_and_a_cursor_only_when_variadic() {
+    // The argument slots are worked out by hand.
+    let cases: [RawCase; 4] = [
+        (
+            "(i64,i32,f64)->i64",
+            vec![Value::I64(-5), Value::I32(-6), Value::F64(2.5)],
+            vec![(-5i64) as u64, (-6i64) as u64, 2.5f64.to_bits()],
+            (-77i64) as u64,
+            Value::I64(-77),
+        ),
+        ("()->u16", vec![], vec![], 0xBEEF, Value::U16(0xBEEF)),
+        (
+            // {1i32, 1.0f32}: bytes 01 00 00 00 | 00 00 80 3f in one slot.
+            "(f32,{i32,f32})->f64",
+            vec![
+                Value::F32(1.5),
+                Value::Struct(vec![1, 0, 0, 0, 0, 0, 0x80, 0x3f]),
+            ],
+            vec![0x3fc0_0000, 0x3f80_0000_0000_0001],
+            (-0.25f64).to_bits(),
+            Value::F64(-0.25),
+        ),
+        (
+            "(ptr,...)->i32",
+            vec![Value::Ptr(0x40 as *const c_void)],
+            vec![0x40],
+            (-3i64) as u64,
+            Value::I32(-3),
+        ),
+    ];
+    for (name, b) in support::all_bridges() {
+        for conv in CallConv::ALL {
+            for (text, args, arg_slots, answer_slot, answer) in &cases {
+                let s = sig(text);
+                let ctx = Box::new(RawCtx {
+                    seen: Default::default(),
+                    answer: vec![*answer_slot],
+                    status: STATUS_OK,
+                });
+                let ctx_ptr = &*ctx as *const RawCtx as *mut c_void;
+                // SAFETY: raw_recorder never unwinds; `ctx` outlives the entry point.
+                let d =
+                    unsafe { Dispatcher::from_raw(raw_recorder, ctx_ptr, FailurePolicy::Report) };
+                let what = format!("{name} {conv} {text}");
+                let ep = match b.entry_point(&s, conv, &d, 41) {
+                    Ok(ep) => ep,
+                    Err(e) => panic!("{what}: {e}"),
+                };
+                let exit = Bridge::libffi().exit_stub(&s.declared(), conv).unwrap();
+                // SAFETY: the entry point has exactly this signature and convention.
+                let r = unsafe { exit.call_values(ep.code_ptr(), args) }.unwrap();
+                assert_eq!(&r, answer, "{what}");
+                let seen = ctx.seen.lock().unwrap();
+                assert_eq!(seen.ctx, ctx_ptr as usize, "{what}");
+                assert_eq!(seen.func, 41, "{what}");
+                assert_eq!(seen.counts, (arg_slots.len() as u32, 1), "{what}");
+                assert_eq!(&seen.args, arg_slots, "{what}");
+                assert!(seen.ret_on_entry.iter().all(|&w| w == 0), "{what}");
+                assert_eq!(seen.variadic, s.is_variadic(), "{what}");
+                drop(seen);
+                drop(ep);
+            }
+            // A failure status: the caller gets a zeroed result and the exit
+            // call reports the status with the function id.
+            let s = sig("(i64)->i64");
+            let ctx = Box::new(RawCtx {
+                seen: Default::default(),
+                answer: vec![99],
+                status: 7,
+            });
+            let ctx_ptr = &*ctx as *const RawCtx as *mut c_void;
+            // SAFETY: as above.
+            let d = unsafe { Dispatcher::from_raw(raw_recorder, ctx_ptr, FailurePolicy::Report) };
+            let ep = b.entry_point(&s, conv, &d, 9).unwrap();
+            let exit = Bridge::libffi().exit_stub(&s, conv).unwrap();
+            let mut ret = [5u64];
+            // SAFETY: as above.
+            let err = unsafe { exit.call(ep.code_ptr(), &[1], &mut ret) }.unwrap_err();
+            assert_eq!(ret[0], 0, "{name} {conv}: result not zeroed");
+            match err {
+                ThunkError::Callback(EntryError::Status { func: 9, status: 7 }) => {}
+                other => panic!("{name} {conv}: {other}"),
+            }
+        }
+    }
+}
