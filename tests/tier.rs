@@ -17,6 +17,8 @@ use tierbridge::tier::TierConfig;
 const PROGRAM: &str = r#"
 extern abs "(i32)->i32"
 extern qsort "(ptr,u64,u64,ptr)->void"
+extern strcmp "(ptr,ptr)->i32"
+extern atof "(ptr)->f64"
 
 fn collatz_steps(n: i64) -> i64
   local steps: i64
@@ -204,7 +206,53 @@ fn divide(a: i64, b: i64) -> i64
   i64.div_s
   return
 end
+
+fn halve(x: f64) -> f64
+  local.get x
+  f64.const 0.5
+  f64.mul
+  return
+end
+
+# calls whose results come back in registers: a negative i32 from C (which
+# compiled code must extend), an f64 from a compiled function and from C
+fn mixed_calls(a: ptr, b: ptr, c: ptr, n: i64) -> f64
+  local i: i64
+  local acc: f64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get acc
+  local.get a
+  local.get b
+  call strcmp
+  f64.convert_i64
+  f64.add
+  local.get i
+  f64.convert_i64
+  call halve
+  f64.add
+  local.get c
+  call atof
+  f64.add
+  local.set acc
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  local.get acc
+  return
+end
 "#;
+
+unsafe extern "C" {
+    #[link_name = "strcmp"]
+    fn libc_strcmp(a: *const std::ffi::c_char, b: *const std::ffi::c_char) -> i32;
+}
 
 fn runtime(bridge: Bridge, config: TierConfig) -> Runtime {
     let program = parse_program(PROGRAM).unwrap();
@@ -212,7 +260,7 @@ fn runtime(bridge: Bridge, config: TierConfig) -> Runtime {
     let rt =
         unsafe { Runtime::with_tiers(program, Arc::new(bridge), FailurePolicy::Report, config) }
             .unwrap();
-    // SAFETY: abs and qsort from the C library have the declared signatures.
+    // SAFETY: abs, qsort, strcmp and atof from the C library have the declared signatures.
     unsafe { rt.bind_natives_from_process() }.unwrap();
     rt
 }
@@ -245,6 +293,16 @@ fn run_all(rt: &Runtime) -> Vec<u64> {
         rt.call("float_series", &[1000]).unwrap(),
         rt.call("fib", &[18]).unwrap(),
     ];
+    let (a, b, c) = (c"apple", c"banana", c"0.25");
+    let args = [a.as_ptr() as u64, b.as_ptr() as u64, c.as_ptr() as u64, 40];
+    let mixed = rt.call("mixed_calls", &args).unwrap();
+    // 40 times strcmp("apple", "banana") (negative), plus the sum of i/2 for
+    // i < 40 (390), plus 40 times 0.25: all exact in f64.
+    // SAFETY: two NUL-terminated strings.
+    let strcmp = unsafe { libc_strcmp(a.as_ptr(), b.as_ptr()) };
+    assert!(strcmp < 0);
+    assert_eq!(f64::from_bits(mixed), 40.0 * f64::from(strcmp) + 400.0);
+    v.push(mixed);
     let mut data: Vec<i32> = (0..64).map(|i| (i * 37 % 61) - 30).collect();
     rt.call("sort", &[data.as_mut_ptr() as u64, data.len() as u64])
         .unwrap();
@@ -277,7 +335,7 @@ fn every_program_gives_identical_results_interpreted_tiered_and_deoptimized() {
     for (name, r) in &results[1..] {
         assert_eq!(r, &results[0].1, "{name} differs from the interpreter");
     }
-    let abs_sorted: Vec<i64> = results[0].1[5..]
+    let abs_sorted: Vec<i64> = results[0].1[6..]
         .iter()
         .map(|x| (*x as i32).abs() as i64)
         .collect();

@@ -455,22 +455,25 @@ impl Inner {
     #[cfg(target_arch = "x86_64")]
     fn compile(&self, fi: u32) -> Option<Compiled> {
         let t = self.tiers.as_ref()?;
-        let stub_of = |sig: &crate::abi::Signature| {
-            self.bridge
-                .exit_stub(sig, self.conv)
-                .ok()
-                .and_then(|s| s.raw_fn())
+        // The register-result stub when there is one (never for `f32`
+        // results, which the interpreter does not have), else the slot stub.
+        let call_stub = |s: &ExitStub| {
+            use crate::thunks::x64::FastRet;
+            use crate::tier::jit::CallStub;
+            match s.raw_fast() {
+                Some((addr, kind)) if kind != FastRet::F32 => Some(CallStub::Register(addr, kind)),
+                _ => s.raw_fn().map(CallStub::Slots),
+            }
         };
-        let call_stubs = t
-            .stubs
-            .iter()
-            .map(ExitStub::raw_fn)
-            .collect::<Option<Vec<_>>>()?;
+        let call_stubs = t.stubs.iter().map(call_stub).collect::<Option<Vec<_>>>()?;
         let native_stubs = self
             .program
             .natives
             .iter()
-            .map(|n| stub_of(&n.sig))
+            .map(|n| {
+                let s = self.bridge.exit_stub(&n.sig, self.conv).ok()?;
+                call_stub(&s)
+            })
             .collect::<Option<Vec<_>>>()?;
         // The natives this function calls must be bound: compiled code calls
         // them directly (the others are never used by this code).

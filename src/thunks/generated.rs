@@ -78,12 +78,14 @@ impl SlotStubs {
 }
 
 /// A generated exit stub: the register-result stub when the signature has one
-/// (made with the stub, since `call` uses it), and the slot stubs (made with
-/// the stub when there is no register-result stub, else on first need: errno
-/// capture or compiled code).
+/// (made with the stub, since `call` and compiled code use it), and the slot
+/// stubs (made with the stub when there is no register-result stub, else on
+/// first need: errno capture, or compiled code calling an `f32` function).
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     _fast_code: Option<ExecCode>,
+    /// The register-result stub's address and how it returns (for compiled code).
+    fast_raw: Option<(usize, FastRet)>,
     slots: OnceLock<SlotStubs>,
     /// The register-result stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
@@ -168,6 +170,13 @@ impl GenExit {
         let fresh = SlotStubs::new(&self.mem, &self.layout)?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(self.slots.get_or_init(|| fresh))
+    }
+
+    /// The register-result stub's address and result kind, if the signature
+    /// has one (for compiled code: `extern "C" fn(args, target) -> R`, a
+    /// narrow integer result not yet extended).
+    pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
+        self.fast_raw
     }
 
     /// The plain slot stub's address (for compiled code); `None` when there
@@ -417,7 +426,7 @@ impl GenBackend {
         };
         let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
         let mut float_mask = u64::MAX;
-        let mut fast_code = None;
+        let (mut fast_code, mut fast_raw) = (None, None);
         if let Some((bytes, kind)) = emit_fast_exit(&layout) {
             let code = self.install(&bytes)?;
             let p = code.addr().cast();
@@ -435,6 +444,7 @@ impl GenBackend {
             if kind == FastRet::F32 {
                 float_mask = u64::from(u32::MAX);
             }
+            fast_raw = Some((code.addr().as_ptr() as usize, kind));
             fast_code = Some(code);
         }
         let slots = OnceLock::new();
@@ -446,6 +456,7 @@ impl GenBackend {
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
             _fast_code: fast_code,
+            fast_raw,
             slots,
             fast_wide,
             fast_float,

@@ -501,6 +501,18 @@ impl ExitStub {
         }
     }
 
+    /// The generated register-result stub, `extern "C" fn(args, target) -> R`,
+    /// and how it returns its result (for generated code that calls it
+    /// directly); `None` on libffi or when the signature has none (ABI.md,
+    /// "Exit stubs").
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
+        match &self.imp {
+            ExitImpl::Gen(g) => g.raw_fast(),
+            ExitImpl::Ffi(_) => None,
+        }
+    }
+
     /// [`ExitStub::call`] without its checks, for callers that already know
     /// the call is well formed (an interpreter whose verifier checked the call
     /// site, generated code): no slot-count or null check, and a callback

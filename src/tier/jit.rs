@@ -6,7 +6,9 @@
 //! (the verifier), so every instruction works on fixed frame slots, and the
 //! arguments of a call are consecutive slots: a call is a call of the
 //! callee's exit stub with those slots, the target read from the callee's
-//! entry cell. Guards (an `i64.add` overflow, a division by zero, a null
+//! entry cell (the register-result stub when the signature has one: its
+//! result comes back in rax or xmm0 and is stored into the first argument's
+//! slot). Guards (an `i64.add` overflow, a division by zero, a null
 //! pointer) jump to a deopt path that hands the frame to the interpreter at
 //! that instruction (ABI.md, "Tiers").
 
@@ -17,18 +19,29 @@ use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, dynasm};
 
 use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
 use crate::interp::{Op, Program};
-use crate::thunks::x64::{Asm, extend_mem, extend_reg};
+use crate::thunks::x64::{Asm, FastRet, extend_mem, extend_reg};
+
+/// How compiled code calls a function of some signature.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CallStub {
+    /// The slot stub: `extern "C" fn(args, ret, target, errno)`.
+    Slots(usize),
+    /// The register-result stub, `extern "C" fn(args, target) -> R`, whose
+    /// result comes back in rax (not yet extended) or xmm0 (`Int`/`F64`/`Void`
+    /// only: the interpreter has no `f32`).
+    Register(usize, FastRet),
+}
 
 /// What compiled code needs to know about the world.
 pub(crate) struct JitEnv<'a> {
     /// Address of each function's entry cell.
     pub cells: &'a [usize],
-    /// Exit stub (plain variant) for each function's signature.
-    pub call_stubs: &'a [usize],
+    /// How to call each function's signature.
+    pub call_stubs: &'a [CallStub],
     /// Address of each native function.
     pub natives: &'a [usize],
-    /// Exit stub for each native's signature.
-    pub native_stubs: &'a [usize],
+    /// How to call each native's signature.
+    pub native_stubs: &'a [CallStub],
     /// What `ref.func` pushes for each function.
     pub func_ptrs: &'a [usize],
     /// `extern "C" fn(ctx, func: u32, pc: u32, frame: *const u64) -> u64`.
@@ -278,25 +291,54 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                 dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0 ; je =>labels[t as usize])
             }
             Op::Call(i) | Op::CallNative(i) => {
-                let (nparams, stub) = match *op {
+                let (sig, stub) = match *op {
                     Op::Call(_) => (
-                        program.functions[i as usize].sig.params().len(),
+                        &program.functions[i as usize].sig,
                         env.call_stubs[i as usize],
                     ),
                     _ => (
-                        program.natives[i as usize].sig.params().len(),
+                        &program.natives[i as usize].sig,
                         env.native_stubs[i as usize],
                     ),
                 };
-                let first = slot(d - nparams as u32);
-                dynasm!(ops ; .arch x64 ; lea rdi, [rbx + first] ; lea rsi, [rbx + first]);
-                if let Op::Call(_) = *op {
+                // The arguments are consecutive slots; the result replaces the first.
+                let first = slot(d - sig.params().len() as u32);
+                let target = if let Op::Call(_) = *op {
                     // Through the callee's entry cell: whatever code it holds now.
-                    dynasm!(ops ; .arch x64 ; mov rax, QWORD env.cells[i as usize] as i64 ; mov rdx, QWORD [rax]);
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD env.cells[i as usize] as i64 ; mov r11, QWORD [rax]);
+                    None
                 } else {
-                    dynasm!(ops ; .arch x64 ; mov rdx, QWORD env.natives[i as usize] as i64);
+                    Some(env.natives[i as usize] as i64)
+                };
+                let load_target = |ops: &mut Asm, reg: u8| match target {
+                    None => dynasm!(ops ; .arch x64 ; mov Rq(reg), r11),
+                    Some(t) => dynasm!(ops ; .arch x64 ; mov Rq(reg), QWORD t),
+                };
+                dynasm!(ops ; .arch x64 ; lea rdi, [rbx + first]);
+                match stub {
+                    CallStub::Slots(stub) => {
+                        load_target(&mut ops, Gpr::Rdx as u8);
+                        dynasm!(ops ; .arch x64
+                            ; lea rsi, [rbx + first] ; xor ecx, ecx
+                            ; mov rax, QWORD stub as i64 ; call rax
+                        );
+                    }
+                    CallStub::Register(stub, kind) => {
+                        load_target(&mut ops, Gpr::Rsi as u8);
+                        dynasm!(ops ; .arch x64 ; mov rax, QWORD stub as i64 ; call rax);
+                        match (kind, sig.ret().and_then(Type::as_scalar)) {
+                            (FastRet::Void, _) => {}
+                            (FastRet::F64, _) => {
+                                dynasm!(ops ; .arch x64 ; movq QWORD [rbx + first], xmm0)
+                            }
+                            (FastRet::Int, Some(s)) => {
+                                extend_reg(&mut ops, s, Gpr::Rax as u8);
+                                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + first], rax);
+                            }
+                            (kind, ret) => unreachable!("a {kind:?} stub for a {ret:?} result"),
+                        }
+                    }
                 }
-                dynasm!(ops ; .arch x64 ; xor ecx, ecx ; mov rax, QWORD stub as i64 ; call rax);
             }
             Op::Return => {
                 match ret_scalar {
