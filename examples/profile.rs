@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|create> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|direct10|entry10|entry10-scalar|create> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 use std::ffi::c_void;
@@ -36,6 +36,35 @@ fn call_loop(f: extern "C" fn(i64, i64) -> i64, n: u64) -> u64 {
     let mut acc = 0u64;
     for i in 0..n {
         acc = acc.wrapping_add(black_box(f)(i as i64, 1) as u64);
+    }
+    acc
+}
+
+type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
+
+#[allow(clippy::too_many_arguments)]
+extern "C" fn xor10(
+    a: i64,
+    b: i64,
+    c: i64,
+    d: i64,
+    e: i64,
+    f: i64,
+    g: i64,
+    h: i64,
+    i: i64,
+    j: i64,
+) -> i64 {
+    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
+}
+
+/// `n` calls of a ten-argument `f` (four arguments on the stack).
+#[inline(never)]
+fn call10_loop(f: Ten, n: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..n {
+        let i = i as i64;
+        acc = acc.wrapping_add(black_box(f)(i, 1, 2, 3, 4, 5, 6, 7, 8, 9) as u64);
     }
     acc
 }
@@ -127,6 +156,31 @@ fn main() {
         "exit-unchecked" => {
             acc = exit_unchecked_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n)
         }
+        "entry10" | "entry10-scalar" => {
+            // The same host work two ways: a fold the compiler vectorizes
+            // (16-byte loads, each spanning two slots the thunk has just
+            // stored one by one) and one 8-byte load per slot.
+            let scalar = mode == "entry10-scalar";
+            let h = move |c: EntryCall<'_>| -> Result<(), HostError> {
+                let a = &c.args[..10];
+                c.ret[0] = if scalar {
+                    // SAFETY: references to live slots (volatile: never merged into wider loads).
+                    a.iter()
+                        .fold(0, |x, y| x ^ unsafe { std::ptr::read_volatile(y) })
+                } else {
+                    a.iter().fold(0, |x, y| x ^ y)
+                };
+                Ok(())
+            };
+            let d = Dispatcher::from_host(Arc::new(h), FailurePolicy::Report);
+            let s10 = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
+                .parse()
+                .unwrap();
+            let ep = b.entry_point(&s10, CallConv::SysV, &d, 0).unwrap();
+            // SAFETY: the entry point has this signature and outlives the loop.
+            acc = call10_loop(unsafe { ep.as_fn() }, n);
+        }
+        "direct10" => acc = call10_loop(xor10, n),
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
             let d = unsafe {
