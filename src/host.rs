@@ -83,7 +83,9 @@ pub struct FuncId(pub u64);
 pub struct EntryCall<'a> {
     /// The bound function.
     pub func: FuncId,
-    /// Argument slots.
+    /// Argument slots. Read them one slot (8 bytes) at a time where speed
+    /// matters: the entry thunk has just stored each separately, and a wider
+    /// read spanning two slots stalls (ABI.md, "Host contract").
     pub args: &'a [u64],
     /// Result slots to fill (zeroed on entry).
     pub ret: &'a mut [u64],
