@@ -831,3 +831,47 @@ fn a_raw_dispatcher_gets_its_binding_the_slots_and_a_cursor_only_when_variadic()
         }
     }
 }
+
+/// A signature with a register-result stub gets its slot stubs on first need
+/// (ABI.md, "Exit stubs"). Eight threads that all need them at once for a
+/// fresh signature each get working stubs: whichever thread's stubs win, the
+/// others' are freed, and every call — plain and errno-capturing — is right.
+#[test]
+fn eight_threads_needing_the_slot_stubs_of_a_fresh_signature_at_once() {
+    extern "C" fn mix(a: i64, b: i32, c: f64) -> i64 {
+        a.wrapping_mul(3) ^ i64::from(b) ^ c.to_bits() as i64
+    }
+    for (name, b) in support::all_bridges() {
+        for round in 0..20u32 {
+            // A shape no other test uses, new each round (the u8 count varies).
+            let text = format!(
+                "(i64,i32,f64,{})->i64",
+                vec!["u8"; 1 + round as usize].join(",")
+            );
+            let s = b.exit_stub(&sig(&text), CallConv::SysV).unwrap();
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                for t in 0..8i64 {
+                    let (s, barrier, name) = (&s, &barrier, &name);
+                    scope.spawn(move || {
+                        let mut args = vec![t as u64, (-7i64) as u64, 2.5f64.to_bits()];
+                        args.resize(3 + 1 + round as usize, 0);
+                        let want = mix(t, -7, 2.5) as u64;
+                        barrier.wait();
+                        let mut ret = [0u64];
+                        // SAFETY: `mix` ignores the trailing u8 arguments, which
+                        // the SysV convention passes in registers or on the
+                        // stack without disturbing the first three.
+                        let errno = unsafe {
+                            s.call_capture_errno(mix as *const c_void, &args, &mut ret, 77)
+                        };
+                        assert_eq!((ret[0], errno.unwrap()), (want, 77), "{name} {t}");
+                        // SAFETY: as above.
+                        unsafe { s.call(mix as *const c_void, &args, &mut ret) }.unwrap();
+                        assert_eq!(ret[0], want, "{name} {t}");
+                    });
+                }
+            });
+        }
+    }
+}
