@@ -83,9 +83,9 @@ pub struct FuncId(pub u64);
 pub struct EntryCall<'a> {
     /// The bound function.
     pub func: FuncId,
-    /// Argument slots. Read them one slot (8 bytes) at a time where speed
-    /// matters: the entry thunk has just stored each separately, and a wider
-    /// read spanning two slots stalls (ABI.md, "Host contract").
+    /// Argument slots. Where speed matters, read them 8 bytes at a time (or
+    /// 16 bytes from an even slot): the entry thunk has just stored them, and
+    /// a read spanning two of its stores stalls (ABI.md, "Host contract").
     pub args: &'a [u64],
     /// Result slots to fill (zeroed on entry).
     pub ret: &'a mut [u64],

@@ -470,9 +470,28 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
             ; mov QWORD [rsp + va + offset_of!(RawVaList, overflow) as i32], rax
         );
     }
-    // Arguments into slots; rax and r11 are the only scratch registers, and
-    // neither carries an argument in either convention.
+    // SysV: neighbouring one-slot scalar arguments are stored as 16-byte
+    // pairs (built in xmm8/xmm9, scratch registers that carry no argument), so
+    // a host reading the slots with 16-byte loads gets them forwarded from
+    // one store instead of stalling; 8-byte reads forward from the pair too.
+    let paired = if win { Vec::new() } else { slot_pairs(l) };
+    for &(k, first, second) in &paired {
+        slot_value_to_xmm(&mut ops, first, 8, f.incoming);
+        slot_value_to_xmm(&mut ops, second, 9, f.incoming);
+        dynasm!(ops ; .arch x64
+            ; punpcklqdq xmm8, xmm9
+            ; movdqu [rsp + f.args + 16 * k as i32], xmm8
+        );
+    }
+    // The other arguments into slots; rax and r11 are the only scratch
+    // registers, and neither carries an argument in either convention.
     for a in &l.args {
+        if paired
+            .iter()
+            .any(|&(k, ..)| a.slot / 2 == k && a.slots == 1)
+        {
+            continue;
+        }
         let slot = f.args + d(a.slot * 8);
         match &a.pass {
             ArgPass::Direct(parts) => {
@@ -589,6 +608,59 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
     );
     ops.finalize()
         .expect("entry thunks use no external relocations")
+}
+
+/// A one-slot scalar argument's source: its scalar and where it arrives.
+#[derive(Clone, Copy)]
+struct SlotSource {
+    scalar: Scalar,
+    loc: Loc,
+}
+
+/// The 16-byte-aligned slot pairs `(k, slot 2k, slot 2k+1)` whose two slots
+/// are each a whole one-slot scalar argument.
+fn slot_pairs(l: &CallLayout) -> Vec<(u32, SlotSource, SlotSource)> {
+    let mut sources: Vec<Option<SlotSource>> = vec![None; l.arg_slots as usize];
+    for a in &l.args {
+        if let ArgPass::Direct(parts) = &a.pass
+            && let [p] = parts.as_slice()
+            && let PartKind::Scalar(scalar) = p.kind
+            && a.slots == 1
+            && p.offset == 0
+            && !matches!(p.loc, Loc::XmmAndGpr(..))
+        {
+            sources[a.slot as usize] = Some(SlotSource { scalar, loc: p.loc });
+        }
+    }
+    sources
+        .chunks_exact(2)
+        .enumerate()
+        .filter_map(|(k, pair)| Some((k as u32, pair[0]?, pair[1]?)))
+        .collect()
+}
+
+/// xmm`x` (low 64 bits; the rest zero) = the slot value of `src`: extended as
+/// its type says, an `f32`'s bits zero-extended. `incoming` locates stack
+/// arguments (`rsp + incoming` is the first).
+fn slot_value_to_xmm(ops: &mut Asm, src: SlotSource, x: u8, incoming: i32) {
+    match (src.scalar, src.loc) {
+        (Scalar::F64, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
+        (Scalar::F32, Loc::Xmm(n)) => {
+            dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; movq Rx(x), rax)
+        }
+        (Scalar::I64 | Scalar::U64 | Scalar::Ptr, Loc::Gpr(g)) => {
+            dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8))
+        }
+        (s, Loc::Gpr(g)) => {
+            extend_reg(ops, s, g as u8);
+            dynasm!(ops ; .arch x64 ; movq Rx(x), rax);
+        }
+        (s, Loc::Stack(off)) => {
+            extend_mem(ops, s, RSP, incoming + d(off));
+            dynasm!(ops ; .arch x64 ; movq Rx(x), rax);
+        }
+        (s, other) => unreachable!("a one-slot {s} argument in {other:?}"),
+    }
 }
 
 /// Argument positions the fixed parameters (and a hidden result pointer) use.
