@@ -470,10 +470,11 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
             ; mov QWORD [rsp + va + offset_of!(RawVaList, overflow) as i32], rax
         );
     }
-    // SysV: neighbouring one-slot scalar arguments are stored as 16-byte
-    // pairs (built in xmm8/xmm9, scratch registers that carry no argument), so
-    // a host reading the slots with 16-byte loads gets them forwarded from
-    // one store instead of stalling; 8-byte reads forward from the pair too.
+    // SysV: neighbouring arguments that fill one slot unchanged are stored as
+    // 16-byte pairs (built in xmm8/xmm9, scratch registers that carry no
+    // argument), so a host reading the slots with 16-byte loads gets them
+    // forwarded from one store instead of stalling; 8-byte reads forward from
+    // the pair too (ABI.md, "Host contract").
     let paired = if win { Vec::new() } else { slot_pairs(l) };
     for &(k, first, second) in &paired {
         slot_value_to_xmm(&mut ops, first, 8, f.incoming);
@@ -618,13 +619,18 @@ struct SlotSource {
 }
 
 /// The 16-byte-aligned slot pairs `(k, slot 2k, slot 2k+1)` whose two slots
-/// are each a whole one-slot scalar argument.
+/// are each a whole argument that needs no extending (`i64`, `u64`, `ptr`,
+/// `f64`).
 fn slot_pairs(l: &CallLayout) -> Vec<(u32, SlotSource, SlotSource)> {
     let mut sources: Vec<Option<SlotSource>> = vec![None; l.arg_slots as usize];
     for a in &l.args {
         if let ArgPass::Direct(parts) = &a.pass
             && let [p] = parts.as_slice()
             && let PartKind::Scalar(scalar) = p.kind
+            && matches!(
+                scalar,
+                Scalar::I64 | Scalar::U64 | Scalar::Ptr | Scalar::F64
+            )
             && a.slots == 1
             && p.offset == 0
             && !matches!(p.loc, Loc::XmmAndGpr(..))
