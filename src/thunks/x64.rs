@@ -645,27 +645,18 @@ fn slot_pairs(l: &CallLayout) -> Vec<(u32, SlotSource, SlotSource)> {
         .collect()
 }
 
-/// xmm`x` (low 64 bits; the rest zero) = the slot value of `src`: extended as
-/// its type says, an `f32`'s bits zero-extended. `incoming` locates stack
-/// arguments (`rsp + incoming` is the first).
+/// xmm`x` (low 64 bits; the rest zero) = the slot value of `src`, one of
+/// `slot_pairs`' arguments (a 64-bit integer or pointer in a register or on
+/// the stack, an `f64` in a register or on the stack). `incoming` locates
+/// stack arguments (`rsp + incoming` is the first).
 fn slot_value_to_xmm(ops: &mut Asm, src: SlotSource, x: u8, incoming: i32) {
-    match (src.scalar, src.loc) {
-        (Scalar::F64, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
-        (Scalar::F32, Loc::Xmm(n)) => {
-            dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; movq Rx(x), rax)
+    match src.loc {
+        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
+        Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8)),
+        Loc::Stack(off) => {
+            dynasm!(ops ; .arch x64 ; movq Rx(x), QWORD [rsp + incoming + d(off)])
         }
-        (Scalar::I64 | Scalar::U64 | Scalar::Ptr, Loc::Gpr(g)) => {
-            dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8))
-        }
-        (s, Loc::Gpr(g)) => {
-            extend_reg(ops, s, g as u8);
-            dynasm!(ops ; .arch x64 ; movq Rx(x), rax);
-        }
-        (s, Loc::Stack(off)) => {
-            extend_mem(ops, s, RSP, incoming + d(off));
-            dynasm!(ops ; .arch x64 ; movq Rx(x), rax);
-        }
-        (s, other) => unreachable!("a one-slot {s} argument in {other:?}"),
+        other => unreachable!("a paired {} argument in {other:?}", src.scalar),
     }
 }
 
