@@ -2,6 +2,9 @@
 //! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|direct10|entry10|entry10-scalar|create> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
+#[path = "common/measure.rs"]
+mod measure;
+
 use std::ffi::c_void;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -40,27 +43,9 @@ fn call_loop(f: extern "C" fn(i64, i64) -> i64, n: u64) -> u64 {
     acc
 }
 
-type Ten = extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
-
-#[allow(clippy::too_many_arguments)]
-extern "C" fn xor10(
-    a: i64,
-    b: i64,
-    c: i64,
-    d: i64,
-    e: i64,
-    f: i64,
-    g: i64,
-    h: i64,
-    i: i64,
-    j: i64,
-) -> i64 {
-    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
-}
-
 /// `n` calls of a ten-argument `f` (four arguments on the stack).
 #[inline(never)]
-fn call10_loop(f: Ten, n: u64) -> u64 {
+fn call10_loop(f: measure::Ten, n: u64) -> u64 {
     let mut acc = 0u64;
     for i in 0..n {
         let i = i as i64;
@@ -180,7 +165,7 @@ fn main() {
             // SAFETY: the entry point has this signature and outlives the loop.
             acc = call10_loop(unsafe { ep.as_fn() }, n);
         }
-        "direct10" => acc = call10_loop(xor10, n),
+        "direct10" => acc = call10_loop(measure::ten_i64, n),
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
             let d = unsafe {
