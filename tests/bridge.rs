@@ -670,14 +670,16 @@ fn narrow_results_are_extended_whatever_the_callee_leaves_in_the_upper_bits() {
                 let stub = b.exit_stub(&sig(text), conv).unwrap();
                 let what = format!("{name} {conv} {text}");
                 let mut r = [0u64];
-                // SAFETY (the three calls): `f` takes one 64-bit argument of
-                // the stub's class and returns a value of its result class.
+                // SAFETY: `f` takes one 64-bit argument of the stub's class
+                // and returns a value of its result class.
                 unsafe { stub.call(f, &[arg], &mut r) }.unwrap();
                 assert_eq!(r[0], want, "{what}: call");
                 r[0] = 0;
+                // SAFETY: as above; one argument slot and one result slot.
                 unsafe { stub.call_unchecked(f, [arg].as_ptr(), r.as_mut_ptr()) };
                 assert_eq!(r[0], want, "{what}: call_unchecked");
                 r[0] = 0;
+                // SAFETY: as above.
                 unsafe { stub.call_capture_errno(f, &[arg], &mut r, 0) }.unwrap();
                 assert_eq!(r[0], want, "{what}: call_capture_errno");
             }

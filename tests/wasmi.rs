@@ -687,7 +687,7 @@ fn every_typed_fast_path_shape_converts_arguments_and_results_exactly() {
             ep(&store, "i_", "(u8)->void"),
             ep(&store, "_", "()->void"),
         );
-        // SAFETY (all): each entry point has exactly the C signature it is cast to.
+        // SAFETY: each entry point has exactly the C signature it is cast to.
         unsafe {
             let f1: extern "C" fn(i32, i32) -> i32 = ii_i.as_fn();
             let f2: extern "C" fn(i16) -> i32 = i_i.as_fn();

@@ -355,7 +355,7 @@ pub fn measure(generated: &Bridge, iters: u32, rounds: usize) -> Table {
             });
             samples[6][k].push(t);
             for (m, ep) in setups[k].entries.iter().enumerate() {
-                // SAFETY (all arms): the entry point has its shape's C signature.
+                // SAFETY: in every arm the entry point has its shape's C signature.
                 let t = unsafe {
                     match k {
                         0 => {

@@ -594,7 +594,7 @@ unsafe extern "C" fn closure_handler(
     let mut va = cif.va.as_ref().map(|plan| {
         let mut raw = RawVaList::empty(plan.conv);
         let nfixed = cif.sig.params().len();
-        // SAFETY (all reads below): the pseudo-parameters are part of the cif, so
+        // SAFETY: every `k` read is a pseudo-parameter, part of the cif, so
         // libffi passes a valid pointer to 8 readable bytes for each.
         let read = |k: usize| unsafe { read_bits(*args.add(k) as *const u8, 8) };
         for k in 0..plan.gp_count as usize {
@@ -619,8 +619,8 @@ unsafe extern "C" fn closure_handler(
     after_dispatch(status, b.raw.func, b.dispatcher.policy, &mut rets);
     match cif.sig.ret() {
         None => {}
-        // SAFETY (the three writes): libffi's `ret` has room for an ffi_arg
-        // (8 bytes) for scalars and for the struct's size for structs.
+        // SAFETY: libffi's `ret` has room for an ffi_arg (8 bytes); an `f32`
+        // result writes 4.
         Some(Type::Scalar(Scalar::F32)) => unsafe { *(ret as *mut u32) = rets[0] as u32 },
         // SAFETY: room for an ffi_arg (8 bytes) for integer and pointer results.
         Some(Type::Scalar(s)) => unsafe { *(ret as *mut u64) = s.to_slot(rets[0]) },
