@@ -23,4 +23,4 @@ pub use classify::{
 pub use error::{AbiError, Result};
 pub use registry::{Registry, SigId};
 pub use signature::{MAX_PARAMS, Signature, SignatureBuilder};
-pub use types::{Field, MAX_NESTING, MAX_STRUCT_SIZE, Scalar, StructType, Type};
+pub use types::{Field, MAX_NESTING, MAX_STRUCT_SIZE, Scalar, SlotExt, StructType, Type};

@@ -104,14 +104,44 @@ impl Scalar {
     /// byte, `f32` as raw bits in the low 32 bits with the high bits zero, `f64` and
     /// `ptr` unchanged. This is the slot convention of ABI.md.
     pub const fn to_slot(self, raw: u64) -> u64 {
-        match self {
-            Scalar::I8 => raw as u8 as i8 as i64 as u64,
-            Scalar::U8 | Scalar::Bool => raw as u8 as u64,
-            Scalar::I16 => raw as u16 as i16 as i64 as u64,
-            Scalar::U16 => raw as u16 as u64,
-            Scalar::I32 => raw as u32 as i32 as i64 as u64,
-            Scalar::U32 | Scalar::F32 => raw as u32 as u64,
-            Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => raw,
+        self.slot_ext().apply(raw)
+    }
+
+    /// How a raw value of this type becomes its slot, as data: [`Scalar::to_slot`]
+    /// is `slot_ext().apply(raw)`; code that extends the same type on every call
+    /// keeps the `SlotExt` and applies it without looking at the type again.
+    pub const fn slot_ext(self) -> SlotExt {
+        // A 64-bit type's is the identity, `SlotExt::NONE` itself.
+        SlotExt {
+            shift: 64 - 8 * self.size(),
+            signed: self.is_signed() && self.size() < 8,
+        }
+    }
+}
+
+/// The slot convention for one scalar type: keep the low `64 − shift` bits,
+/// sign- or zero-extended (see [`Scalar::slot_ext`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotExt {
+    shift: u32,
+    signed: bool,
+}
+
+impl SlotExt {
+    /// The identity: 64-bit values, and anything that is not a scalar.
+    pub const NONE: SlotExt = SlotExt {
+        shift: 0,
+        signed: false,
+    };
+
+    /// The slot of `raw`: its low bits extended (no branch on the type).
+    #[inline(always)]
+    pub const fn apply(self, raw: u64) -> u64 {
+        let v = raw << self.shift;
+        if self.signed {
+            ((v as i64) >> self.shift) as u64
+        } else {
+            v >> self.shift
         }
     }
 }
@@ -332,5 +362,39 @@ impl fmt::Display for StructType {
             }
         }
         f.write_str("}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot convention, worked out by hand for each type from one raw
+    /// value whose low byte, half-word and word all have their sign bit set.
+    #[test]
+    fn to_slot_extends_every_scalar_as_abi_md_says() {
+        let raw = 0x0123_4567_89ab_cdef_u64;
+        let want = [
+            (Scalar::I8, 0xffff_ffff_ffff_ffef),
+            (Scalar::U8, 0xef),
+            (Scalar::Bool, 0xef),
+            (Scalar::I16, 0xffff_ffff_ffff_cdef),
+            (Scalar::U16, 0xcdef),
+            (Scalar::I32, 0xffff_ffff_89ab_cdef),
+            (Scalar::U32, 0x89ab_cdef),
+            (Scalar::F32, 0x89ab_cdef),
+            (Scalar::I64, raw),
+            (Scalar::U64, raw),
+            (Scalar::F64, raw),
+            (Scalar::Ptr, raw),
+        ];
+        assert_eq!(want.len(), Scalar::ALL.len());
+        for (s, w) in want {
+            assert_eq!(s.to_slot(raw), w, "{s}");
+        }
+        assert_eq!(SlotExt::NONE.apply(raw), raw);
+        for s in [Scalar::I64, Scalar::U64, Scalar::F64, Scalar::Ptr] {
+            assert_eq!(s.slot_ext(), SlotExt::NONE, "{s}");
+        }
     }
 }

@@ -455,14 +455,12 @@ impl Inner {
     #[cfg(target_arch = "x86_64")]
     fn compile(&self, fi: u32) -> Option<Compiled> {
         let t = self.tiers.as_ref()?;
-        // The register-result stub when there is one (never for `f32`
-        // results, which the interpreter does not have), else the slot stub.
+        // The register-result stub when there is one, else the slot stub.
         let call_stub = |s: &ExitStub| {
-            use crate::thunks::x64::FastRet;
             use crate::tier::jit::CallStub;
             match s.raw_fast() {
-                Some((addr, kind)) if kind != FastRet::F32 => Some(CallStub::Register(addr, kind)),
-                _ => s.raw_fn().map(CallStub::Slots),
+                Some((addr, kind)) => Some(CallStub::Register(addr, kind)),
+                None => s.raw_fn().map(CallStub::Slots),
             }
         };
         let call_stubs = t.stubs.iter().map(call_stub).collect::<Option<Vec<_>>>()?;

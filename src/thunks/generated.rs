@@ -21,7 +21,7 @@ use super::x64::{
     emit_trampolines,
 };
 use super::{BackendKind, Result, ThunkError};
-use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, Type};
+use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, entry_failure_pending,
@@ -80,27 +80,22 @@ impl SlotStubs {
 /// A generated exit stub: the register-result stub when the signature has one
 /// (made with the stub, since `call` and compiled code use it), and the slot
 /// stubs (made with the stub when there is no register-result stub, else on
-/// first need: errno capture, or compiled code calling an `f32` function).
+/// first need: errno capture).
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     _fast_code: Option<ExecCode>,
-    /// The register-result stub's address and how it returns (for compiled code).
-    fast_raw: Option<(usize, FastRet)>,
     slots: OnceLock<SlotStubs>,
     /// The register-result stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
-    /// The register-result stub for xmm0 results.
+    /// The register-result stub for xmm0 results (`f64`, or `f32` in the low half).
     fast_float: Option<FastFloat>,
-    /// The result slot is `bits & float_mask` (`u32::MAX` for an `f32`).
-    float_mask: u64,
     /// The register-result stub for narrow integer results, which the callee
-    /// returns with undefined upper bits: the slot is rax shifted left by
-    /// `ext_shift` (64 minus the result's bits) and back, arithmetically when
-    /// `ext_signed`.
+    /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
-    ext_shift: u32,
-    ext_signed: bool,
+    /// How a register result becomes the result slot (the scalar result's
+    /// slot convention; `SlotExt::NONE` otherwise).
+    ext: SlotExt,
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
@@ -176,7 +171,21 @@ impl GenExit {
     /// has one (for compiled code: `extern "C" fn(args, target) -> R`, a
     /// narrow integer result not yet extended).
     pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
-        self.fast_raw
+        let int = if self.nret == 0 {
+            FastRet::Void
+        } else {
+            FastRet::Int
+        };
+        let float = if self.ext == Scalar::F32.slot_ext() {
+            FastRet::F32
+        } else {
+            FastRet::F64
+        };
+        match (self.fast_wide.or(self.fast_narrow), self.fast_float) {
+            (Some(f), _) => Some((f as usize, int)),
+            (None, Some(f)) => Some((f as usize, float)),
+            (None, None) => None,
+        }
     }
 
     /// The plain slot stub's address (for compiled code); `None` when there
@@ -219,17 +228,10 @@ impl GenExit {
             }
         } else if let Some(f) = self.fast_float {
             // SAFETY: as above; a float result has exactly one slot.
-            unsafe { *ret = f(args, target).to_bits() & self.float_mask };
+            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
         } else if let Some(f) = self.fast_narrow {
             // SAFETY: as above; an integer result has exactly one slot.
-            let r = unsafe { f(args, target) } << self.ext_shift;
-            let r = if self.ext_signed {
-                ((r as i64) >> self.ext_shift) as u64
-            } else {
-                r >> self.ext_shift
-            };
-            // SAFETY: `ret` points to the one result slot.
-            unsafe { *ret = r };
+            unsafe { *ret = self.ext.apply(f(args, target)) };
         } else {
             let f = self
                 .slots
@@ -415,36 +417,26 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let (ext_shift, ext_signed) = match sig.ret() {
-            Some(Type::Scalar(s @ (Scalar::I8 | Scalar::I16 | Scalar::I32))) => {
-                (64 - 8 * s.size(), true)
-            }
-            Some(Type::Scalar(s @ (Scalar::U8 | Scalar::Bool | Scalar::U16 | Scalar::U32))) => {
-                (64 - 8 * s.size(), false)
-            }
-            _ => (0, false),
+        let ext = match sig.ret() {
+            Some(Type::Scalar(s)) => s.slot_ext(),
+            _ => SlotExt::NONE,
         };
         let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
-        let mut float_mask = u64::MAX;
-        let (mut fast_code, mut fast_raw) = (None, None);
+        let mut fast_code = None;
         if let Some((bytes, kind)) = emit_fast_exit(&layout) {
             let code = self.install(&bytes)?;
             let p = code.addr().cast();
             match kind {
                 // SAFETY: emitted to return its result (if any) in rax.
-                FastRet::Void | FastRet::Int if ext_shift == 0 => {
+                FastRet::Void | FastRet::Int if ext == SlotExt::NONE => {
                     fast_wide = Some(unsafe { callable_as(p) })
                 }
                 // SAFETY: as above; the caller extends the narrow result.
                 FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
                 // SAFETY: emitted to return its result in xmm0; an `f32` read
-                // as `f64` keeps its bits in the low half, which the mask keeps.
+                // as `f64` keeps its bits in the low half, which `ext` keeps.
                 FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
             }
-            if kind == FastRet::F32 {
-                float_mask = u64::from(u32::MAX);
-            }
-            fast_raw = Some((code.addr().as_ptr() as usize, kind));
             fast_code = Some(code);
         }
         let slots = OnceLock::new();
@@ -456,14 +448,11 @@ impl GenBackend {
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
             _fast_code: fast_code,
-            fast_raw,
             slots,
             fast_wide,
             fast_float,
-            float_mask,
             fast_narrow,
-            ext_shift,
-            ext_signed,
+            ext,
             nargs,
             nret,
             sig,

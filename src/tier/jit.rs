@@ -27,8 +27,8 @@ pub(crate) enum CallStub {
     /// The slot stub: `extern "C" fn(args, ret, target, errno)`.
     Slots(usize),
     /// The register-result stub, `extern "C" fn(args, target) -> R`, whose
-    /// result comes back in rax (not yet extended) or xmm0 (`Int`/`F64`/`Void`
-    /// only: the interpreter has no `f32`).
+    /// result comes back in rax (not yet extended) or xmm0 (never `F32`: the
+    /// verifier rejects `f32` in interpreter signatures).
     Register(usize, FastRet),
 }
 
