@@ -245,16 +245,6 @@ pub(crate) fn clear_entry_error() {
     }
 }
 
-/// The failure of the exit call that just returned, if a callback failed during it.
-#[inline(always)]
-pub(crate) fn take_entry_error_fast() -> Option<EntryError> {
-    if entry_failure_pending() {
-        take_entry_error_cold()
-    } else {
-        None
-    }
-}
-
 /// Whether a failed entry call left a failure nobody took yet (one load).
 #[inline(always)]
 pub(crate) fn entry_failure_pending() -> bool {

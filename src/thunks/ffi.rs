@@ -375,8 +375,8 @@ impl FfiCif {
         if let Some(Type::Scalar(s)) = self.sig.ret() {
             ret[0] = s.to_slot(ret[0]);
         }
-        if collect_failure && let Some(e) = crate::host::take_entry_error_fast() {
-            return Err(ThunkError::Callback(e));
+        if collect_failure {
+            super::callback_failure()?;
         }
         Ok(captured)
     }

@@ -23,10 +23,7 @@ use super::x64::{
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
-use crate::host::{
-    Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error, entry_failure_pending,
-    take_entry_error,
-};
+use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
@@ -41,16 +38,6 @@ struct SlotStubs {
     _code: ExecCode,
     f: ExitFn,
     f_errno: ExitFn,
-}
-
-/// The callback failure an exit call reports (the thread-local says one is pending).
-#[cold]
-#[inline(never)]
-fn callback_failed() -> ThunkError {
-    match take_entry_error() {
-        Some(e) => ThunkError::Callback(e),
-        None => ThunkError::Internal("a pending callback failure vanished".into()),
-    }
 }
 
 /// Installs `code`, refusing sizes no sane signature produces.
@@ -125,9 +112,7 @@ impl GenExit {
         // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
         // checked above); the caller vouches that `target` has this signature.
         unsafe { self.run(target, args.as_ptr(), ret.as_mut_ptr()) };
-        if entry_failure_pending() {
-            return Err(callback_failed());
-        }
+        super::callback_failure()?;
         Ok(None)
     }
 
@@ -151,9 +136,7 @@ impl GenExit {
         };
         // SAFETY: by this function's contract; `io` outlives the call.
         unsafe { f_errno(args.as_ptr(), ret.as_mut_ptr(), target, &mut io) };
-        if entry_failure_pending() {
-            return Err(callback_failed());
-        }
+        super::callback_failure()?;
         Ok(Some(io.value))
     }
 

@@ -145,6 +145,25 @@ fn bad_exit_call(
     }
 }
 
+/// After an exit call, on either backend: the failure of a callback that ran
+/// during it, if any (one thread-local load when there is none).
+#[inline(always)]
+fn callback_failure() -> Result<()> {
+    if crate::host::entry_failure_pending() {
+        return Err(callback_failed());
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn callback_failed() -> ThunkError {
+    match crate::host::take_entry_error() {
+        Some(e) => ThunkError::Callback(e),
+        None => ThunkError::Internal("a pending callback failure vanished".into()),
+    }
+}
+
 /// Which machinery makes stubs and entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
