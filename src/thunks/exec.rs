@@ -96,13 +96,14 @@ impl Slab {
 /// 1 GiB (e.g. a non-PIE binary loaded low).
 fn next_slab_hint() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
-    let first = || {
+    if NEXT.load(Ordering::Relaxed) == usize::MAX {
         let here = next_slab_hint as *const () as usize;
-        here.checked_sub(256 << 20)
-            .map(|h| h & !((2 << 20) - 1))
-            .unwrap_or(0)
-    };
-    let _ = NEXT.compare_exchange(usize::MAX, first(), Ordering::Relaxed, Ordering::Relaxed);
+        let first = here
+            .checked_sub(256 << 20)
+            .map_or(0, |h| h & !((2 << 20) - 1));
+        // Only the first caller's value counts (they are all the same).
+        let _ = NEXT.compare_exchange(usize::MAX, first, Ordering::Relaxed, Ordering::Relaxed);
+    }
     // Hand out the current hint and move the next one a slab down, until the
     // hints would go under 1 GiB; from then on, no preference.
     NEXT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
