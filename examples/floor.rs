@@ -105,74 +105,44 @@ mod floor {
     }
 
     type ExitFloor = unsafe extern "C" fn(*const u64, extern "C" fn(i64, i64) -> i64) -> u64;
+    type EntryFloor = unsafe extern "C" fn(i64, i64) -> i64;
 
     extern "C" fn add(a: i64, b: i64) -> i64 {
         a.wrapping_add(b)
     }
 
-    fn best_of_5(mut one_run: impl FnMut(u64) -> i64) -> f64 {
-        const N: u64 = 100_000_000;
+    /// The best of 5 runs of 10⁸ calls `call(i)` in a loop, in ns per call.
+    fn best_of_5(call: impl Fn(i64) -> i64) -> f64 {
+        const N: i64 = 100_000_000;
         (0..5)
             .map(|_| {
                 let t = Instant::now();
-                black_box(one_run(N));
+                let mut acc = 0i64;
+                for i in 0..N {
+                    acc = acc.wrapping_add(call(i));
+                }
+                black_box(acc);
                 t.elapsed().as_nanos() as f64 / N as f64
             })
             .fold(f64::INFINITY, f64::min)
     }
 
     pub fn run() {
-        let direct = best_of_5(|n| {
-            let mut acc = 0i64;
-            for i in 0..n {
-                acc = acc.wrapping_add(black_box(add as extern "C" fn(i64, i64) -> i64)(
-                    i as i64, 1,
-                ));
-            }
-            acc
+        let direct = best_of_5(|i| black_box(add as extern "C" fn(i64, i64) -> i64)(i, 1));
+        let exit = best_of_5(|i| {
+            let slots = [i as u64, 1];
+            let target = black_box(add as extern "C" fn(i64, i64) -> i64);
+            // SAFETY: floor_exit reads two slots and jumps to `add`, whose
+            // result comes back in rax.
+            unsafe { black_box(floor_exit as ExitFloor)(slots.as_ptr(), target) as i64 }
         });
-        let exit = best_of_5(|n| {
-            let mut acc = 0i64;
-            for i in 0..n {
-                let slots = [i, 1];
-                // SAFETY: floor_exit reads two slots and jumps to `add`, whose
-                // result comes back in rax.
-                let r = unsafe {
-                    black_box(floor_exit as ExitFloor)(
-                        slots.as_ptr(),
-                        black_box(add as extern "C" fn(i64, i64) -> i64),
-                    )
-                };
-                acc = acc.wrapping_add(r as i64);
-            }
-            acc
-        });
-        let entry = best_of_5(|n| {
-            let mut acc = 0i64;
-            for i in 0..n {
-                // SAFETY: floor_entry is a complete (i64, i64) -> i64 function:
-                // its binding is static and its dispatcher sums two slots.
-                let r = unsafe {
-                    black_box(floor_entry as unsafe extern "C" fn(i64, i64) -> i64)(i as i64, 1)
-                };
-                acc = acc.wrapping_add(r);
-            }
-            acc
-        });
-        let entry_direct = best_of_5(|n| {
-            let mut acc = 0i64;
-            for i in 0..n {
-                // SAFETY: as above; this trampoline has the binding's address
-                // built in and jumps to the thunk directly.
-                let r = unsafe {
-                    black_box(floor_entry_direct as unsafe extern "C" fn(i64, i64) -> i64)(
-                        i as i64, 1,
-                    )
-                };
-                acc = acc.wrapping_add(r);
-            }
-            acc
-        });
+        // SAFETY: floor_entry is a complete (i64, i64) -> i64 function: its
+        // binding is static and its dispatcher sums two slots.
+        let entry = best_of_5(|i| unsafe { black_box(floor_entry as EntryFloor)(i, 1) });
+        // SAFETY: as above; this trampoline has the binding's address built in
+        // and jumps to the thunk directly.
+        let entry_direct =
+            best_of_5(|i| unsafe { black_box(floor_entry_direct as EntryFloor)(i, 1) });
         println!("(i64,i64)->i64, best of 5 x 10^8 calls:");
         println!("  direct call                     {direct:.3} ns");
         println!(
