@@ -466,6 +466,17 @@ impl GenBackend {
         Ok(self.thunks.get_or_init(index, || fresh).clone())
     }
 
+    /// `BLOCK` new trampolines, each reading its own cell (pointing at the
+    /// dead binding until a function is bound to it).
+    fn trampoline_block(&self) -> Result<Block> {
+        let cells: Box<[AtomicPtr<BindingHead>]> = (0..BLOCK)
+            .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
+            .collect();
+        let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
+        let code = self.install(&emit_trampolines(&addrs))?;
+        Ok(Block { code, cells })
+    }
+
     pub(super) fn bind(
         &self,
         reg: &Registry,
@@ -490,17 +501,21 @@ impl GenBackend {
             _thunk: thunk,
         });
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.free.is_empty() {
-            let cells: Box<[AtomicPtr<BindingHead>]> = (0..BLOCK)
-                .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
-                .collect();
-            let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
-            let code = self.install(&emit_trampolines(&addrs))?;
+        while pool.free.is_empty() {
+            // Make a block of trampolines without holding the pool (emitting
+            // and installing code takes the executable memory's own lock); if
+            // another thread added one meanwhile, this one is kept as spare.
+            drop(pool);
+            let block = self.trampoline_block()?;
+            pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let b = pool.blocks.len();
-            pool.blocks.push(Block { code, cells });
+            pool.blocks.push(block);
             pool.free.extend((0..BLOCK).map(|i| (b, i)));
         }
-        let (b, i) = pool.free.pop_front().expect("a block was just added");
+        let (b, i) = pool
+            .free
+            .pop_front()
+            .expect("the loop left a free trampoline");
         let head = (&binding.head as *const BindingHead).cast_mut();
         pool.blocks[b].cells[i].store(head, Ordering::Release);
         let base: NonNull<u8> = pool.blocks[b].code.addr();
