@@ -244,21 +244,26 @@ fn scalar_ret(s: Scalar) -> RetPass {
     } else {
         Loc::Gpr(Gpr::Rax)
     };
-    RetPass::Direct([scalar_part(s, loc)].into_iter().collect())
+    RetPass::Direct(one_part(scalar_part(s, loc)))
 }
 
-fn slots_of(sig: &Signature) -> (Vec<(u32, u32)>, u32) {
+/// A value in one part (pushed, not collected: collecting into a
+/// `SmallVec` costs several times more, and classification runs for every
+/// new signature).
+fn one_part(p: Part) -> SmallVec<[Part; 2]> {
+    let mut parts = SmallVec::new();
+    parts.push(p);
+    parts
+}
+
+/// Each parameter with its first slot and slot count.
+fn with_slots(sig: &Signature) -> impl Iterator<Item = (&Type, (u32, u32))> {
     let mut next = 0;
-    let slots = sig
-        .params()
-        .iter()
-        .map(|t| {
-            let at = next;
-            next += t.slots();
-            (at, t.slots())
-        })
-        .collect();
-    (slots, next)
+    sig.params().iter().map(move |t| {
+        let at = next;
+        next += t.slots();
+        (t, (at, t.slots()))
+    })
 }
 
 fn classify_sysv(sig: &Signature) -> CallLayout {
@@ -284,9 +289,9 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
             }
         },
     };
-    let (slots, arg_slots) = slots_of(sig);
+    let arg_slots = sig.arg_slots() as u32;
     let mut args = Vec::with_capacity(sig.params().len());
-    for (ty, (slot, nslots)) in sig.params().iter().zip(slots) {
+    for (ty, (slot, nslots)) in with_slots(sig) {
         let mut on_stack = |size: u32| {
             let at = stack;
             stack += size.next_multiple_of(8);
@@ -300,7 +305,7 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
                 } else {
                     on_stack(8)
                 };
-                [scalar_part(*s, loc)].into_iter().collect()
+                one_part(scalar_part(*s, loc))
             }
             Type::Scalar(s) => {
                 let loc = if gpr < SYSV_INT_ARGS.len() {
@@ -309,7 +314,7 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
                 } else {
                     on_stack(8)
                 };
-                [scalar_part(*s, loc)].into_iter().collect()
+                one_part(scalar_part(*s, loc))
             }
             Type::Struct(_) => {
                 let fits = sysv_eightbytes(ty).filter(|classes| {
@@ -338,14 +343,12 @@ fn classify_sysv(sig: &Signature) -> CallLayout {
                     // the stack and no register is consumed (psABI 3.2.3, step 5).
                     None => {
                         let loc = on_stack(ty.size());
-                        [Part {
+                        one_part(Part {
                             offset: 0,
                             size: ty.size(),
                             kind: PartKind::Memory,
                             loc,
-                        }]
-                        .into_iter()
-                        .collect()
+                        })
                     }
                 }
             }
@@ -423,11 +426,11 @@ fn classify_win64(sig: &Signature) -> CallLayout {
         }
     };
     let fixed = sig.fixed_count();
-    let (slots, arg_slots) = slots_of(sig);
+    let arg_slots = sig.arg_slots() as u32;
     let mut copy = 0u32;
     let mut xmms_used = 0u8;
     let mut args = Vec::with_capacity(sig.params().len());
-    for (i, (ty, (slot, nslots))) in sig.params().iter().zip(slots).enumerate() {
+    for (i, (ty, (slot, nslots))) in with_slots(sig).enumerate() {
         let p = pos;
         pos += 1;
         let int_loc = if p < 4 {
@@ -445,19 +448,15 @@ fn classify_win64(sig: &Signature) -> CallLayout {
                 if p < 4 {
                     xmms_used = xmms_used.max(p as u8 + 1);
                 }
-                ArgPass::Direct([scalar_part(*s, loc)].into_iter().collect())
+                ArgPass::Direct(one_part(scalar_part(*s, loc)))
             }
-            Type::Scalar(s) => ArgPass::Direct([scalar_part(*s, int_loc)].into_iter().collect()),
-            Type::Struct(_) if win64_in_register(ty) => ArgPass::Direct(
-                [Part {
-                    offset: 0,
-                    size: ty.size(),
-                    kind: PartKind::IntBytes,
-                    loc: int_loc,
-                }]
-                .into_iter()
-                .collect(),
-            ),
+            Type::Scalar(s) => ArgPass::Direct(one_part(scalar_part(*s, int_loc))),
+            Type::Struct(_) if win64_in_register(ty) => ArgPass::Direct(one_part(Part {
+                offset: 0,
+                size: ty.size(),
+                kind: PartKind::IntBytes,
+                loc: int_loc,
+            })),
             Type::Struct(_) => {
                 let at = copy;
                 copy += ty.size().next_multiple_of(16);
