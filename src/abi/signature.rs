@@ -16,26 +16,64 @@ pub const MAX_PARAMS: usize = 64;
 /// arguments of one call (after C's default argument promotions), made with
 /// [`Signature::with_varargs`] and written `(ptr,...,f64,i64)->i32` (an
 /// extension of the grammar: types after `...` are the call's variadic ones).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Signature {
     params: Vec<Type>,
     ret: Option<Type>,
     /// Number of fixed parameters when variadic.
     fixed: Option<usize>,
+    /// A hash of the three fields above, worked out once when the signature
+    /// is made: interning and cached lookups by signature hash it every time.
+    hash: u64,
+}
+
+impl PartialEq for Signature {
+    fn eq(&self, other: &Signature) -> bool {
+        self.hash == other.hash
+            && self.fixed == other.fixed
+            && self.ret == other.ret
+            && self.params == other.params
+    }
+}
+
+impl Eq for Signature {}
+
+impl std::hash::Hash for Signature {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signature")
+            .field("params", &self.params)
+            .field("ret", &self.ret)
+            .field("fixed", &self.fixed)
+            .finish()
+    }
 }
 
 impl Signature {
+    /// The one place a signature is made (its hash worked out).
+    fn make(params: Vec<Type>, ret: Option<Type>, fixed: Option<usize>) -> Signature {
+        use std::hash::BuildHasher;
+        let hash = rustc_hash::FxBuildHasher.hash_one((&params, &ret, fixed));
+        Signature {
+            params,
+            ret,
+            fixed,
+            hash,
+        }
+    }
+
     /// A non-variadic signature.
     ///
     /// # Errors
     /// [`AbiError::TooManyParams`].
     pub fn new(params: Vec<Type>, ret: Option<Type>) -> Result<Signature> {
         check_count(params.len())?;
-        Ok(Signature {
-            params,
-            ret,
-            fixed: None,
-        })
+        Ok(Signature::make(params, ret, None))
     }
 
     /// A variadic signature in its declared form: `params` are the fixed ones.
@@ -45,7 +83,7 @@ impl Signature {
     pub fn new_variadic(params: Vec<Type>, ret: Option<Type>) -> Result<Signature> {
         check_count(params.len())?;
         let fixed = Some(params.len());
-        Ok(Signature { params, ret, fixed })
+        Ok(Signature::make(params, ret, fixed))
     }
 
     /// Starts a [`SignatureBuilder`].
@@ -119,9 +157,11 @@ impl Signature {
 
     /// The declared form of a call-site signature (variadic types dropped).
     pub fn declared(&self) -> Signature {
-        let mut s = self.clone();
-        s.params.truncate(self.fixed_count());
-        s
+        Signature::make(
+            self.params[..self.fixed_count()].to_vec(),
+            self.ret.clone(),
+            self.fixed,
+        )
     }
 
     /// The call-site signature for one call of a variadic function: the fixed
@@ -159,11 +199,7 @@ impl Signature {
         }
         let mut params = self.params.clone();
         params.extend_from_slice(varargs);
-        Ok(Signature {
-            params,
-            ret: self.ret.clone(),
-            fixed: Some(fixed),
-        })
+        Ok(Signature::make(params, self.ret.clone(), Some(fixed)))
     }
 
     /// Number of interpreter slots the arguments take (see ABI.md, "Slots").
@@ -366,7 +402,7 @@ impl Parser<'_> {
             Some(self.ty(0)?)
         };
         check_count(params.len())?;
-        Ok(Signature { params, ret, fixed })
+        Ok(Signature::make(params, ret, fixed))
     }
 
     fn params(&mut self) -> Result<(Vec<Type>, Option<usize>)> {
