@@ -70,6 +70,13 @@ pub(crate) mod exec {
         }
     }
 
+    /// Mappings are populated when made (one batch of page-table work per
+    /// slab, not one page fault per page as code is first written and run).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const POPULATE: libc::c_int = libc::MAP_POPULATE;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const POPULATE: libc::c_int = 0;
+
     /// An owned memory mapping, unmapped on drop.
     pub(crate) struct Mapping {
         ptr: std::ptr::NonNull<u8>,
@@ -99,6 +106,7 @@ pub(crate) mod exec {
                     f.as_raw_fd(),
                 ),
             };
+            let flags = flags | POPULATE;
             // SAFETY: no MAP_FIXED, so the hint never replaces an existing
             // mapping; the result is checked before use.
             let p = unsafe { libc::mmap(hint as *mut libc::c_void, len, prot, flags, fd, 0) };

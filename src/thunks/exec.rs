@@ -236,7 +236,7 @@ impl ExecMemory {
                 let file = os::code_file(SLAB_BYTES).map_err(|e| os_err("memfd_create", e))?;
                 // SAFETY: the file is private to this process (an unnamed memfd);
                 // nobody else can truncate or modify it under the maps.
-                let rw = unsafe { MmapOptions::new().len(SLAB_BYTES).map_mut(&file) }
+                let rw = unsafe { MmapOptions::new().len(SLAB_BYTES).populate().map_mut(&file) }
                     .map_err(|e| os_err("mmap (read-write view)", e))?;
                 let rx = Mapping::new(hint, SLAB_BYTES, Some(&file))
                     .map_err(|e| os_err("mmap (executable view)", e))?;
