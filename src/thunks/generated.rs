@@ -9,7 +9,7 @@
 //! aborts with a message (a stale call never runs freed memory), and the
 //! trampoline goes to the back of a FIFO free list.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::ptr::{NonNull, null_mut};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -17,14 +17,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
-    BindingHead, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit, emit_slot_exits,
-    emit_trampolines,
+    BindingHead, CodeKey, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit,
+    emit_slot_exits, emit_trampolines, entry_key, exit_key,
 };
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
+use rustc_hash::FxBuildHasher;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
@@ -64,14 +65,20 @@ impl SlotStubs {
     }
 }
 
-/// A generated exit stub: the register-result stub when the signature has one
-/// (made with the stub, since `call` and compiled code use it), and the slot
-/// stubs (made with the stub when there is no register-result stub, else on
-/// first need: errno capture).
+/// The exit code of one machine shape ([`exit_key`]), shared by every
+/// signature of that shape: the register-result stub when the shape has one
+/// (made at once, since `call` and compiled code use it), and the slot stubs
+/// (made at once when there is no register-result stub, else on first need:
+/// errno capture, compiled code's slot calls).
+struct ExitCode {
+    fast: Option<(ExecCode, FastRet)>,
+    slots: OnceLock<SlotStubs>,
+}
+
+/// A generated exit stub: a signature's view of its shape's [`ExitCode`].
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
-    _fast_code: Option<ExecCode>,
-    slots: OnceLock<SlotStubs>,
+    code: Arc<ExitCode>,
     /// The register-result stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
@@ -142,12 +149,13 @@ impl GenExit {
 
     /// The slot stubs, made now if this is their first use.
     fn slot_stubs(&self) -> Result<&SlotStubs> {
-        if let Some(s) = self.slots.get() {
+        if let Some(s) = self.code.slots.get() {
             return Ok(s);
         }
+        // Any signature of the shape makes the same bytes (`exit_key`).
         let fresh = SlotStubs::new(&self.mem, &self.layout)?;
         // Another thread may have won the race: its stubs are used, these freed.
-        Ok(self.slots.get_or_init(|| fresh))
+        Ok(self.code.slots.get_or_init(|| fresh))
     }
 
     /// The register-result stub's address and result kind, if the signature
@@ -217,6 +225,7 @@ impl GenExit {
             unsafe { *ret = self.ext.apply(f(args, target)) };
         } else {
             let f = self
+                .code
                 .slots
                 .get()
                 .expect("made with the stub when there is no register-result stub")
@@ -227,7 +236,8 @@ impl GenExit {
     }
 }
 
-/// A generated shared entry thunk.
+/// A generated entry thunk, shared by every signature of its machine shape
+/// ([`entry_key`]).
 struct GenThunk {
     _code: ExecCode,
     entry: RawFn,
@@ -356,7 +366,40 @@ pub(super) struct GenBackend {
     mem: Arc<ExecMemory>,
     exits: IdTable<Arc<GenExit>>,
     thunks: IdTable<Arc<GenThunk>>,
+    /// Exit code by machine shape, shared across signatures.
+    exit_shapes: Shapes<ExitCode>,
+    /// Entry thunks by machine shape, shared across signatures.
+    entry_shapes: Shapes<GenThunk>,
     pool: Arc<Mutex<Pool>>,
+}
+
+/// Code by machine shape. Kept as long as the backend: a shape's code is
+/// small, and signatures are never forgotten either.
+struct Shapes<T>(Mutex<HashMap<CodeKey, Arc<T>, FxBuildHasher>>);
+
+impl<T> Shapes<T> {
+    fn new() -> Shapes<T> {
+        Shapes(Mutex::new(HashMap::default()))
+    }
+
+    /// The code of shape `key`, made by `make` if the shape is new (outside
+    /// the lock: if another thread made it meanwhile, theirs is kept), or
+    /// made for this signature alone when its layout has no key.
+    fn get_or_make(
+        &self,
+        key: Option<CodeKey>,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let Some(key) = key else {
+            return Ok(Arc::new(make()?));
+        };
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = lock().get(&key) {
+            return Ok(code.clone());
+        }
+        let fresh = Arc::new(make()?);
+        Ok(lock().entry(key).or_insert(fresh).clone())
+    }
 }
 
 fn cache_index(id: SigId, conv: CallConv) -> u32 {
@@ -378,6 +421,8 @@ impl GenBackend {
             mem,
             exits: IdTable::default(),
             thunks: IdTable::default(),
+            exit_shapes: Shapes::new(),
+            entry_shapes: Shapes::new(),
             pool: Arc::new(Mutex::new(Pool {
                 blocks: Vec::new(),
                 free: VecDeque::new(),
@@ -404,11 +449,21 @@ impl GenBackend {
             Some(Type::Scalar(s)) => s.slot_ext(),
             _ => SlotExt::NONE,
         };
+        let code = self.exit_shapes.get_or_make(exit_key(&layout), || {
+            let fast = match emit_fast_exit(&layout) {
+                Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                None => None,
+            };
+            let slots = OnceLock::new();
+            if fast.is_none() {
+                // The slot stub is the call path: make it now.
+                let _ = slots.set(SlotStubs::new(&self.mem, &layout)?);
+            }
+            Ok(ExitCode { fast, slots })
+        })?;
         let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
-        let mut fast_code = None;
-        if let Some((bytes, kind)) = emit_fast_exit(&layout) {
-            let code = self.install(&bytes)?;
-            let p = code.addr().cast();
+        if let Some((c, kind)) = &code.fast {
+            let p = c.addr().cast();
             match kind {
                 // SAFETY: emitted to return its result (if any) in rax.
                 FastRet::Void | FastRet::Int if ext == SlotExt::NONE => {
@@ -420,18 +475,11 @@ impl GenBackend {
                 // as `f64` keeps its bits in the low half, which `ext` keeps.
                 FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
             }
-            fast_code = Some(code);
-        }
-        let slots = OnceLock::new();
-        if fast_code.is_none() {
-            // The slot stub is the call path: make it now.
-            let _ = slots.set(SlotStubs::new(&self.mem, &layout)?);
         }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
-            _fast_code: fast_code,
-            slots,
+            code,
             fast_wide,
             fast_float,
             fast_narrow,
@@ -449,20 +497,24 @@ impl GenBackend {
         if let Some(t) = self.thunks.get(index) {
             return Ok(t.clone());
         }
-        let sig = reg.signature(id)?;
+        let variadic = reg.signature(id)?.is_variadic();
         let layout = reg.layout(id, conv)?;
-        let code = self.install(&emit_entry(
-            layout,
-            sig.is_variadic(),
-            entry_failed as *const () as usize,
-        ))?;
-        // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
-        let entry = unsafe { callable(code.addr().cast()) };
-        let fresh = Arc::new(GenThunk {
-            _code: code,
-            entry,
-            slots: (layout.arg_slots, layout.ret_slots),
-        });
+        let fresh = self
+            .entry_shapes
+            .get_or_make(entry_key(layout, variadic), || {
+                let code = self.install(&emit_entry(
+                    layout,
+                    variadic,
+                    entry_failed as *const () as usize,
+                ))?;
+                // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
+                let entry = unsafe { callable(code.addr().cast()) };
+                Ok(GenThunk {
+                    _code: code,
+                    entry,
+                    slots: (layout.arg_slots, layout.ret_slots),
+                })
+            })?;
         Ok(self.thunks.get_or_init(index, || fresh).clone())
     }
 
