@@ -23,6 +23,7 @@
 use std::mem::offset_of;
 
 use dynasmrt::x64::X64Relocation;
+use smallvec::SmallVec;
 use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
 use crate::abi::{ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar};
@@ -30,10 +31,11 @@ use crate::host::{RawBinding, RawDispatch, RawVaList};
 
 pub(crate) type Asm = VecAssembler<X64Relocation>;
 
-/// An assembler whose buffer already holds `bytes` (and two dynamic labels
-/// with their references), so emitting a typical stub never reallocates.
-pub(crate) fn asm_with_capacity(bytes: usize) -> Asm {
-    Asm::new_with_capacity(0, bytes, 0, 0, 2, 0, 2)
+/// An assembler whose buffer already holds `bytes` and room for `labels`
+/// dynamic labels and references to them, so emitting a typical stub never
+/// reallocates (and code without labels allocates nothing for them).
+pub(crate) fn asm_with_capacity(bytes: usize, labels: usize) -> Asm {
+    Asm::new_with_capacity(0, bytes, 0, 0, labels, 0, labels)
 }
 
 /// A generous estimate of the code one stub or thunk of `l` needs: every
@@ -365,7 +367,7 @@ pub(crate) enum FastRet {
 /// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
 /// (the plain one ignores `errno`).
 pub(super) fn emit_slot_exits(l: &CallLayout) -> (Vec<u8>, usize) {
-    let mut ops = asm_with_capacity(2 * code_estimate(l));
+    let mut ops = asm_with_capacity(2 * code_estimate(l), 0);
     emit_exit(&mut ops, l, false);
     align16(&mut ops);
     let errno_at = ops.offset().0;
@@ -386,7 +388,7 @@ fn align16(ops: &mut Asm) {
 /// The register-result stub, when the layout allows one, and how it returns.
 pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     let kind = fast_ret(l)?;
-    let mut ops = asm_with_capacity(code_estimate(l));
+    let mut ops = asm_with_capacity(code_estimate(l), 0);
     emit_exit_fast(&mut ops, l);
     Some((
         ops.finalize()
@@ -617,7 +619,7 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
 /// frame), so on SysV the thunk pushes nothing: its stores are the argument
 /// slots, the zeroed result slots and the binding.
 pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
-    let mut ops = asm_with_capacity(code_estimate(l) + if variadic { 256 } else { 0 });
+    let mut ops = asm_with_capacity(code_estimate(l) + if variadic { 256 } else { 0 }, 2);
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     if win {
@@ -665,7 +667,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
     // argument), so a host reading the slots with 16-byte loads gets them
     // forwarded from one store instead of stalling; 8-byte reads forward from
     // the pair too (ABI.md, "Host contract").
-    let paired = if win { Vec::new() } else { slot_pairs(l) };
+    let paired = if win { SmallVec::new() } else { slot_pairs(l) };
     for &(k, first, second) in &paired {
         slot_value_to_xmm(&mut ops, first, 8, f.incoming);
         slot_value_to_xmm(&mut ops, second, 9, f.incoming);
@@ -811,8 +813,9 @@ struct SlotSource {
 /// The 16-byte-aligned slot pairs `(k, slot 2k, slot 2k+1)` whose two slots
 /// are each a whole argument that needs no extending (`i64`, `u64`, `ptr`,
 /// `f64`).
-fn slot_pairs(l: &CallLayout) -> Vec<(u32, SlotSource, SlotSource)> {
-    let mut sources: Vec<Option<SlotSource>> = vec![None; l.arg_slots as usize];
+fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
+    let mut sources: SmallVec<[Option<SlotSource>; 16]> =
+        smallvec::smallvec![None; l.arg_slots as usize];
     for a in &l.args {
         if let ArgPass::Direct(parts) = &a.pass
             && let [p] = parts.as_slice()
