@@ -9,8 +9,9 @@
 //! aborts with a message (a stale call never runs freed memory), and the
 //! trampoline goes to the back of a FIFO free list.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::c_void;
+use std::hash::BuildHasher;
 use std::ptr::{NonNull, null_mut};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,6 +26,8 @@ use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, SlotE
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
@@ -374,12 +377,17 @@ pub(super) struct GenBackend {
 }
 
 /// Code by machine shape. Kept as long as the backend: a shape's code is
-/// small, and signatures are never forgotten either.
-struct Shapes<T>(Mutex<HashMap<CodeKey, Arc<T>, FxBuildHasher>>);
+/// small, and signatures are never forgotten either. Each entry keeps its
+/// key's hash beside it and its key bytes out of line, so the table stays
+/// small (and cheap to grow) however many shapes there are.
+struct Shapes<T>(Mutex<HashTable<Shaped<T>>>);
+
+/// One shape: its key's hash, its key, its code.
+type Shaped<T> = (u64, Box<[u8]>, Arc<T>);
 
 impl<T> Shapes<T> {
     fn new() -> Shapes<T> {
-        Shapes(Mutex::new(HashMap::default()))
+        Shapes(Mutex::new(HashTable::new()))
     }
 
     /// The code of shape `key`, made by `make` if the shape is new (outside
@@ -393,12 +401,19 @@ impl<T> Shapes<T> {
         let Some(key) = key else {
             return Ok(Arc::new(make()?));
         };
+        let key = key.as_bytes();
+        let hash = FxBuildHasher.hash_one(key);
+        let same = |e: &Shaped<T>| e.0 == hash && *e.1 == *key;
         let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(code) = lock().get(&key) {
-            return Ok(code.clone());
+        if let Some(e) = lock().find(hash, same) {
+            return Ok(e.2.clone());
         }
         let fresh = Arc::new(make()?);
-        Ok(lock().entry(key).or_insert(fresh).clone())
+        let mut table = lock();
+        Ok(match table.entry(hash, same, |e| e.0) {
+            Entry::Occupied(e) => e.get().2.clone(),
+            Entry::Vacant(e) => e.insert((hash, key.into(), fresh)).get().2.clone(),
+        })
     }
 }
 
