@@ -23,8 +23,8 @@
 use std::mem::offset_of;
 
 use dynasmrt::x64::X64Relocation;
-use smallvec::SmallVec;
 use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
+use smallvec::SmallVec;
 
 use crate::abi::{ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar};
 use crate::host::{RawBinding, RawDispatch, RawVaList};
@@ -102,10 +102,17 @@ fn stack_end(l: &CallLayout) -> u32 {
 /// one machine shape share one copy of the code. Layouts whose fields do not
 /// fit (a field over 255, more than [`KEY_BYTES`] fields) have no key: their
 /// code is made for them alone.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 pub(super) struct CodeKey {
     len: u8,
     bytes: [u8; KEY_BYTES],
+}
+
+impl CodeKey {
+    /// The key's fields, one byte each.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// Room in a key: enough for ten scalar arguments and a scalar result.
@@ -619,7 +626,26 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
 /// frame), so on SysV the thunk pushes nothing: its stores are the argument
 /// slots, the zeroed result slots and the binding.
 pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
-    let mut ops = asm_with_capacity(code_estimate(l) + if variadic { 256 } else { 0 }, 2);
+    thread_local! {
+        /// The assembler entry thunks are made with, kept between thunks: its
+        /// label and relocation storage is reused (making them afresh cost a
+        /// third of emitting a small thunk). Taken out while in use, so a
+        /// thunk made meanwhile (there is no such path) would get a new one.
+        static ASM: std::cell::Cell<Option<Asm>> = const { std::cell::Cell::new(None) };
+    }
+    let mut ops = ASM
+        .with(std::cell::Cell::take)
+        .unwrap_or_else(|| asm_with_capacity(0, 2));
+    ops.reserve_ops(code_estimate(l) + if variadic { 256 } else { 0 });
+    emit_entry_into(&mut ops, l, variadic, failed);
+    let code = ops
+        .take()
+        .expect("entry thunks use no external relocations");
+    ASM.with(|a| a.set(Some(ops)));
+    code
+}
+
+fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize) {
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     if win {
@@ -669,8 +695,8 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
     // the pair too (ABI.md, "Host contract").
     let paired = if win { SmallVec::new() } else { slot_pairs(l) };
     for &(k, first, second) in &paired {
-        slot_value_to_xmm(&mut ops, first, 8, f.incoming);
-        slot_value_to_xmm(&mut ops, second, 9, f.incoming);
+        slot_value_to_xmm(ops, first, 8, f.incoming);
+        slot_value_to_xmm(ops, second, 9, f.incoming);
         dynasm!(ops ; .arch x64
             ; punpcklqdq xmm8, xmm9
             ; movdqu [rsp + f.args + 16 * k as i32], xmm8
@@ -699,11 +725,11 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                             Loc::Gpr(g),
                         ) => dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8)),
                         (PartKind::Scalar(s), Loc::Gpr(g)) => {
-                            extend_reg(&mut ops, s, g as u8);
+                            extend_reg(ops, s, g as u8);
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
                         }
                         (PartKind::Scalar(s), Loc::Stack(off)) => {
-                            extend_mem(&mut ops, s, RSP, f.incoming + d(off));
+                            extend_mem(ops, s, RSP, f.incoming + d(off));
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
                         }
                         (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => {
@@ -713,7 +739,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                             dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8))
                         }
                         (_, Loc::Stack(off)) => {
-                            copy_qwords(&mut ops, RSP, f.incoming + d(off), RSP, at, p.size)
+                            copy_qwords(ops, RSP, f.incoming + d(off), RSP, at, p.size)
                         }
                     }
                 }
@@ -727,7 +753,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                     other => unreachable!("a by-reference pointer in {other:?}"),
                 }
                 // Exactly the struct's bytes: the caller's copy may end at a page edge.
-                copy_exact(&mut ops, R11, 0, RSP, slot, a.ty.size());
+                copy_exact(ops, R11, 0, RSP, slot, a.ty.size());
             }
         }
     }
@@ -767,7 +793,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
                     (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
                         dynasm!(ops ; .arch x64 ; movd Rx(n), DWORD [rsp + o])
                     }
-                    (PartKind::Scalar(s), Loc::Gpr(Gpr::Rax)) => extend_mem(&mut ops, s, RSP, o),
+                    (PartKind::Scalar(s), Loc::Gpr(Gpr::Rax)) => extend_mem(ops, s, RSP, o),
                     (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rsp + o]),
                     (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rsp + o]),
                     (_, other) => unreachable!("a result part in {other:?}"),
@@ -777,7 +803,7 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         RetPass::Sret { .. } => {
             // Exactly the result's bytes: the caller's buffer may end at a page edge.
             dynasm!(ops ; .arch x64 ; mov r11, QWORD [rsp + f.sret]);
-            copy_exact(&mut ops, RSP, f.rets, R11, 0, l.ret_size);
+            copy_exact(ops, RSP, f.rets, R11, 0, l.ret_size);
             dynasm!(ops ; .arch x64 ; mov rax, r11);
         }
     }
@@ -799,8 +825,6 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         ; mov rax, QWORD failed as i64 ; call rax
         ; jmp =>results
     );
-    ops.finalize()
-        .expect("entry thunks use no external relocations")
 }
 
 /// A one-slot scalar argument's source: its scalar and where it arrives.
@@ -936,8 +960,8 @@ mod tests {
         use crate::abi::{Signature, Type};
         use std::collections::HashMap;
         let mut rng = fastrand::Rng::with_seed(0x5eed_c0de);
-        let mut exits: HashMap<CodeKey, (String, Vec<u8>)> = HashMap::new();
-        let mut entries: HashMap<CodeKey, (String, Vec<u8>)> = HashMap::new();
+        let mut exits: HashMap<Vec<u8>, (String, Vec<u8>)> = HashMap::new();
+        let mut entries: HashMap<Vec<u8>, (String, Vec<u8>)> = HashMap::new();
         let (mut shared_exit, mut shared_entry, mut keyless) = (0, 0, 0);
         for _ in 0..20_000 {
             // Short lists half the time, so that shapes meet often.
@@ -982,7 +1006,7 @@ mod tests {
                         &mut shared_entry,
                     ),
                 ] {
-                    let Some(key) = key else {
+                    let Some(key) = key.map(|k| k.as_bytes().to_vec()) else {
                         keyless += 1;
                         continue;
                     };
