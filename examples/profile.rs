@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|direct10|entry10|entry10-scalar|create> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 #[path = "common/measure.rs"]
@@ -103,24 +103,37 @@ fn main() {
     let t0 = std::time::Instant::now();
     match mode.as_str() {
         "direct" => acc = call_loop(add_i64, n),
-        "create" => {
+        "create" | "create-shapes" => {
             // n new signatures, as benches/calls.rs makes them: six scalar
-            // parameters spelling i in base 11; exit stub + entry thunk for each.
+            // parameters spelling i in base 11 (create), or in base 9 over one
+            // type per entry-thunk class, so every entry shape is new
+            // (create-shapes); exit stub + entry thunk for each.
             let d = Dispatcher::from_host(
                 Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
                 FailurePolicy::Report,
             );
-            const T: [&str; 11] = [
-                "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
-            ];
+            let (types, ret): (&[&str], &str) = if mode == "create" {
+                (
+                    &[
+                        "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
+                    ],
+                    "i64",
+                )
+            } else {
+                (
+                    &["i64", "u8", "i8", "i16", "u16", "i32", "u32", "f32", "f64"],
+                    "f64",
+                )
+            };
+            let base = types.len() as u64;
             let sigs: Vec<tierbridge::abi::Signature> = (0..n)
                 .map(|i| {
                     let (mut k, mut params) = (i, Vec::new());
                     while params.len() < 6 || k != 0 {
-                        params.push(T[(k % 11) as usize]);
-                        k /= 11;
+                        params.push(types[(k % base) as usize]);
+                        k /= base;
                     }
-                    format!("({})->i64", params.join(",")).parse().unwrap()
+                    format!("({})->{ret}", params.join(",")).parse().unwrap()
                 })
                 .collect();
             let mut keep = Vec::new();
