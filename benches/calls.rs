@@ -270,9 +270,12 @@ fn shapes(c: &mut Criterion) {
 /// The `n`-th of a series of signatures nobody has seen: six scalar
 /// parameters (seven from the 1 771 561st on) spelling `n` in base 11, so
 /// every one is new, all travel in registers, and every batch criterion asks
-/// for costs the same. One counter serves every setup benchmark: the
-/// registry is process-wide, and no benchmark may find another's signatures
-/// already interned.
+/// for costs the same. Their machine shapes repeat as real signatures' do:
+/// the 11 types fall into 9 classes for entry thunks (about 4 in 10 entry
+/// thunks of a long run are new code) and 2 for exit stubs (64 shapes in
+/// all). One counter serves every benchmark of this series: the registry is
+/// process-wide, and no benchmark may find another's signatures already
+/// interned.
 fn fresh_sig(n: u64) -> Signature {
     const T: [&str; 11] = [
         "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
@@ -286,17 +289,43 @@ fn fresh_sig(n: u64) -> Signature {
     format!("({})->i64", params.join(",")).parse().unwrap()
 }
 
+/// The `n`-th of a series of signatures whose entry thunks have a machine
+/// shape nobody has seen (so their code cannot be shared, see ABI.md,
+/// "Generated code"): six parameters or more spelling `n` in base 9 over one
+/// type of each class the entry emitter tells apart, and an `f64` result,
+/// which no signature of [`fresh_sig`] has.
+fn fresh_shape_sig(n: u64) -> Signature {
+    const T: [&str; 9] = ["i64", "u8", "i8", "i16", "u16", "i32", "u32", "f32", "f64"];
+    let mut params = Vec::new();
+    let mut k = n;
+    while params.len() < 6 || k != 0 {
+        params.push(T[(k % 9) as usize]);
+        k /= 9;
+    }
+    format!("({})->f64", params.join(",")).parse().unwrap()
+}
+
 fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
     let host = measure::host_for(0);
-    let mut next = 0u64;
+    let (mut next, mut next_shape) = (0u64, 0u64);
     for (name, bridge) in [("generated", &be.generated), ("libffi", &be.libffi)] {
-        g.bench_function(
-            format!("{name}: new signature's exit stub + entry thunk"),
-            |b| {
+        for (what, series, counter) in [
+            (
+                "new signature's",
+                fresh_sig as fn(u64) -> Signature,
+                &mut next,
+            ),
+            (
+                "new signature (new entry shape)'s",
+                fresh_shape_sig,
+                &mut next_shape,
+            ),
+        ] {
+            g.bench_function(format!("{name}: {what} exit stub + entry thunk"), |b| {
                 b.iter_custom(|iters| {
-                    let sigs: Vec<Signature> = (next..next + iters).map(fresh_sig).collect();
-                    next += iters;
+                    let sigs: Vec<Signature> = (*counter..*counter + iters).map(series).collect();
+                    *counter += iters;
                     let mut keep = Vec::with_capacity(iters as usize);
                     let t = Instant::now();
                     for s in &sigs {
@@ -308,8 +337,8 @@ fn setup(c: &mut Criterion, be: &Backends) {
                     drop(keep);
                     d
                 })
-            },
-        );
+            });
+        }
         let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
             .parse()
             .unwrap();
