@@ -1,6 +1,7 @@
 //! The generated backend's objects: exit stubs and shared entry thunks cached
-//! per signature and convention, and bindings reached through a pool of
-//! trampolines.
+//! per signature and convention, their code shared between signatures of one
+//! machine shape (`x64::exit_key`, `x64::entry_key`; ABI.md, "Generated
+//! code"), and bindings reached through a pool of trampolines.
 //!
 //! A binding costs one 32-byte trampoline of executable memory and one data
 //! cell: trampolines are generated a block at a time, each reading its binding
