@@ -23,7 +23,7 @@ use super::x64::{
     emit_slot_exits, emit_trampolines, entry_key, exit_key,
 };
 use super::{BackendKind, Result, ThunkError};
-use crate::abi::{CallConv, CallLayout, Registry, Scalar, SigId, Signature, SlotExt, Type};
+use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
@@ -86,11 +86,14 @@ pub(super) struct GenExit {
     /// The register-result stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
-    /// The register-result stub for xmm0 results (`f64`, or `f32` in the low half).
-    fast_float: Option<FastFloat>,
+    /// The register-result stub for an `f64` result (xmm0 is the result slot).
+    fast_f64: Option<FastFloat>,
     /// The register-result stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
+    /// The register-result stub for an `f32` result (the low half of xmm0;
+    /// the rest undefined).
+    fast_f32: Option<FastFloat>,
     /// How a register result becomes the result slot (the scalar result's
     /// slot convention; `SlotExt::NONE` otherwise).
     ext: SlotExt,
@@ -171,15 +174,12 @@ impl GenExit {
         } else {
             FastRet::Int
         };
-        let float = if self.ext == Scalar::F32.slot_ext() {
-            FastRet::F32
+        if let Some(f) = self.fast_wide.or(self.fast_narrow) {
+            Some((f as usize, int))
+        } else if let Some(f) = self.fast_f64 {
+            Some((f as usize, FastRet::F64))
         } else {
-            FastRet::F64
-        };
-        match (self.fast_wide.or(self.fast_narrow), self.fast_float) {
-            (Some(f), _) => Some((f as usize, int)),
-            (None, Some(f)) => Some((f as usize, float)),
-            (None, None) => None,
+            self.fast_f32.map(|f| (f as usize, FastRet::F32))
         }
     }
 
@@ -221,12 +221,15 @@ impl GenExit {
                 // SAFETY: `ret` points to the one result slot.
                 unsafe { *ret = r };
             }
-        } else if let Some(f) = self.fast_float {
+        } else if let Some(f) = self.fast_f64 {
             // SAFETY: as above; a float result has exactly one slot.
-            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
+            unsafe { *ret = f(args, target).to_bits() };
         } else if let Some(f) = self.fast_narrow {
             // SAFETY: as above; an integer result has exactly one slot.
             unsafe { *ret = self.ext.apply(f(args, target)) };
+        } else if let Some(f) = self.fast_f32 {
+            // SAFETY: as above; `ext` keeps the low half.
+            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
         } else {
             let f = self
                 .code
@@ -477,7 +480,7 @@ impl GenBackend {
             }
             Ok(ExitCode { fast, slots })
         })?;
-        let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
+        let (mut fast_wide, mut fast_f64, mut fast_narrow, mut fast_f32) = (None, None, None, None);
         if let Some((c, kind)) = &code.fast {
             let p = c.addr().cast();
             match kind {
@@ -487,9 +490,11 @@ impl GenBackend {
                 }
                 // SAFETY: as above; the caller extends the narrow result.
                 FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
-                // SAFETY: emitted to return its result in xmm0; an `f32` read
-                // as `f64` keeps its bits in the low half, which `ext` keeps.
-                FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
+                // SAFETY: emitted to return its result in xmm0.
+                FastRet::F64 => fast_f64 = Some(unsafe { callable_as(p) }),
+                // SAFETY: as above; an `f32` read as `f64` keeps its bits in
+                // the low half, which `ext` keeps.
+                FastRet::F32 => fast_f32 = Some(unsafe { callable_as(p) }),
             }
         }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
@@ -497,8 +502,9 @@ impl GenBackend {
             mem: self.mem.clone(),
             code,
             fast_wide,
-            fast_float,
+            fast_f64,
             fast_narrow,
+            fast_f32,
             ext,
             nargs,
             nret,
