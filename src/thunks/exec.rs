@@ -80,15 +80,6 @@ enum Slab {
     Dual { rw: MmapMut, rx: Mapping },
 }
 
-impl Slab {
-    fn exec_base(&self) -> *const u8 {
-        match self {
-            Slab::Protect { map } => map.as_ptr(),
-            Slab::Dual { rx, .. } => rx.as_ptr(),
-        }
-    }
-}
-
 /// Where the next slab of any [`ExecMemory`] in the process should go (0:
 /// anywhere): the first 256 MiB below this library's code on a 2 MiB
 /// boundary, each later one a slab lower, so slabs of several allocators
@@ -127,8 +118,9 @@ pub(crate) struct ExecMemory {
     inner: Mutex<Inner>,
 }
 
-// SAFETY: the raw pointers inside the maps are only touched under the mutex
-// (writes) or handed out as read+execute addresses (never written through).
+// SAFETY: the maps are reached under the mutex; their pages are written only
+// by the one `install` that was handed them (disjoint ranges), and otherwise
+// handed out as read+execute addresses (never written through).
 unsafe impl Send for ExecMemory {}
 // SAFETY: see Send.
 unsafe impl Sync for ExecMemory {}
@@ -262,6 +254,9 @@ impl ExecMemory {
                 code.len()
             )));
         }
+        // Only the allocation happens under the lock; the copy (and, for
+        // write-then-protect, the two `mprotect` calls) touch memory this
+        // allocation alone owns, so threads installing code overlap there.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let reused = inner.free.get_mut(&size).and_then(Vec::pop);
         let (slab, offset) = match reused {
@@ -277,33 +272,42 @@ impl ExecMemory {
                 at
             }
         };
-        match &mut inner.slabs[slab] {
-            Slab::Protect { map } => {
-                let base = map.as_ptr();
-                // SAFETY: [offset, offset+size) are whole pages of this slab that no
-                // live code occupies (fresh, or freed: the owner promised no call is
-                // inside), so making them writable cannot break running code.
-                unsafe {
-                    let p = base.add(offset);
-                    os::protect(p, size, false).map_err(|e| os_err("mprotect (write)", e))?;
-                    std::ptr::copy_nonoverlapping(code.as_ptr(), p, code.len());
-                    os::protect(p, size, true).map_err(|e| os_err("mprotect (execute)", e))?;
-                }
-            }
-            Slab::Dual { rw, .. } => {
-                rw[offset..offset + code.len()].copy_from_slice(code);
-            }
-        }
-        let addr = inner.slabs[slab].exec_base().wrapping_add(offset);
-        flush_icache(addr, code.len());
+        // Addresses inside the mappings, which stay put while `self` lives
+        // (the `Slab` values may move when the vector grows; their pages do not).
+        let (write_at, exec_at) = match &mut inner.slabs[slab] {
+            Slab::Protect { map } => (map.as_ptr(), map.as_ptr()),
+            Slab::Dual { rw, rx } => (rw.as_mut_ptr(), rx.as_ptr()),
+        };
         drop(inner);
-        Ok(ExecCode {
+        let write_at = write_at.wrapping_add(offset);
+        let addr = exec_at.wrapping_add(offset);
+        // Made first, so that a failure below gives the allocation back.
+        let installed = ExecCode {
             mem: self.clone(),
             slab,
             offset,
             size,
-            addr: NonNull::new(addr.cast_mut()).expect("a mapping is never at address 0"),
-        })
+            addr: NonNull::new(addr).expect("a mapping is never at address 0"),
+        };
+        match self.strategy {
+            // SAFETY: [offset, offset+size) are whole pages of this slab that
+            // this allocation alone owns and no live code occupies (fresh, or
+            // freed: the owner promised no call is inside), so making them
+            // writable cannot break running code, and nothing else writes them.
+            ExecStrategy::WriteThenProtect => unsafe {
+                os::protect(write_at, size, false).map_err(|e| os_err("mprotect (write)", e))?;
+                std::ptr::copy_nonoverlapping(code.as_ptr(), write_at, code.len());
+                os::protect(write_at, size, true).map_err(|e| os_err("mprotect (execute)", e))?;
+            },
+            // SAFETY: [offset, offset+size) of the read-write view belongs to
+            // this allocation alone (`size` >= `code.len()`), and no code runs
+            // there (fresh, or freed with no call inside).
+            ExecStrategy::DualMapping => unsafe {
+                std::ptr::copy_nonoverlapping(code.as_ptr(), write_at, code.len());
+            },
+        }
+        flush_icache(addr, code.len());
+        Ok(installed)
     }
 }
 
