@@ -86,14 +86,15 @@ pub(super) struct GenExit {
     /// The register-result stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
-    /// The register-result stub for an `f64` result (xmm0 is the result slot).
-    fast_f64: Option<FastFloat>,
+    /// The register-result stub for a float result in xmm0 (an `f32` in the
+    /// low half, the rest undefined).
+    fast_float: Option<FastFloat>,
+    /// What of xmm0's low 64 bits is the result: all for `f64`, the low 32
+    /// for `f32` (one AND, where the general extension is a shift pair).
+    float_mask: u64,
     /// The register-result stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
-    /// The register-result stub for an `f32` result (the low half of xmm0;
-    /// the rest undefined).
-    fast_f32: Option<FastFloat>,
     /// How a register result becomes the result slot (the scalar result's
     /// slot convention; `SlotExt::NONE` otherwise).
     ext: SlotExt,
@@ -174,12 +175,15 @@ impl GenExit {
         } else {
             FastRet::Int
         };
-        if let Some(f) = self.fast_wide.or(self.fast_narrow) {
-            Some((f as usize, int))
-        } else if let Some(f) = self.fast_f64 {
-            Some((f as usize, FastRet::F64))
+        let float = if self.float_mask == u64::MAX {
+            FastRet::F64
         } else {
-            self.fast_f32.map(|f| (f as usize, FastRet::F32))
+            FastRet::F32
+        };
+        match (self.fast_wide.or(self.fast_narrow), self.fast_float) {
+            (Some(f), _) => Some((f as usize, int)),
+            (None, Some(f)) => Some((f as usize, float)),
+            (None, None) => None,
         }
     }
 
@@ -221,15 +225,12 @@ impl GenExit {
                 // SAFETY: `ret` points to the one result slot.
                 unsafe { *ret = r };
             }
-        } else if let Some(f) = self.fast_f64 {
+        } else if let Some(f) = self.fast_float {
             // SAFETY: as above; a float result has exactly one slot.
-            unsafe { *ret = f(args, target).to_bits() };
+            unsafe { *ret = f(args, target).to_bits() & self.float_mask };
         } else if let Some(f) = self.fast_narrow {
             // SAFETY: as above; an integer result has exactly one slot.
             unsafe { *ret = self.ext.apply(f(args, target)) };
-        } else if let Some(f) = self.fast_f32 {
-            // SAFETY: as above; `ext` keeps the low half.
-            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
         } else {
             let f = self
                 .code
@@ -480,7 +481,8 @@ impl GenBackend {
             }
             Ok(ExitCode { fast, slots })
         })?;
-        let (mut fast_wide, mut fast_f64, mut fast_narrow, mut fast_f32) = (None, None, None, None);
+        let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
+        let mut float_mask = u64::MAX;
         if let Some((c, kind)) = &code.fast {
             let p = c.addr().cast();
             match kind {
@@ -491,10 +493,13 @@ impl GenBackend {
                 // SAFETY: as above; the caller extends the narrow result.
                 FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
                 // SAFETY: emitted to return its result in xmm0.
-                FastRet::F64 => fast_f64 = Some(unsafe { callable_as(p) }),
+                FastRet::F64 => fast_float = Some(unsafe { callable_as(p) }),
                 // SAFETY: as above; an `f32` read as `f64` keeps its bits in
-                // the low half, which `ext` keeps.
-                FastRet::F32 => fast_f32 = Some(unsafe { callable_as(p) }),
+                // the low half, which the mask keeps.
+                FastRet::F32 => {
+                    fast_float = Some(unsafe { callable_as(p) });
+                    float_mask = u64::from(u32::MAX);
+                }
             }
         }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
@@ -502,9 +507,9 @@ impl GenBackend {
             mem: self.mem.clone(),
             code,
             fast_wide,
-            fast_f64,
+            fast_float,
+            float_mask,
             fast_narrow,
-            fast_f32,
             ext,
             nargs,
             nret,
