@@ -223,8 +223,12 @@ impl EntryError {
 }
 
 thread_local! {
+    /// The failure `HAS_PENDING` speaks of; when that flag is false, whatever
+    /// is left here is stale (never reported, replaced by the next failure).
     static PENDING: RefCell<Option<EntryError>> = const { RefCell::new(None) };
-    /// Mirrors `PENDING.is_some()`: one cheap load on every exit call's hot path.
+    /// Whether `PENDING` holds a failure the host has not taken and no exit
+    /// call has begun since: an exit call makes an older failure stale with
+    /// one store, and checks for its own with one load.
     static HAS_PENDING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -237,26 +241,17 @@ pub fn take_entry_error() -> Option<EntryError> {
     PENDING.with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
 }
 
-/// Drops a stale failure (one nobody took) before a new exit call.
+/// Makes a failure nobody took stale, as a new exit call begins (one store:
+/// the stale value is replaced by the next failure, or freed when taken).
 #[inline(always)]
 pub(crate) fn clear_entry_error() {
-    if HAS_PENDING.with(Cell::get) {
-        drop(take_entry_error_cold());
-    }
+    HAS_PENDING.with(|h| h.set(false));
 }
 
 /// Whether a failed entry call left a failure nobody took yet (one load).
 #[inline(always)]
 pub(crate) fn entry_failure_pending() -> bool {
     HAS_PENDING.with(Cell::get)
-}
-
-/// [`take_entry_error`] out of line, so the exit path's common case (nothing
-/// pending) falls straight through.
-#[cold]
-#[inline(never)]
-fn take_entry_error_cold() -> Option<EntryError> {
-    take_entry_error()
 }
 
 /// Records a failure for the host, as a failed entry call does (the first one
@@ -269,7 +264,8 @@ fn set_pending(e: EntryError) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         // Keep the first failure: later ones are usually its consequences.
-        if p.is_none() {
+        // A stale one is replaced.
+        if !HAS_PENDING.with(Cell::get) {
             *p = Some(e);
             HAS_PENDING.with(|h| h.set(true));
         }
@@ -279,6 +275,9 @@ fn set_pending(e: EntryError) {
 /// For native code: the status of this thread's pending entry failure
 /// (`STATUS_OK` when none). Hand its address to C as a function pointer.
 pub extern "C" fn pending_entry_status() -> u32 {
+    if !HAS_PENDING.with(Cell::get) {
+        return STATUS_OK;
+    }
     PENDING.with(|p| {
         p.try_borrow()
             .ok()

@@ -610,6 +610,50 @@ fn unchecked_calls_run_the_stub_and_leave_callback_failures_pending() {
     }
 }
 
+#[test]
+fn a_failure_nobody_took_is_not_reported_by_the_next_exit_call() {
+    extern "C" fn mul(a: i64, b: i32) -> i64 {
+        a * i64::from(b)
+    }
+    let s_ = sig("(i64,i32)->i64");
+    for (name, b) in support::all_bridges() {
+        let d = host(|_| Err("refused".into()), FailurePolicy::Report);
+        let stale = b.entry_point(&s_, CallConv::SysV, &d, 1).unwrap();
+        let fresh = b.entry_point(&s_, CallConv::SysV, &d, 2).unwrap();
+        // Native code calls a callback on its own (no exit call around it),
+        // and it fails: the failure waits for the host...
+        // SAFETY: the entry point has this signature.
+        let f: extern "C" fn(i64, i32) -> i64 = unsafe { stale.as_fn() };
+        assert_eq!(f(7, 3), 0, "{name}");
+        assert_eq!(pending_entry_status(), STATUS_ERROR, "{name}");
+        // ...but an exit call that begins after it is not answerable for it.
+        let x = b.exit_stub(&s_, CallConv::SysV).unwrap();
+        let mut ret = [0u64];
+        // SAFETY: mul has this signature; 2 argument slots, 1 result slot.
+        let ok = unsafe { x.call(mul as *const c_void, &[7, (-3i64) as u64], &mut ret) };
+        assert!(ok.is_ok(), "{name}: {ok:?}");
+        assert_eq!(ret[0] as i64, -21, "{name}");
+        assert_eq!(pending_entry_status(), STATUS_OK, "{name}");
+        assert!(tierbridge::host::take_entry_error().is_none(), "{name}");
+        // A failure during an exit call is that call's (function 2), not the
+        // stale one (function 1).
+        for func in [2, 1] {
+            let ep = if func == 1 { &stale } else { &fresh };
+            f(7, 3); // a new stale failure, each time
+            // SAFETY: as above, through the entry point.
+            let failed = unsafe { x.call(ep.code_ptr(), &[7, 3], &mut ret) };
+            assert!(
+                matches!(
+                    &failed,
+                    Err(ThunkError::Callback(EntryError::Host { func: f, .. })) if *f == func
+                ),
+                "{name}: {failed:?}"
+            );
+        }
+        assert!(tierbridge::host::take_entry_error().is_none(), "{name}");
+    }
+}
+
 /// Returns its argument's 64 bits in rax: called through a stub whose result
 /// type is narrower, it is a callee that leaves the result's upper bits set.
 extern "C" fn dirty_sysv(bits: u64) -> u64 {
