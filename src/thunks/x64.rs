@@ -838,28 +838,35 @@ struct SlotSource {
 /// are each a whole argument that needs no extending (`i64`, `u64`, `ptr`,
 /// `f64`).
 fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
-    let mut sources: SmallVec<[Option<SlotSource>; 16]> =
-        smallvec::smallvec![None; l.arg_slots as usize];
+    // One pass: arguments come in slot order, so a pair is an argument that
+    // qualifies at an even slot followed by one that qualifies.
+    let mut pairs = SmallVec::new();
+    let mut first: Option<(u32, SlotSource)> = None;
     for a in &l.args {
-        if let ArgPass::Direct(parts) = &a.pass
-            && let [p] = parts.as_slice()
-            && let PartKind::Scalar(scalar) = p.kind
-            && matches!(
-                scalar,
-                Scalar::I64 | Scalar::U64 | Scalar::Ptr | Scalar::F64
-            )
-            && a.slots == 1
-            && p.offset == 0
-            && !matches!(p.loc, Loc::XmmAndGpr(..))
-        {
-            sources[a.slot as usize] = Some(SlotSource { scalar, loc: p.loc });
-        }
+        let source = match &a.pass {
+            ArgPass::Direct(parts)
+                if a.slots == 1
+                    && let [p] = parts.as_slice()
+                    && let PartKind::Scalar(
+                        scalar @ (Scalar::I64 | Scalar::U64 | Scalar::Ptr | Scalar::F64),
+                    ) = p.kind
+                    && p.offset == 0
+                    && !matches!(p.loc, Loc::XmmAndGpr(..)) =>
+            {
+                Some(SlotSource { scalar, loc: p.loc })
+            }
+            _ => None,
+        };
+        first = match (first.take(), source) {
+            (Some((k, x)), Some(y)) if a.slot == 2 * k + 1 => {
+                pairs.push((k, x, y));
+                None
+            }
+            (_, Some(x)) if a.slot % 2 == 0 => Some((a.slot / 2, x)),
+            _ => None,
+        };
     }
-    sources
-        .chunks_exact(2)
-        .enumerate()
-        .filter_map(|(k, pair)| Some((k as u32, pair[0]?, pair[1]?)))
-        .collect()
+    pairs
 }
 
 /// xmm`x` (low 64 bits; the rest zero) = the slot value of `src`, one of
