@@ -177,6 +177,44 @@ impl KeyBuf {
         });
     }
 
+    /// The arguments' fields: for each, its first slot and, per part, where
+    /// it travels, its offset and size (by reference: the pointer's location,
+    /// the copy's offset, the struct's size); with `classes`, also each
+    /// argument's slot count and each part's class (entry thunks extend and
+    /// pair slots by type; exit stubs only move them).
+    fn args(&mut self, l: &CallLayout, classes: bool) {
+        self.push(l.args.len() as u32);
+        for a in &l.args {
+            let tag = match &a.pass {
+                ArgPass::Direct(_) => 0,
+                ArgPass::ByRef { .. } => 1,
+            };
+            self.push(tag);
+            self.push(a.slot);
+            if classes {
+                self.push(a.slots);
+            }
+            match &a.pass {
+                ArgPass::Direct(parts) => {
+                    self.push(parts.len() as u32);
+                    for p in parts {
+                        if classes {
+                            self.kind(p.kind);
+                        }
+                        self.loc(p.loc);
+                        self.push(p.offset);
+                        self.push(p.size);
+                    }
+                }
+                ArgPass::ByRef { ptr, copy } => {
+                    self.loc(*ptr);
+                    self.push(*copy);
+                    self.push(a.ty.size());
+                }
+            }
+        }
+    }
+
     /// The result's fields, the same for both emitters (each reads all of them).
     fn ret(&mut self, l: &CallLayout) {
         match &l.ret {
@@ -225,28 +263,7 @@ pub(super) fn exit_key(l: &CallLayout) -> Option<CodeKey> {
     key.push(l.stack_bytes);
     key.push(l.copy_bytes);
     key.push(l.al.map_or(0, |al| u32::from(al) + 1));
-    key.push(l.args.len() as u32);
-    for a in &l.args {
-        match &a.pass {
-            ArgPass::Direct(parts) => {
-                key.push(0);
-                key.push(a.slot);
-                key.push(parts.len() as u32);
-                for p in parts {
-                    key.loc(p.loc);
-                    key.push(p.offset);
-                    key.push(p.size);
-                }
-            }
-            ArgPass::ByRef { ptr, copy } => {
-                key.push(1);
-                key.push(a.slot);
-                key.loc(*ptr);
-                key.push(*copy);
-                key.push(a.ty.size());
-            }
-        }
-    }
+    key.args(l, false);
     key.ret(l);
     key.finish()
 }
@@ -263,31 +280,7 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
     key.push(u32::from(l.gprs_used));
     key.push(u32::from(l.xmms_used));
     key.push(l.arg_slots);
-    key.push(l.args.len() as u32);
-    for a in &l.args {
-        match &a.pass {
-            ArgPass::Direct(parts) => {
-                key.push(0);
-                key.push(a.slot);
-                key.push(a.slots);
-                key.push(parts.len() as u32);
-                for p in parts {
-                    key.kind(p.kind);
-                    key.loc(p.loc);
-                    key.push(p.offset);
-                    key.push(p.size);
-                }
-            }
-            ArgPass::ByRef { ptr, copy } => {
-                key.push(1);
-                key.push(a.slot);
-                key.push(a.slots);
-                key.loc(*ptr);
-                key.push(*copy);
-                key.push(a.ty.size());
-            }
-        }
-    }
+    key.args(l, true);
     key.ret(l);
     key.finish()
 }
