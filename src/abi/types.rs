@@ -112,37 +112,37 @@ impl Scalar {
     /// keeps the `SlotExt` and applies it without looking at the type again.
     pub const fn slot_ext(self) -> SlotExt {
         // A 64-bit type's is the identity, `SlotExt::NONE` itself.
+        let bits = 8 * self.size();
+        if bits == 64 {
+            return SlotExt::NONE;
+        }
         SlotExt {
-            shift: 64 - 8 * self.size(),
-            signed: self.is_signed() && self.size() < 8,
+            mask: (1 << bits) - 1,
+            sign: if self.is_signed() { 1 << (bits - 1) } else { 0 },
         }
     }
 }
 
-/// The slot convention for one scalar type: keep the low `64 − shift` bits,
-/// sign- or zero-extended (see [`Scalar::slot_ext`]).
+/// The slot convention for one scalar type: keep its low bits (`mask`),
+/// sign-extended from its top bit (`sign`) or zero-extended when `sign` is 0
+/// (see [`Scalar::slot_ext`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotExt {
-    shift: u32,
-    signed: bool,
+    mask: u64,
+    sign: u64,
 }
 
 impl SlotExt {
     /// The identity: 64-bit values, and anything that is not a scalar.
-    pub const NONE: SlotExt = SlotExt {
-        shift: 0,
-        signed: false,
-    };
+    pub const NONE: SlotExt = SlotExt { mask: !0, sign: 0 };
 
-    /// The slot of `raw`: its low bits extended (no branch on the type).
+    /// The slot of `raw`: its low bits extended, with three plain ALU
+    /// operations and no branch on the type: flipping the sign bit and
+    /// subtracting it again borrows through every bit above it exactly when
+    /// it was set.
     #[inline(always)]
     pub const fn apply(self, raw: u64) -> u64 {
-        let v = raw << self.shift;
-        if self.signed {
-            ((v as i64) >> self.shift) as u64
-        } else {
-            v >> self.shift
-        }
+        ((raw & self.mask) ^ self.sign).wrapping_sub(self.sign)
     }
 }
 
@@ -389,6 +389,25 @@ mod tests {
             (Scalar::Ptr, raw),
         ];
         assert_eq!(want.len(), Scalar::ALL.len());
+        for (s, w) in want {
+            assert_eq!(s.to_slot(raw), w, "{s}");
+        }
+        // Sign bits clear this time: signed types zero-extend too.
+        let raw = 0xfedc_ba98_7654_3210_u64;
+        let want = [
+            (Scalar::I8, 0x10),
+            (Scalar::U8, 0x10),
+            (Scalar::Bool, 0x10),
+            (Scalar::I16, 0x3210),
+            (Scalar::U16, 0x3210),
+            (Scalar::I32, 0x7654_3210),
+            (Scalar::U32, 0x7654_3210),
+            (Scalar::F32, 0x7654_3210),
+            (Scalar::I64, raw),
+            (Scalar::U64, raw),
+            (Scalar::F64, raw),
+            (Scalar::Ptr, raw),
+        ];
         for (s, w) in want {
             assert_eq!(s.to_slot(raw), w, "{s}");
         }
