@@ -90,7 +90,7 @@ pub(super) struct GenExit {
     /// low half, the rest undefined).
     fast_float: Option<FastFloat>,
     /// What of xmm0's low 64 bits is the result: all for `f64`, the low 32
-    /// for `f32` (one AND, where the general extension is a shift pair).
+    /// for `f32` (one AND, where the general extension takes three operations).
     float_mask: u64,
     /// The register-result stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
