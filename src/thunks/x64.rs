@@ -179,10 +179,10 @@ impl KeyBuf {
 
     /// The arguments' fields: for each, its first slot and, per part, where
     /// it travels, its offset and size (by reference: the pointer's location,
-    /// the copy's offset, the struct's size); with `classes`, also each
+    /// the copy's offset, the struct's size); with `CLASSES`, also each
     /// argument's slot count and each part's class (entry thunks extend and
     /// pair slots by type; exit stubs only move them).
-    fn args(&mut self, l: &CallLayout, classes: bool) {
+    fn args<const CLASSES: bool>(&mut self, l: &CallLayout) {
         self.push(l.args.len() as u32);
         for a in &l.args {
             let tag = match &a.pass {
@@ -191,14 +191,14 @@ impl KeyBuf {
             };
             self.push(tag);
             self.push(a.slot);
-            if classes {
+            if CLASSES {
                 self.push(a.slots);
             }
             match &a.pass {
                 ArgPass::Direct(parts) => {
                     self.push(parts.len() as u32);
                     for p in parts {
-                        if classes {
+                        if CLASSES {
                             self.kind(p.kind);
                         }
                         self.loc(p.loc);
@@ -263,7 +263,7 @@ pub(super) fn exit_key(l: &CallLayout) -> Option<CodeKey> {
     key.push(l.stack_bytes);
     key.push(l.copy_bytes);
     key.push(l.al.map_or(0, |al| u32::from(al) + 1));
-    key.args(l, false);
+    key.args::<false>(l);
     key.ret(l);
     key.finish()
 }
@@ -280,7 +280,7 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
     key.push(u32::from(l.gprs_used));
     key.push(u32::from(l.xmms_used));
     key.push(l.arg_slots);
-    key.args(l, true);
+    key.args::<true>(l);
     key.ret(l);
     key.finish()
 }
