@@ -18,8 +18,9 @@
 //! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
 //!   exit stubs (interpreter → native) and entry points (native →
 //!   interpreter) through one of two backends behind one API: x86-64 code
-//!   generated from the classification (dynasm, W^X executable memory), or
-//!   libffi where code cannot be generated.
+//!   generated from the classification (dynasm, W^X executable memory; one
+//!   copy of the code per machine shape, shared by every signature of that
+//!   shape), or libffi where code cannot be generated.
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end: natives through exit stubs, interpreted functions as C
 //!   function pointers.
