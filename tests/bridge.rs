@@ -654,6 +654,47 @@ fn a_failure_nobody_took_is_not_reported_by_the_next_exit_call() {
     }
 }
 
+#[test]
+fn an_entry_point_can_be_made_while_the_thread_is_being_torn_down() {
+    /// Makes and calls an entry point of a shape new to its bridge when dropped.
+    struct OnDrop(Bridge, std::sync::mpsc::Sender<i64>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let d = host(
+                |c: EntryCall<'_>| {
+                    let (a, b) = (c.args[0] as i64, c.args[1] as i8 as i64);
+                    c.ret[0] = (a * b) as u64;
+                    Ok(())
+                },
+                FailurePolicy::Report,
+            );
+            let ep = self
+                .0
+                .entry_point(&sig("(i64,i8)->i64"), CallConv::SysV, &d, 0)
+                .unwrap();
+            // SAFETY: the entry point has this signature.
+            let f: extern "C" fn(i64, i8) -> i64 = unsafe { ep.as_fn() };
+            let _ = self.1.send(f(6, -7));
+        }
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<OnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // `LAST` is set up before the bridge's own thread-locals, so (thread
+        // locals being destroyed last first) its destructor runs after theirs.
+        LAST.with(|l| *l.borrow_mut() = Some(OnDrop(support::generated(), tx)));
+        let d = host(|_| Ok(()), FailurePolicy::Report);
+        let b = support::generated();
+        b.entry_point(&sig("(f32)->void"), CallConv::SysV, &d, 0)
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(rx.recv().unwrap(), -42);
+}
+
 /// Returns its argument's 64 bits in rax: called through a stub whose result
 /// type is narrower, it is a callee that leaves the result's upper bits set.
 extern "C" fn dirty_sysv(bits: u64) -> u64 {

@@ -623,18 +623,21 @@ pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u
         /// The assembler entry thunks are made with, kept between thunks: its
         /// label and relocation storage is reused (making them afresh cost a
         /// third of emitting a small thunk). Taken out while in use, so a
-        /// thunk made meanwhile (there is no such path) would get a new one.
+        /// thunk made meanwhile (there is no such path) would get a new one,
+        /// as does a thunk made while the thread's locals are being destroyed.
         static ASM: std::cell::Cell<Option<Asm>> = const { std::cell::Cell::new(None) };
     }
     let mut ops = ASM
-        .with(std::cell::Cell::take)
+        .try_with(std::cell::Cell::take)
+        .ok()
+        .flatten()
         .unwrap_or_else(|| asm_with_capacity(0, 2));
     ops.reserve_ops(code_estimate(l) + if variadic { 256 } else { 0 });
     emit_entry_into(&mut ops, l, variadic, failed);
     let code = ops
         .take()
         .expect("entry thunks use no external relocations");
-    ASM.with(|a| a.set(Some(ops)));
+    let _ = ASM.try_with(|a| a.set(Some(ops)));
     code
 }
 
