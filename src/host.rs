@@ -238,7 +238,10 @@ pub fn take_entry_error() -> Option<EntryError> {
         return None;
     }
     HAS_PENDING.with(|h| h.set(false));
-    PENDING.with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
+    PENDING
+        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
+        .ok()
+        .flatten()
 }
 
 /// Makes a failure nobody took stale, as a new exit call begins (one store:
@@ -261,13 +264,17 @@ pub(crate) fn record_failure(e: EntryError) {
 }
 
 fn set_pending(e: EntryError) {
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        // Keep the first failure: later ones are usually its consequences.
-        // A stale one is replaced.
-        if !HAS_PENDING.with(Cell::get) {
+    // Keep the first failure: later ones are usually its consequences.
+    if HAS_PENDING.with(Cell::get) {
+        return;
+    }
+    // Pending even when the error itself cannot be kept (the thread's locals
+    // are being destroyed): the exit call still learns that a callback failed.
+    HAS_PENDING.with(|h| h.set(true));
+    let _ = PENDING.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            // A stale failure is replaced.
             *p = Some(e);
-            HAS_PENDING.with(|h| h.set(true));
         }
     });
 }
@@ -278,12 +285,16 @@ pub extern "C" fn pending_entry_status() -> u32 {
     if !HAS_PENDING.with(Cell::get) {
         return STATUS_OK;
     }
-    PENDING.with(|p| {
-        p.try_borrow()
-            .ok()
-            .and_then(|p| p.as_ref().map(EntryError::status))
-            .unwrap_or(STATUS_OK)
-    })
+    PENDING
+        .try_with(|p| {
+            p.try_borrow()
+                .ok()
+                .and_then(|p| p.as_ref().map(EntryError::status))
+        })
+        .ok()
+        .flatten()
+        // A failure that could not be kept is still a failure.
+        .unwrap_or(STATUS_ERROR)
 }
 
 /// Called by every backend after the dispatcher returned `status` for `func`.

@@ -656,7 +656,8 @@ fn a_failure_nobody_took_is_not_reported_by_the_next_exit_call() {
 
 #[test]
 fn an_entry_point_can_be_made_while_the_thread_is_being_torn_down() {
-    /// Makes and calls an entry point of a shape new to its bridge when dropped.
+    /// When dropped: makes and calls an entry point of a shape new to its
+    /// bridge, then calls a failing callback through an exit stub.
     struct OnDrop(Bridge, std::sync::mpsc::Sender<i64>);
     impl Drop for OnDrop {
         fn drop(&mut self) {
@@ -675,6 +676,16 @@ fn an_entry_point_can_be_made_while_the_thread_is_being_torn_down() {
             // SAFETY: the entry point has this signature.
             let f: extern "C" fn(i64, i8) -> i64 = unsafe { ep.as_fn() };
             let _ = self.1.send(f(6, -7));
+            // The failure cannot be kept (the failure slot is gone by now),
+            // but the exit call must still report one, not crash.
+            let refuse = host(|_| Err("refused".into()), FailurePolicy::Report);
+            let s = sig("(i64,i8)->i64");
+            let failing = self.0.entry_point(&s, CallConv::SysV, &refuse, 1).unwrap();
+            let x = self.0.exit_stub(&s, CallConv::SysV).unwrap();
+            let mut ret = [7u64];
+            // SAFETY: the entry point has the stub's signature.
+            let r = unsafe { x.call(failing.code_ptr(), &[1, 2], &mut ret) };
+            let _ = self.1.send(i64::from(r.is_err()) * 100 + ret[0] as i64);
         }
     }
     thread_local! {
@@ -685,14 +696,25 @@ fn an_entry_point_can_be_made_while_the_thread_is_being_torn_down() {
         // `LAST` is set up before the bridge's own thread-locals, so (thread
         // locals being destroyed last first) its destructor runs after theirs.
         LAST.with(|l| *l.borrow_mut() = Some(OnDrop(support::generated(), tx)));
-        let d = host(|_| Ok(()), FailurePolicy::Report);
         let b = support::generated();
+        let d = host(|_| Ok(()), FailurePolicy::Report);
         b.entry_point(&sig("(f32)->void"), CallConv::SysV, &d, 0)
             .unwrap();
+        // A failed callback, taken: the failure slot is set up now too.
+        let refuse = host(|_| Err("refused".into()), FailurePolicy::Report);
+        let ep = b
+            .entry_point(&sig("(i64)->void"), CallConv::SysV, &refuse, 0)
+            .unwrap();
+        // SAFETY: the entry point has this signature.
+        let f: extern "C" fn(i64) = unsafe { ep.as_fn() };
+        f(1);
+        assert!(tierbridge::host::take_entry_error().is_some());
     })
     .join()
     .unwrap();
     assert_eq!(rx.recv().unwrap(), -42);
+    // An error, and the failed callback's zeroed result.
+    assert_eq!(rx.recv().unwrap(), 100);
 }
 
 /// Returns its argument's 64 bits in rax: called through a stub whose result

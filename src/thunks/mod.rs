@@ -160,7 +160,10 @@ fn callback_failure() -> Result<()> {
 fn callback_failed() -> ThunkError {
     match crate::host::take_entry_error() {
         Some(e) => ThunkError::Callback(e),
-        None => ThunkError::Internal("a pending callback failure vanished".into()),
+        None => ThunkError::Internal(
+            "a callback failed, but its error could not be kept (the thread's locals were being destroyed)"
+                .into(),
+        ),
     }
 }
 
