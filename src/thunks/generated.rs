@@ -170,21 +170,8 @@ impl GenExit {
     /// has one (for compiled code: `extern "C" fn(args, target) -> R`, a
     /// narrow integer result not yet extended).
     pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
-        let int = if self.nret == 0 {
-            FastRet::Void
-        } else {
-            FastRet::Int
-        };
-        let float = if self.float_mask == u64::MAX {
-            FastRet::F64
-        } else {
-            FastRet::F32
-        };
-        match (self.fast_wide.or(self.fast_narrow), self.fast_float) {
-            (Some(f), _) => Some((f as usize, int)),
-            (None, Some(f)) => Some((f as usize, float)),
-            (None, None) => None,
-        }
+        let (code, kind) = self.code.fast.as_ref()?;
+        Some((code.addr().as_ptr() as usize, *kind))
     }
 
     /// The plain slot stub's address (for compiled code); `None` when there
