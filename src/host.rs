@@ -260,10 +260,6 @@ pub(crate) fn entry_failure_pending() -> bool {
 /// Records a failure for the host, as a failed entry call does (the first one
 /// wins until it is taken).
 pub(crate) fn record_failure(e: EntryError) {
-    set_pending(e);
-}
-
-fn set_pending(e: EntryError) {
     // Keep the first failure: later ones are usually its consequences.
     if HAS_PENDING.with(Cell::get) {
         return;
@@ -307,7 +303,7 @@ pub(crate) fn after_dispatch(status: u32, func: u64, policy: FailurePolicy, ret:
     match policy {
         FailurePolicy::Report => {
             if pending_entry_status() == STATUS_OK {
-                set_pending(EntryError::Status { func, status });
+                record_failure(EntryError::Status { func, status });
             }
             ret.fill(0);
         }
@@ -370,7 +366,7 @@ unsafe extern "C" fn dispatch_host<H: Host>(
 #[cold]
 #[inline(never)]
 fn host_failed(func: u64, error: HostError) -> u32 {
-    set_pending(EntryError::Host { func, error });
+    record_failure(EntryError::Host { func, error });
     STATUS_ERROR
 }
 
@@ -378,7 +374,7 @@ fn host_failed(func: u64, error: HostError) -> u32 {
 #[cold]
 #[inline(never)]
 fn host_panicked(func: u64, payload: Box<dyn Any + Send>) -> u32 {
-    set_pending(EntryError::Panic {
+    record_failure(EntryError::Panic {
         func,
         message: panic_message(&*payload),
     });
