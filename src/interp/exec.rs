@@ -217,9 +217,6 @@ impl Runtime {
         let Some(t) = &self.inner.tiers else {
             return Ok(None);
         };
-        if self.inner.compiled(fi).is_none() {
-            return Ok(None);
-        }
         self.inner.osr_into(t, fi, header, locals)
     }
 
@@ -780,14 +777,12 @@ impl Inner {
         {
             return Ok(None);
         }
-        if self.compiled(fi).is_none() {
-            return Ok(None);
-        }
         self.osr_into(t, fi, header, locals)
     }
 
-    /// The OSR transfer: calls the compiled function's entry for loop header
-    /// `header` with the frame's locals as a migration buffer.
+    /// The OSR transfer: compiles the function if it is not yet, then calls
+    /// its entry for loop header `header` with the frame's locals as a
+    /// migration buffer; `None` when it cannot be compiled or has no entry there.
     fn osr_into(
         &self,
         t: &Tiers,
