@@ -47,9 +47,9 @@ struct Entry {
 ///
 /// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
 /// hash (a write lock only the first time a shape is seen); looking up an id
-/// takes no lock at all. A signature is hashed once per `intern`: the shards
-/// keep each entry's hash, so neither the second lookup under the write lock
-/// nor a table growth hashes a signature again.
+/// takes no lock at all. A signature carries its hash from when it was made;
+/// the shards keep each entry's hash beside it too, so probing and growing a
+/// shard compare and move hashes without touching the signatures.
 pub struct Registry {
     shards: [RwLock<HashTable<Interned>>; SHARDS],
     entries: IdTable<Entry>,
@@ -98,8 +98,9 @@ impl Registry {
 
     /// The id of `sig`'s shape, interning it on first sight.
     pub fn intern(&self, sig: &Signature) -> SigId {
-        // FxHash: signatures come from the embedder, not from an adversary, so a
-        // fast hash without flooding resistance is the right trade.
+        // The signature's own hash (FxHash, worked out when it was made:
+        // signatures come from the embedder, not from an adversary), mixed
+        // once more so the shard index has good high bits.
         let hash = FxBuildHasher.hash_one(sig);
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         // A poisoned lock only means another thread panicked while holding it;
