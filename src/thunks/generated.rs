@@ -87,11 +87,8 @@ pub(super) struct GenExit {
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
     /// The register-result stub for a float result in xmm0 (an `f32` in the
-    /// low half, the rest undefined).
+    /// low half, the rest undefined, which `ext` clears).
     fast_float: Option<FastFloat>,
-    /// What of xmm0's low 64 bits is the result: all for `f64`, the low 32
-    /// for `f32` (one AND, where the general extension takes three operations).
-    float_mask: u64,
     /// The register-result stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
@@ -214,7 +211,7 @@ impl GenExit {
             }
         } else if let Some(f) = self.fast_float {
             // SAFETY: as above; a float result has exactly one slot.
-            unsafe { *ret = f(args, target).to_bits() & self.float_mask };
+            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
         } else if let Some(f) = self.fast_narrow {
             // SAFETY: as above; an integer result has exactly one slot.
             unsafe { *ret = self.ext.apply(f(args, target)) };
@@ -469,7 +466,6 @@ impl GenBackend {
             Ok(ExitCode { fast, slots })
         })?;
         let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
-        let mut float_mask = u64::MAX;
         if let Some((c, kind)) = &code.fast {
             let p = c.addr().cast();
             match kind {
@@ -479,14 +475,9 @@ impl GenBackend {
                 }
                 // SAFETY: as above; the caller extends the narrow result.
                 FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
-                // SAFETY: emitted to return its result in xmm0.
-                FastRet::F64 => fast_float = Some(unsafe { callable_as(p) }),
-                // SAFETY: as above; an `f32` read as `f64` keeps its bits in
-                // the low half, which the mask keeps.
-                FastRet::F32 => {
-                    fast_float = Some(unsafe { callable_as(p) });
-                    float_mask = u64::from(u32::MAX);
-                }
+                // SAFETY: emitted to return its result in xmm0; an `f32` read
+                // as `f64` keeps its bits in the low half, which `ext` keeps.
+                FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
             }
         }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
@@ -495,7 +486,6 @@ impl GenBackend {
             code,
             fast_wide,
             fast_float,
-            float_mask,
             fast_narrow,
             ext,
             nargs,
