@@ -267,44 +267,6 @@ fn shapes(c: &mut Criterion) {
     setup(c, &be);
 }
 
-/// The `n`-th of a series of signatures nobody has seen: six scalar
-/// parameters (seven from the 1 771 561st on) spelling `n` in base 11, so
-/// every one is new, all travel in registers, and every batch criterion asks
-/// for costs the same. Their machine shapes repeat as real signatures' do:
-/// the 11 types fall into 9 classes for entry thunks (a new entry shape
-/// for 48% of the first 20 000 signatures, 37% of the first million) and 2
-/// for exit stubs (64 shapes in all). One counter serves every benchmark of this series: the registry is
-/// process-wide, and no benchmark may find another's signatures already
-/// interned.
-fn fresh_sig(n: u64) -> Signature {
-    const T: [&str; 11] = [
-        "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
-    ];
-    let mut params = Vec::new();
-    let mut k = n;
-    while params.len() < 6 || k != 0 {
-        params.push(T[(k % 11) as usize]);
-        k /= 11;
-    }
-    format!("({})->i64", params.join(",")).parse().unwrap()
-}
-
-/// The `n`-th of a series of signatures whose entry thunks have a machine
-/// shape nobody has seen (so their code cannot be shared, see ABI.md,
-/// "Generated code"): six parameters or more spelling `n` in base 9 over one
-/// type of each class the entry emitter tells apart, and an `f64` result,
-/// which no signature of [`fresh_sig`] has.
-fn fresh_shape_sig(n: u64) -> Signature {
-    const T: [&str; 9] = ["i64", "u8", "i8", "i16", "u16", "i32", "u32", "f32", "f64"];
-    let mut params = Vec::new();
-    let mut k = n;
-    while params.len() < 6 || k != 0 {
-        params.push(T[(k % 9) as usize]);
-        k /= 9;
-    }
-    format!("({})->f64", params.join(",")).parse().unwrap()
-}
-
 fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
     let host = measure::host_for(0);
@@ -313,12 +275,12 @@ fn setup(c: &mut Criterion, be: &Backends) {
         for (what, series, counter) in [
             (
                 "new signature's",
-                fresh_sig as fn(u64) -> Signature,
+                measure::fresh_sig as fn(u64) -> Signature,
                 &mut next,
             ),
             (
                 "new signature (new entry shape)'s",
-                fresh_shape_sig,
+                measure::fresh_shape_sig,
                 &mut next_shape,
             ),
         ] {

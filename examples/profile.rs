@@ -104,38 +104,19 @@ fn main() {
     match mode.as_str() {
         "direct" => acc = call_loop(add_i64, n),
         "create" | "create-shapes" => {
-            // n new signatures, as benches/calls.rs makes them: six scalar
-            // parameters spelling i in base 11 (create), or in base 9 over one
-            // type per entry-thunk class, so every entry shape is new
-            // (create-shapes); exit stub + entry thunk for each.
+            // n new signatures of the series benches/calls.rs uses
+            // (`measure::fresh_sig`, or `fresh_shape_sig`: every entry shape
+            // new); exit stub + entry thunk for each.
             let d = Dispatcher::from_host(
                 Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
                 FailurePolicy::Report,
             );
-            let (types, ret): (&[&str], &str) = if mode == "create" {
-                (
-                    &[
-                        "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f32", "f64", "ptr",
-                    ],
-                    "i64",
-                )
+            let series = if mode == "create" {
+                measure::fresh_sig
             } else {
-                (
-                    &["i64", "u8", "i8", "i16", "u16", "i32", "u32", "f32", "f64"],
-                    "f64",
-                )
+                measure::fresh_shape_sig
             };
-            let base = types.len() as u64;
-            let sigs: Vec<tierbridge::abi::Signature> = (0..n)
-                .map(|i| {
-                    let (mut k, mut params) = (i, Vec::new());
-                    while params.len() < 6 || k != 0 {
-                        params.push(types[(k % base) as usize]);
-                        k /= base;
-                    }
-                    format!("({})->{ret}", params.join(",")).parse().unwrap()
-                })
-                .collect();
+            let sigs: Vec<tierbridge::abi::Signature> = (0..n).map(series).collect();
             let mut keep = Vec::new();
             let t = std::time::Instant::now();
             for s in &sigs {
