@@ -124,7 +124,7 @@ fn one_case(
     }
     drop(s);
     // The errno-capturing variant is always the slot stub; `call` may have used
-    // the register-result one: both must deliver the same result.
+    // the tail-call one: both must deliver the same result.
     let mut again = vec![0u64; sig.ret_slots()];
     // SAFETY: as above.
     unsafe { stub.call_capture_errno(ep.code_ptr(), &slots, &mut again, 0) }

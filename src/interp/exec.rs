@@ -452,7 +452,7 @@ impl Inner {
     #[cfg(target_arch = "x86_64")]
     fn compile(&self, fi: u32) -> Option<Compiled> {
         let t = self.tiers.as_ref()?;
-        // The register-result stub when there is one, else the slot stub.
+        // The tail-call stub when it returns in a register, else the slot stub.
         let call_stub = |s: &ExitStub| {
             use crate::tier::jit::CallStub;
             match s.raw_fast() {

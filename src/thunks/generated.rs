@@ -33,10 +33,13 @@ use rustc_hash::FxBuildHasher;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
-/// A register-result stub returning its result in rax (integers, pointers, void).
+/// A tail-call stub returning its result in rax (integers, pointers, void).
 type FastInt = unsafe extern "C" fn(*const u64, *const c_void) -> u64;
-/// A register-result stub returning its result in xmm0 (`f64`, or `f32` in the low half).
+/// A tail-call stub returning its result in xmm0 (`f64`, or `f32` in the low half).
 type FastFloat = unsafe extern "C" fn(*const u64, *const c_void) -> f64;
+/// A tail-calling stub for a result in memory: the third argument is the
+/// hidden result pointer (the result slots), which the target writes.
+type FastSret = unsafe extern "C" fn(*const u64, *const c_void, *mut u64);
 
 /// The two slot stubs of a signature (plain and errno-capturing).
 struct SlotStubs {
@@ -70,10 +73,10 @@ impl SlotStubs {
 }
 
 /// The exit code of one machine shape ([`exit_key`]), shared by every
-/// signature of that shape: the register-result stub when the shape has one
-/// (made at once, since `call` and compiled code use it), and the slot stubs
-/// (made at once when there is no register-result stub, else on first need:
-/// errno capture, compiled code's slot calls).
+/// signature of that shape: the tail-call stub when the shape has one (made
+/// at once, since `call` and compiled code use it), and the slot stubs (made
+/// at once when there is no tail-call stub, else on first need: errno
+/// capture, compiled code's slot calls).
 struct ExitCode {
     fast: Option<(ExecCode, FastRet)>,
     slots: OnceLock<SlotStubs>,
@@ -83,15 +86,18 @@ struct ExitCode {
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     code: Arc<ExitCode>,
-    /// The register-result stub when rax is the result slot as it is (64-bit
+    /// The tail-call stub when rax is the result slot as it is (64-bit
     /// integers, pointers) or there is no result.
     fast_wide: Option<FastInt>,
-    /// The register-result stub for a float result in xmm0 (an `f32` in the
+    /// The tail-call stub for a float result in xmm0 (an `f32` in the
     /// low half, the rest undefined, which `ext` clears).
     fast_float: Option<FastFloat>,
-    /// The register-result stub for narrow integer results, which the callee
+    /// The tail-call stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
+    /// The tail-calling stub for a result in memory, which the target writes
+    /// straight into the result slots.
+    fast_sret: Option<FastSret>,
     /// How a register result becomes the result slot (the scalar result's
     /// slot convention; `SlotExt::NONE` otherwise).
     ext: SlotExt,
@@ -163,12 +169,15 @@ impl GenExit {
         Ok(self.code.slots.get_or_init(|| fresh))
     }
 
-    /// The register-result stub's address and result kind, if the signature
-    /// has one (for compiled code: `extern "C" fn(args, target) -> R`, a
+    /// The tail-call stub's address and result kind, if the signature has
+    /// one and it returns in a register (for compiled code: `extern "C" fn(args, target) -> R`, a
     /// narrow integer result not yet extended).
     pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
-        let (code, kind) = self.code.fast.as_ref()?;
-        Some((code.addr().as_ptr() as usize, *kind))
+        match self.code.fast.as_ref()? {
+            // Not a register result: compiled code uses the slot stub.
+            (_, FastRet::Sret) => None,
+            (code, kind) => Some((code.addr().as_ptr() as usize, *kind)),
+        }
     }
 
     /// The plain slot stub's address (for compiled code); `None` when there
@@ -192,8 +201,9 @@ impl GenExit {
         unsafe { self.run(target, args, ret) }
     }
 
-    /// One call through the register-result stub when the signature has one
-    /// (its result stored into the one result slot here), else the slot stub.
+    /// One call through the tail-call stub when the signature has one (a
+    /// register result stored into the one result slot here, a result in
+    /// memory written there by the target), else the slot stub.
     ///
     /// # Safety
     /// `args` points to the stub's `nargs` slots, `ret` to its `nret` slots,
@@ -215,12 +225,16 @@ impl GenExit {
         } else if let Some(f) = self.fast_narrow {
             // SAFETY: as above; an integer result has exactly one slot.
             unsafe { *ret = self.ext.apply(f(args, target)) };
+        } else if let Some(f) = self.fast_sret {
+            // SAFETY: as above; `ret` points to the `nret` slots the result
+            // fills (its size rounded up to slots, aligned for any C scalar).
+            unsafe { f(args, target, ret) };
         } else {
             let f = self
                 .code
                 .slots
                 .get()
-                .expect("made with the stub when there is no register-result stub")
+                .expect("made with the stub when there is no tail-call stub")
                 .f;
             // SAFETY: by this function's contract.
             unsafe { f(args, ret, target, null_mut()) }
@@ -465,7 +479,8 @@ impl GenBackend {
             }
             Ok(ExitCode { fast, slots })
         })?;
-        let (mut fast_wide, mut fast_float, mut fast_narrow) = (None, None, None);
+        let (mut fast_wide, mut fast_float, mut fast_narrow, mut fast_sret) =
+            (None, None, None, None);
         if let Some((c, kind)) = &code.fast {
             let p = c.addr().cast();
             match kind {
@@ -478,6 +493,9 @@ impl GenBackend {
                 // SAFETY: emitted to return its result in xmm0; an `f32` read
                 // as `f64` keeps its bits in the low half, which `ext` keeps.
                 FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
+                // SAFETY: emitted to take the result slots as its third
+                // argument and pass them on as the hidden result pointer.
+                FastRet::Sret => fast_sret = Some(unsafe { callable_as(p) }),
             }
         }
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
@@ -487,6 +505,7 @@ impl GenBackend {
             fast_wide,
             fast_float,
             fast_narrow,
+            fast_sret,
             ext,
             nargs,
             nret,

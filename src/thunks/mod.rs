@@ -523,10 +523,10 @@ impl ExitStub {
         }
     }
 
-    /// The generated register-result stub, `extern "C" fn(args, target) -> R`,
-    /// and how it returns its result (for generated code that calls it
-    /// directly); `None` on libffi or when the signature has none (ABI.md,
-    /// "Exit stubs").
+    /// The generated tail-call stub, `extern "C" fn(args, target) -> R`, and
+    /// how it returns its result (for generated code that calls it
+    /// directly); `None` on libffi, when the signature has none, or when its
+    /// result is in memory (ABI.md, "Exit stubs").
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
         match &self.imp {

@@ -254,7 +254,7 @@ fn scalar_class(s: Scalar) -> u32 {
     }
 }
 
-/// The key of a signature's exit stubs (the register-result stub and both
+/// The key of a signature's exit stubs (the tail-call stub and both
 /// slot stubs): argument parts matter only by where they come from (slot
 /// offset, size) and where they go, not by type.
 pub(super) fn exit_key(l: &CallLayout) -> Option<CodeKey> {
@@ -347,8 +347,8 @@ pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
 const RSP: u8 = Gpr::Rsp as u8;
 const R11: u8 = Gpr::R11 as u8;
 
-/// How a register-result exit stub hands back its result (its Rust type is
-/// `extern "C" fn(args: *const u64, target) -> R`).
+/// How a tail-calling exit stub hands back its result (its Rust type is
+/// `extern "C" fn(args: *const u64, target) -> R`, except for `Sret`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FastRet {
     /// No result.
@@ -360,6 +360,10 @@ pub(crate) enum FastRet {
     F64,
     /// An `f32` in xmm0.
     F32,
+    /// A result in memory (SysV sret), written by the callee straight into
+    /// the result slots: the stub is `extern "C" fn(args, target, ret: *mut u64)`
+    /// and passes `ret` as the hidden pointer.
+    Sret,
 }
 
 /// A signature's two slot stubs in one buffer: the plain one at offset 0 and
@@ -385,7 +389,7 @@ fn align16(ops: &mut Asm) {
     }
 }
 
-/// The register-result stub, when the layout allows one, and how it returns.
+/// The tail-calling stub, when the layout allows one, and how it returns.
 pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     let kind = fast_ret(l)?;
     let mut ops = asm_with_capacity(code_estimate(l), 0);
@@ -397,8 +401,9 @@ pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     ))
 }
 
-/// Whether the layout allows a register-result stub, and its result kind:
-/// SysV, every argument part in a register, no result or one scalar result.
+/// Whether the layout allows a tail-calling stub, and its result kind:
+/// SysV, every argument part in a register, and no result, one scalar
+/// result, or a result in memory (whose hidden pointer is the result slots).
 fn fast_ret(l: &CallLayout) -> Option<FastRet> {
     if l.conv != CallConv::SysV || l.stack_bytes != 0 || l.copy_bytes != 0 {
         return None;
@@ -420,18 +425,24 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
             (PartKind::Scalar(_), Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
             _ => None,
         },
-        _ => None,
+        RetPass::Sret { .. } => Some(FastRet::Sret),
+        RetPass::Direct(_) => None,
     }
 }
 
-/// The register-result stub, `extern "C" fn(args: *const u64, target) -> R`:
+/// The tail-call stub, `extern "C" fn(args: *const u64, target) -> R`:
 /// loads the argument registers from the slots and jumps to the target, which
 /// returns straight to the stub's caller with the result where `R` expects it
 /// (the stack is exactly as the caller left it, so the target sees a normal
 /// call). A narrow integer result comes back with the callee's upper bits; the
-/// caller extends it (`GenExit::run`).
+/// caller extends it (`GenExit::run`). A result in memory: the stub's third
+/// argument (rdx, read before any argument register is loaded) becomes the
+/// hidden pointer, and the target writes the result there.
 fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
+    if let RetPass::Sret { ptr } = l.ret {
+        dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), rdx);
+    }
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
             unreachable!("checked by fast_ret")

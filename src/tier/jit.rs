@@ -6,7 +6,7 @@
 //! (the verifier), so every instruction works on fixed frame slots, and the
 //! arguments of a call are consecutive slots: a call is a call of the
 //! callee's exit stub with those slots, the target read from the callee's
-//! entry cell (the register-result stub when the signature has one: its
+//! entry cell (the tail-call stub when the signature has one: its
 //! result comes back in rax or xmm0 and is stored into the first argument's
 //! slot). Guards (an `i64.add` overflow, a division by zero, a null
 //! pointer) jump to a deopt path that hands the frame to the interpreter at
@@ -26,7 +26,7 @@ use crate::thunks::x64::{Asm, FastRet, extend_mem, extend_reg};
 pub(crate) enum CallStub {
     /// The slot stub: `extern "C" fn(args, ret, target, errno)`.
     Slots(usize),
-    /// The register-result stub, `extern "C" fn(args, target) -> R`, whose
+    /// The tail-call stub of a register result, `extern "C" fn(args, target) -> R`, whose
     /// result comes back in rax (not yet extended) or xmm0 (never `F32`: the
     /// verifier rejects `f32` in interpreter signatures).
     Register(usize, FastRet),
