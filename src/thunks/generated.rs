@@ -87,10 +87,11 @@ pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     code: Arc<ExitCode>,
     /// The tail-call stub when rax is the result slot as it is (64-bit
-    /// integers, pointers) or there is no result.
+    /// integers, pointers, structs of one eightbyte) or there is no result.
     fast_wide: Option<FastInt>,
-    /// The tail-call stub for a float result in xmm0 (an `f32` in the
-    /// low half, the rest undefined, which `ext` clears).
+    /// The tail-call stub for a result in xmm0 (an `f32` in the low half,
+    /// the rest undefined, which `ext` clears; an `f64` or a struct of one
+    /// SSE eightbyte, all 64 bits).
     fast_float: Option<FastFloat>,
     /// The tail-call stub for narrow integer results, which the callee
     /// returns with undefined upper bits.

@@ -353,10 +353,10 @@ const R11: u8 = Gpr::R11 as u8;
 pub(crate) enum FastRet {
     /// No result.
     Void,
-    /// An integer or pointer result in rax, as the callee left it (a narrow
-    /// one still to be extended).
+    /// An integer, pointer or one-eightbyte struct result in rax, as the
+    /// callee left it (a narrow integer still to be extended).
     Int,
-    /// An `f64` in xmm0.
+    /// An `f64`, or a struct of one SSE eightbyte, in xmm0.
     F64,
     /// An `f32` in xmm0.
     F32,
@@ -402,8 +402,9 @@ pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
 }
 
 /// Whether the layout allows a tail-calling stub, and its result kind:
-/// SysV, every argument part in a register, and no result, one scalar
-/// result, or a result in memory (whose hidden pointer is the result slots).
+/// SysV, every argument part in a register, and no result, a result in one
+/// register (a scalar, or a struct of one eightbyte), or a result in memory
+/// (whose hidden pointer is the result slots).
 fn fast_ret(l: &CallLayout) -> Option<FastRet> {
     if l.conv != CallConv::SysV || l.stack_bytes != 0 || l.copy_bytes != 0 {
         return None;
@@ -423,6 +424,11 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
             (PartKind::Scalar(Scalar::F64), Loc::Xmm(0)) => Some(FastRet::F64),
             (PartKind::Scalar(Scalar::F32), Loc::Xmm(0)) => Some(FastRet::F32),
             (PartKind::Scalar(_), Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
+            // A struct of one eightbyte: all 64 bits of its register are its
+            // result slot, as the slot stub stores them (the bytes past its
+            // size are unspecified either way).
+            (PartKind::IntBytes, Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
+            (PartKind::SseBytes, Loc::Xmm(0)) => Some(FastRet::F64),
             _ => None,
         },
         RetPass::Sret { .. } => Some(FastRet::Sret),
