@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 #[path = "common/measure.rs"]
@@ -61,6 +61,32 @@ fn exit_loop(stub: &ExitStub, n: u64) -> u64 {
     for i in 0..n {
         // SAFETY: add_i64 has the stub's signature.
         unsafe { stub.call(black_box(add_i64 as *const c_void), &[i, 1], &mut ret) }.unwrap();
+        acc = acc.wrapping_add(ret[0]);
+    }
+    acc
+}
+
+/// A two-`i32` struct, returned in rax.
+#[repr(C)]
+struct Pair32 {
+    a: i32,
+    b: i32,
+}
+
+extern "C" fn pair_of(a: i64, b: i64) -> Pair32 {
+    Pair32 {
+        a: a as i32,
+        b: b as i32,
+    }
+}
+
+/// `n` checked exit calls of `pair_of`, `(i64,i64)->{i32,i32}`.
+#[inline(never)]
+fn exit_struct_loop(stub: &ExitStub, n: u64) -> u64 {
+    let (mut acc, mut ret) = (0u64, [0u64]);
+    for i in 0..n {
+        // SAFETY: pair_of has the stub's signature.
+        unsafe { stub.call(black_box(pair_of as *const c_void), &[i, 1], &mut ret) }.unwrap();
         acc = acc.wrapping_add(ret[0]);
     }
     acc
@@ -132,6 +158,10 @@ fn main() {
             acc = keep.len() as u64;
         }
         "exit" => acc = exit_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n),
+        "exit-struct" => {
+            let s = "(i64,i64)->{i32,i32}".parse().unwrap();
+            acc = exit_struct_loop(&b.exit_stub(&s, CallConv::SysV).unwrap(), n)
+        }
         "exit-unchecked" => {
             acc = exit_unchecked_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n)
         }

@@ -33,11 +33,13 @@ use rustc_hash::FxBuildHasher;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
-/// A tail-call stub returning its result in rax (integers, pointers, void).
+/// A tail-call stub returning its result in rax (integers, pointers, structs
+/// of one eightbyte, void).
 type FastInt = unsafe extern "C" fn(*const u64, *const c_void) -> u64;
-/// A tail-call stub returning its result in xmm0 (`f64`, or `f32` in the low half).
+/// A tail-call stub returning its result in xmm0 (`f64`, `f32` in the low half,
+/// or a struct of one SSE eightbyte).
 type FastFloat = unsafe extern "C" fn(*const u64, *const c_void) -> f64;
-/// A tail-calling stub for a result in memory: the third argument is the
+/// A tail-call stub for a result in memory: the third argument is the
 /// hidden result pointer (the result slots), which the target writes.
 type FastSret = unsafe extern "C" fn(*const u64, *const c_void, *mut u64);
 
@@ -96,7 +98,7 @@ pub(super) struct GenExit {
     /// The tail-call stub for narrow integer results, which the callee
     /// returns with undefined upper bits.
     fast_narrow: Option<FastInt>,
-    /// The tail-calling stub for a result in memory, which the target writes
+    /// The tail-call stub for a result in memory, which the target writes
     /// straight into the result slots.
     fast_sret: Option<FastSret>,
     /// How a register result becomes the result slot (the scalar result's
@@ -171,8 +173,9 @@ impl GenExit {
     }
 
     /// The tail-call stub's address and result kind, if the signature has
-    /// one and it returns in a register (for compiled code: `extern "C" fn(args, target) -> R`, a
-    /// narrow integer result not yet extended).
+    /// one and it returns in a register (for compiled code:
+    /// `extern "C" fn(args, target) -> R`, a narrow integer result not yet
+    /// extended).
     pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
         match self.code.fast.as_ref()? {
             // Not a register result: compiled code uses the slot stub.

@@ -347,7 +347,7 @@ pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
 const RSP: u8 = Gpr::Rsp as u8;
 const R11: u8 = Gpr::R11 as u8;
 
-/// How a tail-calling exit stub hands back its result (its Rust type is
+/// How a tail-call stub hands back its result (its Rust type is
 /// `extern "C" fn(args: *const u64, target) -> R`, except for `Sret`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FastRet {
@@ -389,7 +389,7 @@ fn align16(ops: &mut Asm) {
     }
 }
 
-/// The tail-calling stub, when the layout allows one, and how it returns.
+/// The tail-call stub, when the layout allows one, and how it returns.
 pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     let kind = fast_ret(l)?;
     let mut ops = asm_with_capacity(code_estimate(l), 0);
@@ -401,7 +401,7 @@ pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     ))
 }
 
-/// Whether the layout allows a tail-calling stub, and its result kind:
+/// Whether the layout allows a tail-call stub, and its result kind:
 /// SysV, every argument part in a register, and no result, a result in one
 /// register (a scalar, or a struct of one eightbyte), or a result in memory
 /// (whose hidden pointer is the result slots).
