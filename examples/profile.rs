@@ -54,13 +54,17 @@ fn call10_loop(f: measure::Ten, n: u64) -> u64 {
     acc
 }
 
-/// `n` checked exit calls of `add_i64`.
+/// `n` checked exit calls of `target`, a function of two `i64`s with a
+/// one-slot result (`add_i64`, or `pair_of`).
+///
+/// # Safety
+/// `target` has the stub's signature.
 #[inline(never)]
-fn exit_loop(stub: &ExitStub, n: u64) -> u64 {
+unsafe fn exit_loop(stub: &ExitStub, target: *const c_void, n: u64) -> u64 {
     let (mut acc, mut ret) = (0u64, [0u64]);
     for i in 0..n {
-        // SAFETY: add_i64 has the stub's signature.
-        unsafe { stub.call(black_box(add_i64 as *const c_void), &[i, 1], &mut ret) }.unwrap();
+        // SAFETY: by this function's contract.
+        unsafe { stub.call(black_box(target), &[i, 1], &mut ret) }.unwrap();
         acc = acc.wrapping_add(ret[0]);
     }
     acc
@@ -78,18 +82,6 @@ extern "C" fn pair_of(a: i64, b: i64) -> Pair32 {
         a: a as i32,
         b: b as i32,
     }
-}
-
-/// `n` checked exit calls of `pair_of`, `(i64,i64)->{i32,i32}`.
-#[inline(never)]
-fn exit_struct_loop(stub: &ExitStub, n: u64) -> u64 {
-    let (mut acc, mut ret) = (0u64, [0u64]);
-    for i in 0..n {
-        // SAFETY: pair_of has the stub's signature.
-        unsafe { stub.call(black_box(pair_of as *const c_void), &[i, 1], &mut ret) }.unwrap();
-        acc = acc.wrapping_add(ret[0]);
-    }
-    acc
 }
 
 /// `n` unchecked exit calls of `add_i64`.
@@ -157,10 +149,16 @@ fn main() {
             }
             acc = keep.len() as u64;
         }
-        "exit" => acc = exit_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n),
+        "exit" => {
+            let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
+            // SAFETY: add_i64 is `(i64,i64)->i64`.
+            acc = unsafe { exit_loop(&stub, add_i64 as *const c_void, n) }
+        }
         "exit-struct" => {
             let s = "(i64,i64)->{i32,i32}".parse().unwrap();
-            acc = exit_struct_loop(&b.exit_stub(&s, CallConv::SysV).unwrap(), n)
+            let stub = b.exit_stub(&s, CallConv::SysV).unwrap();
+            // SAFETY: pair_of is `(i64,i64)->{i32,i32}`.
+            acc = unsafe { exit_loop(&stub, pair_of as *const c_void, n) }
         }
         "exit-unchecked" => {
             acc = exit_unchecked_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n)
