@@ -68,9 +68,11 @@ fn exit_bench(
 ) {
     for (name, stub) in exits {
         let mut ret = vec![0u64; stub.signature().ret_slots()];
-        // SAFETY: `f` has the stub's signature.
         g.bench_function(*name, |b| {
-            b.iter(|| unsafe { stub.call(black_box(f), black_box(args), &mut ret) }.unwrap())
+            b.iter(|| {
+                // SAFETY: `f` has the stub's signature.
+                unsafe { stub.call(black_box(f), black_box(args), &mut ret) }.unwrap()
+            })
         });
     }
     // The stub alone, as a verified call site or generated code would use it.
