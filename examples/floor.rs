@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - exit floor: `stub(args, target)` loads two argument registers from
-//!   slots and jumps to the target (what tierbridge's tail-call stub
+//!   slots and jumps to the target (what tierbridge's register stub
 //!   does, with nothing around it);
 //! - entry floor: a trampoline that loads its binding from a data cell and
 //!   jumps to a thunk, which spills the two arguments into slots, zeroes the

@@ -941,7 +941,7 @@ fn a_raw_dispatcher_gets_its_binding_the_slots_and_a_cursor_only_when_variadic()
     }
 }
 
-/// A signature with a tail-call stub gets its slot stubs on first need
+/// A signature with a register stub gets its slot stubs on first need
 /// (ABI.md, "Exit stubs"). Eight threads that all need them at once for a
 /// fresh signature each get working stubs: whichever thread's stubs win, the
 /// others' are freed, and every call — plain and errno-capturing — is right.

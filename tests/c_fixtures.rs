@@ -96,11 +96,16 @@ fn cases_for(
             if sig.is_variadic() && sig.fixed_count() == 0 {
                 sig = Signature::new(sig.params().to_vec(), sig.ret().cloned()).unwrap();
             }
-            let args = sig.params().iter().map(|t| rand_value(rng, t)).collect();
-            let ret = sig.ret().map(|t| rand_value(rng, t));
-            Case { sig, args, ret }
+            case_of(rng, sig)
         })
         .collect()
+}
+
+/// `sig` with random argument and result values.
+fn case_of(rng: &mut fastrand::Rng, sig: Signature) -> Case {
+    let args = sig.params().iter().map(|t| rand_value(rng, t)).collect();
+    let ret = sig.ret().map(|t| rand_value(rng, t));
+    Case { sig, args, ret }
 }
 
 /// `(P0 a0, P1 a1, ...)` with the variadic part as `, ...` when `variadic_decl`.
@@ -401,7 +406,13 @@ fn win64_classification_puts_every_part_where_gcc_does() {
 /// C callees that record what they receive, called through exit stubs.
 fn check_exit_against_c(conv: CallConv, count: usize) {
     let mut rng = fastrand::Rng::with_seed(seed() ^ 0xe1 ^ conv as u64);
-    let cases = cases_for(&mut rng, count, 24, true);
+    let mut cases = cases_for(&mut rng, count, 24, true);
+    // And as many made for the register stubs: small struct results of
+    // every class mix, arguments in registers.
+    cases.extend((0..count).map(|_| {
+        let sig = rand_register_sig(&mut rng);
+        case_of(&mut rng, sig)
+    }));
     let mut w = CWriter::new();
     let mut body = String::from("unsigned char rec[8192];\nvoid *rec_area(void) { return rec; }\n");
     let attr = c_attr(conv);

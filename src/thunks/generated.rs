@@ -23,7 +23,7 @@ use super::x64::{
     emit_slot_exits, emit_trampolines, entry_key, exit_key,
 };
 use super::{BackendKind, Result, ThunkError};
-use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
+use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
@@ -33,15 +33,15 @@ use rustc_hash::FxBuildHasher;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
-/// A tail-call stub returning its result in rax (integers, pointers, structs
-/// of one eightbyte, void).
-type FastInt = unsafe extern "C" fn(*const u64, *const c_void) -> u64;
-/// A tail-call stub returning its result in xmm0 (`f64`, `f32` in the low half,
-/// or a struct of one SSE eightbyte).
-type FastFloat = unsafe extern "C" fn(*const u64, *const c_void) -> f64;
-/// A tail-call stub for a result in memory: the third argument is the
-/// hidden result pointer (the result slots), which the target writes.
-type FastSret = unsafe extern "C" fn(*const u64, *const c_void, *mut u64);
+/// A register stub (`x64::emit_fast_exit`): arguments from the slots,
+/// result slots back in rax:rdx (a `#[repr(C)]` pair of `u64`s), or, for a
+/// result in memory, written by the target through the third argument.
+type FastFn = unsafe extern "C" fn(*const u64, *const c_void, *mut u64) -> RegSlots;
+
+/// The first two result slots, as a register stub returns them (rax, rdx).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RegSlots(u64, u64);
 
 /// The two slot stubs of a signature (plain and errno-capturing).
 struct SlotStubs {
@@ -75,9 +75,9 @@ impl SlotStubs {
 }
 
 /// The exit code of one machine shape ([`exit_key`]), shared by every
-/// signature of that shape: the tail-call stub when the shape has one (made
+/// signature of that shape: the register stub when the shape has one (made
 /// at once, since `call` and compiled code use it), and the slot stubs (made
-/// at once when there is no tail-call stub, else on first need: errno
+/// at once when there is no register stub, else on first need: errno
 /// capture, compiled code's slot calls).
 struct ExitCode {
     fast: Option<(ExecCode, FastRet)>,
@@ -88,22 +88,11 @@ struct ExitCode {
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     code: Arc<ExitCode>,
-    /// The tail-call stub when rax is the result slot as it is (64-bit
-    /// integers, pointers, structs of one eightbyte) or there is no result.
-    fast_wide: Option<FastInt>,
-    /// The tail-call stub for a result in xmm0 (an `f32` in the low half,
-    /// the rest undefined, which `ext` clears; an `f64` or a struct of one
-    /// SSE eightbyte, all 64 bits).
-    fast_float: Option<FastFloat>,
-    /// The tail-call stub for narrow integer results, which the callee
-    /// returns with undefined upper bits.
-    fast_narrow: Option<FastInt>,
-    /// The tail-call stub for a result in memory, which the target writes
-    /// straight into the result slots.
-    fast_sret: Option<FastSret>,
-    /// How a register result becomes the result slot (the scalar result's
-    /// slot convention; `SlotExt::NONE` otherwise).
-    ext: SlotExt,
+    /// The register stub, when the signature has one.
+    fast: Option<FastFn>,
+    /// How many result slots it returns in rax:rdx (0 to 2; 0 also for a
+    /// result in memory, which the target writes).
+    reg_slots: u8,
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
@@ -172,15 +161,15 @@ impl GenExit {
         Ok(self.code.slots.get_or_init(|| fresh))
     }
 
-    /// The tail-call stub's address and result kind, if the signature has
-    /// one and it returns in a register (for compiled code:
-    /// `extern "C" fn(args, target) -> R`, a narrow integer result not yet
-    /// extended).
-    pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
+    /// The register stub's address, if the signature has one and its result
+    /// is at most one slot in rax (for compiled code:
+    /// `extern "C" fn(args, target, ret) -> u64`, the slot already in slot
+    /// form).
+    pub(super) fn raw_fast(&self) -> Option<usize> {
         match self.code.fast.as_ref()? {
-            // Not a register result: compiled code uses the slot stub.
-            (_, FastRet::Sret) => None,
-            (code, kind) => Some((code.addr().as_ptr() as usize, *kind)),
+            (code, FastRet::Regs(0 | 1)) => Some(code.addr().as_ptr() as usize),
+            // Two slots, or a result in memory: compiled code uses the slot stub.
+            _ => None,
         }
     }
 
@@ -205,40 +194,36 @@ impl GenExit {
         unsafe { self.run(target, args, ret) }
     }
 
-    /// One call through the tail-call stub when the signature has one (a
-    /// register result stored into the one result slot here, a result in
-    /// memory written there by the target), else the slot stub.
+    /// One call through the register stub when the signature has one (the
+    /// result slots it returns in rax:rdx stored here, a result in memory
+    /// written there by the target), else the slot stub.
     ///
     /// # Safety
     /// `args` points to the stub's `nargs` slots, `ret` to its `nret` slots,
     /// and `target` is a non-null function of this signature.
     #[inline(always)]
     unsafe fn run(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
-        // Plain branches, not a match on the result kind: a jump table would
-        // add an indirect branch to every call.
-        if let Some(f) = self.fast_wide {
-            // SAFETY: by this function's contract; the stub reads `nargs` slots.
-            let r = unsafe { f(args, target) };
-            if self.nret != 0 {
-                // SAFETY: `ret` points to the one result slot.
-                unsafe { *ret = r };
+        // One path for every register stub, whatever its result: how the
+        // result travels was settled when the stub was made.
+        if let Some(f) = self.fast {
+            // SAFETY: by this function's contract; the stub reads `nargs`
+            // slots, and a target returning in memory writes the `nret` slots
+            // at `ret` (its size rounded up to slots, aligned for any C scalar).
+            let r = unsafe { f(args, target, ret) };
+            // One slot first: the common case takes one branch.
+            if self.reg_slots == 1 {
+                // SAFETY: `ret` points to `nret` >= `reg_slots` slots.
+                unsafe { *ret = r.0 };
+            } else if self.reg_slots == 2 {
+                // SAFETY: as above.
+                unsafe { (*ret, *ret.add(1)) = (r.0, r.1) };
             }
-        } else if let Some(f) = self.fast_float {
-            // SAFETY: as above; a float result has exactly one slot.
-            unsafe { *ret = self.ext.apply(f(args, target).to_bits()) };
-        } else if let Some(f) = self.fast_narrow {
-            // SAFETY: as above; an integer result has exactly one slot.
-            unsafe { *ret = self.ext.apply(f(args, target)) };
-        } else if let Some(f) = self.fast_sret {
-            // SAFETY: as above; `ret` points to the `nret` slots the result
-            // fills (its size rounded up to slots, aligned for any C scalar).
-            unsafe { f(args, target, ret) };
         } else {
             let f = self
                 .code
                 .slots
                 .get()
-                .expect("made with the stub when there is no tail-call stub")
+                .expect("made with the stub when there is no register stub")
                 .f;
             // SAFETY: by this function's contract.
             unsafe { f(args, ret, target, null_mut()) }
@@ -467,10 +452,6 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?.clone();
         let layout = reg.layout(id, conv)?.clone();
-        let ext = match sig.ret() {
-            Some(Type::Scalar(s)) => s.slot_ext(),
-            _ => SlotExt::NONE,
-        };
         let code = self.exit_shapes.get_or_make(exit_key(&layout), || {
             let fast = match emit_fast_exit(&layout) {
                 Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
@@ -483,34 +464,23 @@ impl GenBackend {
             }
             Ok(ExitCode { fast, slots })
         })?;
-        let (mut fast_wide, mut fast_float, mut fast_narrow, mut fast_sret) =
-            (None, None, None, None);
-        if let Some((c, kind)) = &code.fast {
-            let p = c.addr().cast();
-            match kind {
-                // SAFETY: emitted to return its result (if any) in rax.
-                FastRet::Void | FastRet::Int if ext == SlotExt::NONE => {
-                    fast_wide = Some(unsafe { callable_as(p) })
-                }
-                // SAFETY: as above; the caller extends the narrow result.
-                FastRet::Void | FastRet::Int => fast_narrow = Some(unsafe { callable_as(p) }),
-                // SAFETY: emitted to return its result in xmm0; an `f32` read
-                // as `f64` keeps its bits in the low half, which `ext` keeps.
-                FastRet::F64 | FastRet::F32 => fast_float = Some(unsafe { callable_as(p) }),
-                // SAFETY: emitted to take the result slots as its third
-                // argument and pass them on as the hidden result pointer.
-                FastRet::Sret => fast_sret = Some(unsafe { callable_as(p) }),
-            }
-        }
+        let (fast, reg_slots) = match &code.fast {
+            Some((c, kind)) => (
+                // SAFETY: emitted as exactly this function type (`FastFn`).
+                Some(unsafe { callable_as::<FastFn>(c.addr().cast()) }),
+                match kind {
+                    FastRet::Regs(n) => *n,
+                    FastRet::Sret => 0,
+                },
+            ),
+            None => (None, 0),
+        };
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
             code,
-            fast_wide,
-            fast_float,
-            fast_narrow,
-            fast_sret,
-            ext,
+            fast,
+            reg_slots,
             nargs,
             nret,
             sig,

@@ -523,12 +523,13 @@ impl ExitStub {
         }
     }
 
-    /// The generated tail-call stub, `extern "C" fn(args, target) -> R`, and
-    /// how it returns its result (for generated code that calls it
-    /// directly); `None` on libffi, when the signature has none, or when its
-    /// result is in memory (ABI.md, "Exit stubs").
+    /// The generated register stub, `extern "C" fn(args: *const u64, target,
+    /// ret) -> u64`, returning the one result slot (if any) in rax (for
+    /// generated code that calls it directly); `None` on libffi, when the
+    /// signature has none, or when its result is not one slot in rax
+    /// (ABI.md, "Exit stubs").
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
+    pub(crate) fn raw_fast(&self) -> Option<usize> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fast(),
             ExitImpl::Ffi(_) => None,

@@ -254,7 +254,7 @@ fn scalar_class(s: Scalar) -> u32 {
     }
 }
 
-/// The key of a signature's exit stubs (the tail-call stub and both
+/// The key of a signature's exit stubs (the register stub and both
 /// slot stubs): argument parts matter only by where they come from (slot
 /// offset, size) and where they go, not by type.
 pub(super) fn exit_key(l: &CallLayout) -> Option<CodeKey> {
@@ -347,22 +347,19 @@ pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
 const RSP: u8 = Gpr::Rsp as u8;
 const R11: u8 = Gpr::R11 as u8;
 
-/// How a tail-call stub hands back its result (its Rust type is
-/// `extern "C" fn(args: *const u64, target) -> R`, except for `Sret`).
+/// How a register stub hands back its result. Its Rust type is always
+/// `extern "C" fn(args: *const u64, target, ret: *mut u64) -> [u64; 2]`
+/// returned in rax:rdx (a `#[repr(C)]` pair of `u64`s), so every signature
+/// takes the same path on the Rust side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FastRet {
-    /// No result.
-    Void,
-    /// An integer, pointer or one-eightbyte struct result in rax, as the
-    /// callee left it (a narrow integer still to be extended).
-    Int,
-    /// An `f64`, or a struct of one SSE eightbyte, in xmm0.
-    F64,
-    /// An `f32` in xmm0.
-    F32,
+    /// The first `n` (0, 1 or 2) result slots, exactly as the slot stub would
+    /// store them (narrow integers extended, floats as their bits), in rax
+    /// and rdx.
+    Regs(u8),
     /// A result in memory (SysV sret), written by the callee straight into
-    /// the result slots: the stub is `extern "C" fn(args, target, ret: *mut u64)`
-    /// and passes `ret` as the hidden pointer.
+    /// the result slots, whose address the stub passes on as the hidden
+    /// pointer; rax and rdx mean nothing.
     Sret,
 }
 
@@ -389,7 +386,7 @@ fn align16(ops: &mut Asm) {
     }
 }
 
-/// The tail-call stub, when the layout allows one, and how it returns.
+/// The register stub, when the layout allows one, and how it returns.
 pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     let kind = fast_ret(l)?;
     let mut ops = asm_with_capacity(code_estimate(l), 0);
@@ -401,10 +398,10 @@ pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
     ))
 }
 
-/// Whether the layout allows a tail-call stub, and its result kind:
-/// SysV, every argument part in a register, and no result, a result in one
-/// register (a scalar, or a struct of one eightbyte), or a result in memory
-/// (whose hidden pointer is the result slots).
+/// Whether the layout allows a register stub, and how its result comes
+/// back: SysV, every argument part in a register, and no result, a result of
+/// one or two eightbytes in registers (a scalar, or a struct of at most 16
+/// bytes), or a result in memory (whose hidden pointer is the result slots).
 fn fast_ret(l: &CallLayout) -> Option<FastRet> {
     if l.conv != CallConv::SysV || l.stack_bytes != 0 || l.copy_bytes != 0 {
         return None;
@@ -419,31 +416,43 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
         return None;
     }
     match &l.ret {
-        RetPass::Void => Some(FastRet::Void),
-        RetPass::Direct(parts) if parts.len() == 1 => match (parts[0].kind, parts[0].loc) {
-            (PartKind::Scalar(Scalar::F64), Loc::Xmm(0)) => Some(FastRet::F64),
-            (PartKind::Scalar(Scalar::F32), Loc::Xmm(0)) => Some(FastRet::F32),
-            (PartKind::Scalar(_), Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
-            // A struct of one eightbyte: all 64 bits of its register are its
-            // result slot, as the slot stub stores them (the bytes past its
-            // size are unspecified either way).
-            (PartKind::IntBytes, Loc::Gpr(Gpr::Rax)) => Some(FastRet::Int),
-            (PartKind::SseBytes, Loc::Xmm(0)) => Some(FastRet::F64),
-            _ => None,
-        },
+        RetPass::Void => Some(FastRet::Regs(0)),
+        // Both conventions return at most two eightbytes in registers, one
+        // result slot each (psABI 3.2.3, returning of values).
+        RetPass::Direct(parts) => Some(FastRet::Regs(parts.len() as u8)),
         RetPass::Sret { .. } => Some(FastRet::Sret),
-        RetPass::Direct(_) => None,
     }
 }
 
-/// The tail-call stub, `extern "C" fn(args: *const u64, target) -> R`:
-/// loads the argument registers from the slots and jumps to the target, which
-/// returns straight to the stub's caller with the result where `R` expects it
-/// (the stack is exactly as the caller left it, so the target sees a normal
-/// call). A narrow integer result comes back with the callee's upper bits; the
-/// caller extends it (`GenExit::run`). A result in memory: the stub's third
-/// argument (rdx, read before any argument register is loaded) becomes the
-/// hidden pointer, and the target writes the result there.
+/// The register each result slot is returned in by a register stub.
+const FAST_RET_REGS: [Gpr; 2] = [Gpr::Rax, Gpr::Rdx];
+
+/// True if the target leaves its result exactly as the register stub
+/// returns it (every part already in its slot's register and slot form:
+/// 64-bit integers and pointers, integer struct bytes, in rax then rdx), so
+/// the stub can jump to the target instead of calling it.
+fn result_as_returned(l: &CallLayout) -> bool {
+    let RetPass::Direct(parts) = &l.ret else {
+        return true;
+    };
+    parts.iter().zip(FAST_RET_REGS).all(|(p, dst)| {
+        let slot_form = match p.kind {
+            PartKind::Scalar(s) => s.size() == 8 && !s.is_float(),
+            PartKind::IntBytes => true,
+            PartKind::SseBytes | PartKind::Memory => false,
+        };
+        slot_form && p.loc == Loc::Gpr(dst)
+    })
+}
+
+/// The register stub, `extern "C" fn(args: *const u64, target, ret) ->
+/// [u64; 2]` (rax:rdx): loads the argument registers from the slots, then
+/// either jumps to the target, which returns straight to the stub's caller
+/// (its result already in slot form in rax/rdx, or written through the
+/// hidden pointer), or calls it and moves its result into slot form in
+/// rax/rdx (floats from xmm0/xmm1 as bits, narrow integers extended). A
+/// result in memory: the stub's third argument (rdx, read before any
+/// argument register is loaded) becomes the hidden pointer.
 fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
     if let RetPass::Sret { ptr } = l.ret {
@@ -465,7 +474,37 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     if let Some(al) = l.al {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
-    dynasm!(ops ; .arch x64 ; jmp r10);
+    if result_as_returned(l) {
+        dynasm!(ops ; .arch x64 ; jmp r10);
+        return;
+    }
+    // rsp is 8 mod 16 on entry: one 8-byte adjustment aligns the call.
+    dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10);
+    let RetPass::Direct(parts) = &l.ret else {
+        unreachable!("only register results need moving")
+    };
+    // A part in rax bound for rdx moves first, before rax is overwritten.
+    for (p, dst) in parts.iter().zip(FAST_RET_REGS).rev() {
+        if let Loc::Gpr(g) = p.loc
+            && g != dst
+        {
+            dynasm!(ops ; .arch x64 ; mov Rq(dst as u8), Rq(g as u8));
+        }
+    }
+    for (p, dst) in parts.iter().zip(FAST_RET_REGS) {
+        match (p.kind, p.loc) {
+            (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
+                dynasm!(ops ; .arch x64 ; movd Rd(dst as u8), Rx(n))
+            }
+            (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rq(dst as u8), Rx(n)),
+            (PartKind::Scalar(s), Loc::Gpr(_)) if s.size() < 8 => {
+                // A narrow integer result is a lone part in rax.
+                extend_reg(ops, s, Gpr::Rax as u8)
+            }
+            _ => {}
+        }
+    }
+    dynasm!(ops ; .arch x64 ; add rsp, 8 ; ret);
 }
 
 /// One exit stub.
@@ -1010,7 +1049,10 @@ mod tests {
                 let l = crate::abi::classify(&sig, conv);
                 let mut exit = emit_fast_exit(&l).map_or(Vec::new(), |(b, kind)| {
                     let mut v = b;
-                    v.push(kind as u8);
+                    v.push(match kind {
+                        FastRet::Regs(n) => n,
+                        FastRet::Sret => 3,
+                    });
                     v
                 });
                 let (slots, errno_at) = emit_slot_exits(&l);

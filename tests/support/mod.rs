@@ -106,6 +106,52 @@ pub fn rand_sig(
     }
 }
 
+/// A random signature made for the register stubs (ABI.md, "Exit stubs"):
+/// at most four parameters, scalars or structs of at most 16 bytes, so that
+/// on SysV they most often all travel in registers, and a result that is most
+/// often a struct of at most 16 bytes whose fields are floats half the time.
+/// So every register result a register stub hands back shows up: one
+/// eightbyte of either class, and two in rax:rdx, xmm0:xmm1 and rax/xmm0 in
+/// both orders (`rand_sig`'s wide signatures and mostly mixed structs rarely
+/// give those).
+pub fn rand_register_sig(rng: &mut fastrand::Rng) -> Signature {
+    fn small_struct(rng: &mut fastrand::Rng) -> Type {
+        loop {
+            let fields = (0..rng.usize(1..=4))
+                .map(|_| {
+                    let ty = if rng.bool() {
+                        [Scalar::F32, Scalar::F64][rng.usize(..2)]
+                    } else {
+                        rand_scalar(rng)
+                    };
+                    (Type::from(ty), (rng.u8(..100) < 10).then(|| rng.u32(1..=3)))
+                })
+                .collect();
+            if let Ok(st) = StructType::new(fields, rng.u8(..100) < 5)
+                && st.size() <= 16
+            {
+                return st.into();
+            }
+        }
+    }
+    let params = (0..rng.usize(0..=4))
+        .map(|_| {
+            if rng.u8(..100) < 30 {
+                small_struct(rng)
+            } else {
+                rand_scalar(rng).into()
+            }
+        })
+        .collect();
+    let ret = match rng.u8(..100) {
+        0..70 => Some(small_struct(rng)),
+        70..80 => Some(rand_struct(rng, 0, 40)),
+        80..90 => None,
+        _ => Some(rand_scalar(rng).into()),
+    };
+    Signature::new(params, ret).unwrap()
+}
+
 /// Random bytes for a value of `ty`: `bool`s are 0 or 1, other bytes anything
 /// (0x55/0xAA-heavy so that extension mistakes show).
 pub fn rand_value(rng: &mut fastrand::Rng, ty: &Type) -> Vec<u8> {
