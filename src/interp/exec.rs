@@ -452,11 +452,11 @@ impl Inner {
     #[cfg(target_arch = "x86_64")]
     fn compile(&self, fi: u32) -> Option<Compiled> {
         let t = self.tiers.as_ref()?;
-        // The register stub when its result is one slot in rax, else the slot stub.
+        // The register stub when its result is at most one slot, else the slot stub.
         let call_stub = |s: &ExitStub| {
             use crate::tier::jit::CallStub;
             match s.raw_fast() {
-                Some(addr) => Some(CallStub::Register(addr)),
+                Some((addr, kind)) => Some(CallStub::Register(addr, kind)),
                 None => s.raw_fn().map(CallStub::Slots),
             }
         };

@@ -23,7 +23,7 @@ use super::x64::{
     emit_slot_exits, emit_trampolines, entry_key, exit_key,
 };
 use super::{BackendKind, Result, ThunkError};
-use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature};
+use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
 use crate::table::IdTable;
@@ -34,14 +34,14 @@ use rustc_hash::FxBuildHasher;
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
 /// A register stub (`x64::emit_fast_exit`): arguments from the slots,
-/// result slots back in rax:rdx (a `#[repr(C)]` pair of `u64`s), or, for a
-/// result in memory, written by the target through the third argument.
+/// result slots back in rax and xmm0 (a `#[repr(C)]` `u64` and `f64`), or,
+/// for a result in memory, written by the target through the third argument.
 type FastFn = unsafe extern "C" fn(*const u64, *const c_void, *mut u64) -> RegSlots;
 
-/// The first two result slots, as a register stub returns them (rax, rdx).
+/// What a register stub returns: rax and xmm0.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct RegSlots(u64, u64);
+struct RegSlots(u64, f64);
 
 /// The two slot stubs of a signature (plain and errno-capturing).
 struct SlotStubs {
@@ -90,9 +90,15 @@ pub(super) struct GenExit {
     code: Arc<ExitCode>,
     /// The register stub, when the signature has one.
     fast: Option<FastFn>,
-    /// How many result slots it returns in rax:rdx (0 to 2; 0 also for a
+    /// How many result slots it returns in registers (0 to 2; 0 also for a
     /// result in memory, which the target writes).
     reg_slots: u8,
+    /// Whether slot 0 comes back in xmm0 (and slot 1 in rax), not in rax
+    /// (and slot 1 in xmm0).
+    sse_first: bool,
+    /// How a scalar result's register becomes its slot (`SlotExt::NONE` for
+    /// anything but a narrow integer or an `f32`).
+    ext: SlotExt,
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
@@ -161,13 +167,15 @@ impl GenExit {
         Ok(self.code.slots.get_or_init(|| fresh))
     }
 
-    /// The register stub's address, if the signature has one and its result
-    /// is at most one slot in rax (for compiled code:
-    /// `extern "C" fn(args, target, ret) -> u64`, the slot already in slot
-    /// form).
-    pub(super) fn raw_fast(&self) -> Option<usize> {
+    /// The register stub's address and how it returns, if the signature has
+    /// one and its result is at most one slot (for compiled code:
+    /// `extern "C" fn(args, target, ret)`, the slot in rax or xmm0 as the
+    /// target returned it, a narrow integer not yet extended).
+    pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
         match self.code.fast.as_ref()? {
-            (code, FastRet::Regs(0 | 1)) => Some(code.addr().as_ptr() as usize),
+            (code, kind @ FastRet::Regs { slots: 0 | 1, .. }) => {
+                Some((code.addr().as_ptr() as usize, *kind))
+            }
             // Two slots, or a result in memory: compiled code uses the slot stub.
             _ => None,
         }
@@ -210,13 +218,19 @@ impl GenExit {
             // slots, and a target returning in memory writes the `nret` slots
             // at `ret` (its size rounded up to slots, aligned for any C scalar).
             let r = unsafe { f(args, target, ret) };
+            let (int, sse) = (r.0, r.1.to_bits());
+            let (first, second) = if self.sse_first {
+                (sse, int)
+            } else {
+                (int, sse)
+            };
             // One slot first: the common case takes one branch.
             if self.reg_slots == 1 {
                 // SAFETY: `ret` points to `nret` >= `reg_slots` slots.
-                unsafe { *ret = r.0 };
+                unsafe { *ret = self.ext.apply(first) };
             } else if self.reg_slots == 2 {
                 // SAFETY: as above.
-                unsafe { (*ret, *ret.add(1)) = (r.0, r.1) };
+                unsafe { (*ret, *ret.add(1)) = (first, second) };
             }
         } else {
             let f = self
@@ -464,16 +478,20 @@ impl GenBackend {
             }
             Ok(ExitCode { fast, slots })
         })?;
-        let (fast, reg_slots) = match &code.fast {
+        let ext = match sig.ret() {
+            Some(Type::Scalar(s)) => s.slot_ext(),
+            _ => SlotExt::NONE,
+        };
+        let (fast, (reg_slots, sse_first)) = match &code.fast {
             Some((c, kind)) => (
                 // SAFETY: emitted as exactly this function type (`FastFn`).
                 Some(unsafe { callable_as::<FastFn>(c.addr().cast()) }),
                 match kind {
-                    FastRet::Regs(n) => *n,
-                    FastRet::Sret => 0,
+                    FastRet::Regs { slots, sse_first } => (*slots, *sse_first),
+                    FastRet::Sret => (0, false),
                 },
             ),
-            None => (None, 0),
+            None => (None, (0, false)),
         };
         let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
         let fresh = Arc::new(GenExit {
@@ -481,6 +499,8 @@ impl GenBackend {
             code,
             fast,
             reg_slots,
+            sse_first,
+            ext,
             nargs,
             nret,
             sig,

@@ -524,12 +524,12 @@ impl ExitStub {
     }
 
     /// The generated register stub, `extern "C" fn(args: *const u64, target,
-    /// ret) -> u64`, returning the one result slot (if any) in rax (for
+    /// ret)`, and how it returns, when its result is at most one slot (for
     /// generated code that calls it directly); `None` on libffi, when the
-    /// signature has none, or when its result is not one slot in rax
+    /// signature has none, or when its result is two slots or in memory
     /// (ABI.md, "Exit stubs").
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn raw_fast(&self) -> Option<usize> {
+    pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fast(),
             ExitImpl::Ffi(_) => None,

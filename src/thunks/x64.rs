@@ -348,18 +348,25 @@ const RSP: u8 = Gpr::Rsp as u8;
 const R11: u8 = Gpr::R11 as u8;
 
 /// How a register stub hands back its result. Its Rust type is always
-/// `extern "C" fn(args: *const u64, target, ret: *mut u64) -> [u64; 2]`
-/// returned in rax:rdx (a `#[repr(C)]` pair of `u64`s), so every signature
-/// takes the same path on the Rust side.
+/// `extern "C" fn(args: *const u64, target, ret: *mut u64) -> (u64, f64)`,
+/// the pair returned in rax and xmm0 (a `#[repr(C)]` struct of a `u64` and
+/// an `f64`), so every signature takes the same path on the Rust side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FastRet {
-    /// The first `n` (0, 1 or 2) result slots, exactly as the slot stub would
-    /// store them (narrow integers extended, floats as their bits), in rax
-    /// and rdx.
-    Regs(u8),
+    /// The first `slots` (0, 1 or 2) result slots, in rax and xmm0: slot 0
+    /// in xmm0 and slot 1 in rax when `sse_first`, else the other way round.
+    /// The registers hold what the target returned: a narrow integer or an
+    /// `f32` has still to be put in slot form (`Scalar::slot_ext`); struct
+    /// eightbytes are whole.
+    Regs {
+        /// How many result slots come back (0 to 2).
+        slots: u8,
+        /// Whether slot 0 is in xmm0.
+        sse_first: bool,
+    },
     /// A result in memory (SysV sret), written by the callee straight into
     /// the result slots, whose address the stub passes on as the hidden
-    /// pointer; rax and rdx mean nothing.
+    /// pointer; rax and xmm0 mean nothing.
     Sret,
 }
 
@@ -416,43 +423,30 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
         return None;
     }
     match &l.ret {
-        RetPass::Void => Some(FastRet::Regs(0)),
+        RetPass::Void => Some(FastRet::Regs {
+            slots: 0,
+            sse_first: false,
+        }),
         // Both conventions return at most two eightbytes in registers, one
-        // result slot each (psABI 3.2.3, returning of values).
-        RetPass::Direct(parts) => Some(FastRet::Regs(parts.len() as u8)),
+        // result slot each (psABI 3.2.3, returning of values); a pair of one
+        // class comes back moved into rax and xmm0 (see `emit_exit_fast`).
+        RetPass::Direct(parts) => Some(FastRet::Regs {
+            slots: parts.len() as u8,
+            sse_first: matches!(parts[0].loc, Loc::Xmm(_)),
+        }),
         RetPass::Sret { .. } => Some(FastRet::Sret),
     }
 }
 
-/// The register each result slot is returned in by a register stub.
-const FAST_RET_REGS: [Gpr; 2] = [Gpr::Rax, Gpr::Rdx];
-
-/// True if the target leaves its result exactly as the register stub
-/// returns it (every part already in its slot's register and slot form:
-/// 64-bit integers and pointers, integer struct bytes, in rax then rdx), so
-/// the stub can jump to the target instead of calling it.
-fn result_as_returned(l: &CallLayout) -> bool {
-    let RetPass::Direct(parts) = &l.ret else {
-        return true;
-    };
-    parts.iter().zip(FAST_RET_REGS).all(|(p, dst)| {
-        let slot_form = match p.kind {
-            PartKind::Scalar(s) => s.size() == 8 && !s.is_float(),
-            PartKind::IntBytes => true,
-            PartKind::SseBytes | PartKind::Memory => false,
-        };
-        slot_form && p.loc == Loc::Gpr(dst)
-    })
-}
-
 /// The register stub, `extern "C" fn(args: *const u64, target, ret) ->
-/// [u64; 2]` (rax:rdx): loads the argument registers from the slots, then
-/// either jumps to the target, which returns straight to the stub's caller
-/// (its result already in slot form in rax/rdx, or written through the
-/// hidden pointer), or calls it and moves its result into slot form in
-/// rax/rdx (floats from xmm0/xmm1 as bits, narrow integers extended). A
-/// result in memory: the stub's third argument (rdx, read before any
-/// argument register is loaded) becomes the hidden pointer.
+/// (u64, f64)` (rax, xmm0): loads the argument registers from the slots,
+/// then jumps to the target, which returns straight to the stub's caller
+/// (its result in rax and/or xmm0, or written through the hidden pointer).
+/// Only a struct of two eightbytes of one class, returned in rax:rdx or
+/// xmm0:xmm1, is called instead, and its second eightbyte moved into the
+/// register of the other class (xmm0 or rax). A result in memory: the
+/// stub's third argument (rdx, read before any argument register is
+/// loaded) becomes the hidden pointer.
 fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
     if let RetPass::Sret { ptr } = l.ret {
@@ -474,37 +468,20 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     if let Some(al) = l.al {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
-    if result_as_returned(l) {
-        dynasm!(ops ; .arch x64 ; jmp r10);
-        return;
-    }
-    // rsp is 8 mod 16 on entry: one 8-byte adjustment aligns the call.
-    dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10);
-    let RetPass::Direct(parts) = &l.ret else {
-        unreachable!("only register results need moving")
+    let second = match &l.ret {
+        RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
+        _ => None,
     };
-    // A part in rax bound for rdx moves first, before rax is overwritten.
-    for (p, dst) in parts.iter().zip(FAST_RET_REGS).rev() {
-        if let Loc::Gpr(g) = p.loc
-            && g != dst
-        {
-            dynasm!(ops ; .arch x64 ; mov Rq(dst as u8), Rq(g as u8));
+    match second {
+        // rsp is 8 mod 16 on entry: one 8-byte adjustment aligns the call.
+        Some(Loc::Gpr(Gpr::Rdx)) => {
+            dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10 ; movq xmm0, rdx ; add rsp, 8 ; ret)
         }
-    }
-    for (p, dst) in parts.iter().zip(FAST_RET_REGS) {
-        match (p.kind, p.loc) {
-            (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
-                dynasm!(ops ; .arch x64 ; movd Rd(dst as u8), Rx(n))
-            }
-            (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rq(dst as u8), Rx(n)),
-            (PartKind::Scalar(s), Loc::Gpr(_)) if s.size() < 8 => {
-                // A narrow integer result is a lone part in rax.
-                extend_reg(ops, s, Gpr::Rax as u8)
-            }
-            _ => {}
+        Some(Loc::Xmm(1)) => {
+            dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10 ; movq rax, xmm1 ; add rsp, 8 ; ret)
         }
+        _ => dynasm!(ops ; .arch x64 ; jmp r10),
     }
-    dynasm!(ops ; .arch x64 ; add rsp, 8 ; ret);
 }
 
 /// One exit stub.
@@ -1050,8 +1027,8 @@ mod tests {
                 let mut exit = emit_fast_exit(&l).map_or(Vec::new(), |(b, kind)| {
                     let mut v = b;
                     v.push(match kind {
-                        FastRet::Regs(n) => n,
-                        FastRet::Sret => 3,
+                        FastRet::Regs { slots, sse_first } => slots | u8::from(sse_first) << 2,
+                        FastRet::Sret => 8,
                     });
                     v
                 });

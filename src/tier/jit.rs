@@ -7,7 +7,7 @@
 //! arguments of a call are consecutive slots: a call is a call of the
 //! callee's exit stub with those slots, the target read from the callee's
 //! entry cell (the register stub when the signature has one and its
-//! result is at most one slot: the slot comes back in rax and is stored
+//! result is at most one slot: it comes back in rax or xmm0 and is stored
 //! into the first argument's slot). Guards (an `i64.add` overflow, a division by zero, a null
 //! pointer) jump to a deopt path that hands the frame to the interpreter at
 //! that instruction (ABI.md, "Tiers").
@@ -19,7 +19,7 @@ use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, dynasm};
 
 use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
 use crate::interp::{Op, Program};
-use crate::thunks::x64::{Asm, extend_mem, extend_reg};
+use crate::thunks::x64::{Asm, FastRet, extend_mem, extend_reg};
 
 /// How compiled code calls a function of some signature.
 #[derive(Clone, Copy, Debug)]
@@ -27,9 +27,10 @@ pub(crate) enum CallStub {
     /// The slot stub: `extern "C" fn(args, ret, target, errno)`.
     Slots(usize),
     /// The register stub of a result of at most one slot,
-    /// `extern "C" fn(args, target, ret) -> u64`, whose result slot comes
-    /// back in rax, in slot form (ABI.md, "Exit stubs").
-    Register(usize),
+    /// `extern "C" fn(args, target, ret)`, whose result comes back in rax
+    /// (not yet extended) or xmm0 (never `f32`: the verifier rejects `f32`
+    /// in interpreter signatures).
+    Register(usize, FastRet),
 }
 
 /// What compiled code needs to know about the world.
@@ -323,12 +324,29 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                             ; mov rax, QWORD stub as i64 ; call rax
                         );
                     }
-                    CallStub::Register(stub) => {
-                        // The stub returns the result slot in rax, in slot form.
+                    CallStub::Register(stub, kind) => {
                         load_target(&mut ops, Gpr::Rsi as u8);
                         dynasm!(ops ; .arch x64 ; mov rax, QWORD stub as i64 ; call rax);
-                        if sig.ret().is_some() {
-                            dynasm!(ops ; .arch x64 ; mov QWORD [rbx + first], rax);
+                        match (kind, sig.ret().and_then(Type::as_scalar)) {
+                            (FastRet::Regs { slots: 0, .. }, _) => {}
+                            (
+                                FastRet::Regs {
+                                    sse_first: true, ..
+                                },
+                                Some(Scalar::F64),
+                            ) => {
+                                dynasm!(ops ; .arch x64 ; movq QWORD [rbx + first], xmm0)
+                            }
+                            (
+                                FastRet::Regs {
+                                    sse_first: false, ..
+                                },
+                                Some(s),
+                            ) => {
+                                extend_reg(&mut ops, s, Gpr::Rax as u8);
+                                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + first], rax);
+                            }
+                            (kind, ret) => unreachable!("a {kind:?} stub for a {ret:?} result"),
                         }
                     }
                 }
