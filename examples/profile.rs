@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
 
 #[path = "common/measure.rs"]
@@ -54,18 +54,18 @@ fn call10_loop(f: measure::Ten, n: u64) -> u64 {
     acc
 }
 
-/// `n` checked exit calls of `target`, a function of two `i64`s with a
-/// one-slot result (`add_i64`, or `pair_of`).
+/// `n` checked exit calls of `target`, a function of two `i64`s whose
+/// result fills `ret` (`add_i64`, `pair_of`, `wide_of`, `complex_of`).
 ///
 /// # Safety
 /// `target` has the stub's signature.
 #[inline(never)]
-unsafe fn exit_loop(stub: &ExitStub, target: *const c_void, n: u64) -> u64 {
-    let (mut acc, mut ret) = (0u64, [0u64]);
+unsafe fn exit_loop(stub: &ExitStub, target: *const c_void, n: u64, ret: &mut [u64]) -> u64 {
+    let mut acc = 0u64;
     for i in 0..n {
         // SAFETY: by this function's contract.
-        unsafe { stub.call(black_box(target), &[i, 1], &mut ret) }.unwrap();
-        acc = acc.wrapping_add(ret[0]);
+        unsafe { stub.call(black_box(target), &[i, 1], ret) }.unwrap();
+        acc = acc.wrapping_add(ret[ret.len() - 1]);
     }
     acc
 }
@@ -81,6 +81,31 @@ extern "C" fn pair_of(a: i64, b: i64) -> Pair32 {
     Pair32 {
         a: a as i32,
         b: b as i32,
+    }
+}
+
+/// Two `i64`s, returned in rax:rdx.
+#[repr(C)]
+struct Wide {
+    q: i64,
+    r: i64,
+}
+
+extern "C" fn wide_of(a: i64, b: i64) -> Wide {
+    Wide { q: a, r: b }
+}
+
+/// Two `f64`s (a C `double _Complex`), returned in xmm0:xmm1.
+#[repr(C)]
+struct Complex {
+    re: f64,
+    im: f64,
+}
+
+extern "C" fn complex_of(a: i64, b: i64) -> Complex {
+    Complex {
+        re: a as f64,
+        im: b as f64,
     }
 }
 
@@ -152,13 +177,25 @@ fn main() {
         "exit" => {
             let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
             // SAFETY: add_i64 is `(i64,i64)->i64`.
-            acc = unsafe { exit_loop(&stub, add_i64 as *const c_void, n) }
+            acc = unsafe { exit_loop(&stub, add_i64 as *const c_void, n, &mut [0]) }
         }
         "exit-struct" => {
             let s = "(i64,i64)->{i32,i32}".parse().unwrap();
             let stub = b.exit_stub(&s, CallConv::SysV).unwrap();
             // SAFETY: pair_of is `(i64,i64)->{i32,i32}`.
-            acc = unsafe { exit_loop(&stub, pair_of as *const c_void, n) }
+            acc = unsafe { exit_loop(&stub, pair_of as *const c_void, n, &mut [0]) }
+        }
+        "exit-wide" => {
+            let s = "(i64,i64)->{i64,i64}".parse().unwrap();
+            let stub = b.exit_stub(&s, CallConv::SysV).unwrap();
+            // SAFETY: wide_of is `(i64,i64)->{i64,i64}`.
+            acc = unsafe { exit_loop(&stub, wide_of as *const c_void, n, &mut [0; 2]) }
+        }
+        "exit-complex" => {
+            let s = "(i64,i64)->{f64,f64}".parse().unwrap();
+            let stub = b.exit_stub(&s, CallConv::SysV).unwrap();
+            // SAFETY: complex_of is `(i64,i64)->{f64,f64}`.
+            acc = unsafe { exit_loop(&stub, complex_of as *const c_void, n, &mut [0; 2]) }
         }
         "exit-unchecked" => {
             acc = exit_unchecked_loop(&b.exit_stub(&sig, CallConv::SysV).unwrap(), n)

@@ -203,8 +203,9 @@ impl GenExit {
     }
 
     /// One call through the register stub when the signature has one (the
-    /// result slots it returns in rax:rdx stored here, a result in memory
-    /// written there by the target), else the slot stub.
+    /// result slots it returns in rax and xmm0 stored here, a scalar's
+    /// extended, a result in memory written there by the target), else the
+    /// slot stub.
     ///
     /// # Safety
     /// `args` points to the stub's `nargs` slots, `ret` to its `nret` slots,

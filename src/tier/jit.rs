@@ -8,9 +8,9 @@
 //! callee's exit stub with those slots, the target read from the callee's
 //! entry cell (the register stub when the signature has one and its
 //! result is at most one slot: it comes back in rax or xmm0 and is stored
-//! into the first argument's slot). Guards (an `i64.add` overflow, a division by zero, a null
-//! pointer) jump to a deopt path that hands the frame to the interpreter at
-//! that instruction (ABI.md, "Tiers").
+//! into the first argument's slot). Guards (an `i64.add` overflow, a
+//! division by zero, a null pointer) jump to a deopt path that hands the
+//! frame to the interpreter at that instruction (ABI.md, "Tiers").
 
 // dynasm's macro converts dynamic register numbers with `.into()`.
 #![allow(clippy::useless_conversion)]
