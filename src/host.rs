@@ -302,9 +302,8 @@ pub(crate) fn after_dispatch(status: u32, func: u64, policy: FailurePolicy, ret:
     }
     match policy {
         FailurePolicy::Report => {
-            if pending_entry_status() == STATUS_OK {
-                record_failure(EntryError::Status { func, status });
-            }
+            // Kept only if the dispatcher recorded none (the first failure wins).
+            record_failure(EntryError::Status { func, status });
             ret.fill(0);
         }
         FailurePolicy::Abort => {
