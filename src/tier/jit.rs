@@ -304,28 +304,28 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                 };
                 // The arguments are consecutive slots; the result replaces the first.
                 let first = slot(d - sig.params().len() as u32);
-                let target = if let Op::Call(_) = *op {
+                // The target goes where the stub takes it: rdx for the slot
+                // stub (args, ret, target, errno), rsi for the register stub
+                // (args, target, ret).
+                let t = match stub {
+                    CallStub::Slots(_) => Gpr::Rdx,
+                    CallStub::Register(..) => Gpr::Rsi,
+                } as u8;
+                if let Op::Call(_) = *op {
                     // Through the callee's entry cell: whatever code it holds now.
-                    dynasm!(ops ; .arch x64 ; mov rax, QWORD env.cells[i as usize] as i64 ; mov r11, QWORD [rax]);
-                    None
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD env.cells[i as usize] as i64 ; mov Rq(t), QWORD [rax]);
                 } else {
-                    Some(env.natives[i as usize] as i64)
-                };
-                let load_target = |ops: &mut Asm, reg: u8| match target {
-                    None => dynasm!(ops ; .arch x64 ; mov Rq(reg), r11),
-                    Some(t) => dynasm!(ops ; .arch x64 ; mov Rq(reg), QWORD t),
-                };
+                    dynasm!(ops ; .arch x64 ; mov Rq(t), QWORD env.natives[i as usize] as i64);
+                }
                 dynasm!(ops ; .arch x64 ; lea rdi, [rbx + first]);
                 match stub {
                     CallStub::Slots(stub) => {
-                        load_target(&mut ops, Gpr::Rdx as u8);
                         dynasm!(ops ; .arch x64
                             ; lea rsi, [rbx + first] ; xor ecx, ecx
                             ; mov rax, QWORD stub as i64 ; call rax
                         );
                     }
                     CallStub::Register(stub, kind) => {
-                        load_target(&mut ops, Gpr::Rsi as u8);
                         dynasm!(ops ; .arch x64 ; mov rax, QWORD stub as i64 ; call rax);
                         match (kind, sig.ret().and_then(Type::as_scalar)) {
                             (FastRet::Regs { slots: 0, .. }, _) => {}
