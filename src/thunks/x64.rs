@@ -457,12 +457,7 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
             unreachable!("checked by fast_ret")
         };
         for p in parts {
-            let src = d(a.slot * 8 + p.offset);
-            match p.loc {
-                Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src]),
-                Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
-                other => unreachable!("checked by fast_ret: {other:?}"),
-            }
+            load_register_part(ops, p.loc, d(a.slot * 8 + p.offset));
         }
     }
     if let Some(al) = l.al {
@@ -481,6 +476,19 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
             dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10 ; movq rax, xmm1 ; add rsp, 8 ; ret)
         }
         _ => dynasm!(ops ; .arch x64 ; jmp r10),
+    }
+}
+
+/// An exit stub's load of one argument part that travels in registers from
+/// its slot bytes at `[r11 + src]` (stack parts are copied separately).
+fn load_register_part(ops: &mut Asm, loc: Loc, src: i32) {
+    match loc {
+        Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src]),
+        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
+        Loc::XmmAndGpr(n, g) => {
+            dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
+        }
+        Loc::Stack(_) => {}
     }
 }
 
@@ -527,17 +535,7 @@ fn emit_exit(ops: &mut Asm, l: &CallLayout, errno: bool) {
         match &a.pass {
             ArgPass::Direct(parts) => {
                 for p in parts {
-                    let src = slot + d(p.offset);
-                    match p.loc {
-                        Loc::Gpr(g) => {
-                            dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src])
-                        }
-                        Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
-                        Loc::XmmAndGpr(n, g) => {
-                            dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
-                        }
-                        Loc::Stack(_) => {}
-                    }
+                    load_register_part(ops, p.loc, slot + d(p.offset));
                 }
             }
             ArgPass::ByRef {
@@ -1035,11 +1033,12 @@ mod tests {
                 let (slots, errno_at) = emit_slot_exits(&l);
                 exit.extend(slots);
                 exit.extend((errno_at as u32).to_le_bytes());
-                let entry = emit_entry(&l, sig.is_variadic() && !sig.has_call_varargs(), 0x1234);
+                let declared_variadic = sig.is_variadic() && !sig.has_call_varargs();
+                let entry = emit_entry(&l, declared_variadic, 0x1234);
                 for (key, bytes, seen, shared) in [
                     (exit_key(&l), exit, &mut exits, &mut shared_exit),
                     (
-                        entry_key(&l, sig.is_variadic() && !sig.has_call_varargs()),
+                        entry_key(&l, declared_variadic),
                         entry,
                         &mut entries,
                         &mut shared_entry,
