@@ -427,20 +427,21 @@ pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
 }
 
 /// Whether the layout allows a register stub, and how its result comes
-/// back: SysV, every argument part in a register, and no result, a result of
-/// one or two eightbytes in registers (a scalar, or a struct of at most 16
-/// bytes), or a result in memory (whose hidden pointer is the result slots).
+/// back: SysV, every argument part in a register or the stack argument area
+/// (nothing by reference), and no result, a result of one or two eightbytes
+/// in registers (a scalar, or a struct of at most 16 bytes), or a result in
+/// memory (whose hidden pointer is the result slots).
 fn fast_ret(l: &CallLayout) -> Option<FastRet> {
-    if l.conv != CallConv::SysV || l.stack_bytes != 0 || l.copy_bytes != 0 {
+    if l.conv != CallConv::SysV || l.copy_bytes != 0 {
         return None;
     }
-    let in_regs = l.args.iter().all(|a| match &a.pass {
+    let by_value = l.args.iter().all(|a| match &a.pass {
         ArgPass::Direct(parts) => parts
             .iter()
-            .all(|p| matches!(p.loc, Loc::Gpr(_) | Loc::Xmm(_))),
+            .all(|p| matches!(p.loc, Loc::Gpr(_) | Loc::Xmm(_) | Loc::Stack(_))),
         ArgPass::ByRef { .. } => false,
     });
-    if !in_regs {
+    if !by_value {
         return None;
     }
     match &l.ret {
@@ -463,15 +464,35 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
 /// (u64, f64)` (rax, xmm0): loads the argument registers from the slots,
 /// then jumps to the target, which returns straight to the stub's caller
 /// (its result in rax and/or xmm0, or written through the hidden pointer).
-/// Only a struct of two eightbytes of one class, returned in rax:rdx or
-/// xmm0:xmm1, is called instead, and its second eightbyte moved into the
-/// register of the other class (xmm0 or rax). A result in memory: the
-/// stub's third argument (rdx, read before any argument register is
-/// loaded) becomes the hidden pointer.
+/// Two cases call the target instead, with the stub's own frame under it:
+/// stack arguments (copied from their slots into an outgoing area the stub
+/// makes, as the target must find them right above its return address), and
+/// a struct of two eightbytes of one class, returned in rax:rdx or
+/// xmm0:xmm1, whose second eightbyte is moved into the register of the
+/// other class (xmm0 or rax). A result in memory: the stub's third argument
+/// (rdx, read before any argument register is loaded) becomes the hidden
+/// pointer.
 fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
     if let RetPass::Sret { ptr } = l.ret {
         dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), rdx);
+    }
+    // rsp is 8 mod 16 on entry and the area a multiple of 16: 8 more bytes
+    // align the call.
+    let frame = d(l.stack_bytes + 8);
+    if l.stack_bytes != 0 {
+        // rax is free until a variadic call's al is set below.
+        dynasm!(ops ; .arch x64 ; sub rsp, frame);
+        for a in &l.args {
+            let ArgPass::Direct(parts) = &a.pass else {
+                unreachable!("checked by fast_ret")
+            };
+            for p in parts {
+                if let Loc::Stack(off) = p.loc {
+                    copy_qwords(ops, R11, d(a.slot * 8 + p.offset), RSP, d(off), p.size);
+                }
+            }
+        }
     }
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
@@ -488,16 +509,20 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
         RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
         _ => None,
     };
-    match second {
-        // rsp is 8 mod 16 on entry: one 8-byte adjustment aligns the call.
-        Some(Loc::Gpr(Gpr::Rdx)) => {
-            dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10 ; movq xmm0, rdx ; add rsp, 8 ; ret)
-        }
-        Some(Loc::Xmm(1)) => {
-            dynasm!(ops ; .arch x64 ; sub rsp, 8 ; call r10 ; movq rax, xmm1 ; add rsp, 8 ; ret)
-        }
-        _ => dynasm!(ops ; .arch x64 ; jmp r10),
+    if l.stack_bytes == 0 && !matches!(second, Some(Loc::Gpr(Gpr::Rdx) | Loc::Xmm(1))) {
+        dynasm!(ops ; .arch x64 ; jmp r10);
+        return;
     }
+    if l.stack_bytes == 0 {
+        dynasm!(ops ; .arch x64 ; sub rsp, frame);
+    }
+    dynasm!(ops ; .arch x64 ; call r10);
+    match second {
+        Some(Loc::Gpr(Gpr::Rdx)) => dynasm!(ops ; .arch x64 ; movq xmm0, rdx),
+        Some(Loc::Xmm(1)) => dynasm!(ops ; .arch x64 ; movq rax, xmm1),
+        _ => {}
+    }
+    dynasm!(ops ; .arch x64 ; add rsp, frame ; ret);
 }
 
 /// An exit stub's load of one argument part that travels in registers from
