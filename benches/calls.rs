@@ -20,7 +20,9 @@ use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 #[path = "../examples/common/measure.rs"]
 mod measure;
 
-use measure::{Mixed, Pair, Ten, Triple, add_f64, add_i64, mixed8, pair_sum, ten_i64, triple};
+use measure::{
+    Eight, Mixed, Pair, Ten, Triple, add_f64, add_i64, eight_i64, mixed8, pair_sum, ten_i64, triple,
+};
 
 struct Backends {
     generated: Bridge,
@@ -199,6 +201,35 @@ fn shapes(c: &mut Criterion) {
         }
         g.bench_function(name, |b| {
             b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5.0, 6.0, 7, 8.0))
+        });
+    }
+    g.finish();
+
+    // Eight scalars too, but two of them on the stack (SysV has six integer
+    // argument registers).
+    let mut g = c.benchmark_group("8 x i64 (2 on the stack)");
+    let eight = "(i64,i64,i64,i64,i64,i64,i64,i64)->i64";
+    g.bench_function("direct", |b| {
+        b.iter(|| black_box(eight_i64 as Eight)(black_box(1), 2, 3, 4, 5, 6, 7, 8))
+    });
+    exit_bench(
+        &mut g,
+        &be.exits(eight),
+        eight_i64 as *const c_void,
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    for (name, ep) in be.entries(eight, 3) {
+        // SAFETY: as above.
+        let f: Eight = unsafe { ep.as_fn() };
+        if !name.contains("raw") {
+            assert_eq!(
+                f(1, 2, 3, 4, 5, 6, 7, 8),
+                eight_i64(1, 2, 3, 4, 5, 6, 7, 8),
+                "{name}"
+            );
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(f)(black_box(1), 2, 3, 4, 5, 6, 7, 8))
         });
     }
     g.finish();

@@ -1,6 +1,7 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes> [calls] [libffi]`
-//! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr).
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-phases> [calls] [libffi]`
+//! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr;
+//! `create-phases` prints where a new signature's time goes, see below).
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -128,6 +129,47 @@ fn exit_unchecked_loop(stub: &ExitStub, n: u64) -> u64 {
     acc
 }
 
+/// Where a new signature's time goes: `n` new signatures of the
+/// `measure::fresh_sig` series (each round its own), taken through one more
+/// step per phase, each phase with a bridge of its own. The registry is the
+/// process's, so a later phase finds the signatures interned and classified
+/// by the earlier ones: phase 1 is interning, 2 classifying, 3 the exit stub
+/// alone, 4 the entry point alone (its thunk, found or made, and the
+/// binding). Prints nanoseconds per signature for three rounds.
+fn create_phases(kind: BackendKind, n: u64) {
+    let d = Dispatcher::from_host(
+        Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
+        FailurePolicy::Report,
+    );
+    for round in 0..3 {
+        let sigs: Vec<tierbridge::abi::Signature> = (round * n..(round + 1) * n)
+            .map(measure::fresh_sig)
+            .collect();
+        let mut per = [0f64; 4];
+        for (phase, out) in per.iter_mut().enumerate() {
+            let b = Bridge::new(kind).unwrap();
+            let reg = b.registry();
+            let (mut exits, mut entries) = (Vec::new(), Vec::new());
+            let t = std::time::Instant::now();
+            for s in &sigs {
+                match phase {
+                    0 => drop(black_box(reg.intern(s))),
+                    1 => drop(black_box(
+                        reg.layout(reg.intern(s), CallConv::SysV).unwrap(),
+                    )),
+                    2 => exits.push(b.exit_stub(s, CallConv::SysV).unwrap()),
+                    _ => entries.push(b.entry_point(s, CallConv::SysV, &d, 0).unwrap()),
+                }
+            }
+            *out = t.elapsed().as_nanos() as f64 / n.max(1) as f64;
+        }
+        println!(
+            "ns per new signature: intern {:.0}, classify {:.0}, exit stub {:.0}, entry point {:.0}",
+            per[0], per[1], per[2], per[3]
+        );
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "exit".into());
@@ -140,6 +182,9 @@ fn main() {
     } else {
         BackendKind::Generated
     };
+    if mode == "create-phases" {
+        return create_phases(kind, n);
+    }
     let b = Bridge::new(kind).unwrap();
     let sig = "(i64,i64)->i64".parse().unwrap();
     let acc: u64;
