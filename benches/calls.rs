@@ -218,7 +218,7 @@ fn shapes(c: &mut Criterion) {
         eight_i64 as *const c_void,
         &[1, 2, 3, 4, 5, 6, 7, 8],
     );
-    for (name, ep) in be.entries(eight, 3) {
+    for (name, ep) in be.entries(eight, 7) {
         // SAFETY: as above.
         let f: Eight = unsafe { ep.as_fn() };
         if !name.contains("raw") {

@@ -1,0 +1,146 @@
+//! Exit-stub call times that do not depend on where the code happens to land.
+//!
+//! ```text
+//! cargo run --release --example exit_placements
+//! ```
+//!
+//! A cell of `benches/calls.rs` can move by 0.4–1 ns from one build to the
+//! next with no change to the code it times: where the stub, the loop and the
+//! callee land in memory matters on the machine measured (ABI.md, "Executable
+//! memory"). This example times each shape's checked exit through eight
+//! bridges, each with its stubs at a different place (0 to 7 other stubs made
+//! before them, the result slots at a different offset), three rounds each,
+//! and prints the median, min and max over those 24 runs. Comparing two
+//! builds' medians says what a change did, not where it moved the code.
+
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::time::Instant;
+
+use tierbridge::abi::{CallConv, Signature};
+use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
+
+extern "C" fn xor2(a: i64, b: i64) -> i64 {
+    a ^ b
+}
+extern "C" fn xor7(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64) -> i64 {
+    a ^ b ^ c ^ d ^ e ^ f ^ g
+}
+#[allow(clippy::too_many_arguments)]
+extern "C" fn xor8(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64, h: i64) -> i64 {
+    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h
+}
+#[allow(clippy::too_many_arguments)]
+extern "C" fn xor10(
+    a: i64,
+    b: i64,
+    c: i64,
+    d: i64,
+    e: i64,
+    f: i64,
+    g: i64,
+    h: i64,
+    i: i64,
+    j: i64,
+) -> i64 {
+    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Triple {
+    a: f64,
+    b: f64,
+    c: f64,
+}
+
+extern "C" fn triple(x: f64) -> Triple {
+    Triple {
+        a: x,
+        b: 2.0 * x,
+        c: -x,
+    }
+}
+
+/// A struct too big for registers: passed on the stack (SysV MEMORY class).
+extern "C" fn sum_triple(p: Triple, x: i64) -> f64 {
+    p.a + p.b + p.c + x as f64
+}
+
+/// `n` checked calls of `target` through `stub`, in ns per call.
+#[inline(never)]
+fn time(stub: &ExitStub, target: *const c_void, args: &[u64], ret: &mut [u64], n: u64) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: every target below has its stub's signature, and the
+        // argument values are plain integers and floats.
+        unsafe { stub.call(black_box(target), black_box(args), ret) }.unwrap();
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn main() {
+    let shapes: [(&str, *const c_void); 6] = [
+        ("(i64,i64)->i64", xor2 as *const c_void),
+        ("(i64,i64,i64,i64,i64,i64,i64)->i64", xor7 as *const c_void),
+        (
+            "(i64,i64,i64,i64,i64,i64,i64,i64)->i64",
+            xor8 as *const c_void,
+        ),
+        (
+            "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64",
+            xor10 as *const c_void,
+        ),
+        ("(f64)->{f64,f64,f64}", triple as *const c_void),
+        ("({f64,f64,f64},i64)->f64", sum_triple as *const c_void),
+    ];
+    // Stubs of other shapes, made first to move the measured ones.
+    let fillers = [
+        "(i8)->i8",
+        "(i16,f32)->i16",
+        "(u32,f64,f64)->f32",
+        "(f32,f32,f32,f32)->f64",
+        "(i8,i8,i8)->u8",
+        "(u16)->void",
+        "(f64,i8)->i16",
+    ];
+    let n = 2_000_000;
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
+    for place in 0..=fillers.len() {
+        let bridge = Bridge::new(BackendKind::Generated).unwrap();
+        let _fillers: Vec<ExitStub> = fillers[..place]
+            .iter()
+            .map(|s| {
+                bridge
+                    .exit_stub(&s.parse().unwrap(), CallConv::SysV)
+                    .unwrap()
+            })
+            .collect();
+        let sigs: Vec<Signature> = shapes.iter().map(|(s, _)| s.parse().unwrap()).collect();
+        let stubs: Vec<ExitStub> = sigs
+            .iter()
+            .map(|s| bridge.exit_stub(s, CallConv::SysV).unwrap())
+            .collect();
+        let args: Vec<Vec<u64>> = sigs
+            .iter()
+            .map(|s| (1..=s.arg_slots() as u64).collect())
+            .collect();
+        let mut ret = vec![0u64; 3 + place];
+        for _round in 0..3 {
+            for (k, (_, target)) in shapes.iter().enumerate() {
+                let ret = &mut ret[place..place + sigs[k].ret_slots()];
+                times[k].push(time(&stubs[k], *target, &args[k], ret, n));
+            }
+        }
+    }
+    println!("checked exit, ns per call over 8 placements x 3 rounds:");
+    for ((shape, _), mut t) in shapes.iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "  {shape:48} median {:.2}  min {:.2}  max {:.2}",
+            t[t.len() / 2],
+            t[0],
+            t[t.len() - 1]
+        );
+    }
+}
