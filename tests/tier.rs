@@ -19,6 +19,7 @@ extern abs "(i32)->i32"
 extern qsort "(ptr,u64,u64,ptr)->void"
 extern strcmp "(ptr,ptr)->i32"
 extern atof "(ptr)->f64"
+extern weigh8 "(i64,i64,i64,i64,i64,i64,i64,i64,f64)->i64"
 
 fn collatz_steps(n: i64) -> i64
   local steps: i64
@@ -247,7 +248,58 @@ done:
   local.get acc
   return
 end
+
+# a native call with two of its integer arguments on the stack (SysV has six
+# integer argument registers), from compiled code as from the interpreter
+fn stack_calls(n: i64) -> i64
+  local i: i64
+  local acc: i64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get acc
+  local.get i
+  i64.const 2
+  i64.const 3
+  i64.const 4
+  i64.const 5
+  i64.const 6
+  i64.const 7
+  local.get i
+  local.get i
+  f64.convert_i64
+  call weigh8
+  i64.add
+  local.set acc
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  local.get acc
+  return
+end
 "#;
+
+/// Each argument weighted by its position, so a swapped or shifted argument
+/// changes the result.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn weigh8(
+    a: i64,
+    b: i64,
+    c: i64,
+    d: i64,
+    e: i64,
+    f: i64,
+    g: i64,
+    h: i64,
+    x: f64,
+) -> i64 {
+    a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f + 7 * g + 8 * h + 1000 * x as i64
+}
 
 unsafe extern "C" {
     #[link_name = "strcmp"]
@@ -260,6 +312,8 @@ fn runtime(bridge: Bridge, config: TierConfig) -> Runtime {
     let rt =
         unsafe { Runtime::with_tiers(program, Arc::new(bridge), FailurePolicy::Report, config) }
             .unwrap();
+    // SAFETY: weigh8 has the declared signature.
+    unsafe { rt.bind_native("weigh8", weigh8 as *const std::ffi::c_void) }.unwrap();
     // SAFETY: abs, qsort, strcmp and atof from the C library have the declared signatures.
     unsafe { rt.bind_natives_from_process() }.unwrap();
     rt
@@ -303,6 +357,11 @@ fn run_all(rt: &Runtime) -> Vec<u64> {
     assert!(strcmp < 0);
     assert_eq!(f64::from_bits(mixed), 40.0 * f64::from(strcmp) + 400.0);
     v.push(mixed);
+    // weigh8(i, 2, 3, 4, 5, 6, 7, i, i) = i + 8i + 1000i + (4 + 9 + 16 + 25 +
+    // 36 + 49) = 1009i + 139; summed over i < 40: 1009 * 780 + 139 * 40.
+    let stacked = rt.call("stack_calls", &[40]).unwrap();
+    assert_eq!(stacked, 1009 * 780 + 139 * 40);
+    v.push(stacked);
     let mut data: Vec<i32> = (0..64).map(|i| (i * 37 % 61) - 30).collect();
     rt.call("sort", &[data.as_mut_ptr() as u64, data.len() as u64])
         .unwrap();
@@ -335,7 +394,7 @@ fn every_program_gives_identical_results_interpreted_tiered_and_deoptimized() {
     for (name, r) in &results[1..] {
         assert_eq!(r, &results[0].1, "{name} differs from the interpreter");
     }
-    let abs_sorted: Vec<i64> = results[0].1[6..]
+    let abs_sorted: Vec<i64> = results[0].1[7..]
         .iter()
         .map(|x| (*x as i32).abs() as i64)
         .collect();
