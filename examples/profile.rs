@@ -133,9 +133,10 @@ fn exit_unchecked_loop(stub: &ExitStub, n: u64) -> u64 {
 /// `measure::fresh_sig` series (each round its own), taken through one more
 /// step per phase, each phase with a bridge of its own. The registry is the
 /// process's, so a later phase finds the signatures interned and classified
-/// by the earlier ones: phase 1 is interning, 2 classifying, 3 the exit stub
-/// alone, 4 the entry point alone (its thunk, found or made, and the
-/// binding). Prints nanoseconds per signature for three rounds.
+/// by the earlier ones: phase 1 is interning, 2 classifying (after interning
+/// again, which finds the signature), 3 the exit stub alone, 4 the entry
+/// point alone (interning and classifying found again, its thunk found or
+/// made, and the binding). Prints nanoseconds per signature for three rounds.
 fn create_phases(kind: BackendKind, n: u64) {
     let d = Dispatcher::from_host(
         Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),

@@ -10,6 +10,11 @@
 //!   target in r11/r10; reserves `stack_bytes + copy_bytes` so `rsp` is
 //!   16-byte aligned at the call, loads every part from the slots, calls,
 //!   reads errno if asked, stores the result parts.
+//! - register stub (SysV), called from Rust as `extern "C" fn(args, target,
+//!   ret) -> (u64, f64)`: loads the argument registers and jumps to the
+//!   target, or, with stack arguments or a same-class pair result, copies the
+//!   stack arguments into an outgoing area of its own (`stack_bytes + 8`, so
+//!   `rsp` is 16-byte aligned at the call), calls, and returns rax and xmm0.
 //! - entry thunk, reached through a trampoline that puts the binding in r10:
 //!   keeps nothing in callee-saved registers (on Win64 it saves rdi, rsi and
 //!   xmm6–xmm15, which the SysV dispatcher it calls may clobber), spills each
@@ -312,7 +317,7 @@ fn copy_exact(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
 /// the slots 8 bytes at a time, which two 8-byte loads forward from; a caller
 /// that copies the struct with 16-byte loads (compilers do) then forwards from
 /// one store instead of stalling on two, and one reading 8 bytes forwards
-/// from either half (ABI.md, "Entry thunks").
+/// from either half (ABI.md, "Generated code", the entry thunk).
 fn copy_out_paired(ops: &mut Asm, rets: i32, size: u32) {
     let pairs = size / 16;
     for k in 0..pairs as i32 {
