@@ -22,46 +22,13 @@ use std::time::Instant;
 use tierbridge::abi::{CallConv, Signature};
 use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
-extern "C" fn xor2(a: i64, b: i64) -> i64 {
-    a ^ b
-}
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{Triple, add_i64, eight_i64, ten_i64, triple};
+
 extern "C" fn xor7(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64) -> i64 {
     a ^ b ^ c ^ d ^ e ^ f ^ g
-}
-#[allow(clippy::too_many_arguments)]
-extern "C" fn xor8(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64, h: i64) -> i64 {
-    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h
-}
-#[allow(clippy::too_many_arguments)]
-extern "C" fn xor10(
-    a: i64,
-    b: i64,
-    c: i64,
-    d: i64,
-    e: i64,
-    f: i64,
-    g: i64,
-    h: i64,
-    i: i64,
-    j: i64,
-) -> i64 {
-    a ^ b ^ c ^ d ^ e ^ f ^ g ^ h ^ i ^ j
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Triple {
-    a: f64,
-    b: f64,
-    c: f64,
-}
-
-extern "C" fn triple(x: f64) -> Triple {
-    Triple {
-        a: x,
-        b: 2.0 * x,
-        c: -x,
-    }
 }
 
 /// A struct too big for registers: passed on the stack (SysV MEMORY class).
@@ -83,15 +50,15 @@ fn time(stub: &ExitStub, target: *const c_void, args: &[u64], ret: &mut [u64], n
 
 fn main() {
     let shapes: [(&str, *const c_void); 6] = [
-        ("(i64,i64)->i64", xor2 as *const c_void),
+        ("(i64,i64)->i64", add_i64 as *const c_void),
         ("(i64,i64,i64,i64,i64,i64,i64)->i64", xor7 as *const c_void),
         (
             "(i64,i64,i64,i64,i64,i64,i64,i64)->i64",
-            xor8 as *const c_void,
+            eight_i64 as *const c_void,
         ),
         (
             "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64",
-            xor10 as *const c_void,
+            ten_i64 as *const c_void,
         ),
         ("(f64)->{f64,f64,f64}", triple as *const c_void),
         ("({f64,f64,f64},i64)->f64", sum_triple as *const c_void),
