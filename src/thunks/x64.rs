@@ -478,48 +478,36 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
 /// (rdx, read before any argument register is loaded) becomes the hidden
 /// pointer.
 fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
+    let second = match &l.ret {
+        RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
+        _ => None,
+    };
+    let pair = matches!(second, Some(Loc::Gpr(Gpr::Rdx) | Loc::Xmm(1)));
+    let calls = l.stack_bytes != 0 || pair;
+    // rsp is 8 mod 16 on entry and the stack area a multiple of 16: 8 more
+    // bytes align the call.
+    let frame = d(l.stack_bytes + 8);
     dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r10, rsi);
     if let RetPass::Sret { ptr } = l.ret {
         dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), rdx);
     }
-    // rsp is 8 mod 16 on entry and the area a multiple of 16: 8 more bytes
-    // align the call.
-    let frame = d(l.stack_bytes + 8);
-    if l.stack_bytes != 0 {
-        // rax is free until a variadic call's al is set below.
+    if calls {
         dynasm!(ops ; .arch x64 ; sub rsp, frame);
-        for a in &l.args {
-            let ArgPass::Direct(parts) = &a.pass else {
-                unreachable!("checked by fast_ret")
-            };
-            for p in parts {
-                if let Loc::Stack(off) = p.loc {
-                    copy_qwords(ops, R11, d(a.slot * 8 + p.offset), RSP, d(off), p.size);
-                }
-            }
-        }
     }
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
             unreachable!("checked by fast_ret")
         };
         for p in parts {
-            load_register_part(ops, p.loc, d(a.slot * 8 + p.offset));
+            move_part(ops, p, d(a.slot * 8 + p.offset));
         }
     }
     if let Some(al) = l.al {
         dynasm!(ops ; .arch x64 ; mov eax, i32::from(al));
     }
-    let second = match &l.ret {
-        RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
-        _ => None,
-    };
-    if l.stack_bytes == 0 && !matches!(second, Some(Loc::Gpr(Gpr::Rdx) | Loc::Xmm(1))) {
+    if !calls {
         dynasm!(ops ; .arch x64 ; jmp r10);
         return;
-    }
-    if l.stack_bytes == 0 {
-        dynasm!(ops ; .arch x64 ; sub rsp, frame);
     }
     dynasm!(ops ; .arch x64 ; call r10);
     match second {
@@ -530,16 +518,18 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
     dynasm!(ops ; .arch x64 ; add rsp, frame ; ret);
 }
 
-/// An exit stub's load of one argument part that travels in registers from
-/// its slot bytes at `[r11 + src]` (stack parts are copied separately).
-fn load_register_part(ops: &mut Asm, loc: Loc, src: i32) {
-    match loc {
+/// An exit stub's move of one by-value argument part from its slot bytes at
+/// `[r11 + src]` to where it travels: its register(s), or the outgoing stack
+/// area at `[rsp + off]` through rax (which carries no argument in either
+/// convention; a SysV variadic call's `al` is set after every part).
+fn move_part(ops: &mut Asm, p: &Part, src: i32) {
+    match p.loc {
         Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src]),
         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
         Loc::XmmAndGpr(n, g) => {
             dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
         }
-        Loc::Stack(_) => {}
+        Loc::Stack(off) => copy_qwords(ops, R11, src, RSP, d(off), p.size),
     }
 }
 
@@ -560,42 +550,27 @@ fn emit_exit(ops: &mut Asm, l: &CallLayout, errno: bool) {
         );
     }
     dynasm!(ops ; .arch x64 ; sub rsp, frame ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
-    // Stack arguments and by-reference copies first (rax is the only scratch).
+    // Each part where it travels (rax is the only scratch); a Win64
+    // by-reference aggregate is copied and its copy's address passed.
     for a in &l.args {
         let slot = d(a.slot * 8);
         match &a.pass {
             ArgPass::Direct(parts) => {
                 for p in parts {
-                    if let Loc::Stack(off) = p.loc {
-                        copy_qwords(ops, R11, slot + d(p.offset), RSP, d(off), p.size);
-                    }
+                    move_part(ops, p, slot + d(p.offset));
                 }
             }
             ArgPass::ByRef { ptr, copy } => {
                 let at = d(l.stack_bytes + copy);
                 copy_qwords(ops, R11, slot, RSP, at, a.ty.size());
-                if let Loc::Stack(off) = ptr {
-                    dynasm!(ops ; .arch x64 ; lea rax, [rsp + at] ; mov QWORD [rsp + d(*off)], rax);
+                match ptr {
+                    Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + at]),
+                    Loc::Stack(off) => {
+                        dynasm!(ops ; .arch x64 ; lea rax, [rsp + at] ; mov QWORD [rsp + d(*off)], rax)
+                    }
+                    other => unreachable!("a by-reference pointer in {other:?}"),
                 }
             }
-        }
-    }
-    // Then the registers.
-    for a in &l.args {
-        let slot = d(a.slot * 8);
-        match &a.pass {
-            ArgPass::Direct(parts) => {
-                for p in parts {
-                    load_register_part(ops, p.loc, slot + d(p.offset));
-                }
-            }
-            ArgPass::ByRef {
-                ptr: Loc::Gpr(g),
-                copy,
-            } => {
-                dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + d(l.stack_bytes + copy)]);
-            }
-            ArgPass::ByRef { .. } => {}
         }
     }
     if let RetPass::Sret { ptr } = l.ret {
