@@ -88,7 +88,9 @@ struct ExitCode {
 pub(super) struct GenExit {
     mem: Arc<ExecMemory>,
     code: Arc<ExitCode>,
-    /// The register stub, when the signature has one.
+    /// The register stub, when the signature has one. This and the next two
+    /// fields repeat what `code.fast` says, so that a call reads them from
+    /// this struct instead of following `code` to the shared one.
     fast: Option<FastFn>,
     /// How many result slots it returns in registers (0 to 2; 0 also for a
     /// result in memory, which the target writes).
