@@ -303,7 +303,7 @@ fn shapes(c: &mut Criterion) {
 fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
     let host = measure::host_for(0);
-    let (mut next, mut next_shape) = (0u64, 0u64);
+    let (mut next, mut next_shape, mut next_known) = (0u64, 0u64, 0u64);
     for (name, bridge) in [("generated", &be.generated), ("libffi", &be.libffi)] {
         for (what, series, counter) in [
             (
@@ -315,6 +315,11 @@ fn setup(c: &mut Criterion, be: &Backends) {
                 "new signature (new entry shape)'s",
                 measure::fresh_shape_sig,
                 &mut next_shape,
+            ),
+            (
+                "new signature (known shapes)'s",
+                measure::fresh_known_shape_sig,
+                &mut next_known,
             ),
         ] {
             g.bench_function(format!("{name}: {what} exit stub + entry thunk"), |b| {

@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-phases> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr;
 //! `create-phases` prints where a new signature's time goes, see below).
 
@@ -192,7 +192,7 @@ fn main() {
     let t0 = std::time::Instant::now();
     match mode.as_str() {
         "direct" => acc = call_loop(add_i64, n),
-        "create" | "create-shapes" => {
+        "create" | "create-shapes" | "create-known" => {
             // n new signatures of the series benches/calls.rs uses
             // (`measure::fresh_sig`, or `fresh_shape_sig`: every entry shape
             // new); exit stub + entry thunk for each.
@@ -200,10 +200,10 @@ fn main() {
                 Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
                 FailurePolicy::Report,
             );
-            let series = if mode == "create" {
-                measure::fresh_sig
-            } else {
-                measure::fresh_shape_sig
+            let series = match mode.as_str() {
+                "create" => measure::fresh_sig,
+                "create-known" => measure::fresh_known_shape_sig,
+                _ => measure::fresh_shape_sig,
             };
             let sigs: Vec<tierbridge::abi::Signature> = (0..n).map(series).collect();
             let mut keep = Vec::new();

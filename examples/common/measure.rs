@@ -527,6 +527,17 @@ pub fn fresh_sig(n: u64) -> Signature {
     spelled(n, &T, "i64")
 }
 
+/// The `n`-th of a series of signatures nobody has seen whose machine
+/// shapes are nearly all made already: six parameters or more spelling `n`
+/// in base 3 over `i64`, `u64` and `ptr` (one class for both emitters), an
+/// `i64` result. Only the first signature of each parameter count (a handful
+/// in any run) needs code; the rest measure what a new signature costs
+/// besides emitting code (interning, classifying, finding the shared code,
+/// binding).
+pub fn fresh_known_shape_sig(n: u64) -> Signature {
+    spelled(n, &["i64", "u64", "ptr"], "i64")
+}
+
 /// The `n`-th of a series of signatures whose entry thunks have a machine
 /// shape nobody has seen (so their code cannot be shared, see ABI.md,
 /// "Generated code"): six parameters or more spelling `n` in base 9 over one
