@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
     BindingHead, CodeKey, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit,
-    emit_slot_exits, emit_trampolines, entry_key, exit_key,
+    emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_key,
 };
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
@@ -104,7 +104,12 @@ pub(super) struct GenExit {
     nargs: usize,
     nret: usize,
     pub(super) sig: Arc<Signature>,
-    pub(super) layout: Arc<CallLayout>,
+    /// Where the layout is found, classified on first need (a signature
+    /// whose code was found by [`scalar_sig_key`] is never classified for
+    /// its calls).
+    reg: &'static Registry,
+    id: SigId,
+    conv: CallConv,
 }
 
 impl GenExit {
@@ -164,9 +169,16 @@ impl GenExit {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&self.mem, &self.layout)?;
+        let fresh = SlotStubs::new(&self.mem, self.layout())?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(self.code.slots.get_or_init(|| fresh))
+    }
+
+    /// The signature's layout, classified now if this is its first use.
+    pub(super) fn layout(&self) -> &'static CallLayout {
+        self.reg
+            .layout(self.id, self.conv)
+            .expect("made from an id this registry issued")
     }
 
     /// The register stub's address and how it returns, if the signature has
@@ -382,6 +394,10 @@ pub(super) struct GenBackend {
     exit_shapes: Shapes<ExitCode>,
     /// Entry thunks by machine shape, shared across signatures.
     entry_shapes: Shapes<GenThunk>,
+    /// The same code by [`scalar_sig_key`], for signatures that have one:
+    /// found without classifying the signature.
+    exit_by_sig: Shapes<ExitCode>,
+    entry_by_sig: Shapes<GenThunk>,
     pool: Arc<Mutex<Pool>>,
 }
 
@@ -399,16 +415,16 @@ impl<T> Shapes<T> {
         Shapes(Mutex::new(HashTable::new()))
     }
 
-    /// The code of shape `key`, made by `make` if the shape is new (outside
-    /// the lock: if another thread made it meanwhile, theirs is kept), or
-    /// made for this signature alone when its layout has no key.
+    /// The code of shape `key`, made (or found elsewhere) by `make` if the
+    /// shape is new (outside the lock: if another thread made it meanwhile,
+    /// theirs is kept), or made for this signature alone when it has no key.
     fn get_or_make(
         &self,
         key: Option<CodeKey>,
-        make: impl FnOnce() -> Result<T>,
+        make: impl FnOnce() -> Result<Arc<T>>,
     ) -> Result<Arc<T>> {
         let Some(key) = key else {
-            return Ok(Arc::new(make()?));
+            return make();
         };
         let key = key.as_bytes();
         let hash = FxBuildHasher.hash_one(key);
@@ -417,7 +433,7 @@ impl<T> Shapes<T> {
         if let Some(e) = lock().find(hash, same) {
             return Ok(e.2.clone());
         }
-        let fresh = Arc::new(make()?);
+        let fresh = make()?;
         let mut table = lock();
         Ok(match table.entry(hash, same, |e| e.0) {
             Entry::Occupied(e) => e.get().2.clone(),
@@ -447,6 +463,8 @@ impl GenBackend {
             thunks: IdTable::default(),
             exit_shapes: Shapes::new(),
             entry_shapes: Shapes::new(),
+            exit_by_sig: Shapes::new(),
+            entry_by_sig: Shapes::new(),
             pool: Arc::new(Mutex::new(Pool {
                 blocks: Vec::new(),
                 free: VecDeque::new(),
@@ -462,25 +480,34 @@ impl GenBackend {
         install(&self.mem, code)
     }
 
-    pub(super) fn exit(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenExit>> {
+    pub(super) fn exit(
+        &self,
+        reg: &'static Registry,
+        id: SigId,
+        conv: CallConv,
+    ) -> Result<Arc<GenExit>> {
         let index = cache_index(id, conv);
         if let Some(e) = self.exits.get(index) {
             return Ok(e.clone());
         }
         let sig = reg.signature(id)?.clone();
-        let layout = reg.layout(id, conv)?.clone();
-        let code = self.exit_shapes.get_or_make(exit_key(&layout), || {
-            let fast = match emit_fast_exit(&layout) {
-                Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
-                None => None,
-            };
-            let slots = OnceLock::new();
-            if fast.is_none() {
-                // The slot stub is the call path: make it now.
-                let _ = slots.set(SlotStubs::new(&self.mem, &layout)?);
-            }
-            Ok(ExitCode { fast, slots })
-        })?;
+        let code = self
+            .exit_by_sig
+            .get_or_make(scalar_sig_key(&sig, conv), || {
+                let layout = reg.layout(id, conv)?;
+                self.exit_shapes.get_or_make(exit_key(layout), || {
+                    let fast = match emit_fast_exit(layout) {
+                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                        None => None,
+                    };
+                    let slots = OnceLock::new();
+                    if fast.is_none() {
+                        // The slot stub is the call path: make it now.
+                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                    }
+                    Ok(Arc::new(ExitCode { fast, slots }))
+                })
+            })?;
         let ext = match sig.ret() {
             Some(Type::Scalar(s)) => s.slot_ext(),
             _ => SlotExt::NONE,
@@ -496,7 +523,7 @@ impl GenBackend {
             ),
             None => (None, (0, false)),
         };
-        let (nargs, nret) = (layout.arg_slots as usize, layout.ret_slots as usize);
+        let (nargs, nret) = (sig.arg_slots(), sig.ret_slots());
         let fresh = Arc::new(GenExit {
             mem: self.mem.clone(),
             code,
@@ -507,7 +534,9 @@ impl GenBackend {
             nargs,
             nret,
             sig,
-            layout,
+            reg,
+            id,
+            conv,
         });
         Ok(self.exits.get_or_init(index, || fresh).clone())
     }
@@ -517,23 +546,27 @@ impl GenBackend {
         if let Some(t) = self.thunks.get(index) {
             return Ok(t.clone());
         }
-        let variadic = reg.signature(id)?.is_variadic();
-        let layout = reg.layout(id, conv)?;
+        let sig = reg.signature(id)?;
+        let variadic = sig.is_variadic();
         let fresh = self
-            .entry_shapes
-            .get_or_make(entry_key(layout, variadic), || {
-                let code = self.install(&emit_entry(
-                    layout,
-                    variadic,
-                    entry_failed as *const () as usize,
-                ))?;
-                // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
-                let entry = unsafe { callable(code.addr().cast()) };
-                Ok(GenThunk {
-                    _code: code,
-                    entry,
-                    slots: (layout.arg_slots, layout.ret_slots),
-                })
+            .entry_by_sig
+            .get_or_make(scalar_sig_key(sig, conv), || {
+                let layout = reg.layout(id, conv)?;
+                self.entry_shapes
+                    .get_or_make(entry_key(layout, variadic), || {
+                        let code = self.install(&emit_entry(
+                            layout,
+                            variadic,
+                            entry_failed as *const () as usize,
+                        ))?;
+                        // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
+                        let entry = unsafe { callable(code.addr().cast()) };
+                        Ok(Arc::new(GenThunk {
+                            _code: code,
+                            entry,
+                            slots: (layout.arg_slots, layout.ret_slots),
+                        }))
+                    })
             })?;
         Ok(self.thunks.get_or_init(index, || fresh).clone())
     }

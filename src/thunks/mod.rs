@@ -469,7 +469,7 @@ impl ExitStub {
         match &self.imp {
             ExitImpl::Ffi(c) => &c.layout,
             #[cfg(target_arch = "x86_64")]
-            ExitImpl::Gen(g) => &g.layout,
+            ExitImpl::Gen(g) => g.layout(),
         }
     }
 
