@@ -493,7 +493,7 @@ impl GenBackend {
         let sig = reg.signature(id)?.clone();
         let code = self
             .exit_by_sig
-            .get_or_make(scalar_sig_key(&sig, conv), || {
+            .get_or_make(scalar_sig_key(&sig, conv, false), || {
                 let layout = reg.layout(id, conv)?;
                 self.exit_shapes.get_or_make(exit_key(layout), || {
                     let fast = match emit_fast_exit(layout) {
@@ -550,7 +550,7 @@ impl GenBackend {
         let variadic = sig.is_variadic();
         let fresh = self
             .entry_by_sig
-            .get_or_make(scalar_sig_key(sig, conv), || {
+            .get_or_make(scalar_sig_key(sig, conv, true), || {
                 let layout = reg.layout(id, conv)?;
                 self.entry_shapes
                     .get_or_make(entry_key(layout, variadic), || {

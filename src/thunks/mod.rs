@@ -464,7 +464,9 @@ impl ExitStub {
         self.id
     }
 
-    /// Its layout.
+    /// Its layout (on the generated backend, classified on the first call of
+    /// this method or of [`ExitStub::call_values`] when making the stub did
+    /// not need it: ABI.md, "Generated code").
     pub fn layout(&self) -> &CallLayout {
         match &self.imp {
             ExitImpl::Ffi(c) => &c.layout,
