@@ -532,8 +532,8 @@ pub fn fresh_sig(n: u64) -> Signature {
 /// in base 3 over `i64`, `u64` and `ptr` (one class for both emitters), an
 /// `i64` result. Only the first signature of each parameter count (a handful
 /// in any run) needs code; the rest measure what a new signature costs
-/// besides emitting code (interning, classifying, finding the shared code,
-/// binding).
+/// besides emitting code (interning, classifying where the backend needs
+/// to, finding the shared code, binding).
 pub fn fresh_known_shape_sig(n: u64) -> Signature {
     spelled(n, &["i64", "u64", "ptr"], "i64")
 }

@@ -304,10 +304,10 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
 /// a scalar's whole slot into its register or stack slot whatever its type
 /// and width; the layout's [`exit_key`] has no classes for arguments either,
 /// and counts their sizes in words). Classification places such a
-/// signature's scalars by convention, position, float or not and width, the
-/// last of which matters to neither exit key; so two signatures with
-/// equal keys classify alike except for what the matching layout key
-/// ([`exit_key`], [`entry_key`]) leaves out (a unit test checks this over
+/// signature's scalars by convention, position, float or not and width: an
+/// entry class fixes all of these, and an exit class all but the width, which
+/// [`exit_key`] does not see. So two signatures with equal keys have equal
+/// layout keys ([`exit_key`], [`entry_key`]; a unit test checks this over
 /// random signatures). The generated backend looks this key up first and
 /// classifies only when it is new (ABI.md, "Generated code").
 pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Option<CodeKey> {
@@ -1058,8 +1058,8 @@ mod tests {
     /// The promise the signature keys rest on: two signatures with the same
     /// exit (entry) [`scalar_sig_key`] have the same [`exit_key`]
     /// ([`entry_key`]), so the same code by the test below, and only scalar,
-    /// non-variadic signatures have one. Checked over random signatures, short ones over
-    /// few types half the time so that keys meet often.
+    /// non-variadic signatures have one. Checked over random signatures,
+    /// short ones over few types half the time so that keys meet often.
     #[test]
     fn signatures_with_equal_scalar_keys_have_equal_layout_keys() {
         use crate::abi::{Signature, Type};
