@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use hashbrown::HashTable;
+use hashbrown::{HashTable, hash_table};
 use rustc_hash::FxBuildHasher;
 
 use super::callconv::CallConv;
@@ -33,11 +33,12 @@ impl fmt::Display for SigId {
 
 const SHARDS: usize = 16;
 
-/// One shard entry: the signature's hash, the signature, its id.
-struct Interned(u64, Arc<Signature>, SigId);
+/// One shard entry: the signature's hash and its id (the signature itself is
+/// the id's entry, so a new signature is copied once).
+struct Interned(u64, SigId);
 
 struct Entry {
-    sig: Arc<Signature>,
+    sig: Signature,
     layouts: [OnceLock<Arc<CallLayout>>; 2],
 }
 
@@ -105,37 +106,42 @@ impl Registry {
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.
-        let same = |e: &Interned| e.0 == hash && *e.1 == *sig;
+        // An entry in a shard was set in `entries` before it was inserted
+        // (under the shard's write lock), so its signature is always there.
+        let same = |e: &Interned| {
+            e.0 == hash && self.entries.get(e.1.0).is_some_and(|x| x.sig == *sig)
+        };
         if let Some(e) = shard
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .find(hash, same)
         {
-            return e.2;
+            return e.1;
         }
         let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = table.find(hash, same) {
-            return e.2;
+        match table.entry(hash, same, |e| e.0) {
+            hash_table::Entry::Occupied(e) => e.get().1,
+            hash_table::Entry::Vacant(v) => {
+                let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
+                self.entries.get_or_init(id.0, || Entry {
+                    sig: sig.clone(),
+                    layouts: Default::default(),
+                });
+                v.insert(Interned(hash, id));
+                id
+            }
         }
-        let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
-        let sig = Arc::new(sig.clone());
-        self.entries.get_or_init(id.0, || Entry {
-            sig: sig.clone(),
-            layouts: Default::default(),
-        });
-        table.insert_unique(hash, Interned(hash, sig, id), |e| e.0);
-        id
     }
 
     fn entry(&self, id: SigId) -> Result<&Entry> {
         self.entries.get(id.0).ok_or(AbiError::UnknownSigId(id.0))
     }
 
-    /// The signature behind an id.
+    /// The signature behind an id (kept as long as the registry).
     ///
     /// # Errors
     /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
-    pub fn signature(&self, id: SigId) -> Result<&Arc<Signature>> {
+    pub fn signature(&self, id: SigId) -> Result<&Signature> {
         Ok(&self.entry(id)?.sig)
     }
 

@@ -159,7 +159,7 @@ pub(super) struct FfiCif {
     cif: Box<ffi_cif>,
     _arena: TypeArena,
     _arg_types: Box<[*mut ffi_type]>,
-    pub(super) sig: Arc<Signature>,
+    pub(super) sig: &'static Signature,
     pub(super) layout: Arc<CallLayout>,
     /// First slot of each argument.
     arg_slot: Box<[u32]>,
@@ -181,7 +181,7 @@ impl FfiCif {
     /// Prepares `sig`. `closure` prepares the cif a closure for a declared
     /// variadic signature uses (with pseudo-parameters, see [`VaPlan`]).
     fn new(
-        sig: Arc<Signature>,
+        sig: &'static Signature,
         layout: Arc<CallLayout>,
         conv: CallConv,
         closure: bool,
@@ -338,7 +338,7 @@ impl FfiCif {
         collect_failure: bool,
     ) -> Result<Option<i32>> {
         super::check_exit_call(
-            &self.sig,
+            self.sig,
             target,
             (self.arg_slots, self.ret_slots),
             args,
@@ -433,7 +433,7 @@ fn cache_index(id: SigId, conv: CallConv) -> u32 {
 impl FfiBackend {
     fn cached(
         table: &IdTable<Arc<FfiCif>>,
-        reg: &Registry,
+        reg: &'static Registry,
         id: SigId,
         conv: CallConv,
         closure: bool,
@@ -442,7 +442,7 @@ impl FfiBackend {
         if let Some(c) = table.get(index) {
             return Ok(c.clone());
         }
-        let sig = reg.signature(id)?.clone();
+        let sig = reg.signature(id)?;
         let layout = reg.layout(id, conv)?.clone();
         let fresh = Arc::new(FfiCif::new(sig, layout, conv, closure)?);
         Ok(table.get_or_init(index, || fresh).clone())
@@ -450,7 +450,7 @@ impl FfiBackend {
 
     pub(super) fn exit_cif(
         &self,
-        reg: &Registry,
+        reg: &'static Registry,
         id: SigId,
         conv: CallConv,
     ) -> Result<Arc<FfiCif>> {
@@ -459,7 +459,7 @@ impl FfiBackend {
 
     pub(super) fn bind(
         &self,
-        reg: &Registry,
+        reg: &'static Registry,
         id: SigId,
         conv: CallConv,
         dispatcher: Dispatcher,

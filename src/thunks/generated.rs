@@ -103,7 +103,7 @@ pub(super) struct GenExit {
     ext: SlotExt,
     nargs: usize,
     nret: usize,
-    pub(super) sig: Arc<Signature>,
+    pub(super) sig: &'static Signature,
     /// Where the layout is found, classified on first need (a signature
     /// whose code was found by [`scalar_sig_key`] is never classified for
     /// its calls).
@@ -126,7 +126,7 @@ impl GenExit {
         ret: &mut [u64],
         errno_before: Option<i32>,
     ) -> Result<Option<i32>> {
-        super::check_exit_call(&self.sig, target, (self.nargs, self.nret), args, ret)?;
+        super::check_exit_call(self.sig, target, (self.nargs, self.nret), args, ret)?;
         clear_entry_error();
         if let Some(v) = errno_before {
             // SAFETY: forwarded contract; the counts were checked above.
@@ -490,10 +490,10 @@ impl GenBackend {
         if let Some(e) = self.exits.get(index) {
             return Ok(e.clone());
         }
-        let sig = reg.signature(id)?.clone();
+        let sig = reg.signature(id)?;
         let code = self
             .exit_by_sig
-            .get_or_make(scalar_sig_key(&sig, conv, false), || {
+            .get_or_make(scalar_sig_key(sig, conv, false), || {
                 let layout = reg.layout(id, conv)?;
                 self.exit_shapes.get_or_make(exit_key(layout), || {
                     let fast = match emit_fast_exit(layout) {

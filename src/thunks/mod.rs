@@ -453,9 +453,9 @@ impl ExitStub {
     /// The signature.
     pub fn signature(&self) -> &Signature {
         match &self.imp {
-            ExitImpl::Ffi(c) => &c.sig,
+            ExitImpl::Ffi(c) => c.sig,
             #[cfg(target_arch = "x86_64")]
-            ExitImpl::Gen(g) => &g.sig,
+            ExitImpl::Gen(g) => g.sig,
         }
     }
 
