@@ -311,27 +311,33 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
 /// random signatures). The generated backend looks this key up first and
 /// classifies only when it is new (ABI.md, "Generated code").
 pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Option<CodeKey> {
-    if sig.is_variadic() {
+    let params = sig.params();
+    if sig.is_variadic() || params.len() + 2 > KEY_BYTES {
         return None;
     }
-    let mut key = KeyBuf::new();
-    key.push(conv as u32);
-    key.push(match sig.ret() {
+    // Written straight into the key (every field is under 256): this runs
+    // for every new signature, twice.
+    let mut key = CodeKey {
+        len: (params.len() + 2) as u8,
+        bytes: [0; KEY_BYTES],
+    };
+    key.bytes[0] = conv as u8;
+    key.bytes[1] = match sig.ret() {
         None => 0,
-        Some(Type::Scalar(s)) => 1 + scalar_class(*s),
+        Some(Type::Scalar(s)) => 1 + scalar_class(*s) as u8,
         Some(Type::Struct(_)) => return None,
-    });
-    for t in sig.params() {
+    };
+    for (field, t) in key.bytes[2..].iter_mut().zip(params) {
         let Type::Scalar(s) = t else {
             return None;
         };
-        key.push(if entry {
-            scalar_class(*s)
+        *field = if entry {
+            scalar_class(*s) as u8
         } else {
-            u32::from(s.is_float())
-        });
+            u8::from(s.is_float())
+        };
     }
-    key.finish()
+    Some(key)
 }
 
 /// Copies exactly `size` bytes from `[src + s]` to `[dst + t]` through rax.
@@ -1006,21 +1012,39 @@ pub(crate) fn emit_cell_jumps(cells: &[usize]) -> Vec<u8> {
 pub(super) const TRAMPOLINE_BYTES: usize = 32;
 
 /// Code for `cells.len()` trampolines; trampoline `i` reads `cells[i]`.
+///
+/// Trampolines differ only in their cell's address, so one is assembled and
+/// the rest are copies of it with the address written over (a block of them
+/// is made for every `BLOCK` bindings; assembling each cost more than the
+/// rest of a binding).
 pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
+    // A sentinel address, found again in the bytes to learn where the
+    // immediate sits (so no instruction encoding is written out here).
+    const SENTINEL: u64 = 0x5eb1_7e1e_5eb1_7e1e;
     let mut ops = Asm::new(0);
-    for &cell in cells {
-        let start = ops.offset().0;
-        dynasm!(ops ; .arch x64
-            ; mov r10, QWORD cell as i64
-            ; mov r10, QWORD [r10]
-            ; jmp QWORD [r10]
-        );
-        while ops.offset().0 - start < TRAMPOLINE_BYTES {
-            dynasm!(ops ; .arch x64 ; int3);
-        }
+    dynasm!(ops ; .arch x64
+        ; mov r10, QWORD SENTINEL as i64
+        ; mov r10, QWORD [r10]
+        ; jmp QWORD [r10]
+    );
+    while ops.offset().0 < TRAMPOLINE_BYTES {
+        dynasm!(ops ; .arch x64 ; int3);
     }
-    ops.finalize()
-        .expect("trampolines use no external relocations")
+    let one = ops
+        .finalize()
+        .expect("trampolines use no external relocations");
+    assert_eq!(one.len(), TRAMPOLINE_BYTES, "a trampoline fits its bytes");
+    let at = one
+        .windows(8)
+        .position(|w| w == SENTINEL.to_le_bytes())
+        .expect("the address is an 8-byte immediate");
+    let mut code = Vec::with_capacity(cells.len() * TRAMPOLINE_BYTES);
+    for &cell in cells {
+        let start = code.len();
+        code.extend_from_slice(&one);
+        code[start + at..start + at + 8].copy_from_slice(&(cell as u64).to_le_bytes());
+    }
+    code
 }
 
 #[cfg(test)]
@@ -1242,6 +1266,11 @@ mod tests {
         assert_eq!(&code[..2], &[0x49, 0xba]);
         assert_eq!(&code[2..10], &0x1122_3344_5566_7788u64.to_le_bytes());
         assert_eq!(&code[32..34], &[0x49, 0xba]);
+        assert_eq!(&code[34..42], &0x99aa_bbcc_ddee_ff00u64.to_le_bytes());
+        // The rest of each is the same: mov r10, [r10]; jmp [r10]; int3 padding.
+        assert_eq!(code[10..32], code[42..64]);
+        assert_eq!(&code[10..16], &[0x4d, 0x8b, 0x12, 0x41, 0xff, 0x22]);
+        assert!(code[16..32].iter().all(|&b| b == 0xcc));
     }
 
     #[test]
