@@ -519,6 +519,41 @@ fn exit_stubs_are_cached_per_shape() {
 }
 
 #[test]
+fn dropped_entry_points_release_their_host_and_their_trampolines_are_reused_correctly() {
+    // 300 bindings span several blocks of trampolines (128 each on the
+    // generated backend); after dropping them all, 300 more reuse the same
+    // trampolines and binding slots, each reaching its own function.
+    for (name, b) in support::all_bridges() {
+        let s = sig("(i64)->i64");
+        let exit = b.exit_stub(&s, CallConv::SysV).unwrap();
+        let f = Arc::new(|c: EntryCall<'_>| -> Result<(), HostError> {
+            c.ret[0] = c.args[0].wrapping_add(c.func.0 * 1000);
+            Ok(())
+        });
+        let call = |code: *const c_void, x: u64| {
+            let mut ret = [0u64];
+            // SAFETY: every entry point here has this signature.
+            unsafe { exit.call(code, &[x], &mut ret) }.unwrap();
+            ret[0]
+        };
+        for round in 0..2u64 {
+            let d = Dispatcher::from_host(f.clone(), FailurePolicy::Report);
+            let eps: Vec<_> = (0..300u64)
+                .map(|i| b.entry_point(&s, CallConv::SysV, &d, i + round).unwrap())
+                .collect();
+            for (i, ep) in eps.iter().enumerate() {
+                let i = i as u64;
+                assert_eq!(call(ep.code_ptr(), 7), 7 + (i + round) * 1000, "{name}");
+            }
+            drop(d);
+            assert_eq!(Arc::strong_count(&f), 301, "{name}: one per binding");
+            drop(eps);
+            assert_eq!(Arc::strong_count(&f), 1, "{name}: bindings released");
+        }
+    }
+}
+
+#[test]
 fn eight_threads_create_call_and_drop_entry_points() {
     for (name, b) in support::all_bridges() {
         let b = Arc::new(b);

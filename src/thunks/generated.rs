@@ -10,9 +10,11 @@
 //! aborts with a message (a stale call never runs freed memory), and the
 //! trampoline goes to the back of a FIFO free list.
 
+use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::hash::BuildHasher;
+use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -339,9 +341,17 @@ unsafe extern "C" fn entry_failed(
 
 const BLOCK: usize = 128;
 
+/// Where a binding lives: a slot of its trampoline's block, written when a
+/// function is bound to the trampoline and dropped in place when the entry
+/// point is (so binding allocates nothing). The slot's memory lives as long
+/// as the pool.
+type BindingSlot = UnsafeCell<MaybeUninit<GenBinding>>;
+
 struct Block {
     code: ExecCode,
     cells: Box<[AtomicPtr<BindingHead>]>,
+    /// `slots[i]` holds trampoline `i`'s binding while it is bound.
+    slots: Box<[BindingSlot]>,
 }
 
 struct Pool {
@@ -349,10 +359,17 @@ struct Pool {
     free: VecDeque<(usize, usize)>,
 }
 
+// SAFETY: the only parts that are not Send by themselves are the bindings in
+// the slots: their raw pointers are code addresses and the dispatcher's
+// context, which `Dispatcher` (Send) vouches for; the pool is used only
+// behind its mutex.
+unsafe impl Send for Pool {}
+
 /// A bound generated entry point.
 pub(super) struct GenEntry {
-    /// Owned so it lives exactly as long as the trampoline points at it.
-    _binding: Box<GenBinding>,
+    /// Its binding, in its trampoline's slot: set (and owned by this entry)
+    /// from `bind` until `drop`.
+    binding: NonNull<GenBinding>,
     at: (usize, usize),
     code: *const c_void,
     pool: Arc<Mutex<Pool>>,
@@ -378,10 +395,12 @@ impl Drop for GenEntry {
             (&DEAD.0 as *const BindingHead).cast_mut(),
             Ordering::Release,
         );
+        // SAFETY: `bind` wrote the binding into this slot and only this entry
+        // owns it; the cell no longer points at it, and the slot goes back to
+        // the free list only below, so nothing else writes it meanwhile.
+        unsafe { std::ptr::drop_in_place(self.binding.as_ptr()) };
         // To the back: the slot is reused as late as possible.
         pool.free.push_back(self.at);
-        // `self._binding` is freed after this function returns (fields drop
-        // after `drop`), so the cell never points at freed memory.
     }
 }
 
@@ -579,7 +598,10 @@ impl GenBackend {
             .collect();
         let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
         let code = self.install(&emit_trampolines(&addrs))?;
-        Ok(Block { code, cells })
+        let slots = (0..BLOCK)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect();
+        Ok(Block { code, cells, slots })
     }
 
     pub(super) fn bind(
@@ -591,7 +613,7 @@ impl GenBackend {
         func: u64,
     ) -> Result<GenEntry> {
         let thunk = self.thunk(reg, id, conv)?;
-        let binding = Box::new(GenBinding {
+        let binding = GenBinding {
             head: BindingHead {
                 thunk: thunk.entry,
                 dispatch: dispatcher.dispatch,
@@ -604,7 +626,7 @@ impl GenBackend {
             },
             dispatcher,
             _thunk: thunk,
-        });
+        };
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         while pool.free.is_empty() {
             // Make a block of trampolines without holding the pool (emitting
@@ -621,16 +643,22 @@ impl GenBackend {
             .free
             .pop_front()
             .expect("the loop left a free trampoline");
-        let head = (&binding.head as *const BindingHead).cast_mut();
-        pool.blocks[b].cells[i].store(head, Ordering::Release);
-        let base: NonNull<u8> = pool.blocks[b].code.addr();
+        let block = &pool.blocks[b];
+        let slot: *mut GenBinding = block.slots[i].get().cast();
+        // SAFETY: the slot was on the free list, so no entry point owns it
+        // (its last binding, if any, was dropped before it went back), and
+        // the pool's lock is held; its memory lives as long as the pool.
+        unsafe { slot.write(binding) };
+        let head = slot.cast::<BindingHead>(); // `head` is first (`repr(C)`).
+        block.cells[i].store(head, Ordering::Release);
+        let base: NonNull<u8> = block.code.addr();
         let code = base
             .as_ptr()
             .wrapping_add(i * TRAMPOLINE_BYTES)
             .cast::<c_void>();
         drop(pool);
         Ok(GenEntry {
-            _binding: binding,
+            binding: NonNull::new(slot).expect("a slot of a live block"),
             at: (b, i),
             code,
             pool: self.pool.clone(),
