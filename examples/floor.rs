@@ -19,6 +19,12 @@
 //!
 //! Each is timed as the best of 5 runs of 10⁸ calls in a loop, like the direct
 //! call it is compared with.
+//!
+//! Then the floor under the setup target (a new signature's exit stub and
+//! entry point), in plain Rust: the bookkeeping any bridge that interns
+//! signatures must do for a signature it has not seen, with everything else
+//! taken away (see `setup` below). `cargo run --release --example floor --
+//! setup` runs this part alone.
 
 #[cfg(target_arch = "x86_64")]
 mod floor {
@@ -160,9 +166,148 @@ mod floor {
     }
 }
 
+/// The least a bridge that interns signatures must do for a new signature
+/// whose machine shape it has already made code for, as tierbridge's
+/// `profile create-known` series: intern it (hash it, find it missing in a
+/// table of every signature seen, keep a copy, give it an id), find its shape's
+/// shared code by a key of its parameter classes, record an exit stub (id,
+/// code, slot counts), and bind an entry point (take a ready trampoline, record
+/// a binding, point the trampoline's cell at it).
+///
+/// Everything is made as cheap as it can be, so that the result is a lower
+/// bound: signatures are one byte per type, made before the clock starts;
+/// one thread, so no locks and no atomics; one allocation (the interned
+/// copy); records go into arenas reserved up front; trampolines are ready
+/// made and free.
+mod setup {
+    use std::hash::BuildHasher;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use hashbrown::HashTable;
+    use rustc_hash::FxBuildHasher;
+
+    /// The least an exit stub records.
+    struct ExitRec {
+        _id: u32,
+        _code: usize,
+        _slots: (u32, u32),
+    }
+
+    /// The least a binding records (what tierbridge's trampolines read:
+    /// thunk, dispatcher, context, function id, slot counts).
+    struct BindRec {
+        _thunk: usize,
+        _dispatch: usize,
+        _ctx: usize,
+        _func: u64,
+        _slots: (u32, u32),
+    }
+
+    /// The `n`-th signature: six parameters or more spelling `n` in base 3
+    /// over three types of one class (`i64`, `u64`, `ptr`), as
+    /// `measure::fresh_known_shape_sig`; the last byte is the result's type.
+    fn signature(n: u64) -> Box<[u8]> {
+        let mut v = Vec::new();
+        let mut m = n + 729;
+        while m > 0 {
+            v.push((m % 3) as u8);
+            m /= 3;
+        }
+        v.push(0);
+        v.into()
+    }
+
+    /// One round over `sigs`, from empty tables: ns per signature.
+    fn round(sigs: &[Box<[u8]>]) -> f64 {
+        let n = sigs.len();
+        let mut interned: HashTable<(u64, Box<[u8]>, u32)> = HashTable::new();
+        let mut shapes: HashTable<(u64, Box<[u8]>, usize)> = HashTable::new();
+        let mut exits: Vec<ExitRec> = Vec::with_capacity(n);
+        let mut binds: Vec<BindRec> = Vec::with_capacity(n);
+        let mut cells: Vec<u32> = vec![u32::MAX; n];
+        let mut free: Vec<u32> = (0..n as u32).rev().collect();
+        let t = Instant::now();
+        for sig in sigs {
+            let h = FxBuildHasher.hash_one(&sig[..]);
+            let same = |e: &(u64, Box<[u8]>, u32)| e.0 == h && *e.1 == **sig;
+            let id = match interned.find(h, same) {
+                Some(e) => e.2,
+                None => {
+                    let id = interned.len() as u32;
+                    interned.insert_unique(h, (h, sig.clone(), id), |e| e.0);
+                    id
+                }
+            };
+            // The shape key: one class per type (all three types are one
+            // class here), in a buffer on the stack.
+            let mut key = [0u8; 64];
+            let len = sig.len().min(64);
+            for (k, &ty) in key.iter_mut().zip(&sig[..len]) {
+                *k = u8::from(ty > 2);
+            }
+            let key = &key[..len];
+            let kh = FxBuildHasher.hash_one(key);
+            let code = match shapes.find(kh, |e| e.0 == kh && *e.1 == *key) {
+                Some(e) => e.2,
+                None => {
+                    let code = 0x1000 + shapes.len();
+                    shapes.insert_unique(kh, (kh, key.into(), code), |e| e.0);
+                    code
+                }
+            };
+            let slots = (sig.len() as u32 - 1, 1);
+            exits.push(ExitRec {
+                _id: id,
+                _code: code,
+                _slots: slots,
+            });
+            let trampoline = free.pop().expect("one per signature");
+            binds.push(BindRec {
+                _thunk: code,
+                _dispatch: 0x2000,
+                _ctx: 0x3000,
+                _func: u64::from(id),
+                _slots: slots,
+            });
+            cells[trampoline as usize] = binds.len() as u32 - 1;
+        }
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        black_box((&exits, &binds, &cells));
+        ns
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    pub fn run() {
+        println!("a new signature (known shapes), least bookkeeping, one thread:");
+        for (n, rounds) in [(20_000u64, 5), (1_000_000, 3)] {
+            let times: Vec<f64> = (0..rounds)
+                .map(|r| {
+                    let sigs: Vec<Box<[u8]>> = (r * n..(r + 1) * n).map(signature).collect();
+                    round(&sigs)
+                })
+                .collect();
+            let (lo, hi) = times
+                .iter()
+                .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+            println!(
+                "  {n:>9} signatures            {:.0} ns each (median of {rounds}; {lo:.0}-{hi:.0})",
+                median(times.clone())
+            );
+        }
+    }
+}
+
 fn main() {
-    #[cfg(target_arch = "x86_64")]
-    floor::run();
-    #[cfg(not(target_arch = "x86_64"))]
-    println!("the floor measurement is x86-64 assembly");
+    if std::env::args().nth(1).as_deref() != Some("setup") {
+        #[cfg(target_arch = "x86_64")]
+        floor::run();
+        #[cfg(not(target_arch = "x86_64"))]
+        println!("the call floor is x86-64 assembly");
+    }
+    setup::run();
 }
