@@ -49,8 +49,9 @@ struct Entry {
 /// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
 /// hash (a write lock only the first time a shape is seen); looking up an id
 /// takes no lock at all. A signature carries its hash from when it was made;
-/// the shards keep each entry's hash beside it too, so probing and growing a
-/// shard compare and move hashes without touching the signatures.
+/// the shards keep each entry's hash and id (the signature itself is kept
+/// once, in the id's entry), so probing and growing a shard compare and move
+/// hashes without touching the signatures.
 pub struct Registry {
     shards: [RwLock<HashTable<Interned>>; SHARDS],
     entries: IdTable<Entry>,
@@ -108,9 +109,8 @@ impl Registry {
         // the map itself is never left half-updated, so keep using it.
         // An entry in a shard was set in `entries` before it was inserted
         // (under the shard's write lock), so its signature is always there.
-        let same = |e: &Interned| {
-            e.0 == hash && self.entries.get(e.1.0).is_some_and(|x| x.sig == *sig)
-        };
+        let same =
+            |e: &Interned| e.0 == hash && self.entries.get(e.1.0).is_some_and(|x| x.sig == *sig);
         if let Some(e) = shard
             .read()
             .unwrap_or_else(|e| e.into_inner())

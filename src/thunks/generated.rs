@@ -3,12 +3,14 @@
 //! machine shape (`x64::exit_key`, `x64::entry_key`; ABI.md, "Generated
 //! code"), and bindings reached through a pool of trampolines.
 //!
-//! A binding costs one 32-byte trampoline of executable memory and one data
-//! cell: trampolines are generated a block at a time, each reading its binding
-//! from its own cell, so binding a function writes no code at all. When an
-//! entry point is dropped its cell is pointed at a dead binding whose code
-//! aborts with a message (a stale call never runs freed memory), and the
-//! trampoline goes to the back of a FIFO free list.
+//! A binding costs one 32-byte trampoline of executable memory, one data cell
+//! and one binding slot: trampolines are generated a block at a time, each
+//! reading its binding from its own cell, and the block keeps a slot per
+//! trampoline for the binding itself, so binding a function writes no code
+//! and allocates nothing. When an entry point is dropped its cell is pointed
+//! at a dead binding whose code aborts with a message (a stale call never runs
+//! freed memory), its binding is dropped in its slot, and the trampoline goes
+//! to the back of a FIFO free list.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
