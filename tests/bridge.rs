@@ -553,6 +553,61 @@ fn dropped_entry_points_release_their_host_and_their_trampolines_are_reused_corr
     }
 }
 
+/// A host that binds and drops an entry point of its own bridge when it is
+/// dropped (as an interpreter that owns entry points would).
+struct BindsWhenDropped {
+    bridge: Arc<Bridge>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl tierbridge::host::Host for BindsWhenDropped {
+    fn call(&self, _: EntryCall<'_>) -> Result<(), HostError> {
+        Ok(())
+    }
+}
+
+impl Drop for BindsWhenDropped {
+    fn drop(&mut self) {
+        let d = host(|_| Ok(()), FailurePolicy::Report);
+        let ep = self
+            .bridge
+            .entry_point(&sig("()->void"), CallConv::SysV, &d, 0)
+            .unwrap();
+        drop(ep);
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_host_dropped_with_its_last_entry_point_can_bind_and_drop_entry_points() {
+    for (name, b) in support::all_bridges() {
+        let b = Arc::new(b);
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (done, wait) = std::sync::mpsc::channel();
+        let (b2, dropped2) = (b.clone(), dropped.clone());
+        // In a thread of its own, so that a deadlock fails the test instead
+        // of hanging it.
+        std::thread::spawn(move || {
+            let d = Dispatcher::from_host(
+                Arc::new(BindsWhenDropped {
+                    bridge: b2.clone(),
+                    dropped: dropped2,
+                }),
+                FailurePolicy::Report,
+            );
+            let ep = b2
+                .entry_point(&sig("(i64)->i64"), CallConv::SysV, &d, 1)
+                .unwrap();
+            drop(d);
+            drop(ep); // the host's last reference
+            done.send(()).unwrap();
+        });
+        wait.recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{name}: dropping the entry point did not return"));
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "{name}");
+    }
+}
+
 #[test]
 fn eight_threads_create_call_and_drop_entry_points() {
     for (name, b) in support::all_bridges() {

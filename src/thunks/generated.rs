@@ -9,8 +9,9 @@
 //! trampoline for the binding itself, so binding a function writes no code
 //! and allocates nothing. When an entry point is dropped its cell is pointed
 //! at a dead binding whose code aborts with a message (a stale call never runs
-//! freed memory), its binding is dropped in its slot, and the trampoline goes
-//! to the back of a FIFO free list.
+//! freed memory), its binding is moved out of its slot (and dropped once the
+//! pool's lock is released), and the trampoline goes to the back of a FIFO
+//! free list.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -344,8 +345,8 @@ unsafe extern "C" fn entry_failed(
 const BLOCK: usize = 128;
 
 /// Where a binding lives: a slot of its trampoline's block, written when a
-/// function is bound to the trampoline and dropped in place when the entry
-/// point is (so binding allocates nothing). The slot's memory lives as long
+/// function is bound to the trampoline and moved out when the entry point is
+/// dropped (so binding allocates nothing). The slot's memory lives as long
 /// as the pool.
 type BindingSlot = UnsafeCell<MaybeUninit<GenBinding>>;
 
@@ -391,18 +392,25 @@ impl GenEntry {
 
 impl Drop for GenEntry {
     fn drop(&mut self) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let (b, i) = self.at;
-        pool.blocks[b].cells[i].store(
-            (&DEAD.0 as *const BindingHead).cast_mut(),
-            Ordering::Release,
-        );
-        // SAFETY: `bind` wrote the binding into this slot and only this entry
-        // owns it; the cell no longer points at it, and the slot goes back to
-        // the free list only below, so nothing else writes it meanwhile.
-        unsafe { std::ptr::drop_in_place(self.binding.as_ptr()) };
-        // To the back: the slot is reused as late as possible.
-        pool.free.push_back(self.at);
+        let binding = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let (b, i) = self.at;
+            pool.blocks[b].cells[i].store(
+                (&DEAD.0 as *const BindingHead).cast_mut(),
+                Ordering::Release,
+            );
+            // SAFETY: `bind` wrote the binding into this slot and only this
+            // entry owns it; it is moved out once, here, before the slot goes
+            // back to the free list (under the same lock), and the cell no
+            // longer points at it.
+            let binding = unsafe { self.binding.as_ptr().read() };
+            // To the back: the slot is reused as late as possible.
+            pool.free.push_back(self.at);
+            binding
+        };
+        // Dropped outside the pool's lock: dropping the dispatcher may drop
+        // the host, whose own drop may bind or drop entry points.
+        drop(binding);
     }
 }
 
