@@ -282,6 +282,10 @@ struct GenBinding {
     _thunk: Arc<GenThunk>,
 }
 
+// SAFETY: the head's raw pointers are code addresses and the dispatcher's
+// context, which `Dispatcher` (Send) vouches for; the rest is Send.
+unsafe impl Send for GenBinding {}
+
 struct DeadHead(BindingHead);
 // SAFETY: immutable, and its pointers are to functions or null.
 unsafe impl Sync for DeadHead {}
@@ -362,24 +366,18 @@ struct Pool {
     free: VecDeque<(usize, usize)>,
 }
 
-// SAFETY: the only parts that are not Send by themselves are the bindings in
-// the slots: their raw pointers are code addresses and the dispatcher's
-// context, which `Dispatcher` (Send) vouches for; the pool is used only
-// behind its mutex.
-unsafe impl Send for Pool {}
-
-/// A bound generated entry point.
+/// A bound generated entry point. It owns the binding in its trampoline's
+/// slot from `bind` until `drop`.
 pub(super) struct GenEntry {
-    /// Its binding, in its trampoline's slot: set (and owned by this entry)
-    /// from `bind` until `drop`.
-    binding: NonNull<GenBinding>,
+    /// Its block and trampoline (and so its cell and binding slot).
     at: (usize, usize),
     code: *const c_void,
     pool: Arc<Mutex<Pool>>,
 }
 
-// SAFETY: the binding is immutable once published and its parts are Send + Sync;
-// the pool is behind a mutex.
+// SAFETY: its one raw pointer is its trampoline's address (code, never
+// written or read through here); the binding it owns is in the pool, behind a
+// mutex, and immutable once published.
 unsafe impl Send for GenEntry {}
 // SAFETY: see Send.
 unsafe impl Sync for GenEntry {}
@@ -395,7 +393,8 @@ impl Drop for GenEntry {
         let binding = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let (b, i) = self.at;
-            pool.blocks[b].cells[i].store(
+            let block = &pool.blocks[b];
+            block.cells[i].store(
                 (&DEAD.0 as *const BindingHead).cast_mut(),
                 Ordering::Release,
             );
@@ -403,7 +402,7 @@ impl Drop for GenEntry {
             // entry owns it; it is moved out once, here, before the slot goes
             // back to the free list (under the same lock), and the cell no
             // longer points at it.
-            let binding = unsafe { self.binding.as_ptr().read() };
+            let binding = unsafe { block.slots[i].get().cast::<GenBinding>().read() };
             // To the back: the slot is reused as late as possible.
             pool.free.push_back(self.at);
             binding
@@ -668,7 +667,6 @@ impl GenBackend {
             .cast::<c_void>();
         drop(pool);
         Ok(GenEntry {
-            binding: NonNull::new(slot).expect("a slot of a live block"),
             at: (b, i),
             code,
             pool: self.pool.clone(),
