@@ -992,59 +992,58 @@ fn win64_positions(l: &CallLayout) -> u32 {
     l.args.len() as u32 + u32::from(matches!(l.ret, RetPass::Sret { .. }))
 }
 
-/// One 16-byte stub per cell: `jmp [cell]` — a stable native function pointer
-/// that always reaches the cell's current code (tier layer).
-pub(crate) fn emit_cell_jumps(cells: &[usize]) -> Vec<u8> {
-    let mut ops = Asm::new(0);
-    for &cell in cells {
-        let start = ops.offset().0;
-        dynasm!(ops ; .arch x64 ; mov r11, QWORD cell as i64 ; jmp QWORD [r11]);
-        while ops.offset().0 - start < 16 {
-            dynasm!(ops ; .arch x64 ; int3);
-        }
-    }
-    ops.finalize()
-        .expect("cell jumps use no external relocations")
-}
-
-/// One trampoline per binding, `TRAMPOLINE_BYTES` each: loads the binding
-/// from its data cell into r10 and jumps to the binding's thunk.
-pub(super) const TRAMPOLINE_BYTES: usize = 32;
-
-/// Code for `cells.len()` trampolines; trampoline `i` reads `cells[i]`.
-///
-/// Trampolines differ only in their cell's address, so one is assembled and
-/// the rest are copies of it with the address written over (a block of them
-/// is made for every `BLOCK` bindings; assembling each cost more than the
-/// rest of a binding).
-pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
-    // A sentinel address, found again in the bytes to learn where the
-    // immediate sits (so no instruction encoding is written out here).
+/// Code for one stub of `bytes` bytes per cell, the stubs differing only in
+/// their cell's address: `emit` assembles one for a sentinel address, and
+/// the rest are copies of it with the cell's address written over the
+/// sentinel's bytes (so no instruction encoding is written out here, and a
+/// block of stubs costs one assembly, not one per stub). Padded with `int3`.
+fn per_cell(cells: &[usize], bytes: usize, emit: impl FnOnce(&mut Asm, i64)) -> Vec<u8> {
     const SENTINEL: u64 = 0x5eb1_7e1e_5eb1_7e1e;
     let mut ops = Asm::new(0);
-    dynasm!(ops ; .arch x64
-        ; mov r10, QWORD SENTINEL as i64
-        ; mov r10, QWORD [r10]
-        ; jmp QWORD [r10]
-    );
-    while ops.offset().0 < TRAMPOLINE_BYTES {
+    emit(&mut ops, SENTINEL as i64);
+    while ops.offset().0 < bytes {
         dynasm!(ops ; .arch x64 ; int3);
     }
     let one = ops
         .finalize()
-        .expect("trampolines use no external relocations");
-    assert_eq!(one.len(), TRAMPOLINE_BYTES, "a trampoline fits its bytes");
+        .expect("per-cell stubs use no external relocations");
+    assert_eq!(one.len(), bytes, "a per-cell stub fits its bytes");
     let at = one
         .windows(8)
         .position(|w| w == SENTINEL.to_le_bytes())
         .expect("the address is an 8-byte immediate");
-    let mut code = Vec::with_capacity(cells.len() * TRAMPOLINE_BYTES);
+    let mut code = Vec::with_capacity(cells.len() * bytes);
     for &cell in cells {
         let start = code.len();
         code.extend_from_slice(&one);
         code[start + at..start + at + 8].copy_from_slice(&(cell as u64).to_le_bytes());
     }
     code
+}
+
+/// One 16-byte stub per cell: `jmp [cell]` — a stable native function pointer
+/// that always reaches the cell's current code (tier layer).
+pub(crate) fn emit_cell_jumps(cells: &[usize]) -> Vec<u8> {
+    per_cell(cells, 16, |ops, cell| {
+        dynasm!(ops ; .arch x64 ; mov r11, QWORD cell ; jmp QWORD [r11]);
+    })
+}
+
+/// One trampoline per binding, `TRAMPOLINE_BYTES` each: loads the binding
+/// from its data cell into r10 and jumps to the binding's thunk.
+pub(super) const TRAMPOLINE_BYTES: usize = 32;
+
+/// Code for `cells.len()` trampolines; trampoline `i` reads `cells[i]` (a
+/// block of them is made for every `BLOCK` bindings; assembling each one had
+/// cost more than the rest of a binding).
+pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
+    per_cell(cells, TRAMPOLINE_BYTES, |ops, cell| {
+        dynasm!(ops ; .arch x64
+            ; mov r10, QWORD cell
+            ; mov r10, QWORD [r10]
+            ; jmp QWORD [r10]
+        );
+    })
 }
 
 #[cfg(test)]
@@ -1256,6 +1255,23 @@ mod tests {
         assert!(shared_exit > 20_000, "{shared_exit} shared exit keys");
         assert!(shared_entry > 6_000, "{shared_entry} shared entry keys");
         assert!(keyless < 1_000, "{keyless} layouts without a key");
+    }
+
+    #[test]
+    fn a_cell_jump_is_its_cells_address_and_an_indirect_jump_in_16_bytes() {
+        let code = emit_cell_jumps(&[0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00]);
+        assert_eq!(code.len(), 32);
+        // mov r11, imm64 (49 bb + 8 bytes); jmp [r11] (41 ff 23); int3 padding.
+        for (k, cell) in [0x1122_3344_5566_7788u64, 0x99aa_bbcc_ddee_ff00]
+            .into_iter()
+            .enumerate()
+        {
+            let one = &code[16 * k..16 * (k + 1)];
+            assert_eq!(&one[..2], &[0x49, 0xbb]);
+            assert_eq!(&one[2..10], &cell.to_le_bytes());
+            assert_eq!(&one[10..13], &[0x41, 0xff, 0x23]);
+            assert!(one[13..].iter().all(|&b| b == 0xcc));
+        }
     }
 
     #[test]
