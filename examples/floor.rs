@@ -179,6 +179,9 @@ mod floor {
 /// one thread, so no locks and no atomics; one allocation (the interned
 /// copy); records go into arenas reserved up front; trampolines are ready
 /// made and free.
+#[path = "common/measure.rs"]
+mod measure;
+
 mod setup {
     use std::hash::BuildHasher;
     use std::hint::black_box;
@@ -186,6 +189,8 @@ mod setup {
 
     use hashbrown::HashTable;
     use rustc_hash::FxBuildHasher;
+
+    use super::measure;
 
     /// The least an exit stub records.
     struct ExitRec {
@@ -204,16 +209,11 @@ mod setup {
         _slots: (u32, u32),
     }
 
-    /// The `n`-th signature: six parameters or more spelling `n` in base 3
-    /// over three types of one class (`i64`, `u64`, `ptr`), as
-    /// `measure::fresh_known_shape_sig`; the last byte is the result's type.
+    /// The `n`-th signature of `measure::fresh_known_shape_sig`'s series, one
+    /// byte per type: its parameters (0, 1, 2 for `i64`, `u64`, `ptr`, one
+    /// class), then its result (`i64`).
     fn signature(n: u64) -> Box<[u8]> {
-        let mut v = Vec::new();
-        let mut m = n + 729;
-        while m > 0 {
-            v.push((m % 3) as u8);
-            m /= 3;
-        }
+        let mut v: Vec<u8> = measure::digits(n, 3).into_iter().map(|d| d as u8).collect();
         v.push(0);
         v.into()
     }

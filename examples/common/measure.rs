@@ -499,15 +499,25 @@ pub fn summary(table: &Table) -> (f64, f64, f64, f64) {
     (worst(1), worst(3), speedup(2, 1), speedup(4, 3))
 }
 
-/// The signature spelling `n` in base `types.len()`, one parameter type per
-/// digit, least significant first, at least six parameters, returning `ret`.
-fn spelled(n: u64, types: &[&str], ret: &str) -> Signature {
-    let base = types.len() as u64;
-    let (mut params, mut k) = (Vec::new(), n);
-    while params.len() < 6 || k != 0 {
-        params.push(types[(k % base) as usize]);
+/// The digits of `n` in base `base`, least significant first, at least six
+/// (the parameter types of the series of new signatures below, one per
+/// digit; `examples/floor.rs` spells the same series in bytes).
+pub fn digits(n: u64, base: u64) -> Vec<usize> {
+    let (mut v, mut k) = (Vec::new(), n);
+    while v.len() < 6 || k != 0 {
+        v.push((k % base) as usize);
         k /= base;
     }
+    v
+}
+
+/// The signature spelling `n` in base `types.len()`, one parameter type per
+/// digit (`digits`), returning `ret`.
+fn spelled(n: u64, types: &[&str], ret: &str) -> Signature {
+    let params: Vec<&str> = digits(n, types.len() as u64)
+        .into_iter()
+        .map(|d| types[d])
+        .collect();
     format!("({})->{ret}", params.join(",")).parse().unwrap()
 }
 
