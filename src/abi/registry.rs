@@ -123,10 +123,13 @@ impl Registry {
             hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(v) => {
                 let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
-                self.entries.get_or_init(id.0, || Entry {
-                    sig: sig.clone(),
-                    layouts: Default::default(),
-                });
+                self.entries.get_or_insert(
+                    id.0,
+                    Entry {
+                        sig: sig.clone(),
+                        layouts: Default::default(),
+                    },
+                );
                 v.insert(Interned(hash, id));
                 id
             }

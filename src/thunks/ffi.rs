@@ -422,30 +422,27 @@ fn va_plan(layout: &CallLayout, nfixed: usize) -> VaPlan {
 /// The libffi backend's caches.
 #[derive(Default)]
 pub(super) struct FfiBackend {
-    exits: IdTable<Arc<FfiCif>>,
-    va_closures: IdTable<Arc<FfiCif>>,
-}
-
-fn cache_index(id: SigId, conv: CallConv) -> u32 {
-    id.index() * 2 + conv as u32
+    /// Per convention, by signature id.
+    exits: [IdTable<Arc<FfiCif>>; 2],
+    va_closures: [IdTable<Arc<FfiCif>>; 2],
 }
 
 impl FfiBackend {
     fn cached(
-        table: &IdTable<Arc<FfiCif>>,
+        tables: &[IdTable<Arc<FfiCif>>; 2],
         reg: &'static Registry,
         id: SigId,
         conv: CallConv,
         closure: bool,
     ) -> Result<Arc<FfiCif>> {
-        let index = cache_index(id, conv);
-        if let Some(c) = table.get(index) {
+        let table = &tables[conv as usize];
+        if let Some(c) = table.get(id.index()) {
             return Ok(c.clone());
         }
         let sig = reg.signature(id)?;
         let layout = reg.layout(id, conv)?.clone();
         let fresh = Arc::new(FfiCif::new(sig, layout, conv, closure)?);
-        Ok(table.get_or_init(index, || fresh).clone())
+        Ok(table.get_or_insert(id.index(), fresh).clone())
     }
 
     pub(super) fn exit_cif(

@@ -85,13 +85,15 @@ impl SlotStubs {
 /// at once when there is no register stub, else on first need: errno
 /// capture, compiled code's slot calls).
 struct ExitCode {
+    /// Where the slot stubs go when they are made later.
+    mem: Arc<ExecMemory>,
     fast: Option<(ExecCode, FastRet)>,
     slots: OnceLock<SlotStubs>,
 }
 
-/// A generated exit stub: a signature's view of its shape's [`ExitCode`].
+/// A generated exit stub: a signature's view of its shape's [`ExitCode`],
+/// kept in its backend's table of exits ([`GenExits`]).
 pub(super) struct GenExit {
-    mem: Arc<ExecMemory>,
     code: Arc<ExitCode>,
     /// The register stub, when the signature has one. This and the next two
     /// fields repeat what `code.fast` says, so that a call reads them from
@@ -106,8 +108,8 @@ pub(super) struct GenExit {
     /// How a scalar result's register becomes its slot (`SlotExt::NONE` for
     /// anything but a narrow integer or an `f32`).
     ext: SlotExt,
-    nargs: usize,
-    nret: usize,
+    nargs: u32,
+    nret: u32,
     pub(super) sig: &'static Signature,
     /// Where the layout is found, classified on first need (a signature
     /// whose code was found by [`scalar_sig_key`] is never classified for
@@ -115,6 +117,52 @@ pub(super) struct GenExit {
     reg: &'static Registry,
     id: SigId,
     conv: CallConv,
+}
+
+/// A backend's exits, per convention and by signature id. Each exit stays
+/// where it was put until the table is dropped, which is when the backend
+/// and every [`GenExitRef`] to it are gone.
+#[derive(Default)]
+pub(super) struct GenExits([IdTable<GenExit>; 2]);
+
+/// An exit in its backend's table, keeping the table alive: an `ExitStub`
+/// reads its exit through one pointer, as it would through an `Arc`, with
+/// no allocation per signature.
+#[derive(Clone)]
+pub(super) struct GenExitRef {
+    exit: NonNull<GenExit>,
+    _table: Arc<GenExits>,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<GenExit>();
+};
+
+// SAFETY: a GenExitRef is a shared reference to a GenExit (Send + Sync, as
+// checked above) that lives as long as the table the Arc keeps alive.
+unsafe impl Send for GenExitRef {}
+// SAFETY: as for Send; the exit is only ever read through it.
+unsafe impl Sync for GenExitRef {}
+
+impl GenExitRef {
+    fn new(table: &Arc<GenExits>, exit: &GenExit) -> GenExitRef {
+        GenExitRef {
+            exit: NonNull::from(exit),
+            _table: table.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for GenExitRef {
+    type Target = GenExit;
+
+    #[inline(always)]
+    fn deref(&self) -> &GenExit {
+        // SAFETY: `exit` is an entry of the table `_table` keeps alive, and
+        // table entries never move or change once set.
+        unsafe { self.exit.as_ref() }
+    }
 }
 
 impl GenExit {
@@ -131,7 +179,13 @@ impl GenExit {
         ret: &mut [u64],
         errno_before: Option<i32>,
     ) -> Result<Option<i32>> {
-        super::check_exit_call(self.sig, target, (self.nargs, self.nret), args, ret)?;
+        super::check_exit_call(
+            self.sig,
+            target,
+            (self.nargs as usize, self.nret as usize),
+            args,
+            ret,
+        )?;
         clear_entry_error();
         if let Some(v) = errno_before {
             // SAFETY: forwarded contract; the counts were checked above.
@@ -174,7 +228,7 @@ impl GenExit {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&self.mem, self.layout())?;
+        let fresh = SlotStubs::new(&self.code.mem, self.layout())?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(self.code.slots.get_or_init(|| fresh))
     }
@@ -416,8 +470,10 @@ impl Drop for GenEntry {
 /// The generated backend.
 pub(super) struct GenBackend {
     mem: Arc<ExecMemory>,
-    exits: IdTable<Arc<GenExit>>,
-    thunks: IdTable<Arc<GenThunk>>,
+    /// Per convention, by signature id (one table per convention, so a
+    /// program that uses one convention touches no memory for the other).
+    exits: Arc<GenExits>,
+    thunks: [IdTable<Arc<GenThunk>>; 2],
     /// Exit code by machine shape, shared across signatures.
     exit_shapes: Shapes<ExitCode>,
     /// Entry thunks by machine shape, shared across signatures.
@@ -470,10 +526,6 @@ impl<T> Shapes<T> {
     }
 }
 
-fn cache_index(id: SigId, conv: CallConv) -> u32 {
-    id.index() * 2 + conv as u32
-}
-
 fn too_big(len: usize) -> ThunkError {
     ThunkError::Unsupported {
         backend: BackendKind::Generated,
@@ -487,8 +539,8 @@ impl GenBackend {
     pub(super) fn new(mem: Arc<ExecMemory>) -> GenBackend {
         GenBackend {
             mem,
-            exits: IdTable::default(),
-            thunks: IdTable::default(),
+            exits: Arc::default(),
+            thunks: Default::default(),
             exit_shapes: Shapes::new(),
             entry_shapes: Shapes::new(),
             exit_by_sig: Shapes::new(),
@@ -513,10 +565,10 @@ impl GenBackend {
         reg: &'static Registry,
         id: SigId,
         conv: CallConv,
-    ) -> Result<Arc<GenExit>> {
-        let index = cache_index(id, conv);
-        if let Some(e) = self.exits.get(index) {
-            return Ok(e.clone());
+    ) -> Result<GenExitRef> {
+        let cache = &self.exits.0[conv as usize];
+        if let Some(e) = cache.get(id.index()) {
+            return Ok(GenExitRef::new(&self.exits, e));
         }
         let sig = reg.signature(id)?;
         let code = self
@@ -533,7 +585,11 @@ impl GenBackend {
                         // The slot stub is the call path: make it now.
                         let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
                     }
-                    Ok(Arc::new(ExitCode { fast, slots }))
+                    Ok(Arc::new(ExitCode {
+                        mem: self.mem.clone(),
+                        fast,
+                        slots,
+                    }))
                 })
             })?;
         let ext = match sig.ret() {
@@ -551,9 +607,8 @@ impl GenBackend {
             ),
             None => (None, (0, false)),
         };
-        let (nargs, nret) = (sig.arg_slots(), sig.ret_slots());
-        let fresh = Arc::new(GenExit {
-            mem: self.mem.clone(),
+        let (nargs, nret) = (sig.arg_slots() as u32, sig.ret_slots() as u32);
+        let fresh = GenExit {
             code,
             fast,
             reg_slots,
@@ -565,13 +620,14 @@ impl GenBackend {
             reg,
             id,
             conv,
-        });
-        Ok(self.exits.get_or_init(index, || fresh).clone())
+        };
+        let e = cache.get_or_insert(id.index(), fresh);
+        Ok(GenExitRef::new(&self.exits, e))
     }
 
     fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenThunk>> {
-        let index = cache_index(id, conv);
-        if let Some(t) = self.thunks.get(index) {
+        let cache = &self.thunks[conv as usize];
+        if let Some(t) = cache.get(id.index()) {
             return Ok(t.clone());
         }
         let sig = reg.signature(id)?;
@@ -596,7 +652,7 @@ impl GenBackend {
                         }))
                     })
             })?;
-        Ok(self.thunks.get_or_init(index, || fresh).clone())
+        Ok(cache.get_or_insert(id.index(), fresh).clone())
     }
 
     /// `BLOCK` new trampolines, each reading its own cell (pointing at the

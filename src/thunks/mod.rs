@@ -424,7 +424,7 @@ impl Bridge {
 enum ExitImpl {
     Ffi(Arc<ffi::FfiCif>),
     #[cfg(target_arch = "x86_64")]
-    Gen(Arc<generated::GenExit>),
+    Gen(generated::GenExitRef),
 }
 
 enum EntryImpl {
