@@ -551,6 +551,26 @@ fn equal_shapes_share_an_id_and_different_shapes_do_not() {
 }
 
 #[test]
+fn a_signature_interned_in_several_registries_gets_each_ones_id() {
+    // A signature notes the id a registry gave it, so interning it again is
+    // a load; another registry's note must never be taken for its own. The
+    // two registries give `s` different ids (0 in `a`, 1 in `b`).
+    let (a, b) = (Registry::new(), Registry::new());
+    let (s, t) = (sig("(i64)->i64"), sig("(f64)->f64"));
+    assert_eq!(a.intern(&s).index(), 0);
+    assert_eq!(b.intern(&t).index(), 0);
+    assert_eq!(b.intern(&s).index(), 1);
+    for _ in 0..2 {
+        assert_eq!(a.intern(&s).index(), 0);
+        assert_eq!(b.intern(&s).index(), 1);
+        assert_eq!(a.intern(&s.clone()).index(), 0);
+        assert_eq!(a.intern(&t).index(), 1);
+    }
+    assert_eq!(*b.signature(b.intern(&s)).unwrap(), s);
+    assert_eq!((a.len(), b.len()), (2, 2));
+}
+
+#[test]
 fn ids_map_back_to_exactly_their_signature_under_concurrent_interning() {
     let r = Arc::new(Registry::new());
     let texts: Vec<String> = (0..2000)

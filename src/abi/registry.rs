@@ -52,11 +52,23 @@ struct Entry {
 /// the shards keep each entry's hash and id (the signature itself is kept
 /// once, in the id's entry), so probing and growing a shard compare and move
 /// hashes without touching the signatures.
+///
+/// A signature interned once also carries the id it was given (with the
+/// registry's serial number, unique in the process), so interning the same
+/// signature value again, or a clone of it, in the same registry is one
+/// atomic load: the common case of making an exit stub and an entry point
+/// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
     shards: [RwLock<HashTable<Interned>>; SHARDS],
     entries: IdTable<Entry>,
     next: AtomicU32,
+    /// This registry's serial number, 0 when the process made so many
+    /// registries that the numbers ran out (its signatures then carry no id).
+    serial: u32,
 }
+
+/// The next registry's serial number (from 1).
+static SERIALS: AtomicU32 = AtomicU32::new(1);
 
 impl Default for Registry {
     fn default() -> Self {
@@ -64,6 +76,9 @@ impl Default for Registry {
             shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
             entries: IdTable::default(),
             next: AtomicU32::new(0),
+            serial: SERIALS
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_add(1))
+                .unwrap_or(0),
         }
     }
 }
@@ -100,6 +115,25 @@ impl Registry {
 
     /// The id of `sig`'s shape, interning it on first sight.
     pub fn intern(&self, sig: &Signature) -> SigId {
+        // The id this registry gave this signature value before, if it did:
+        // a signature never changes after it is made, and the serial number
+        // tells this registry's ids from any other's. Acquire pairs with the
+        // Release below, made after the id's entry was set.
+        let noted = sig.interned().load(Ordering::Acquire);
+        if self.serial != 0 && noted >> 32 == u64::from(self.serial) {
+            return SigId(noted as u32);
+        }
+        let id = self.intern_uncached(sig);
+        if self.serial != 0 {
+            sig.interned().store(
+                u64::from(self.serial) << 32 | u64::from(id.0),
+                Ordering::Release,
+            );
+        }
+        id
+    }
+
+    fn intern_uncached(&self, sig: &Signature) -> SigId {
         // The signature's own hash (FxHash, worked out when it was made:
         // signatures come from the embedder, not from an adversary), mixed
         // once more so the shard index has good high bits.

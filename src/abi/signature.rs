@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{AbiError, Result};
 use super::types::{Scalar, StructType, Type};
@@ -16,15 +17,32 @@ pub const MAX_PARAMS: usize = 64;
 /// arguments of one call (after C's default argument promotions), made with
 /// [`Signature::with_varargs`] and written `(ptr,...,f64,i64)->i32` (an
 /// extension of the grammar: types after `...` are the call's variadic ones).
-#[derive(Clone)]
 pub struct Signature {
     params: Vec<Type>,
     ret: Option<Type>,
-    /// Number of fixed parameters when variadic.
-    fixed: Option<usize>,
+    /// Number of fixed parameters when variadic (at most `MAX_PARAMS`).
+    fixed: Option<u32>,
     /// A hash of the three fields above, worked out once when the signature
     /// is made: interning and cached lookups by signature hash it every time.
     hash: u64,
+    /// The id a registry gave this very signature (or the one it was cloned
+    /// from), with that registry's serial number: `serial << 32 | id`, 0 for
+    /// none. Not part of the signature's value (equality and hash ignore
+    /// it); see `Registry::intern`.
+    interned: AtomicU64,
+}
+
+impl Clone for Signature {
+    fn clone(&self) -> Signature {
+        Signature {
+            params: self.params.clone(),
+            ret: self.ret.clone(),
+            fixed: self.fixed,
+            hash: self.hash,
+            // A clone has the same value, so the same id in that registry.
+            interned: AtomicU64::new(self.interned.load(Ordering::Acquire)),
+        }
+    }
 }
 
 impl PartialEq for Signature {
@@ -62,9 +80,16 @@ impl Signature {
         Signature {
             params,
             ret,
-            fixed,
+            // Every constructor checks the count against MAX_PARAMS first.
+            fixed: fixed.map(|f| f as u32),
             hash,
+            interned: AtomicU64::new(0),
         }
+    }
+
+    /// Where a registry notes the id it gave this signature (`Registry::intern`).
+    pub(super) fn interned(&self) -> &AtomicU64 {
+        &self.interned
     }
 
     /// A non-variadic signature.
@@ -147,12 +172,12 @@ impl Signature {
 
     /// Number of fixed parameters (all of them when not variadic).
     pub fn fixed_count(&self) -> usize {
-        self.fixed.unwrap_or(self.params.len())
+        self.fixed.map_or(self.params.len(), |f| f as usize)
     }
 
     /// True for a variadic signature that already lists a call's variadic types.
     pub fn has_call_varargs(&self) -> bool {
-        self.fixed.is_some_and(|f| f < self.params.len())
+        self.fixed.is_some_and(|f| (f as usize) < self.params.len())
     }
 
     /// The declared form of a call-site signature (variadic types dropped).
@@ -160,7 +185,7 @@ impl Signature {
         Signature::make(
             self.params[..self.fixed_count()].to_vec(),
             self.ret.clone(),
-            self.fixed,
+            self.fixed.map(|f| f as usize),
         )
     }
 
@@ -172,7 +197,7 @@ impl Signature {
     /// [`AbiError::NotVariadic`], [`AbiError::VarargsAlreadyGiven`],
     /// [`AbiError::UnpromotedVararg`], [`AbiError::TooManyParams`].
     pub fn with_varargs(&self, varargs: &[Type]) -> Result<Signature> {
-        let Some(fixed) = self.fixed else {
+        let Some(fixed) = self.fixed.map(|f| f as usize) else {
             return Err(AbiError::NotVariadic(self.to_string()));
         };
         if self.has_call_varargs() {
