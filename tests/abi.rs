@@ -541,7 +541,7 @@ fn equal_shapes_share_an_id_and_different_shapes_do_not() {
     assert_eq!(r.len(), 4);
     assert_eq!(*r.signature(a).unwrap(), sig("(i32,{f32,f32})->f64"));
     assert_eq!(
-        **r.layout(a, CallConv::SysV).unwrap(),
+        *r.layout(a, CallConv::SysV).unwrap(),
         classify(&sig("(i32,{f32,f32})->f64"), CallConv::SysV)
     );
     assert!(matches!(

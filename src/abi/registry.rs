@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 
 use hashbrown::{HashTable, hash_table};
 use rustc_hash::FxBuildHasher;
@@ -33,25 +33,27 @@ impl fmt::Display for SigId {
 
 const SHARDS: usize = 16;
 
-/// One shard entry: the signature's hash and its id (the signature itself is
-/// the id's entry, so a new signature is copied once).
-struct Interned(u64, SigId);
+/// One shard entry: 32 bits of the signature's hash and its id (the
+/// signature itself is the id's entry, so a new signature is copied once).
+struct Interned(u32, SigId);
 
-struct Entry {
-    sig: Signature,
-    layouts: [OnceLock<Arc<CallLayout>>; 2],
+/// The hash a shard's table files an entry under, from the 32 bits the entry
+/// keeps (the table needs it again when it grows): multiplied by an odd
+/// constant, so the table's top bits (its tags) depend on all 32.
+fn filed_under(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Interns signatures: equal signatures (compared by full structure, never
 /// by hash alone) get the same [`SigId`], and each id's layouts are computed
-/// once per convention.
+/// once per convention, on first need.
 ///
 /// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
 /// hash (a write lock only the first time a shape is seen); looking up an id
 /// takes no lock at all. A signature carries its hash from when it was made;
-/// the shards keep each entry's hash and id (the signature itself is kept
-/// once, in the id's entry), so probing and growing a shard compare and move
-/// hashes without touching the signatures.
+/// the shards keep 32 bits of each entry's hash and its id, 8 bytes (the
+/// signature itself is kept once, in the id's entry), so probing and growing
+/// a shard compare and move those without touching the signatures.
 ///
 /// A signature interned once also carries the id it was given (with the
 /// registry's serial number, unique in the process), so interning the same
@@ -60,7 +62,10 @@ struct Entry {
 /// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
     shards: [RwLock<HashTable<Interned>>; SHARDS],
-    entries: IdTable<Entry>,
+    /// Each id's signature (a copy of the first one interned).
+    entries: IdTable<Signature>,
+    /// Each id's layout per convention, once asked for.
+    layouts: [IdTable<CallLayout>; 2],
     next: AtomicU32,
     /// This registry's serial number, 0 when the process made so many
     /// registries that the numbers ran out (its signatures then carry no id).
@@ -75,6 +80,7 @@ impl Default for Registry {
         Registry {
             shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
             entries: IdTable::default(),
+            layouts: Default::default(),
             next: AtomicU32::new(0),
             serial: SERIALS
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_add(1))
@@ -139,39 +145,29 @@ impl Registry {
         // once more so the shard index has good high bits.
         let hash = FxBuildHasher.hash_one(sig);
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        let tag = hash as u32;
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.
         // An entry in a shard was set in `entries` before it was inserted
         // (under the shard's write lock), so its signature is always there.
-        let same =
-            |e: &Interned| e.0 == hash && self.entries.get(e.1.0).is_some_and(|x| x.sig == *sig);
+        let same = |e: &Interned| e.0 == tag && self.entries.get(e.1.0).is_some_and(|x| x == sig);
         if let Some(e) = shard
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .find(hash, same)
+            .find(filed_under(tag), same)
         {
             return e.1;
         }
         let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        match table.entry(hash, same, |e| e.0) {
+        match table.entry(filed_under(tag), same, |e| filed_under(e.0)) {
             hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(v) => {
                 let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
-                self.entries.get_or_insert(
-                    id.0,
-                    Entry {
-                        sig: sig.clone(),
-                        layouts: Default::default(),
-                    },
-                );
-                v.insert(Interned(hash, id));
+                self.entries.get_or_insert(id.0, sig.clone());
+                v.insert(Interned(tag, id));
                 id
             }
         }
-    }
-
-    fn entry(&self, id: SigId) -> Result<&Entry> {
-        self.entries.get(id.0).ok_or(AbiError::UnknownSigId(id.0))
     }
 
     /// The signature behind an id (kept as long as the registry).
@@ -179,15 +175,21 @@ impl Registry {
     /// # Errors
     /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
     pub fn signature(&self, id: SigId) -> Result<&Signature> {
-        Ok(&self.entry(id)?.sig)
+        self.entries.get(id.0).ok_or(AbiError::UnknownSigId(id.0))
     }
 
     /// The layout of an id for a convention, classified once and then cached.
     ///
     /// # Errors
     /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
-    pub fn layout(&self, id: SigId, conv: CallConv) -> Result<&Arc<CallLayout>> {
-        let e = self.entry(id)?;
-        Ok(e.layouts[conv as usize].get_or_init(|| Arc::new(classify(&e.sig, conv))))
+    pub fn layout(&self, id: SigId, conv: CallConv) -> Result<&CallLayout> {
+        let table = &self.layouts[conv as usize];
+        if let Some(l) = table.get(id.0) {
+            return Ok(l);
+        }
+        // Classified outside any lock; a thread that loses a race to set the
+        // entry drops its own (equal) layout.
+        let layout = classify(self.signature(id)?, conv);
+        Ok(table.get_or_insert(id.0, layout))
     }
 }

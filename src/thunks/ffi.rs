@@ -160,7 +160,7 @@ pub(super) struct FfiCif {
     _arena: TypeArena,
     _arg_types: Box<[*mut ffi_type]>,
     pub(super) sig: &'static Signature,
-    pub(super) layout: Arc<CallLayout>,
+    pub(super) layout: &'static CallLayout,
     /// First slot of each argument.
     arg_slot: Box<[u32]>,
     arg_slots: usize,
@@ -182,7 +182,7 @@ impl FfiCif {
     /// variadic signature uses (with pseudo-parameters, see [`VaPlan`]).
     fn new(
         sig: &'static Signature,
-        layout: Arc<CallLayout>,
+        layout: &'static CallLayout,
         conv: CallConv,
         closure: bool,
     ) -> Result<FfiCif> {
@@ -201,7 +201,7 @@ impl FfiCif {
         };
         let nfixed = sig.fixed_count();
         let va = (closure && sig.is_variadic()).then(|| {
-            let plan = va_plan(&layout, nfixed);
+            let plan = va_plan(layout, nfixed);
             let i64t = scalar_type(Scalar::I64);
             types.extend(std::iter::repeat_n(i64t, plan.gp_count as usize));
             types.extend(std::iter::repeat_n(
@@ -440,7 +440,7 @@ impl FfiBackend {
             return Ok(c.clone());
         }
         let sig = reg.signature(id)?;
-        let layout = reg.layout(id, conv)?.clone();
+        let layout = reg.layout(id, conv)?;
         let fresh = Arc::new(FfiCif::new(sig, layout, conv, closure)?);
         Ok(table.get_or_insert(id.index(), fresh).clone())
     }

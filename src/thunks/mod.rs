@@ -469,7 +469,7 @@ impl ExitStub {
     /// not need it: ABI.md, "Generated code").
     pub fn layout(&self) -> &CallLayout {
         match &self.imp {
-            ExitImpl::Ffi(c) => &c.layout,
+            ExitImpl::Ffi(c) => c.layout,
             #[cfg(target_arch = "x86_64")]
             ExitImpl::Gen(g) => g.layout(),
         }
