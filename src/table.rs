@@ -7,12 +7,15 @@
 //! A chunk is allocated zeroed, and an all-zero slot is an empty one, so a
 //! chunk's pages are only written (and, for a chunk large enough to be mapped
 //! fresh, only faulted in) as its entries are set: the table's memory follows
-//! the entries in use, not its capacity.
+//! the entries in use, not its capacity. Reading a slot on a page nothing
+//! wrote yet would fault the page in too (once to read, again to write), so
+//! the table keeps one past the highest index ever set, and a lookup above it
+//! does not touch the slot.
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -30,6 +33,9 @@ struct Slot<T> {
 
 pub(crate) struct IdTable<T> {
     chunks: [OnceLock<Box<[Slot<T>]>>; CHUNKS],
+    /// One past the highest index set (or being set): slots at or above it
+    /// are empty.
+    above: AtomicU64,
 }
 
 // SAFETY: the table hands out shared references to its values across
@@ -44,6 +50,7 @@ impl<T> Default for IdTable<T> {
     fn default() -> Self {
         IdTable {
             chunks: std::array::from_fn(|_| OnceLock::new()),
+            above: AtomicU64::new(0),
         }
     }
 }
@@ -82,6 +89,9 @@ impl<T> IdTable<T> {
 
     /// The entry at `index`, if set.
     pub(crate) fn get(&self, index: u32) -> Option<&T> {
+        if u64::from(index) >= self.above.load(Ordering::Acquire) {
+            return None;
+        }
         let (k, i) = locate(index);
         self.chunks[k].get()?[i].get()
     }
@@ -100,6 +110,13 @@ impl<T> IdTable<T> {
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)
         {
             Ok(_) => {
+                // Raised before the value is published: a reader that finds
+                // the index below it reads the slot, which this thread has
+                // written already (the exchange), and sees WRITING or READY.
+                let next = u64::from(index) + 1;
+                if next > self.above.load(Ordering::Relaxed) {
+                    self.above.fetch_max(next, Ordering::AcqRel);
+                }
                 // SAFETY: moving the state from EMPTY to WRITING gives this
                 // thread alone the right to write the value; no reader looks
                 // at it before READY.
@@ -119,8 +136,15 @@ impl<T> IdTable<T> {
 
 impl<T> Drop for IdTable<T> {
     fn drop(&mut self) {
-        for chunk in self.chunks.iter_mut().filter_map(OnceLock::get_mut) {
-            for slot in chunk.iter_mut() {
+        // Only the slots below `above` can be set (the rest need not be read).
+        let above = *self.above.get_mut();
+        for (k, chunk) in self.chunks.iter_mut().enumerate() {
+            let Some(chunk) = chunk.get_mut() else {
+                continue;
+            };
+            let start = (FIRST * ((1 << k) - 1)) as u64;
+            let used = above.saturating_sub(start).min(chunk.len() as u64) as usize;
+            for slot in &mut chunk[..used] {
                 if *slot.state.get_mut() == READY {
                     // SAFETY: a READY slot holds a value, dropped once here
                     // (the table is going away; nothing else can reach it).
@@ -154,6 +178,8 @@ mod tests {
             assert_eq!(*t.get_or_insert(i, i * 2), i * 2);
             assert_eq!(*t.get_or_insert(i, 0), i * 2);
         }
+        // Below the highest index set, and unset.
+        assert_eq!(t.get(99_999), None);
         assert_eq!(t.get(1000), Some(&2000));
         assert_eq!(t.get(1001), None);
         assert_eq!(t.get(1 << 30), None);
