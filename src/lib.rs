@@ -28,6 +28,11 @@
 //!   and deoptimization, for the interpreter.
 //! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
 //!   native imports through exit stubs, exports as C function pointers.
+//! - Internal modules, each with unsafe code of its own: `table` (the
+//!   append-only tables by signature id that the registry and the backends
+//!   keep their entries in, read without locks), `code` (the one place a code
+//!   address becomes something callable) and `sys` (errno and the operating
+//!   system's memory primitives).
 //!
 //! Conventions relied upon are written in `ABI.md` at the repository root.
 //!
