@@ -333,9 +333,8 @@ fn minor_faults() -> i64 {
 /// allocations that follow take no page faults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn prefault_heap() {
-    // SAFETY: mallopt only changes malloc's tunables; it is called before
-    // any other thread exists: no large block from mmap, never give memory
-    // back to the system.
+    // SAFETY: mallopt only changes malloc's tunables (it takes malloc's own
+    // lock): no large block from mmap, never give memory back to the system.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);

@@ -110,9 +110,10 @@ impl<T> IdTable<T> {
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)
         {
             Ok(_) => {
-                // Raised before the value is published: a reader that finds
-                // the index below it reads the slot, which this thread has
-                // written already (the exchange), and sees WRITING or READY.
+                // Raised before the value is published, so no reader finds
+                // a set index at or above it (a reader below it that reads
+                // the slot too early sees it not set yet, as it would
+                // anyway).
                 let next = u64::from(index) + 1;
                 if next > self.above.load(Ordering::Relaxed) {
                     self.above.fetch_max(next, Ordering::AcqRel);
