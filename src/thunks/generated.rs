@@ -470,19 +470,51 @@ impl Drop for GenEntry {
 /// The generated backend.
 pub(super) struct GenBackend {
     mem: Arc<ExecMemory>,
-    /// Per convention, by signature id (one table per convention, so a
-    /// program that uses one convention touches no memory for the other).
+    /// Exits and entry thunks per convention, by signature id (one table
+    /// per convention, so a program that uses one convention touches no
+    /// memory for the other).
     exits: Arc<GenExits>,
     thunks: [IdTable<Arc<GenThunk>>; 2],
-    /// Exit code by machine shape, shared across signatures.
-    exit_shapes: Shapes<ExitCode>,
-    /// Entry thunks by machine shape, shared across signatures.
-    entry_shapes: Shapes<GenThunk>,
-    /// The same code by [`scalar_sig_key`], for signatures that have one:
-    /// found without classifying the signature.
-    exit_by_sig: Shapes<ExitCode>,
-    entry_by_sig: Shapes<GenThunk>,
+    /// Exit code shared across signatures.
+    exit_code: SharedCode<ExitCode>,
+    /// Entry thunks shared across signatures.
+    entry_code: SharedCode<GenThunk>,
     pool: Arc<Mutex<Pool>>,
+}
+
+/// Code shared by machine shape, found by a signature's own key
+/// ([`scalar_sig_key`]) when it has one, without classifying it, else by
+/// its layout's key.
+struct SharedCode<T> {
+    by_sig: Shapes<T>,
+    by_layout: Shapes<T>,
+}
+
+impl<T> SharedCode<T> {
+    fn new() -> SharedCode<T> {
+        SharedCode {
+            by_sig: Shapes::new(),
+            by_layout: Shapes::new(),
+        }
+    }
+
+    /// The code of `id`'s shape: found by `sig_key`, else by the key
+    /// `layout_key` reads off its layout (classified only now), else made by
+    /// `make` from the layout.
+    fn get_or_make<'r>(
+        &self,
+        sig_key: Option<CodeKey>,
+        reg: &'r Registry,
+        (id, conv): (SigId, CallConv),
+        layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
+        make: impl FnOnce(&'r CallLayout) -> Result<Arc<T>>,
+    ) -> Result<Arc<T>> {
+        self.by_sig.get_or_make(sig_key, || {
+            let layout = reg.layout(id, conv)?;
+            self.by_layout
+                .get_or_make(layout_key(layout), || make(layout))
+        })
+    }
 }
 
 /// Code by machine shape. Kept as long as the backend: a shape's code is
@@ -541,10 +573,8 @@ impl GenBackend {
             mem,
             exits: Arc::default(),
             thunks: Default::default(),
-            exit_shapes: Shapes::new(),
-            entry_shapes: Shapes::new(),
-            exit_by_sig: Shapes::new(),
-            entry_by_sig: Shapes::new(),
+            exit_code: SharedCode::new(),
+            entry_code: SharedCode::new(),
             pool: Arc::new(Mutex::new(Pool {
                 blocks: Vec::new(),
                 free: VecDeque::new(),
@@ -571,27 +601,28 @@ impl GenBackend {
             return Ok(GenExitRef::new(&self.exits, e));
         }
         let sig = reg.signature(id)?;
-        let code = self
-            .exit_by_sig
-            .get_or_make(scalar_sig_key(sig, conv, false), || {
-                let layout = reg.layout(id, conv)?;
-                self.exit_shapes.get_or_make(exit_key(layout), || {
-                    let fast = match emit_fast_exit(layout) {
-                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
-                        None => None,
-                    };
-                    let slots = OnceLock::new();
-                    if fast.is_none() {
-                        // The slot stub is the call path: make it now.
-                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
-                    }
-                    Ok(Arc::new(ExitCode {
-                        mem: self.mem.clone(),
-                        fast,
-                        slots,
-                    }))
-                })
-            })?;
+        let code = self.exit_code.get_or_make(
+            scalar_sig_key(sig, conv, false),
+            reg,
+            (id, conv),
+            exit_key,
+            |layout| {
+                let fast = match emit_fast_exit(layout) {
+                    Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                    None => None,
+                };
+                let slots = OnceLock::new();
+                if fast.is_none() {
+                    // The slot stub is the call path: make it now.
+                    let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                }
+                Ok(Arc::new(ExitCode {
+                    mem: self.mem.clone(),
+                    fast,
+                    slots,
+                }))
+            },
+        )?;
         let ext = match sig.ret() {
             Some(Type::Scalar(s)) => s.slot_ext(),
             _ => SlotExt::NONE,
@@ -632,26 +663,26 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?;
         let variadic = sig.is_variadic();
-        let fresh = self
-            .entry_by_sig
-            .get_or_make(scalar_sig_key(sig, conv, true), || {
-                let layout = reg.layout(id, conv)?;
-                self.entry_shapes
-                    .get_or_make(entry_key(layout, variadic), || {
-                        let code = self.install(&emit_entry(
-                            layout,
-                            variadic,
-                            entry_failed as *const () as usize,
-                        ))?;
-                        // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
-                        let entry = unsafe { callable(code.addr().cast()) };
-                        Ok(Arc::new(GenThunk {
-                            _code: code,
-                            entry,
-                            slots: (layout.arg_slots, layout.ret_slots),
-                        }))
-                    })
-            })?;
+        let fresh = self.entry_code.get_or_make(
+            scalar_sig_key(sig, conv, true),
+            reg,
+            (id, conv),
+            |layout| entry_key(layout, variadic),
+            |layout| {
+                let code = self.install(&emit_entry(
+                    layout,
+                    variadic,
+                    entry_failed as *const () as usize,
+                ))?;
+                // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
+                let entry = unsafe { callable(code.addr().cast()) };
+                Ok(Arc::new(GenThunk {
+                    _code: code,
+                    entry,
+                    slots: (layout.arg_slots, layout.ret_slots),
+                }))
+            },
+        )?;
         Ok(cache.get_or_insert(id.index(), fresh).clone())
     }
 
