@@ -111,8 +111,7 @@ fn main() {
     // those are is the placement's own effect.
     println!("checked exit, ns per call, 8 placements x 3 rounds:");
     for ((shape, _), per_place) in shapes.iter().zip(times) {
-        let mut all: Vec<f64> = per_place.iter().flatten().copied().collect();
-        all.sort_by(f64::total_cmp);
+        let all: Vec<f64> = per_place.iter().flatten().copied().collect();
         let mut best: Vec<f64> = per_place
             .iter()
             .map(|r| r.iter().copied().fold(f64::INFINITY, f64::min))
@@ -120,7 +119,7 @@ fn main() {
         best.sort_by(f64::total_cmp);
         println!(
             "  {shape:48} median {:.2}  best per placement {:.2}..{:.2}",
-            all[all.len() / 2],
+            measure::median(all),
             best[0],
             best[best.len() - 1]
         );

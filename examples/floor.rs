@@ -166,6 +166,9 @@ mod floor {
     }
 }
 
+#[path = "common/measure.rs"]
+mod measure;
+
 /// The least a bridge that interns signatures must do for a new signature
 /// whose machine shape it has already made code for, as tierbridge's
 /// `profile create-known` series: intern it (hash it, find it missing in a
@@ -179,9 +182,6 @@ mod floor {
 /// one thread, so no locks and no atomics; one allocation (the interned
 /// copy); records go into arenas reserved up front; trampolines are ready
 /// made and free.
-#[path = "common/measure.rs"]
-mod measure;
-
 mod setup {
     use std::hash::BuildHasher;
     use std::hint::black_box;
@@ -277,11 +277,6 @@ mod setup {
         ns
     }
 
-    fn median(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-
     pub fn run() {
         println!("a new signature (known shapes), least bookkeeping, one thread:");
         for (n, rounds) in [(20_000u64, 5), (1_000_000, 3)] {
@@ -296,7 +291,7 @@ mod setup {
                 .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
             println!(
                 "  {n:>9} signatures            {:.0} ns each (median of {rounds}; {lo:.0}-{hi:.0})",
-                median(times.clone())
+                measure::median(times.clone())
             );
         }
     }

@@ -212,7 +212,8 @@ fn time_ns(iters: u32, mut f: impl FnMut()) -> f64 {
     t.elapsed().as_nanos() as f64 / f64::from(iters)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
