@@ -518,49 +518,41 @@ fn exit_stubs_are_cached_per_shape() {
     }
 }
 
-extern "C" fn weighted10(
-    a: i64,
-    b: i64,
-    c: i64,
-    d: i64,
-    e: i64,
-    f: i64,
-    g: i64,
-    h: i64,
-    i: i64,
-    j: i64,
-) -> i64 {
-    a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f + 7 * g + 8 * h + 9 * i + 10 * j
-}
-
 #[test]
 fn exit_stubs_and_entry_points_outlive_their_bridge() {
     // Stubs and entry points made by a bridge, and clones of them, keep
     // working after the bridge is dropped: one stub with a register path,
-    // one with stack arguments, and an entry point called through them.
+    // one with stack arguments, each calling an entry point.
     for (name, b) in support::all_bridges() {
         let two = sig("(i64,i64)->i64");
         let ten = sig("(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64");
         let x2 = b.exit_stub(&two, CallConv::SysV).unwrap();
         let x10 = b.exit_stub(&ten, CallConv::SysV).unwrap();
         let x10_clone = x10.clone();
+        // Function 0 reads its two arguments as digits, function 1 weighs
+        // each of its ten by its position: a swapped or shifted argument
+        // changes the result.
         let d = host(
             |c| {
-                c.ret[0] = c.args[0].wrapping_mul(100).wrapping_add(c.args[1]);
+                c.ret[0] = match c.func.0 {
+                    0 => c.args[0] * 100 + c.args[1],
+                    _ => (1..).zip(c.args).map(|(k, x)| k * x).sum(),
+                };
                 Ok(())
             },
             FailurePolicy::Report,
         );
-        let ep = b.entry_point(&two, CallConv::SysV, &d, 0).unwrap();
+        let ep2 = b.entry_point(&two, CallConv::SysV, &d, 0).unwrap();
+        let ep10 = b.entry_point(&ten, CallConv::SysV, &d, 1).unwrap();
         drop(b);
         drop(x10);
         let mut ret = [0u64];
         // SAFETY: the entry point has the stub's signature.
-        unsafe { x2.call(ep.code_ptr(), &[3, 4], &mut ret) }.unwrap();
+        unsafe { x2.call(ep2.code_ptr(), &[3, 4], &mut ret) }.unwrap();
         assert_eq!(ret[0], 304, "{name}");
         let args: Vec<u64> = (1..=10).collect();
-        // SAFETY: weighted10 has the stub's signature.
-        unsafe { x10_clone.call(weighted10 as *const c_void, &args, &mut ret) }.unwrap();
+        // SAFETY: as above.
+        unsafe { x10_clone.call(ep10.code_ptr(), &args, &mut ret) }.unwrap();
         // 1*1 + 2*2 + ... + 10*10 = 385.
         assert_eq!(ret[0], 385, "{name}");
     }
