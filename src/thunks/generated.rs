@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
-    BindingHead, CodeKey, ErrnoIo, FastRet, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit,
+    BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit,
     emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_key,
 };
 use super::{BackendKind, Result, ThunkError};
@@ -486,8 +486,8 @@ pub(super) struct GenBackend {
 /// ([`scalar_sig_key`]) when it has one, without classifying it, else by
 /// its layout's key.
 struct SharedCode<T> {
-    by_sig: Shapes<T>,
-    by_layout: Shapes<T>,
+    by_sig: Shapes<SigKey, T>,
+    by_layout: Shapes<CodeKey, T>,
 }
 
 impl<T> SharedCode<T> {
@@ -503,7 +503,7 @@ impl<T> SharedCode<T> {
     /// `make` from the layout.
     fn get_or_make<'r>(
         &self,
-        sig_key: Option<CodeKey>,
+        sig_key: Option<SigKey>,
         reg: &'r Registry,
         (id, conv): (SigId, CallConv),
         layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
@@ -517,34 +517,65 @@ impl<T> SharedCode<T> {
     }
 }
 
+/// A key code is shared by, and how a [`Shapes`] table keeps it.
+trait ShapeKey {
+    /// The key as the table keeps it.
+    type Kept;
+    fn hash(&self) -> u64;
+    fn is(&self, kept: &Self::Kept) -> bool;
+    fn keep(&self) -> Self::Kept;
+}
+
+/// A layout key is kept out of line, so the table stays small (and cheap to
+/// grow) however many shapes there are.
+impl ShapeKey for CodeKey {
+    type Kept = Box<[u8]>;
+    fn hash(&self) -> u64 {
+        FxBuildHasher.hash_one(self.as_bytes())
+    }
+    fn is(&self, kept: &Box<[u8]>) -> bool {
+        **kept == *self.as_bytes()
+    }
+    fn keep(&self) -> Box<[u8]> {
+        self.as_bytes().into()
+    }
+}
+
+impl ShapeKey for SigKey {
+    type Kept = SigKey;
+    fn hash(&self) -> u64 {
+        FxBuildHasher.hash_one(self.0)
+    }
+    fn is(&self, kept: &SigKey) -> bool {
+        self == kept
+    }
+    fn keep(&self) -> SigKey {
+        *self
+    }
+}
+
 /// Code by machine shape. Kept as long as the backend: a shape's code is
 /// small, and signatures are never forgotten either. Each entry keeps its
-/// key's hash beside it and its key bytes out of line, so the table stays
-/// small (and cheap to grow) however many shapes there are.
-struct Shapes<T>(Mutex<HashTable<Shaped<T>>>);
+/// key's hash beside it.
+struct Shapes<K: ShapeKey, T>(Mutex<HashTable<Shaped<K, T>>>);
 
 /// One shape: its key's hash, its key, its code.
-type Shaped<T> = (u64, Box<[u8]>, Arc<T>);
+type Shaped<K, T> = (u64, <K as ShapeKey>::Kept, Arc<T>);
 
-impl<T> Shapes<T> {
-    fn new() -> Shapes<T> {
+impl<K: ShapeKey, T> Shapes<K, T> {
+    fn new() -> Shapes<K, T> {
         Shapes(Mutex::new(HashTable::new()))
     }
 
     /// The code of shape `key`, made (or found elsewhere) by `make` if the
     /// shape is new (outside the lock: if another thread made it meanwhile,
     /// theirs is kept), or made for this signature alone when it has no key.
-    fn get_or_make(
-        &self,
-        key: Option<CodeKey>,
-        make: impl FnOnce() -> Result<Arc<T>>,
-    ) -> Result<Arc<T>> {
+    fn get_or_make(&self, key: Option<K>, make: impl FnOnce() -> Result<Arc<T>>) -> Result<Arc<T>> {
         let Some(key) = key else {
             return make();
         };
-        let key = key.as_bytes();
-        let hash = FxBuildHasher.hash_one(key);
-        let same = |e: &Shaped<T>| e.0 == hash && *e.1 == *key;
+        let hash = key.hash();
+        let same = |e: &Shaped<K, T>| e.0 == hash && key.is(&e.1);
         let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = lock().find(hash, same) {
             return Ok(e.2.clone());
@@ -553,7 +584,7 @@ impl<T> Shapes<T> {
         let mut table = lock();
         Ok(match table.entry(hash, same, |e| e.0) {
             Entry::Occupied(e) => e.get().2.clone(),
-            Entry::Vacant(e) => e.insert((hash, key.into(), fresh)).get().2.clone(),
+            Entry::Vacant(e) => e.insert((hash, key.keep(), fresh)).get().2.clone(),
         })
     }
 }

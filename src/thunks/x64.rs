@@ -295,11 +295,23 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
     key.finish()
 }
 
+/// A signature's own key for its exit code or entry thunk
+/// ([`scalar_sig_key`]): 4-bit fields packed into 128 bits, so finding a
+/// shape by it hashes and compares two words. Bits 0–3: the convention;
+/// 4–7: the result (0 for none, else 1 + its [`scalar_class`]); 8–15: the
+/// number of parameters; from bit 16, 4 bits per parameter, its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct SigKey(pub(super) u128);
+
+/// The most parameters a [`SigKey`] has room for.
+const SIG_KEY_PARAMS: usize = (128 - 16) / 4;
+
 /// A key for a signature's exit code (`entry` false) or entry thunk (`entry`
 /// true) read off the signature itself, without classifying it, when it has
-/// one: a signature that is not variadic and whose parameters and result are
-/// all scalars (or no result). Its fields are the convention, the result's
-/// class ([`scalar_class`]) and each parameter's class: for entry thunks
+/// one: a signature that is not variadic, has at most [`SIG_KEY_PARAMS`]
+/// parameters, and whose parameters and result are all scalars (or no
+/// result). Its fields ([`SigKey`]) are the convention, the result's class
+/// ([`scalar_class`]) and each parameter's class: for entry thunks
 /// [`scalar_class`] too, for exit code only float or not (an exit stub moves
 /// a scalar's whole slot into its register or stack slot whatever its type
 /// and width; the layout's [`exit_key`] has no classes for arguments either,
@@ -310,34 +322,46 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
 /// layout keys ([`exit_key`], [`entry_key`]; a unit test checks this over
 /// random signatures). The generated backend looks this key up first and
 /// classifies only when it is new (ABI.md, "Generated code").
-pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Option<CodeKey> {
+pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Option<SigKey> {
     let params = sig.params();
-    if sig.is_variadic() || params.len() + 2 > KEY_BYTES {
+    if sig.is_variadic() || params.len() > SIG_KEY_PARAMS {
         return None;
     }
-    // Written straight into the key (every field is under 256): this runs
-    // for every new signature, twice.
-    let mut key = CodeKey {
-        len: (params.len() + 2) as u8,
-        bytes: [0; KEY_BYTES],
-    };
-    key.bytes[0] = conv as u8;
-    key.bytes[1] = match sig.ret() {
+    let ret = match sig.ret() {
         None => 0,
-        Some(Type::Scalar(s)) => 1 + scalar_class(*s) as u8,
+        Some(Type::Scalar(s)) => 1 + scalar_class(*s),
         Some(Type::Struct(_)) => return None,
     };
-    for (field, t) in key.bytes[2..].iter_mut().zip(params) {
+    // This runs for every new signature, twice: the first 12 parameters'
+    // classes fill the low word after the header, the rest the high word.
+    let (first, rest) = params.split_at(params.len().min(12));
+    let classes = if entry {
+        param_classes::<true>
+    } else {
+        param_classes::<false>
+    };
+    let low =
+        conv as u64 | u64::from(ret) << 4 | (params.len() as u64) << 8 | classes(first)? << 16;
+    Some(SigKey(u128::from(classes(rest)?) << 64 | u128::from(low)))
+}
+
+/// The classes of at most 16 parameters, 4 bits each from bit 0
+/// ([`scalar_class`] when `ENTRY`, else float or not), if all are scalars.
+#[inline(always)]
+fn param_classes<const ENTRY: bool>(params: &[Type]) -> Option<u64> {
+    let mut classes = 0u64;
+    for (i, t) in params.iter().enumerate() {
         let Type::Scalar(s) = t else {
             return None;
         };
-        *field = if entry {
-            scalar_class(*s) as u8
+        let class = if ENTRY {
+            scalar_class(*s)
         } else {
-            u8::from(s.is_float())
+            u32::from(s.is_float())
         };
+        classes |= u64::from(class) << (4 * i);
     }
-    Some(key)
+    Some(classes)
 }
 
 /// Copies exactly `size` bytes from `[src + s]` to `[dst + t]` through rax.
@@ -1088,7 +1112,7 @@ mod tests {
         use crate::abi::{Signature, Type};
         use std::collections::HashMap;
         let mut rng = fastrand::Rng::with_seed(0x51_6e_6b_e9);
-        let mut seen: HashMap<Vec<u8>, (String, Vec<u8>)> = HashMap::new();
+        let mut seen: HashMap<(SigKey, bool), (String, Vec<u8>)> = HashMap::new();
         let (mut shared, mut keyed, mut unkeyed) = (0, 0, 0);
         let few = [
             Scalar::I64,
@@ -1141,8 +1165,7 @@ mod tests {
                         exit_key(&l)
                     };
                     let layout_key = layout_key.expect("a scalar layout has a key");
-                    let mut key = key.as_bytes().to_vec();
-                    key.push(u8::from(entry));
+                    let key = (key, entry);
                     match seen.get(&key) {
                         Some((first, theirs)) => {
                             assert_eq!(
@@ -1168,6 +1191,34 @@ mod tests {
             keyed > 30_000 && unkeyed > 10_000,
             "{keyed} keyed, {unkeyed} not"
         );
+    }
+
+    /// Every parameter a signature key has room for counts: changing any
+    /// one parameter's class (here `i64` to `f64`, which both the entry and
+    /// the exit class tell apart) changes the key, in both words; one
+    /// parameter more than there is room for gives no key.
+    #[test]
+    fn every_parameter_of_a_signature_key_counts() {
+        use crate::abi::{Signature, Type};
+        let sig = |params: Vec<Type>| Signature::new(params, Some(Scalar::I64.into())).unwrap();
+        let base = vec![Type::from(Scalar::I64); SIG_KEY_PARAMS];
+        for entry in [false, true] {
+            let mut keys = vec![scalar_sig_key(&sig(base.clone()), CallConv::SysV, entry).unwrap()];
+            for i in 0..SIG_KEY_PARAMS {
+                let mut params = base.clone();
+                params[i] = Scalar::F64.into();
+                keys.push(scalar_sig_key(&sig(params), CallConv::SysV, entry).unwrap());
+            }
+            for (i, k) in keys.iter().enumerate() {
+                assert!(
+                    !keys[..i].contains(k),
+                    "entry {entry}: changing parameter {i} left the key of an earlier one"
+                );
+            }
+            let mut too_many = base.clone();
+            too_many.push(Scalar::I64.into());
+            assert!(scalar_sig_key(&sig(too_many), CallConv::SysV, entry).is_none());
+        }
     }
 
     /// The promise code sharing rests on: two layouts with the same key get
