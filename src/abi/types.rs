@@ -188,7 +188,11 @@ impl Type {
 
     /// Number of 8-byte interpreter slots a value of this type occupies.
     pub fn slots(&self) -> u32 {
-        self.size().div_ceil(8)
+        match self {
+            // Every scalar is at most 8 bytes: one slot, without a size.
+            Type::Scalar(_) => 1,
+            Type::Struct(st) => st.size.div_ceil(8),
+        }
     }
 
     /// Every scalar inside the value with its byte offset from the start of the
