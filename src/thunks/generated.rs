@@ -694,11 +694,17 @@ impl GenBackend {
         }
         let sig = reg.signature(id)?;
         let variadic = sig.is_variadic();
+        let sig_key = scalar_sig_key(sig, conv, true);
+        // A signature with an entry signature key shares its entry layout key
+        // with no signature but those of the same signature key, which the
+        // lookup by signature key has already met (a unit test in `x64.rs`
+        // checks this): its layout key is neither worked out nor looked up.
+        let keyed = sig_key.is_some();
         let fresh = self.entry_code.get_or_make(
-            scalar_sig_key(sig, conv, true),
+            sig_key,
             reg,
             (id, conv),
-            |layout| entry_key(layout, variadic),
+            |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
             |layout| {
                 let code = self.install(&emit_entry(
                     layout,

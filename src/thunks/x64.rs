@@ -1105,14 +1105,23 @@ mod tests {
     /// The promise the signature keys rest on: two signatures with the same
     /// exit (entry) [`scalar_sig_key`] have the same [`exit_key`]
     /// ([`entry_key`]), so the same code by the test below, and only scalar,
-    /// non-variadic signatures have one. Checked over random signatures,
-    /// short ones over few types half the time so that keys meet often.
+    /// non-variadic signatures have one. And for entry thunks the converse,
+    /// which lets the backend skip the layout key of a signature that has a
+    /// signature key: a signature whose [`entry_key`] is that of a signature
+    /// with an entry signature key has the same signature key (no other
+    /// signature, keyed or not, would share its thunk). Checked over random
+    /// signatures, short ones over few types half the time so that keys meet
+    /// often.
     #[test]
     fn signatures_with_equal_scalar_keys_have_equal_layout_keys() {
         use crate::abi::{Signature, Type};
         use std::collections::HashMap;
         let mut rng = fastrand::Rng::with_seed(0x51_6e_6b_e9);
         let mut seen: HashMap<(SigKey, bool), (String, Vec<u8>)> = HashMap::new();
+        // Entry layout key -> the first signature with it, and its entry
+        // signature key if it has one.
+        let mut thunks: HashMap<Vec<u8>, (String, Option<SigKey>)> = HashMap::new();
+        let mut thunks_shared = 0;
         let (mut shared, mut keyed, mut unkeyed) = (0, 0, 0);
         let few = [
             Scalar::I64,
@@ -1151,6 +1160,23 @@ mod tests {
                 && sig.ret().is_none_or(scalar);
             for conv in CallConv::ALL {
                 let l = crate::abi::classify(&sig, conv);
+                if let Some(layout_key) = entry_key(&l, sig.is_variadic()) {
+                    let key = scalar_sig_key(&sig, conv, true);
+                    match thunks.get(layout_key.as_bytes()) {
+                        Some((first, theirs)) => {
+                            assert_eq!(
+                                *theirs, key,
+                                "{first} and {text} ({conv}) share an entry layout key, not an entry signature key"
+                            );
+                            if *first != text {
+                                thunks_shared += 1;
+                            }
+                        }
+                        None => {
+                            thunks.insert(layout_key.as_bytes().to_vec(), (text.clone(), key));
+                        }
+                    }
+                }
                 for entry in [false, true] {
                     let Some(key) = scalar_sig_key(&sig, conv, entry) else {
                         assert!(!keyable, "{text} ({conv}) has no signature key");
@@ -1185,8 +1211,13 @@ mod tests {
             }
         }
         // The test means something only if many keys are shared.
-        // (With this seed: 26 568 shared, 45 808 keyed, 34 192 not.)
+        // (With this seed: 26 568 shared, 45 808 keyed, 34 192 not; 12 727
+        // signatures met an earlier one's entry layout key.)
         assert!(shared > 22_000, "{shared} shared signature keys");
+        assert!(
+            thunks_shared > 10_000,
+            "{thunks_shared} shared entry layout keys"
+        );
         assert!(
             keyed > 30_000 && unkeyed > 10_000,
             "{keyed} keyed, {unkeyed} not"
