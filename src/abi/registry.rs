@@ -178,6 +178,32 @@ impl Registry {
         self.entries.get(id.0).ok_or(AbiError::UnknownSigId(id.0))
     }
 
+    /// `f` of the layout of an id for a convention: the cached one if it was
+    /// classified before, else one classified for `f` alone and dropped
+    /// after (for code made once per machine shape, which reads a layout only
+    /// while it is made: keeping every such layout would cost a new
+    /// signature more fresh memory than the rest of its setup).
+    ///
+    /// # Errors
+    /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
+    pub(crate) fn with_layout<R>(
+        &self,
+        id: SigId,
+        conv: CallConv,
+        f: impl FnOnce(&CallLayout) -> R,
+    ) -> Result<R> {
+        match self.layouts[conv as usize].get(id.0) {
+            Some(l) => Ok(f(l)),
+            None => Ok(f(&classify(self.signature(id)?, conv))),
+        }
+    }
+
+    /// Whether the registry keeps a layout of this id for this convention.
+    #[cfg(test)]
+    pub(crate) fn keeps_layout(&self, id: SigId, conv: CallConv) -> bool {
+        self.layouts[conv as usize].get(id.0).is_some()
+    }
+
     /// The layout of an id for a convention, classified once and then cached.
     ///
     /// # Errors

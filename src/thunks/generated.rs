@@ -111,9 +111,10 @@ pub(super) struct GenExit {
     nargs: u32,
     nret: u32,
     pub(super) sig: &'static Signature,
-    /// Where the layout is found, classified on first need (a signature
-    /// whose code was found by [`scalar_sig_key`] is never classified for
-    /// its calls).
+    /// Where the layout is found, classified and kept on first need (the
+    /// registry keeps no layout classified only to make shared code, and a
+    /// signature whose code was found by [`scalar_sig_key`] is never
+    /// classified for its calls).
     reg: &'static Registry,
     id: SigId,
     conv: CallConv,
@@ -501,18 +502,20 @@ impl<T> SharedCode<T> {
     /// The code of `id`'s shape: found by `sig_key`, else by the key
     /// `layout_key` reads off its layout (classified only now), else made by
     /// `make` from the layout.
-    fn get_or_make<'r>(
+    fn get_or_make(
         &self,
         sig_key: Option<SigKey>,
-        reg: &'r Registry,
+        reg: &Registry,
         (id, conv): (SigId, CallConv),
         layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
-        make: impl FnOnce(&'r CallLayout) -> Result<Arc<T>>,
+        make: impl FnOnce(&CallLayout) -> Result<Arc<T>>,
     ) -> Result<Arc<T>> {
         self.by_sig.get_or_make(sig_key, || {
-            let layout = reg.layout(id, conv)?;
-            self.by_layout
-                .get_or_make(layout_key(layout), || make(layout))
+            // The layout is read only here: the registry does not keep it.
+            reg.with_layout(id, conv, |layout| {
+                self.by_layout
+                    .get_or_make(layout_key(layout), || make(layout))
+            })?
         })
     }
 }
@@ -795,5 +798,37 @@ impl GenBackend {
             code,
             pool: self.pool.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::abi::{CallConv, Signature};
+    use crate::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+    use crate::thunks::{BackendKind, Bridge};
+    use std::sync::Arc;
+
+    /// Code made from a layout (a signature with structs has no signature
+    /// key, so its exit stub and entry thunk are made from its layout) leaves
+    /// no layout in the registry; asking the stub for its layout keeps one.
+    #[test]
+    fn code_made_from_a_layout_leaves_no_layout_behind() {
+        let bridge = Bridge::new(BackendKind::Generated).unwrap();
+        if bridge.kind() != BackendKind::Generated {
+            return; // fell back to libffi, whose cifs keep their layouts
+        }
+        let host = Dispatcher::from_host(
+            Arc::new(|_: EntryCall<'_>| Ok::<(), HostError>(())),
+            FailurePolicy::Report,
+        );
+        let sig: Signature = "({i32,f32},i8)->{i64,i64}".parse().unwrap();
+        let conv = CallConv::SysV;
+        let stub = bridge.exit_stub(&sig, conv).unwrap();
+        let _entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
+        let reg = bridge.registry();
+        let id = reg.intern(&sig);
+        assert!(!reg.keeps_layout(id, conv));
+        assert_eq!(stub.layout().args.len(), 2);
+        assert!(reg.keeps_layout(id, conv));
     }
 }
