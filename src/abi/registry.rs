@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock};
 
 use hashbrown::{HashTable, hash_table};
 use rustc_hash::FxBuildHasher;
@@ -48,9 +48,12 @@ fn filed_under(tag: u32) -> u64 {
 /// by hash alone) get the same [`SigId`], and each id's layouts are computed
 /// once per convention, on first need.
 ///
-/// Thread-safe. Interning takes the read lock of one of 16 shards chosen by
-/// hash (a write lock only the first time a shape is seen); looking up an id
-/// takes no lock at all. A signature carries its hash from when it was made;
+/// Thread-safe. Interning takes the lock of one of 16 shards chosen by hash,
+/// once, whether the signature is found or added (a reader-writer lock would
+/// take its read lock, then its write lock for every new signature, for the
+/// same cost when found: a signature interned before is usually found by the
+/// id it carries, below, without a lock); looking up an id takes no lock at
+/// all. A signature carries its hash from when it was made;
 /// the shards keep 32 bits of each entry's hash and its id, 8 bytes (the
 /// signature itself is kept once, in the id's entry), so probing and growing
 /// a shard compare and move those without touching the signatures.
@@ -61,7 +64,7 @@ fn filed_under(tag: u32) -> u64 {
 /// atomic load: the common case of making an exit stub and an entry point
 /// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
-    shards: [RwLock<HashTable<Interned>>; SHARDS],
+    shards: [Mutex<HashTable<Interned>>; SHARDS],
     /// Each id's signature (a copy of the first one interned).
     entries: IdTable<Signature>,
     /// Each id's layout per convention, once asked for.
@@ -78,7 +81,7 @@ static SERIALS: AtomicU32 = AtomicU32::new(1);
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
+            shards: std::array::from_fn(|_| Mutex::new(HashTable::new())),
             entries: IdTable::default(),
             layouts: Default::default(),
             next: AtomicU32::new(0),
@@ -149,16 +152,9 @@ impl Registry {
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.
         // An entry in a shard was set in `entries` before it was inserted
-        // (under the shard's write lock), so its signature is always there.
+        // (under the shard's lock), so its signature is always there.
         let same = |e: &Interned| e.0 == tag && self.entries.get(e.1.0).is_some_and(|x| x == sig);
-        if let Some(e) = shard
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .find(filed_under(tag), same)
-        {
-            return e.1;
-        }
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+        let mut table = shard.lock().unwrap_or_else(|e| e.into_inner());
         match table.entry(filed_under(tag), same, |e| filed_under(e.0)) {
             hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(v) => {
