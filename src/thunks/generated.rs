@@ -110,6 +110,11 @@ pub(super) struct GenExit {
     ext: SlotExt,
     nargs: u32,
     nret: u32,
+    /// The signature, although `reg` and `id` give it: a call only names it
+    /// in an error, but looking it up there instead changed how the checked
+    /// call compiles (`PROFILE_TIME=1 profile exit 20000000`: 2.92–3.28 ns
+    /// per call with this field, 3.15–3.30 ns without, seven interleaved
+    /// runs; 49 against 51 instructions per call under callgrind).
     pub(super) sig: &'static Signature,
     /// Where the layout is found, classified and kept on first need (the
     /// registry keeps no layout classified only to make shared code, and a
