@@ -44,19 +44,20 @@ fn filed_under(tag: u32) -> u64 {
     u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Interns signatures: equal signatures (compared by full structure, never
-/// by hash alone) get the same [`SigId`], and each id's layouts are computed
-/// once per convention, on first need.
+/// Interns signatures: equal signatures (compared by full structure, never by
+/// hash alone) get the same [`SigId`], and each id's layout per convention is
+/// classified and kept on the first [`Registry::layout`] (code made once per
+/// machine shape classifies without keeping it).
 ///
 /// Thread-safe. Interning takes the lock of one of 16 shards chosen by hash,
 /// once, whether the signature is found or added (a reader-writer lock would
 /// take its read lock, then its write lock for every new signature, for the
 /// same cost when found: a signature interned before is usually found by the
 /// id it carries, below, without a lock); looking up an id takes no lock at
-/// all. A signature carries its hash from when it was made;
-/// the shards keep 32 bits of each entry's hash and its id, 8 bytes (the
-/// signature itself is kept once, in the id's entry), so probing and growing
-/// a shard compare and move those without touching the signatures.
+/// all. A signature carries its hash from when it was made; the shards keep
+/// 32 bits of each entry's hash and its id, 8 bytes (the signature itself is
+/// kept once, in the id's entry), so probing and growing a shard compare and
+/// move those without touching the signatures.
 ///
 /// A signature interned once also carries the id it was given (with the
 /// registry's serial number, unique in the process), so interning the same
