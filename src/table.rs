@@ -9,8 +9,13 @@
 //! fresh, only faulted in) as its entries are set: the table's memory follows
 //! the entries in use, not its capacity. Reading a slot on a page nothing
 //! wrote yet would fault the page in too (once to read, again to write), so
-//! the table keeps one past the highest index ever set, and a lookup above it
-//! does not touch the slot.
+//! the table keeps a bound that no set slot is at or above, and a lookup at
+//! or above it does not touch the slot. The bound is the end of the 4 KiB of
+//! the highest slot set (every slot whose state is in the same 4 KiB as that
+//! slot's state, which setting it wrote, is below it): read without
+//! touching a fresh page, and raised once per 4 KiB of slots instead of once
+//! per slot when entries are set in order (an atomic read-modify-write is
+//! among the dearest things a new signature does).
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
@@ -33,8 +38,8 @@ struct Slot<T> {
 
 pub(crate) struct IdTable<T> {
     chunks: [OnceLock<Box<[Slot<T>]>>; CHUNKS],
-    /// One past the highest index set (or being set): slots at or above it
-    /// are empty.
+    /// No slot at or above it is set (or being set); the state of every
+    /// slot below it is on a page written before (see the module docs).
     above: AtomicU64,
 }
 
@@ -75,7 +80,11 @@ impl<T> Slot<T> {
 }
 
 impl<T> IdTable<T> {
-    fn slot(&self, index: u32) -> &Slot<T> {
+    /// The slot at `index` (its chunk allocated if need be) and the bound
+    /// `above` may be raised to once the slot's state is written: the first
+    /// index after it whose state is not in the same 4 KiB as its state, or
+    /// the end of its chunk.
+    fn slot(&self, index: u32) -> (&Slot<T>, u64) {
         let (k, i) = locate(index);
         let chunk = self.chunks[k].get_or_init(|| {
             let zeroed = Box::<[Slot<T>]>::new_zeroed_slice(FIRST << k);
@@ -84,7 +93,12 @@ impl<T> IdTable<T> {
             // bytes.
             unsafe { zeroed.assume_init() }
         });
-        &chunk[i]
+        let slot = &chunk[i];
+        // 4 KiB is the smallest page of any target: the 4 KiB around a
+        // written byte are on a page that was written.
+        let at = &slot.state as *const AtomicU8 as usize;
+        let same_4k = (((at | 4095) - at) / size_of::<Slot<T>>()).min(chunk.len() - 1 - i);
+        (slot, u64::from(index) + 1 + same_4k as u64)
     }
 
     /// The entry at `index`, if set.
@@ -101,7 +115,7 @@ impl<T> IdTable<T> {
     /// another one setting the entry waits for it: the other thread only
     /// has to move a value that is already made.
     pub(crate) fn get_or_insert(&self, index: u32, value: T) -> &T {
-        let slot = self.slot(index);
+        let (slot, bound) = self.slot(index);
         // Straight to the exchange: on a page nothing touched yet, reading
         // the state first would fault the page in twice (for the read, then
         // for the write).
@@ -109,22 +123,9 @@ impl<T> IdTable<T> {
             .state
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)
         {
-            Ok(_) => {
-                // Raised before the value is published, so no reader finds
-                // a set index at or above it (a reader below it that reads
-                // the slot too early sees it not set yet, as it would
-                // anyway).
-                let next = u64::from(index) + 1;
-                if next > self.above.load(Ordering::Relaxed) {
-                    self.above.fetch_max(next, Ordering::AcqRel);
-                }
-                // SAFETY: moving the state from EMPTY to WRITING gives this
-                // thread alone the right to write the value; no reader looks
-                // at it before READY.
-                let v = unsafe { (*slot.value.get()).write(value) };
-                slot.state.store(READY, Ordering::Release);
-                v
-            }
+            // SAFETY: moving the state from EMPTY to WRITING gives this
+            // thread alone the right to write the value.
+            Ok(_) => unsafe { self.publish(slot, bound, value) },
             Err(_) => loop {
                 if let Some(v) = slot.get() {
                     return v;
@@ -132,6 +133,43 @@ impl<T> IdTable<T> {
                 std::thread::yield_now();
             },
         }
+    }
+
+    /// Sets the entry at `index` to `value`, for a caller that alone ever
+    /// sets that index (an index it was handed by an atomic counter): no
+    /// exchange is needed to claim the slot.
+    ///
+    /// # Safety
+    /// No other call of this method or of [`IdTable::get_or_insert`] is ever
+    /// made with `index` on this table, before, during or after this one.
+    pub(crate) unsafe fn insert_unique(&self, index: u32, value: T) -> &T {
+        let (slot, bound) = self.slot(index);
+        // A plain store: it writes the state's page before `above` lets
+        // readers read it, as the exchange does in `get_or_insert`.
+        slot.state.store(WRITING, Ordering::Relaxed);
+        // SAFETY: by this function's contract, this thread alone writes the
+        // slot.
+        unsafe { self.publish(slot, bound, value) }
+    }
+
+    /// Raises `above` to `bound` (see `slot`) and publishes `value` in
+    /// `slot`, whose state this thread has just set to WRITING.
+    ///
+    /// # Safety
+    /// This thread alone may write the slot's value (it moved the state to
+    /// WRITING itself), and no reader looks at the value before READY.
+    unsafe fn publish<'a>(&'a self, slot: &'a Slot<T>, bound: u64, value: T) -> &'a T {
+        // Raised before the value is published, so no reader finds a set
+        // index at or above it (a reader below it that reads the slot too
+        // early sees it not set yet, as it would anyway); the caller's write
+        // of the state wrote the page of every state this lets readers read.
+        if bound > self.above.load(Ordering::Relaxed) {
+            self.above.fetch_max(bound, Ordering::AcqRel);
+        }
+        // SAFETY: by this function's contract.
+        let v = unsafe { (*slot.value.get()).write(value) };
+        slot.state.store(READY, Ordering::Release);
+        v
     }
 }
 
@@ -184,6 +222,55 @@ mod tests {
         assert_eq!(t.get(1000), Some(&2000));
         assert_eq!(t.get(1001), None);
         assert_eq!(t.get(1 << 30), None);
+    }
+
+    /// The address of the state of slot `index` (its chunk allocated).
+    fn state_at<T>(t: &IdTable<T>, index: u32) -> usize {
+        &t.slot(index).0.state as *const AtomicU8 as usize
+    }
+
+    #[test]
+    fn the_bound_covers_only_slots_whose_state_shares_4k_with_a_set_one() {
+        // 24-byte values: 32-byte slots, so a 4 KiB run holds 128 states.
+        let t: IdTable<[u64; 3]> = IdTable::default();
+        let mut raised = 0;
+        let mut last = 0;
+        for i in 0..5000u32 {
+            t.get_or_insert(i, [u64::from(i); 3]);
+            let above = t.above.load(Ordering::Relaxed);
+            if above != last {
+                raised += 1;
+                last = above;
+            }
+            // Every slot from the one just set up to the bound has its state
+            // in the same 4 KiB as the one just set (which wrote it), and the
+            // first slot at the bound, in the same chunk, does not.
+            let here = state_at(&t, i) >> 12;
+            assert!(above > u64::from(i));
+            for j in i..above as u32 {
+                assert_eq!(state_at(&t, j) >> 12, here, "slot {j} after setting {i}");
+            }
+            if locate(above as u32).0 == locate(i).0 {
+                assert_ne!(state_at(&t, above as u32) >> 12, here);
+            }
+        }
+        // Raised once per 4 KiB of slots (and per chunk), not once per slot:
+        // 5000 slots of 32 bytes span about 40 runs of 4 KiB, in 7 chunks.
+        assert!(raised <= 5000 * 32 / 4096 + 2 * 7, "raised {raised} times");
+        assert_eq!(t.get(4999), Some(&[4999; 3]));
+        assert_eq!(t.get(5000), None);
+    }
+
+    #[test]
+    fn an_entry_set_unique_is_read_back() {
+        let t = IdTable::default();
+        for i in [0u32, 1, 63, 64, 4000] {
+            // SAFETY: each index is set once, here.
+            assert_eq!(*unsafe { t.insert_unique(i, i + 7) }, i + 7);
+        }
+        assert_eq!(t.get(4000), Some(&4007));
+        assert_eq!(t.get(64), Some(&71));
+        assert_eq!(t.get(2), None);
     }
 
     #[test]

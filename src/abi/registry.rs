@@ -44,6 +44,16 @@ fn filed_under(tag: u32) -> u64 {
     u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// Aborts the process: the registry ran out of 32-bit ids. Not reachable in
+/// practice (2^32 signatures take far more memory than any process has),
+/// but an id handed out twice would be unsound (its entry is set without a
+/// check, `IdTable::insert_unique`).
+#[cold]
+fn out_of_ids() -> ! {
+    eprintln!("tierbridge: more than 2^32 - 1 signatures in one registry; aborting");
+    std::process::abort();
+}
+
 /// Interns signatures: equal signatures (compared by full structure, never by
 /// hash alone) get the same [`SigId`], and each id's layout per convention is
 /// classified and kept on the first [`Registry::layout`] (code made once per
@@ -160,7 +170,12 @@ impl Registry {
             hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(v) => {
                 let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
-                self.entries.get_or_insert(id.0, sig.clone());
+                if id.0 == u32::MAX {
+                    out_of_ids();
+                }
+                // SAFETY: `id` was just taken from the counter, so no other
+                // call ever sets its entry.
+                unsafe { self.entries.insert_unique(id.0, sig.clone()) };
                 v.insert(Interned(tag, id));
                 id
             }
