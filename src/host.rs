@@ -176,6 +176,13 @@ impl Dispatcher {
         }
     }
 
+    /// What keeps the context alive (the host of [`Dispatcher::from_host`]),
+    /// for a binding that keeps the dispatch function, context and policy
+    /// elsewhere.
+    pub(crate) fn into_keep(self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self._keep
+    }
+
     /// The policy.
     pub fn policy(&self) -> FailurePolicy {
         self.policy

@@ -19,7 +19,7 @@ use std::ffi::c_void;
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
@@ -30,7 +30,9 @@ use super::x64::{
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
-use crate::host::{Dispatcher, RawBinding, RawVaList, after_dispatch, clear_entry_error};
+use crate::host::{
+    Dispatcher, FailurePolicy, RawBinding, RawVaList, after_dispatch, clear_entry_error,
+};
 use crate::table::IdTable;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -94,7 +96,8 @@ struct ExitCode {
 /// A generated exit stub: a signature's view of its shape's [`ExitCode`],
 /// kept in its backend's table of exits ([`GenExits`]).
 pub(super) struct GenExit {
-    code: Arc<ExitCode>,
+    /// Its shape's code, kept by the same [`GenExits`] as this exit.
+    code: Kept<ExitCode>,
     /// The register stub, when the signature has one. This and the next two
     /// fields repeat what `code.fast` says, so that a call reads them from
     /// this struct instead of following `code` to the shared one.
@@ -125,11 +128,32 @@ pub(super) struct GenExit {
     conv: CallConv,
 }
 
-/// A backend's exits, per convention and by signature id. Each exit stays
-/// where it was put until the table is dropped, which is when the backend
-/// and every [`GenExitRef`] to it are gone.
+/// A backend's exits, per convention and by signature id, and the exit code
+/// they share. Each exit and each piece of code stays where it was put until
+/// the table is dropped, which is when the backend and every [`GenExitRef`]
+/// to it are gone.
 #[derive(Default)]
-pub(super) struct GenExits([IdTable<GenExit>; 2]);
+pub(super) struct GenExits {
+    exits: [IdTable<GenExit>; 2],
+    code: SharedCode<ExitCode>,
+}
+
+/// A reference to something kept by the same table as its holder (see
+/// where each is made): a plain pointer, so that holding it costs no
+/// reference count.
+struct Kept<T>(NonNull<T>);
+
+impl<T> Kept<T> {
+    fn new(value: &T) -> Kept<T> {
+        Kept(NonNull::from(value))
+    }
+}
+
+// SAFETY: a Kept<T> is only ever read through, as a `&T` is, which is Send
+// and Sync when T is Sync.
+unsafe impl<T: Sync> Send for Kept<T> {}
+// SAFETY: as for Send.
+unsafe impl<T: Sync> Sync for Kept<T> {}
 
 /// An exit in its backend's table, keeping the table alive: an `ExitStub`
 /// reads its exit through one pointer, as it would through an `Arc`, with
@@ -172,6 +196,15 @@ impl std::ops::Deref for GenExitRef {
 }
 
 impl GenExit {
+    /// Its shape's code.
+    fn code(&self) -> &ExitCode {
+        // SAFETY: an exit is made (in `GenBackend::exit`) with code from the
+        // `SharedCode` of the same `GenExits` table it is put in; the table
+        // drops its code only when it is dropped itself, and the exit is
+        // reached only through a reference into that table.
+        unsafe { self.code.0.as_ref() }
+    }
+
     /// The call: checks, the stub, and the callback-failure check, with every
     /// error built out of line so the hot path stays a handful of instructions.
     ///
@@ -230,13 +263,14 @@ impl GenExit {
 
     /// The slot stubs, made now if this is their first use.
     fn slot_stubs(&self) -> Result<&SlotStubs> {
-        if let Some(s) = self.code.slots.get() {
+        let code = self.code();
+        if let Some(s) = code.slots.get() {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&self.code.mem, self.layout())?;
+        let fresh = SlotStubs::new(&code.mem, self.layout())?;
         // Another thread may have won the race: its stubs are used, these freed.
-        Ok(self.code.slots.get_or_init(|| fresh))
+        Ok(code.slots.get_or_init(|| fresh))
     }
 
     /// The signature's layout, classified now if this is its first use.
@@ -251,7 +285,7 @@ impl GenExit {
     /// `extern "C" fn(args, target, ret)`, the slot in rax or xmm0 as the
     /// target returned it, a narrow integer not yet extended).
     pub(super) fn raw_fast(&self) -> Option<(usize, FastRet)> {
-        match self.code.fast.as_ref()? {
+        match self.code().fast.as_ref()? {
             (code, kind @ FastRet::Regs { slots: 0 | 1, .. }) => {
                 Some((code.addr().as_ptr() as usize, *kind))
             }
@@ -314,7 +348,7 @@ impl GenExit {
             }
         } else {
             let f = self
-                .code
+                .code()
                 .slots
                 .get()
                 .expect("made with the stub when there is no register stub")
@@ -329,17 +363,26 @@ impl GenExit {
 /// ([`entry_key`]).
 struct GenThunk {
     _code: ExecCode,
+    thunk: Thunk,
+}
+
+/// What a binding needs of its entry thunk (whose code the backend's
+/// [`Entries`] keep).
+#[derive(Clone, Copy)]
+struct Thunk {
     entry: RawFn,
     /// The signature's argument and result slot counts.
     slots: (u32, u32),
 }
 
 /// What a trampoline's cell points to. Generated code reads `head` only.
+/// Its dispatcher is in `head` but for the policy and what keeps the host
+/// alive; its thunk's code is kept by the [`Entries`] that keep the binding.
 #[repr(C)]
 struct GenBinding {
     head: BindingHead,
-    dispatcher: Dispatcher,
-    _thunk: Arc<GenThunk>,
+    policy: FailurePolicy,
+    _host: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 // SAFETY: the head's raw pointers are code addresses and the dispatcher's
@@ -403,7 +446,7 @@ unsafe extern "C" fn entry_failed(
             std::slice::from_raw_parts_mut(ret, nret as usize),
         )
     };
-    after_dispatch(status, b.head.raw.func, b.dispatcher.policy, ret);
+    after_dispatch(status, b.head.raw.func, b.policy, ret);
 }
 
 const BLOCK: usize = 128;
@@ -426,13 +469,21 @@ struct Pool {
     free: VecDeque<(usize, usize)>,
 }
 
+/// A backend's trampolines with their bindings, and the entry thunks those
+/// bindings run (kept together, so that a binding needs no reference of its
+/// own to its thunk's code).
+struct Entries {
+    pool: Mutex<Pool>,
+    code: SharedCode<GenThunk>,
+}
+
 /// A bound generated entry point. It owns the binding in its trampoline's
 /// slot from `bind` until `drop`.
 pub(super) struct GenEntry {
     /// Its block and trampoline (and so its cell and binding slot).
     at: (usize, usize),
     code: *const c_void,
-    pool: Arc<Mutex<Pool>>,
+    entries: Arc<Entries>,
 }
 
 // SAFETY: its one raw pointer is its trampoline's address (code, never
@@ -451,7 +502,7 @@ impl GenEntry {
 impl Drop for GenEntry {
     fn drop(&mut self) {
         let binding = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
             let (b, i) = self.at;
             let block = &pool.blocks[b];
             block.cells[i].store(
@@ -480,30 +531,37 @@ pub(super) struct GenBackend {
     /// per convention, so a program that uses one convention touches no
     /// memory for the other).
     exits: Arc<GenExits>,
-    thunks: [IdTable<Arc<GenThunk>>; 2],
-    /// Exit code shared across signatures.
-    exit_code: SharedCode<ExitCode>,
-    /// Entry thunks shared across signatures.
-    entry_code: SharedCode<GenThunk>,
-    pool: Arc<Mutex<Pool>>,
+    thunks: [IdTable<Thunk>; 2],
+    entries: Arc<Entries>,
 }
 
 /// Code shared by machine shape, found by a signature's own key
 /// ([`scalar_sig_key`]) when it has one, without classifying it, else by
-/// its layout's key.
+/// its layout's key. Every piece of code made stays where it was put until
+/// the table is dropped (as signatures are never forgotten either), so a
+/// lookup hands out a plain reference, and a lookup of a shape seen before
+/// usually takes no lock (see [`Shapes`]).
 struct SharedCode<T> {
-    by_sig: Shapes<SigKey, T>,
-    by_layout: Shapes<CodeKey, T>,
+    /// The code, by number in the order it was made.
+    code: IdTable<T>,
+    /// How much code was made: the next number.
+    made: AtomicU32,
+    by_sig: Shapes<SigKey>,
+    by_layout: Shapes<CodeKey>,
+}
+
+impl<T> Default for SharedCode<T> {
+    fn default() -> SharedCode<T> {
+        SharedCode {
+            code: IdTable::default(),
+            made: AtomicU32::new(0),
+            by_sig: Shapes::default(),
+            by_layout: Shapes::default(),
+        }
+    }
 }
 
 impl<T> SharedCode<T> {
-    fn new() -> SharedCode<T> {
-        SharedCode {
-            by_sig: Shapes::new(),
-            by_layout: Shapes::new(),
-        }
-    }
-
     /// The code of `id`'s shape: found by `sig_key`, else by the key
     /// `layout_key` reads off its layout (classified only now), else made by
     /// `make` from the layout.
@@ -513,22 +571,55 @@ impl<T> SharedCode<T> {
         reg: &Registry,
         (id, conv): (SigId, CallConv),
         layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
-        make: impl FnOnce(&CallLayout) -> Result<Arc<T>>,
-    ) -> Result<Arc<T>> {
-        self.by_sig.get_or_make(sig_key, || {
+        make: impl FnOnce(&CallLayout) -> Result<T>,
+    ) -> Result<&T> {
+        let n = self.by_sig.get_or_add(sig_key, || {
             // The layout is read only here: the registry does not keep it.
             reg.with_layout(id, conv, |layout| {
                 self.by_layout
-                    .get_or_make(layout_key(layout), || make(layout))
+                    .get_or_add(layout_key(layout), || Ok(self.keep(make(layout)?)))
             })?
-        })
+        })?;
+        Ok(self
+            .code
+            .get(n)
+            .expect("code is kept before any shape names its number"))
     }
+
+    /// Keeps `code` until the table is dropped; its number.
+    fn keep(&self, code: T) -> u32 {
+        let n = next_number(&self.made);
+        // SAFETY: `n` was just taken from the counter, which never hands
+        // out a number twice.
+        unsafe { self.code.insert_unique(n, code) };
+        n
+    }
+}
+
+/// The next number from `counter`, aborting the process rather than
+/// handing one out twice (see [`out_of_numbers`]).
+fn next_number(counter: &AtomicU32) -> u32 {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    if n == u32::MAX {
+        out_of_numbers();
+    }
+    n
+}
+
+/// Aborts the process: a table of shared code or shapes ran out of 32-bit
+/// numbers. Not reachable in practice (the registry runs out of signature
+/// ids first, and that many signatures take far more memory than any
+/// process has), but a number handed out twice would be unsound.
+#[cold]
+fn out_of_numbers() -> ! {
+    eprintln!("tierbridge: more than 2^32 - 1 shapes of shared code; aborting");
+    std::process::abort();
 }
 
 /// A key code is shared by, and how a [`Shapes`] table keeps it.
 trait ShapeKey {
     /// The key as the table keeps it.
-    type Kept;
+    type Kept: Send + Sync;
     fn hash(&self) -> u64;
     fn is(&self, kept: &Self::Kept) -> bool;
     fn keep(&self) -> Self::Kept;
@@ -562,38 +653,110 @@ impl ShapeKey for SigKey {
     }
 }
 
-/// Code by machine shape. Kept as long as the backend: a shape's code is
-/// small, and signatures are never forgotten either. Each entry keeps its
-/// key's hash beside it.
-struct Shapes<K: ShapeKey, T>(Mutex<HashTable<Shaped<K, T>>>);
+/// Bits of a key's hash that choose its place in [`Shapes::recent`].
+const PLACE_BITS: u32 = 8;
 
-/// One shape: its key's hash, its key, its code.
-type Shaped<K, T> = (u64, <K as ShapeKey>::Kept, Arc<T>);
+/// Machine shapes by key, each naming its code in a [`SharedCode`]. Kept as
+/// long as the backend.
+///
+/// A lookup first reads the place its key's hash chooses among `recent`,
+/// which names the shape last found or added there, without a lock: a
+/// program's signatures come in a few shapes, so a new signature usually
+/// finds its shape there with plain loads (a lock is two atomic
+/// read-modify-writes, among the dearest things a new signature does).
+/// Otherwise it looks in `all` under its lock.
+struct Shapes<K: ShapeKey> {
+    /// Every shape, by number in the order added.
+    shapes: IdTable<Shape<K>>,
+    /// Each shape's hash and number, and how many there are: for adding a
+    /// shape and for lookups whose place names another.
+    all: Mutex<(HashTable<(u64, u32)>, u32)>,
+    /// Per place, the number + 1 of the shape last found or added there (0:
+    /// none yet).
+    recent: [AtomicU32; 1 << PLACE_BITS],
+}
 
-impl<K: ShapeKey, T> Shapes<K, T> {
-    fn new() -> Shapes<K, T> {
-        Shapes(Mutex::new(HashTable::new()))
+/// One shape: its key's hash, its key, the number of its code.
+struct Shape<K: ShapeKey> {
+    hash: u64,
+    key: K::Kept,
+    code: u32,
+}
+
+impl<K: ShapeKey> Default for Shapes<K> {
+    fn default() -> Shapes<K> {
+        Shapes {
+            shapes: IdTable::default(),
+            all: Mutex::new((HashTable::new(), 0)),
+            recent: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
     }
+}
 
-    /// The code of shape `key`, made (or found elsewhere) by `make` if the
-    /// shape is new (outside the lock: if another thread made it meanwhile,
-    /// theirs is kept), or made for this signature alone when it has no key.
-    fn get_or_make(&self, key: Option<K>, make: impl FnOnce() -> Result<Arc<T>>) -> Result<Arc<T>> {
+impl<K: ShapeKey> Shapes<K> {
+    /// The code number of shape `key`; if the shape is new, `make` keeps its
+    /// code (or finds it elsewhere) and gives its number, outside the lock:
+    /// if another thread added the shape meanwhile, its code is used (and
+    /// this one's, if `make` made any, stays kept unused). With no key,
+    /// the number `make` gives, for this signature alone.
+    fn get_or_add(&self, key: Option<K>, make: impl FnOnce() -> Result<u32>) -> Result<u32> {
         let Some(key) = key else {
             return make();
         };
         let hash = key.hash();
-        let same = |e: &Shaped<K, T>| e.0 == hash && key.is(&e.1);
-        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = lock().find(hash, same) {
-            return Ok(e.2.clone());
+        let place = &self.recent[(hash >> (64 - PLACE_BITS)) as usize];
+        // The code of shape `n` if that is this key's shape.
+        let code_if_same = |n: u32| {
+            self.shapes
+                .get(n)
+                .filter(|s| s.hash == hash && key.is(&s.key))
+                .map(|s| s.code)
+        };
+        // Acquire pairs with the Release stores below, made after the shape
+        // was set (the shape's own slot is published with Release too).
+        if let Some(code) = place
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+            .and_then(code_if_same)
+        {
+            return Ok(code);
         }
-        let fresh = make()?;
-        let mut table = lock();
-        Ok(match table.entry(hash, same, |e| e.0) {
-            Entry::Occupied(e) => e.get().2.clone(),
-            Entry::Vacant(e) => e.insert((hash, key.keep(), fresh)).get().2.clone(),
-        })
+        // A poisoned lock only means another thread panicked while holding
+        // it; the table is never left half-updated, so keep using it.
+        let lock = || self.all.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |e: &(u64, u32)| e.0 == hash && code_if_same(e.1).is_some();
+        let found = lock().0.find(hash, same).map(|e| e.1);
+        let n = match found {
+            Some(n) => n,
+            None => {
+                let code = make()?;
+                let mut all = lock();
+                let (table, count) = &mut *all;
+                match table.entry(hash, same, |e| e.0) {
+                    Entry::Occupied(e) => e.get().1,
+                    Entry::Vacant(e) => {
+                        let n = *count;
+                        *count = n.checked_add(1).unwrap_or_else(|| out_of_numbers());
+                        // SAFETY: numbers are handed out under the lock, each
+                        // once (the count never wraps).
+                        unsafe {
+                            self.shapes.insert_unique(
+                                n,
+                                Shape {
+                                    hash,
+                                    key: key.keep(),
+                                    code,
+                                },
+                            )
+                        };
+                        e.insert((hash, n));
+                        n
+                    }
+                }
+            }
+        };
+        place.store(n + 1, Ordering::Release);
+        Ok(code_if_same(n).expect("a shape is set before it is added to `all`"))
     }
 }
 
@@ -612,12 +775,13 @@ impl GenBackend {
             mem,
             exits: Arc::default(),
             thunks: Default::default(),
-            exit_code: SharedCode::new(),
-            entry_code: SharedCode::new(),
-            pool: Arc::new(Mutex::new(Pool {
-                blocks: Vec::new(),
-                free: VecDeque::new(),
-            })),
+            entries: Arc::new(Entries {
+                pool: Mutex::new(Pool {
+                    blocks: Vec::new(),
+                    free: VecDeque::new(),
+                }),
+                code: SharedCode::default(),
+            }),
         }
     }
 
@@ -635,12 +799,12 @@ impl GenBackend {
         id: SigId,
         conv: CallConv,
     ) -> Result<GenExitRef> {
-        let cache = &self.exits.0[conv as usize];
+        let cache = &self.exits.exits[conv as usize];
         if let Some(e) = cache.get(id.index()) {
             return Ok(GenExitRef::new(&self.exits, e));
         }
         let sig = reg.signature(id)?;
-        let code = self.exit_code.get_or_make(
+        let code = self.exits.code.get_or_make(
             scalar_sig_key(sig, conv, false),
             reg,
             (id, conv),
@@ -655,11 +819,11 @@ impl GenBackend {
                     // The slot stub is the call path: make it now.
                     let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
                 }
-                Ok(Arc::new(ExitCode {
+                Ok(ExitCode {
                     mem: self.mem.clone(),
                     fast,
                     slots,
-                }))
+                })
             },
         )?;
         let ext = match sig.ret() {
@@ -679,7 +843,7 @@ impl GenBackend {
         };
         let (nargs, nret) = (sig.arg_slots() as u32, sig.ret_slots() as u32);
         let fresh = GenExit {
-            code,
+            code: Kept::new(code),
             fast,
             reg_slots,
             sse_first,
@@ -695,10 +859,10 @@ impl GenBackend {
         Ok(GenExitRef::new(&self.exits, e))
     }
 
-    fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Arc<GenThunk>> {
+    fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Thunk> {
         let cache = &self.thunks[conv as usize];
         if let Some(t) = cache.get(id.index()) {
-            return Ok(t.clone());
+            return Ok(*t);
         }
         let sig = reg.signature(id)?;
         let variadic = sig.is_variadic();
@@ -708,7 +872,7 @@ impl GenBackend {
         // lookup by signature key has already met (a unit test in `x64.rs`
         // checks this): its layout key is neither worked out nor looked up.
         let keyed = sig_key.is_some();
-        let fresh = self.entry_code.get_or_make(
+        let code = self.entries.code.get_or_make(
             sig_key,
             reg,
             (id, conv),
@@ -721,14 +885,16 @@ impl GenBackend {
                 ))?;
                 // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
                 let entry = unsafe { callable(code.addr().cast()) };
-                Ok(Arc::new(GenThunk {
+                Ok(GenThunk {
                     _code: code,
-                    entry,
-                    slots: (layout.arg_slots, layout.ret_slots),
-                }))
+                    thunk: Thunk {
+                        entry,
+                        slots: (layout.arg_slots, layout.ret_slots),
+                    },
+                })
             },
         )?;
-        Ok(cache.get_or_insert(id.index(), fresh).clone())
+        Ok(*cache.get_or_insert(id.index(), code.thunk))
     }
 
     /// `BLOCK` new trampolines, each reading its own cell (pointing at the
@@ -765,17 +931,17 @@ impl GenBackend {
                     nret: thunk.slots.1,
                 },
             },
-            dispatcher,
-            _thunk: thunk,
+            policy: dispatcher.policy,
+            _host: dispatcher.into_keep(),
         };
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
         while pool.free.is_empty() {
             // Make a block of trampolines without holding the pool (emitting
             // and installing code takes the executable memory's own lock); if
             // another thread added one meanwhile, this one is kept as spare.
             drop(pool);
             let block = self.trampoline_block()?;
-            pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
             let b = pool.blocks.len();
             pool.blocks.push(block);
             pool.free.extend((0..BLOCK).map(|i| (b, i)));
@@ -801,13 +967,14 @@ impl GenBackend {
         Ok(GenEntry {
             at: (b, i),
             code,
-            pool: self.pool.clone(),
+            entries: self.entries.clone(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{PLACE_BITS, ShapeKey, Shapes, SigKey};
     use crate::abi::{CallConv, Signature};
     use crate::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
     use crate::thunks::{BackendKind, Bridge};
@@ -835,5 +1002,66 @@ mod tests {
         assert!(!reg.keeps_layout(id, conv));
         assert_eq!(stub.layout().args.len(), 2);
         assert!(reg.keeps_layout(id, conv));
+    }
+
+    fn place(k: &SigKey) -> u64 {
+        k.hash() >> (64 - PLACE_BITS)
+    }
+
+    /// Two keys sharing a place in `recent` are both found, each time with
+    /// the code first given for it, whichever of them the place names; and
+    /// the place names the shape last found there.
+    #[test]
+    fn keys_sharing_a_place_each_keep_their_own_code() {
+        let a = SigKey(1);
+        let b = (2..).map(SigKey).find(|k| place(k) == place(&a)).unwrap();
+        let shapes: Shapes<SigKey> = Shapes::default();
+        let slot = &shapes.recent[place(&a) as usize];
+        assert_eq!(shapes.get_or_add(Some(a), || Ok(10)).unwrap(), 10);
+        assert_eq!(shapes.get_or_add(Some(b), || Ok(20)).unwrap(), 20);
+        for _ in 0..3 {
+            let never = || -> crate::thunks::Result<u32> { panic!("made again") };
+            assert_eq!(shapes.get_or_add(Some(a), never).unwrap(), 10);
+            // Shape numbers are 0 for `a`, 1 for `b`; the place keeps n + 1.
+            assert_eq!(slot.load(std::sync::atomic::Ordering::Relaxed), 1);
+            assert_eq!(shapes.get_or_add(Some(a), never).unwrap(), 10);
+            assert_eq!(shapes.get_or_add(Some(b), never).unwrap(), 20);
+            assert_eq!(slot.load(std::sync::atomic::Ordering::Relaxed), 2);
+        }
+        // No key: the code is this signature's alone, never looked up.
+        assert_eq!(shapes.get_or_add(None, || Ok(30)).unwrap(), 30);
+        assert_eq!(shapes.get_or_add(None, || Ok(31)).unwrap(), 31);
+    }
+
+    /// Eight threads adding the same 300 shapes, each offering its own
+    /// code, agree on one code per shape, and a failure to make code adds
+    /// no shape.
+    #[test]
+    fn racing_threads_agree_on_each_shapes_code() {
+        let shapes: Shapes<SigKey> = Shapes::default();
+        let err = || Err(crate::thunks::ThunkError::NullTarget);
+        assert!(shapes.get_or_add(Some(SigKey(5)), err).is_err());
+        let seen: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8u32)
+                .map(|who| {
+                    let shapes = &shapes;
+                    s.spawn(move || {
+                        (0..300u32)
+                            .map(|k| {
+                                let key = SigKey(u128::from(k) * 7919);
+                                shapes.get_or_add(Some(key), || Ok(who * 1000 + k)).unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for k in 0..300 {
+            let code = seen[0][k];
+            assert_eq!(code % 1000, k as u32);
+            assert!(seen.iter().all(|v| v[k] == code), "shape {k}");
+        }
+        assert_eq!(shapes.all.lock().unwrap().1, 300);
     }
 }
