@@ -80,11 +80,9 @@ impl<T> Slot<T> {
 }
 
 impl<T> IdTable<T> {
-    /// The slot at `index` (its chunk allocated if need be) and the bound
-    /// `above` may be raised to once the slot's state is written: the first
-    /// index after it whose state is not in the same 4 KiB as its state, or
-    /// the end of its chunk.
-    fn slot(&self, index: u32) -> (&Slot<T>, u64) {
+    /// The slot at `index` (its chunk allocated if need be) and how many
+    /// slots of its chunk follow it.
+    fn slot(&self, index: u32) -> (&Slot<T>, usize) {
         let (k, i) = locate(index);
         let chunk = self.chunks[k].get_or_init(|| {
             let zeroed = Box::<[Slot<T>]>::new_zeroed_slice(FIRST << k);
@@ -93,12 +91,7 @@ impl<T> IdTable<T> {
             // bytes.
             unsafe { zeroed.assume_init() }
         });
-        let slot = &chunk[i];
-        // 4 KiB is the smallest page of any target: the 4 KiB around a
-        // written byte are on a page that was written.
-        let at = &slot.state as *const AtomicU8 as usize;
-        let same_4k = (((at | 4095) - at) / size_of::<Slot<T>>()).min(chunk.len() - 1 - i);
-        (slot, u64::from(index) + 1 + same_4k as u64)
+        (&chunk[i], chunk.len() - 1 - i)
     }
 
     /// The entry at `index`, if set.
@@ -115,7 +108,7 @@ impl<T> IdTable<T> {
     /// another one setting the entry waits for it: the other thread only
     /// has to move a value that is already made.
     pub(crate) fn get_or_insert(&self, index: u32, value: T) -> &T {
-        let (slot, bound) = self.slot(index);
+        let (slot, after) = self.slot(index);
         // Straight to the exchange: on a page nothing touched yet, reading
         // the state first would fault the page in twice (for the read, then
         // for the write).
@@ -125,7 +118,7 @@ impl<T> IdTable<T> {
         {
             // SAFETY: moving the state from EMPTY to WRITING gives this
             // thread alone the right to write the value.
-            Ok(_) => unsafe { self.publish(slot, bound, value) },
+            Ok(_) => unsafe { self.publish(index, (slot, after), value) },
             Err(_) => loop {
                 if let Some(v) = slot.get() {
                     return v;
@@ -143,28 +136,39 @@ impl<T> IdTable<T> {
     /// No other call of this method or of [`IdTable::get_or_insert`] is ever
     /// made with `index` on this table, before, during or after this one.
     pub(crate) unsafe fn insert_unique(&self, index: u32, value: T) -> &T {
-        let (slot, bound) = self.slot(index);
+        let (slot, after) = self.slot(index);
         // A plain store: it writes the state's page before `above` lets
         // readers read it, as the exchange does in `get_or_insert`.
         slot.state.store(WRITING, Ordering::Relaxed);
         // SAFETY: by this function's contract, this thread alone writes the
         // slot.
-        unsafe { self.publish(slot, bound, value) }
+        unsafe { self.publish(index, (slot, after), value) }
     }
 
-    /// Raises `above` to `bound` (see `slot`) and publishes `value` in
-    /// `slot`, whose state this thread has just set to WRITING.
+    /// Raises `above` past `index` if need be and publishes `value` in
+    /// `slot`, the slot at `index` (with `after` slots of its chunk after
+    /// it), whose state this thread has just set to WRITING.
     ///
     /// # Safety
     /// This thread alone may write the slot's value (it moved the state to
     /// WRITING itself), and no reader looks at the value before READY.
-    unsafe fn publish<'a>(&'a self, slot: &'a Slot<T>, bound: u64, value: T) -> &'a T {
+    unsafe fn publish<'a>(
+        &'a self,
+        index: u32,
+        (slot, after): (&'a Slot<T>, usize),
+        value: T,
+    ) -> &'a T {
         // Raised before the value is published, so no reader finds a set
         // index at or above it (a reader below it that reads the slot too
-        // early sees it not set yet, as it would anyway); the caller's write
-        // of the state wrote the page of every state this lets readers read.
-        if bound > self.above.load(Ordering::Relaxed) {
-            self.above.fetch_max(bound, Ordering::AcqRel);
+        // early sees it not set yet, as it would anyway). Raised to the
+        // first slot whose state is not in the same 4 KiB as this one's,
+        // which the caller's write of the state wrote (4 KiB is the
+        // smallest page of any target), or the end of the chunk.
+        if u64::from(index) >= self.above.load(Ordering::Relaxed) {
+            let at = &slot.state as *const AtomicU8 as usize;
+            let same_4k = (((at | 4095) - at) / size_of::<Slot<T>>()).min(after);
+            self.above
+                .fetch_max(u64::from(index) + 1 + same_4k as u64, Ordering::AcqRel);
         }
         // SAFETY: by this function's contract.
         let v = unsafe { (*slot.value.get()).write(value) };

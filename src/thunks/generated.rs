@@ -149,6 +149,14 @@ impl<T> Kept<T> {
     }
 }
 
+impl<T> Clone for Kept<T> {
+    fn clone(&self) -> Kept<T> {
+        *self
+    }
+}
+
+impl<T> Copy for Kept<T> {}
+
 // SAFETY: a Kept<T> is only ever read through, as a `&T` is, which is Send
 // and Sync when T is Sync.
 unsafe impl<T: Sync> Send for Kept<T> {}
@@ -546,8 +554,8 @@ struct SharedCode<T> {
     code: IdTable<T>,
     /// How much code was made: the next number.
     made: AtomicU32,
-    by_sig: Shapes<SigKey>,
-    by_layout: Shapes<CodeKey>,
+    by_sig: Shapes<SigKey, T>,
+    by_layout: Shapes<CodeKey, T>,
 }
 
 impl<T> Default for SharedCode<T> {
@@ -573,26 +581,24 @@ impl<T> SharedCode<T> {
         layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
         make: impl FnOnce(&CallLayout) -> Result<T>,
     ) -> Result<&T> {
-        let n = self.by_sig.get_or_add(sig_key, || {
+        let code = self.by_sig.get_or_add(sig_key, || {
             // The layout is read only here: the registry does not keep it.
             reg.with_layout(id, conv, |layout| {
                 self.by_layout
                     .get_or_add(layout_key(layout), || Ok(self.keep(make(layout)?)))
             })?
         })?;
-        Ok(self
-            .code
-            .get(n)
-            .expect("code is kept before any shape names its number"))
+        // SAFETY: the shapes hand out only what `keep` made: code in
+        // `self.code`, which never moves or drops it before `self` is dropped.
+        Ok(unsafe { code.0.as_ref() })
     }
 
-    /// Keeps `code` until the table is dropped; its number.
-    fn keep(&self, code: T) -> u32 {
+    /// Keeps `code` until the table is dropped.
+    fn keep(&self, code: T) -> Kept<T> {
         let n = next_number(&self.made);
         // SAFETY: `n` was just taken from the counter, which never hands
         // out a number twice.
-        unsafe { self.code.insert_unique(n, code) };
-        n
+        Kept::new(unsafe { self.code.insert_unique(n, code) })
     }
 }
 
@@ -656,75 +662,72 @@ impl ShapeKey for SigKey {
 /// Bits of a key's hash that choose its place in [`Shapes::recent`].
 const PLACE_BITS: u32 = 8;
 
-/// Machine shapes by key, each naming its code in a [`SharedCode`]. Kept as
-/// long as the backend.
+/// Machine shapes by key, each with its code (kept by a [`SharedCode`]).
+/// Kept as long as the backend.
 ///
 /// A lookup first reads the place its key's hash chooses among `recent`,
-/// which names the shape last found or added there, without a lock: a
+/// which points to the shape last found or added there, without a lock: a
 /// program's signatures come in a few shapes, so a new signature usually
 /// finds its shape there with plain loads (a lock is two atomic
 /// read-modify-writes, among the dearest things a new signature does).
 /// Otherwise it looks in `all` under its lock.
-struct Shapes<K: ShapeKey> {
+struct Shapes<K: ShapeKey, T> {
     /// Every shape, by number in the order added.
-    shapes: IdTable<Shape<K>>,
+    shapes: IdTable<Shape<K, T>>,
     /// Each shape's hash and number, and how many there are: for adding a
     /// shape and for lookups whose place names another.
     all: Mutex<(HashTable<(u64, u32)>, u32)>,
-    /// Per place, the number + 1 of the shape last found or added there (0:
-    /// none yet).
-    recent: [AtomicU32; 1 << PLACE_BITS],
+    /// Per place, the shape last found or added there (null: none yet),
+    /// always one in `shapes`.
+    recent: [AtomicPtr<Shape<K, T>>; 1 << PLACE_BITS],
 }
 
-/// One shape: its key's hash, its key, the number of its code.
-struct Shape<K: ShapeKey> {
+/// One shape: its key's hash, its key, its code.
+struct Shape<K: ShapeKey, T> {
     hash: u64,
     key: K::Kept,
-    code: u32,
+    code: Kept<T>,
 }
 
-impl<K: ShapeKey> Default for Shapes<K> {
-    fn default() -> Shapes<K> {
+impl<K: ShapeKey, T> Default for Shapes<K, T> {
+    fn default() -> Shapes<K, T> {
         Shapes {
             shapes: IdTable::default(),
             all: Mutex::new((HashTable::new(), 0)),
-            recent: std::array::from_fn(|_| AtomicU32::new(0)),
+            recent: std::array::from_fn(|_| AtomicPtr::new(null_mut())),
         }
     }
 }
 
-impl<K: ShapeKey> Shapes<K> {
-    /// The code number of shape `key`; if the shape is new, `make` keeps its
-    /// code (or finds it elsewhere) and gives its number, outside the lock:
-    /// if another thread added the shape meanwhile, its code is used (and
-    /// this one's, if `make` made any, stays kept unused). With no key,
-    /// the number `make` gives, for this signature alone.
-    fn get_or_add(&self, key: Option<K>, make: impl FnOnce() -> Result<u32>) -> Result<u32> {
+impl<K: ShapeKey, T> Shapes<K, T> {
+    /// The code of shape `key`; if the shape is new, `make` keeps its code
+    /// (or finds it elsewhere), outside the lock: if another thread added
+    /// the shape meanwhile, its code is used (and this one's, if `make` made
+    /// any, stays kept unused). With no key, what `make` gives, for this
+    /// signature alone.
+    fn get_or_add(
+        &self,
+        key: Option<K>,
+        make: impl FnOnce() -> Result<Kept<T>>,
+    ) -> Result<Kept<T>> {
         let Some(key) = key else {
             return make();
         };
         let hash = key.hash();
         let place = &self.recent[(hash >> (64 - PLACE_BITS)) as usize];
-        // The code of shape `n` if that is this key's shape.
-        let code_if_same = |n: u32| {
-            self.shapes
-                .get(n)
-                .filter(|s| s.hash == hash && key.is(&s.key))
-                .map(|s| s.code)
-        };
-        // Acquire pairs with the Release stores below, made after the shape
-        // was set (the shape's own slot is published with Release too).
-        if let Some(code) = place
-            .load(Ordering::Acquire)
-            .checked_sub(1)
-            .and_then(code_if_same)
-        {
-            return Ok(code);
+        let is_it = |s: &Shape<K, T>| s.hash == hash && key.is(&s.key);
+        // Acquire pairs with the Release store below, made after the shape
+        // was set.
+        let last = place.load(Ordering::Acquire);
+        // SAFETY: a place is null or points to a shape in `self.shapes`,
+        // which never moves or drops it before `self` is dropped.
+        if let Some(s) = unsafe { last.as_ref() }.filter(|s| is_it(s)) {
+            return Ok(s.code);
         }
         // A poisoned lock only means another thread panicked while holding
         // it; the table is never left half-updated, so keep using it.
         let lock = || self.all.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |e: &(u64, u32)| e.0 == hash && code_if_same(e.1).is_some();
+        let same = |e: &(u64, u32)| e.0 == hash && self.shapes.get(e.1).is_some_and(is_it);
         let found = lock().0.find(hash, same).map(|e| e.1);
         let n = match found {
             Some(n) => n,
@@ -755,8 +758,12 @@ impl<K: ShapeKey> Shapes<K> {
                 }
             }
         };
-        place.store(n + 1, Ordering::Release);
-        Ok(code_if_same(n).expect("a shape is set before it is added to `all`"))
+        let shape = self
+            .shapes
+            .get(n)
+            .expect("a shape is set before it is added to `all`");
+        place.store((shape as *const Shape<K, T>).cast_mut(), Ordering::Release);
+        Ok(shape.code)
     }
 }
 
@@ -974,11 +981,12 @@ impl GenBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{PLACE_BITS, ShapeKey, Shapes, SigKey};
+    use super::{Kept, PLACE_BITS, ShapeKey, Shapes, SigKey};
     use crate::abi::{CallConv, Signature};
     use crate::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
     use crate::thunks::{BackendKind, Bridge};
     use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
 
     /// Code made from a layout (a signature with structs has no signature
     /// key, so its exit stub and entry thunk are made from its layout) leaves
@@ -1015,22 +1023,26 @@ mod tests {
     fn keys_sharing_a_place_each_keep_their_own_code() {
         let a = SigKey(1);
         let b = (2..).map(SigKey).find(|k| place(k) == place(&a)).unwrap();
-        let shapes: Shapes<SigKey> = Shapes::default();
+        let code = [10u32, 20, 30, 31];
+        let kept = |i: usize| Kept::new(&code[i]);
+        let is = |k: Kept<u32>, i: usize| k.0 == kept(i).0;
+        let shapes: Shapes<SigKey, u32> = Shapes::default();
         let slot = &shapes.recent[place(&a) as usize];
-        assert_eq!(shapes.get_or_add(Some(a), || Ok(10)).unwrap(), 10);
-        assert_eq!(shapes.get_or_add(Some(b), || Ok(20)).unwrap(), 20);
+        let names = |n: u32| std::ptr::eq(slot.load(Relaxed), shapes.shapes.get(n).unwrap());
+        assert!(is(shapes.get_or_add(Some(a), || Ok(kept(0))).unwrap(), 0));
+        assert!(is(shapes.get_or_add(Some(b), || Ok(kept(1))).unwrap(), 1));
+        let never = || -> crate::thunks::Result<Kept<u32>> { panic!("made again") };
         for _ in 0..3 {
-            let never = || -> crate::thunks::Result<u32> { panic!("made again") };
-            assert_eq!(shapes.get_or_add(Some(a), never).unwrap(), 10);
-            // Shape numbers are 0 for `a`, 1 for `b`; the place keeps n + 1.
-            assert_eq!(slot.load(std::sync::atomic::Ordering::Relaxed), 1);
-            assert_eq!(shapes.get_or_add(Some(a), never).unwrap(), 10);
-            assert_eq!(shapes.get_or_add(Some(b), never).unwrap(), 20);
-            assert_eq!(slot.load(std::sync::atomic::Ordering::Relaxed), 2);
+            assert!(is(shapes.get_or_add(Some(a), never).unwrap(), 0));
+            // Shape 0 is `a`'s, shape 1 `b`'s.
+            assert!(names(0));
+            assert!(is(shapes.get_or_add(Some(a), never).unwrap(), 0));
+            assert!(is(shapes.get_or_add(Some(b), never).unwrap(), 1));
+            assert!(names(1));
         }
         // No key: the code is this signature's alone, never looked up.
-        assert_eq!(shapes.get_or_add(None, || Ok(30)).unwrap(), 30);
-        assert_eq!(shapes.get_or_add(None, || Ok(31)).unwrap(), 31);
+        assert!(is(shapes.get_or_add(None, || Ok(kept(2))).unwrap(), 2));
+        assert!(is(shapes.get_or_add(None, || Ok(kept(3))).unwrap(), 3));
     }
 
     /// Eight threads adding the same 300 shapes, each offering its own
@@ -1038,18 +1050,23 @@ mod tests {
     /// no shape.
     #[test]
     fn racing_threads_agree_on_each_shapes_code() {
-        let shapes: Shapes<SigKey> = Shapes::default();
+        let code: Vec<Vec<u32>> = (0..8)
+            .map(|who| (0..300).map(|k| who * 1000 + k).collect())
+            .collect();
+        let shapes: Shapes<SigKey, u32> = Shapes::default();
         let err = || Err(crate::thunks::ThunkError::NullTarget);
         assert!(shapes.get_or_add(Some(SigKey(5)), err).is_err());
-        let seen: Vec<Vec<u32>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8u32)
+        // Addresses as integers, to carry them across threads.
+        let seen: Vec<Vec<usize>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
                 .map(|who| {
-                    let shapes = &shapes;
+                    let (shapes, code) = (&shapes, &code);
                     s.spawn(move || {
-                        (0..300u32)
+                        (0..300)
                             .map(|k| {
-                                let key = SigKey(u128::from(k) * 7919);
-                                shapes.get_or_add(Some(key), || Ok(who * 1000 + k)).unwrap()
+                                let key = SigKey(k as u128 * 7919);
+                                let mine = || Ok(Kept::new(&code[who][k]));
+                                shapes.get_or_add(Some(key), mine).unwrap().0.as_ptr() as usize
                             })
                             .collect::<Vec<_>>()
                     })
@@ -1058,9 +1075,10 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for k in 0..300 {
-            let code = seen[0][k];
-            assert_eq!(code % 1000, k as u32);
-            assert!(seen.iter().all(|v| v[k] == code), "shape {k}");
+            let first = seen[0][k];
+            let from = |who: usize| std::ptr::from_ref(&code[who][k]) as usize;
+            assert!((0..8).any(|who| first == from(who)), "shape {k}");
+            assert!(seen.iter().all(|v| v[k] == first), "shape {k}");
         }
         assert_eq!(shapes.all.lock().unwrap().1, 300);
     }
