@@ -20,7 +20,7 @@
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -129,13 +129,13 @@ impl<T> IdTable<T> {
     }
 
     /// Sets the entry at `index` to `value`, for a caller that alone ever
-    /// sets that index (an index it was handed by an atomic counter): no
-    /// exchange is needed to claim the slot.
+    /// sets that index ([`Arena::push`], which hands indices out from a
+    /// counter): no exchange is needed to claim the slot.
     ///
     /// # Safety
     /// No other call of this method or of [`IdTable::get_or_insert`] is ever
     /// made with `index` on this table, before, during or after this one.
-    pub(crate) unsafe fn insert_unique(&self, index: u32, value: T) -> &T {
+    unsafe fn insert_unique(&self, index: u32, value: T) -> &T {
         let (slot, after) = self.slot(index);
         // A plain store: it writes the state's page before `above` lets
         // readers read it, as the exchange does in `get_or_insert`.
@@ -174,6 +174,56 @@ impl<T> IdTable<T> {
         let v = unsafe { (*slot.value.get()).write(value) };
         slot.state.store(READY, Ordering::Release);
         v
+    }
+}
+
+/// An append-only table filled by [`Arena::push`] alone, which hands out
+/// indices 0, 1, 2, … in order: each entry is set without an exchange (the
+/// index is the pushing thread's own), read without locks, and kept where it
+/// was put until the arena is dropped.
+pub(crate) struct Arena<T> {
+    table: IdTable<T>,
+    /// The next index to hand out.
+    next: AtomicU32,
+}
+
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena {
+            table: IdTable::default(),
+            next: AtomicU32::new(0),
+        }
+    }
+}
+
+impl<T> Arena<T> {
+    /// Appends `value`; its index and the entry.
+    pub(crate) fn push(&self, value: T) -> (u32, &T) {
+        // The counter never wraps, so no index is handed out twice (which
+        // would make two threads write one slot).
+        let Ok(index) = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+        else {
+            // Not reachable in practice: that many entries (signatures,
+            // pieces of code) take far more memory than any process has.
+            eprintln!("tierbridge: a table ran out of 32-bit indices; aborting");
+            std::process::abort();
+        };
+        // SAFETY: `index` came from the counter, which hands each index out
+        // once, and nothing but `push` sets entries of `table`.
+        (index, unsafe { self.table.insert_unique(index, value) })
+    }
+
+    /// The entry at `index`, if it was pushed (and is set already).
+    pub(crate) fn get(&self, index: u32) -> Option<&T> {
+        self.table.get(index)
+    }
+
+    /// How many indices were handed out (some entries may still be being
+    /// set).
+    pub(crate) fn len(&self) -> u32 {
+        self.next.load(Ordering::Acquire)
     }
 }
 
@@ -275,6 +325,19 @@ mod tests {
         assert_eq!(t.get(4000), Some(&4007));
         assert_eq!(t.get(64), Some(&71));
         assert_eq!(t.get(2), None);
+    }
+
+    #[test]
+    fn an_arena_hands_out_indices_in_order_and_reads_them_back() {
+        let a = Arena::default();
+        assert_eq!(a.len(), 0);
+        for i in 0..300u32 {
+            let (n, v) = a.push(i * 3);
+            assert_eq!((n, *v), (i, i * 3));
+        }
+        assert_eq!(a.len(), 300);
+        assert_eq!(a.get(299), Some(&897));
+        assert_eq!(a.get(300), None);
     }
 
     #[test]

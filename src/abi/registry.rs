@@ -12,7 +12,7 @@ use super::callconv::CallConv;
 use super::classify::{CallLayout, classify};
 use super::error::{AbiError, Result};
 use super::signature::Signature;
-use crate::table::IdTable;
+use crate::table::{Arena, IdTable};
 
 /// The interned identity of a signature shape within one [`Registry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,16 +44,6 @@ fn filed_under(tag: u32) -> u64 {
     u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Aborts the process: the registry ran out of 32-bit ids. Not reachable in
-/// practice (2^32 signatures take far more memory than any process has),
-/// but an id handed out twice would be unsound (its entry is set without a
-/// check, `IdTable::insert_unique`).
-#[cold]
-fn out_of_ids() -> ! {
-    eprintln!("tierbridge: more than 2^32 - 1 signatures in one registry; aborting");
-    std::process::abort();
-}
-
 /// Interns signatures: equal signatures (compared by full structure, never by
 /// hash alone) get the same [`SigId`], and each id's layout per convention is
 /// classified and kept on the first [`Registry::layout`] (code made once per
@@ -76,11 +66,11 @@ fn out_of_ids() -> ! {
 /// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
     shards: [Mutex<HashTable<Interned>>; SHARDS],
-    /// Each id's signature (a copy of the first one interned).
-    entries: IdTable<Signature>,
+    /// Each id's signature (a copy of the first one interned); an id is the
+    /// index the arena gives it.
+    entries: Arena<Signature>,
     /// Each id's layout per convention, once asked for.
     layouts: [IdTable<CallLayout>; 2],
-    next: AtomicU32,
     /// This registry's serial number, 0 when the process made so many
     /// registries that the numbers ran out (its signatures then carry no id).
     serial: u32,
@@ -93,9 +83,8 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             shards: std::array::from_fn(|_| Mutex::new(HashTable::new())),
-            entries: IdTable::default(),
+            entries: Arena::default(),
             layouts: Default::default(),
-            next: AtomicU32::new(0),
             serial: SERIALS
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_add(1))
                 .unwrap_or(0),
@@ -125,7 +114,7 @@ impl Registry {
 
     /// Number of distinct shapes interned so far.
     pub fn len(&self) -> usize {
-        self.next.load(Ordering::Acquire) as usize
+        self.entries.len() as usize
     }
 
     /// True if nothing was interned yet.
@@ -169,13 +158,7 @@ impl Registry {
         match table.entry(filed_under(tag), same, |e| filed_under(e.0)) {
             hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(v) => {
-                let id = SigId(self.next.fetch_add(1, Ordering::AcqRel));
-                if id.0 == u32::MAX {
-                    out_of_ids();
-                }
-                // SAFETY: `id` was just taken from the counter, so no other
-                // call ever sets its entry.
-                unsafe { self.entries.insert_unique(id.0, sig.clone()) };
+                let id = SigId(self.entries.push(sig.clone()).0);
                 v.insert(Interned(tag, id));
                 id
             }

@@ -19,7 +19,7 @@ use std::ffi::c_void;
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
@@ -33,7 +33,7 @@ use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, FailurePolicy, RawBinding, RawVaList, after_dispatch, clear_entry_error,
 };
-use crate::table::IdTable;
+use crate::table::{Arena, IdTable};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
@@ -138,7 +138,8 @@ pub(super) struct GenExits {
     code: SharedCode<ExitCode>,
 }
 
-/// A reference to something kept by the same table as its holder (see
+/// A reference to something a table keeps (never moving or dropping it
+/// before the table goes), held where that table outlives the holder (see
 /// where each is made): a plain pointer, so that holding it costs no
 /// reference count.
 struct Kept<T>(NonNull<T>);
@@ -168,25 +169,20 @@ unsafe impl<T: Sync> Sync for Kept<T> {}
 /// no allocation per signature.
 #[derive(Clone)]
 pub(super) struct GenExitRef {
-    exit: NonNull<GenExit>,
+    exit: Kept<GenExit>,
     _table: Arc<GenExits>,
 }
 
+// An `ExitStub` may move between and be shared across threads.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
-    send_sync::<GenExit>();
+    send_sync::<GenExitRef>();
 };
-
-// SAFETY: a GenExitRef is a shared reference to a GenExit (Send + Sync, as
-// checked above) that lives as long as the table the Arc keeps alive.
-unsafe impl Send for GenExitRef {}
-// SAFETY: as for Send; the exit is only ever read through it.
-unsafe impl Sync for GenExitRef {}
 
 impl GenExitRef {
     fn new(table: &Arc<GenExits>, exit: &GenExit) -> GenExitRef {
         GenExitRef {
-            exit: NonNull::from(exit),
+            exit: Kept::new(exit),
             _table: table.clone(),
         }
     }
@@ -199,7 +195,7 @@ impl std::ops::Deref for GenExitRef {
     fn deref(&self) -> &GenExit {
         // SAFETY: `exit` is an entry of the table `_table` keeps alive, and
         // table entries never move or change once set.
-        unsafe { self.exit.as_ref() }
+        unsafe { self.exit.0.as_ref() }
     }
 }
 
@@ -550,10 +546,8 @@ pub(super) struct GenBackend {
 /// lookup hands out a plain reference, and a lookup of a shape seen before
 /// usually takes no lock (see [`Shapes`]).
 struct SharedCode<T> {
-    /// The code, by number in the order it was made.
-    code: IdTable<T>,
-    /// How much code was made: the next number.
-    made: AtomicU32,
+    /// The code, in the order it was made.
+    code: Arena<T>,
     by_sig: Shapes<SigKey, T>,
     by_layout: Shapes<CodeKey, T>,
 }
@@ -561,8 +555,7 @@ struct SharedCode<T> {
 impl<T> Default for SharedCode<T> {
     fn default() -> SharedCode<T> {
         SharedCode {
-            code: IdTable::default(),
-            made: AtomicU32::new(0),
+            code: Arena::default(),
             by_sig: Shapes::default(),
             by_layout: Shapes::default(),
         }
@@ -595,31 +588,8 @@ impl<T> SharedCode<T> {
 
     /// Keeps `code` until the table is dropped.
     fn keep(&self, code: T) -> Kept<T> {
-        let n = next_number(&self.made);
-        // SAFETY: `n` was just taken from the counter, which never hands
-        // out a number twice.
-        Kept::new(unsafe { self.code.insert_unique(n, code) })
+        Kept::new(self.code.push(code).1)
     }
-}
-
-/// The next number from `counter`, aborting the process rather than
-/// handing one out twice (see [`out_of_numbers`]).
-fn next_number(counter: &AtomicU32) -> u32 {
-    let n = counter.fetch_add(1, Ordering::Relaxed);
-    if n == u32::MAX {
-        out_of_numbers();
-    }
-    n
-}
-
-/// Aborts the process: a table of shared code or shapes ran out of 32-bit
-/// numbers. Not reachable in practice (the registry runs out of signature
-/// ids first, and that many signatures take far more memory than any
-/// process has), but a number handed out twice would be unsound.
-#[cold]
-fn out_of_numbers() -> ! {
-    eprintln!("tierbridge: more than 2^32 - 1 shapes of shared code; aborting");
-    std::process::abort();
 }
 
 /// A key code is shared by, and how a [`Shapes`] table keeps it.
@@ -673,10 +643,10 @@ const PLACE_BITS: u32 = 8;
 /// Otherwise it looks in `all` under its lock.
 struct Shapes<K: ShapeKey, T> {
     /// Every shape, by number in the order added.
-    shapes: IdTable<Shape<K, T>>,
-    /// Each shape's hash and number, and how many there are: for adding a
-    /// shape and for lookups whose place names another.
-    all: Mutex<(HashTable<(u64, u32)>, u32)>,
+    shapes: Arena<Shape<K, T>>,
+    /// Each shape's hash and number: for adding a shape and for lookups
+    /// whose place names another.
+    all: Mutex<HashTable<(u64, u32)>>,
     /// Per place, the shape last found or added there (null: none yet),
     /// always one in `shapes`.
     recent: [AtomicPtr<Shape<K, T>>; 1 << PLACE_BITS],
@@ -692,8 +662,8 @@ struct Shape<K: ShapeKey, T> {
 impl<K: ShapeKey, T> Default for Shapes<K, T> {
     fn default() -> Shapes<K, T> {
         Shapes {
-            shapes: IdTable::default(),
-            all: Mutex::new((HashTable::new(), 0)),
+            shapes: Arena::default(),
+            all: Mutex::new(HashTable::new()),
             recent: std::array::from_fn(|_| AtomicPtr::new(null_mut())),
         }
     }
@@ -728,30 +698,22 @@ impl<K: ShapeKey, T> Shapes<K, T> {
         // it; the table is never left half-updated, so keep using it.
         let lock = || self.all.lock().unwrap_or_else(|e| e.into_inner());
         let same = |e: &(u64, u32)| e.0 == hash && self.shapes.get(e.1).is_some_and(is_it);
-        let found = lock().0.find(hash, same).map(|e| e.1);
+        let found = lock().find(hash, same).map(|e| e.1);
         let n = match found {
             Some(n) => n,
             None => {
                 let code = make()?;
-                let mut all = lock();
-                let (table, count) = &mut *all;
-                match table.entry(hash, same, |e| e.0) {
+                match lock().entry(hash, same, |e| e.0) {
                     Entry::Occupied(e) => e.get().1,
                     Entry::Vacant(e) => {
-                        let n = *count;
-                        *count = n.checked_add(1).unwrap_or_else(|| out_of_numbers());
-                        // SAFETY: numbers are handed out under the lock, each
-                        // once (the count never wraps).
-                        unsafe {
-                            self.shapes.insert_unique(
-                                n,
-                                Shape {
-                                    hash,
-                                    key: key.keep(),
-                                    code,
-                                },
-                            )
+                        let shape = Shape {
+                            hash,
+                            key: key.keep(),
+                            code,
                         };
+                        // Under the lock, so no other thread adds this key
+                        // meanwhile.
+                        let n = self.shapes.push(shape).0;
                         e.insert((hash, n));
                         n
                     }
@@ -1080,6 +1042,6 @@ mod tests {
             assert!((0..8).any(|who| first == from(who)), "shape {k}");
             assert!(seen.iter().all(|v| v[k] == first), "shape {k}");
         }
-        assert_eq!(shapes.all.lock().unwrap().1, 300);
+        assert_eq!(shapes.shapes.len(), 300);
     }
 }
