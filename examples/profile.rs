@@ -3,7 +3,9 @@
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr, and for the
 //! `create` modes page faults per signature; `PROFILE_PREFAULT=1` makes the
 //! `create` modes run on heap memory already faulted in, to show what the
-//! faults cost; `create-phases` prints where a new signature's time goes,
+//! faults cost; `PROFILE_MAKE=1` makes each signature in the timed loop with
+//! `Signature::new` and drops it after, as an embedder building signatures
+//! in code would; `create-phases` prints where a new signature's time goes,
 //! see below).
 
 #[path = "common/measure.rs"]
@@ -13,7 +15,7 @@ use std::ffi::c_void;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use tierbridge::abi::CallConv;
+use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawBinding, RawVaList};
 use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
 
@@ -148,7 +150,7 @@ fn create_phases(kind: BackendKind, n: u64) {
         FailurePolicy::Report,
     );
     for round in 0..3 {
-        let sigs: Vec<tierbridge::abi::Signature> = (round * n..(round + 1) * n)
+        let sigs: Vec<Signature> = (round * n..(round + 1) * n)
             .map(measure::fresh_sig)
             .collect();
         let mut per = [0f64; 4];
@@ -216,9 +218,21 @@ fn main() {
             if std::env::var_os("PROFILE_PREFAULT").is_some() {
                 prefault_heap();
             }
+            // PROFILE_MAKE: each signature made in the loop, from a vector
+            // of its types (`Signature::new`), and dropped after its exit
+            // stub and entry point are made, as an embedder building
+            // signatures in code does.
+            let make = std::env::var_os("PROFILE_MAKE").is_some();
             let f0 = minor_faults();
             let t = std::time::Instant::now();
             for s in &sigs {
+                let made;
+                let s = if make {
+                    made = Signature::new(s.params().to_vec(), s.ret().cloned()).unwrap();
+                    &made
+                } else {
+                    s
+                };
                 keep.push((
                     b.exit_stub(s, CallConv::SysV).unwrap(),
                     b.entry_point(s, CallConv::SysV, &d, 0).unwrap(),

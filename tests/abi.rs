@@ -571,6 +571,48 @@ fn a_signature_interned_in_several_registries_gets_each_ones_id() {
 }
 
 #[test]
+fn a_new_signature_is_interned_without_copying_its_parameters() {
+    // The registry keeps a clone of a new signature, and a clone shares the
+    // parameter list: the id's signature must point at the very types of the
+    // one interned, and a struct type must gain no reference per parameter
+    // (a copied list would clone each `Type::Struct`'s `Arc`). 40 parameters:
+    // more than the parser keeps on the stack (16), so this also parses the
+    // longest lists through the spilled path.
+    let pair = Arc::new(
+        StructType::new(
+            vec![(Scalar::F32.into(), None), (Scalar::F32.into(), None)],
+            false,
+        )
+        .unwrap(),
+    );
+    let mut b = Signature::builder();
+    for i in 0..40 {
+        b = if i % 3 == 0 {
+            b.param(Type::Struct(Arc::clone(&pair)))
+        } else {
+            b.param(Scalar::ALL[i % Scalar::ALL.len()])
+        };
+    }
+    let built = b.returns(Type::Struct(Arc::clone(&pair))).build().unwrap();
+    let parsed = sig(&built.to_string());
+    assert_eq!(parsed, built, "a 40-parameter list parses back to itself");
+    let r = Registry::new();
+    let before = Arc::strong_count(&pair);
+    let id = r.intern(&built);
+    assert_eq!(
+        Arc::strong_count(&pair),
+        before + 1,
+        "only the result's type is cloned"
+    );
+    let kept = r.signature(id).unwrap();
+    assert!(std::ptr::eq(kept.params(), built.params()));
+    // Still there, and still the same value, when the original is gone.
+    drop(built);
+    assert_eq!(*r.signature(id).unwrap(), parsed);
+    assert_eq!(r.intern(&parsed), id);
+}
+
+#[test]
 fn ids_map_back_to_exactly_their_signature_under_concurrent_interning() {
     let r = Arc::new(Registry::new());
     let texts: Vec<String> = (0..2000)

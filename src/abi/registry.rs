@@ -34,7 +34,8 @@ impl fmt::Display for SigId {
 const SHARDS: usize = 16;
 
 /// One shard entry: 32 bits of the signature's hash and its id (the
-/// signature itself is the id's entry, so a new signature is copied once).
+/// signature itself is the id's entry: a clone, which shares its parameter
+/// list with the one interned, so a new signature's types are not copied).
 struct Interned(u32, SigId);
 
 /// The hash a shard's table files an entry under, from the 32 bits the entry
@@ -66,8 +67,8 @@ fn filed_under(tag: u32) -> u64 {
 /// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
     shards: [Mutex<HashTable<Interned>>; SHARDS],
-    /// Each id's signature (a copy of the first one interned); an id is the
-    /// index the arena gives it.
+    /// Each id's signature (a clone of the first one interned, sharing its
+    /// parameters); an id is the index the arena gives it.
     entries: Arena<Signature>,
     /// Each id's layout per convention, once asked for.
     layouts: [IdTable<CallLayout>; 2],

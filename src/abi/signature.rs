@@ -2,7 +2,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use smallvec::SmallVec;
 
 use super::error::{AbiError, Result};
 use super::types::{Scalar, StructType, Type};
@@ -18,7 +21,9 @@ pub const MAX_PARAMS: usize = 64;
 /// [`Signature::with_varargs`] and written `(ptr,...,f64,i64)->i32` (an
 /// extension of the grammar: types after `...` are the call's variadic ones).
 pub struct Signature {
-    params: Vec<Type>,
+    /// Shared by every clone: a registry interning a new signature keeps a
+    /// clone, so the parameters are stored once, not copied per id.
+    params: Arc<[Type]>,
     ret: Option<Type>,
     /// Number of fixed parameters when variadic (at most `MAX_PARAMS`).
     fixed: Option<u32>,
@@ -35,12 +40,7 @@ pub struct Signature {
 impl Clone for Signature {
     fn clone(&self) -> Signature {
         Signature {
-            // One exact allocation and a plain loop: `to_vec` of a
-            // non-`Copy` type keeps a drop guard up to date per element, 58
-            // more instructions for a six-parameter signature (callgrind,
-            // `profile create-known`, which clones one per signature).
-            #[allow(clippy::iter_cloned_collect)]
-            params: self.params.iter().cloned().collect(),
+            params: Arc::clone(&self.params),
             ret: self.ret.clone(),
             fixed: self.fixed,
             hash: self.hash,
@@ -79,9 +79,9 @@ impl fmt::Debug for Signature {
 
 impl Signature {
     /// The one place a signature is made (its hash worked out).
-    fn make(params: Vec<Type>, ret: Option<Type>, fixed: Option<usize>) -> Signature {
+    fn make(params: Arc<[Type]>, ret: Option<Type>, fixed: Option<usize>) -> Signature {
         use std::hash::BuildHasher;
-        let hash = rustc_hash::FxBuildHasher.hash_one((&params, &ret, fixed));
+        let hash = rustc_hash::FxBuildHasher.hash_one((&params[..], &ret, fixed));
         Signature {
             params,
             ret,
@@ -103,7 +103,7 @@ impl Signature {
     /// [`AbiError::TooManyParams`].
     pub fn new(params: Vec<Type>, ret: Option<Type>) -> Result<Signature> {
         check_count(params.len())?;
-        Ok(Signature::make(params, ret, None))
+        Ok(Signature::make(params.into(), ret, None))
     }
 
     /// A variadic signature in its declared form: `params` are the fixed ones.
@@ -113,7 +113,7 @@ impl Signature {
     pub fn new_variadic(params: Vec<Type>, ret: Option<Type>) -> Result<Signature> {
         check_count(params.len())?;
         let fixed = Some(params.len());
-        Ok(Signature::make(params, ret, fixed))
+        Ok(Signature::make(params.into(), ret, fixed))
     }
 
     /// Starts a [`SignatureBuilder`].
@@ -157,7 +157,7 @@ impl Signature {
                 found: "`...`".into(),
             });
         }
-        Ok(params)
+        Ok(params.into_vec())
     }
 
     /// The parameters (fixed, then any call-site variadic ones).
@@ -188,7 +188,7 @@ impl Signature {
     /// The declared form of a call-site signature (variadic types dropped).
     pub fn declared(&self) -> Signature {
         Signature::make(
-            self.params[..self.fixed_count()].to_vec(),
+            self.params[..self.fixed_count()].into(),
             self.ret.clone(),
             self.fixed.map(|f| f as usize),
         )
@@ -227,8 +227,8 @@ impl Signature {
                 });
             }
         }
-        let mut params = self.params.clone();
-        params.extend_from_slice(varargs);
+        // One exact allocation (the chain's length is known).
+        let params = self.params.iter().chain(varargs).cloned().collect();
         Ok(Signature::make(params, self.ret.clone(), Some(fixed)))
     }
 
@@ -432,12 +432,15 @@ impl Parser<'_> {
             Some(self.ty(0)?)
         };
         check_count(params.len())?;
-        Ok(Signature::make(params, ret, fixed))
+        // One exact allocation for the parameters, wherever they were kept.
+        Ok(Signature::make(params[..].into(), ret, fixed))
     }
 
-    fn params(&mut self) -> Result<(Vec<Type>, Option<usize>)> {
+    /// The parameter list, kept on the stack while parsed (no allocation
+    /// at all up to 16 parameters, none grown one at a time).
+    fn params(&mut self) -> Result<(SmallVec<[Type; 16]>, Option<usize>)> {
         self.expect("(", "`(`")?;
-        let mut params = Vec::new();
+        let mut params = SmallVec::new();
         let mut fixed = None;
         if self.eat(")") {
             return Ok((params, fixed));
