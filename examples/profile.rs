@@ -213,7 +213,7 @@ fn main() {
                 "create-known" => measure::fresh_known_shape_sig,
                 _ => measure::fresh_shape_sig,
             };
-            let sigs: Vec<tierbridge::abi::Signature> = (0..n).map(series).collect();
+            let sigs: Vec<Signature> = (0..n).map(series).collect();
             let mut keep = Vec::with_capacity(sigs.len());
             if std::env::var_os("PROFILE_PREFAULT").is_some() {
                 prefault_heap();
