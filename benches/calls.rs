@@ -322,6 +322,8 @@ fn setup(c: &mut Criterion, be: &Backends) {
                 &mut next_known,
             ),
         ] {
+            // The signature's shared code (exit stub and entry thunk), made
+            // or found by `prepare`, with no function bound.
             g.bench_function(format!("{name}: {what} exit stub + entry thunk"), |b| {
                 b.iter_custom(|iters| {
                     let sigs: Vec<Signature> = (*counter..*counter + iters).map(series).collect();
@@ -329,15 +331,34 @@ fn setup(c: &mut Criterion, be: &Backends) {
                     let mut keep = Vec::with_capacity(iters as usize);
                     let t = Instant::now();
                     for s in &sigs {
-                        let x = bridge.exit_stub(s, CallConv::SysV).unwrap();
-                        let e = bridge.entry_point(s, CallConv::SysV, &host, 0).unwrap();
-                        keep.push((x, e));
+                        keep.push(bridge.prepare(s, CallConv::SysV).unwrap());
                     }
                     let d = t.elapsed();
                     drop(keep);
                     d
                 })
             });
+            // The same, and a first function bound.
+            g.bench_function(
+                format!("{name}: {what} exit stub + bound entry point"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        let sigs: Vec<Signature> =
+                            (*counter..*counter + iters).map(series).collect();
+                        *counter += iters;
+                        let mut keep = Vec::with_capacity(iters as usize);
+                        let t = Instant::now();
+                        for s in &sigs {
+                            let x = bridge.exit_stub(s, CallConv::SysV).unwrap();
+                            let e = bridge.entry_point(s, CallConv::SysV, &host, 0).unwrap();
+                            keep.push((x, e));
+                        }
+                        let d = t.elapsed();
+                        drop(keep);
+                        d
+                    })
+                },
+            );
         }
         let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
             .parse()

@@ -5,7 +5,8 @@
 //! `create` modes run on heap memory already faulted in, to show what the
 //! faults cost; `PROFILE_MAKE=1` makes each signature in the timed loop with
 //! `Signature::new` and drops it after, as an embedder building signatures
-//! in code would; `create-phases` prints where a new signature's time goes,
+//! in code would; `PROFILE_PREPARE=1` makes each signature's exit stub and
+//! entry thunk with `Bridge::prepare`, binding nothing; `create-phases` prints where a new signature's time goes,
 //! see below).
 
 #[path = "common/measure.rs"]
@@ -223,6 +224,10 @@ fn main() {
             // stub and entry point are made, as an embedder building
             // signatures in code does.
             let make = std::env::var_os("PROFILE_MAKE").is_some();
+            // PROFILE_PREPARE: the signature's exit stub and entry thunk with
+            // `Bridge::prepare`, and no function bound.
+            let prepare = std::env::var_os("PROFILE_PREPARE").is_some();
+            let mut stubs = Vec::with_capacity(if prepare { sigs.len() } else { 0 });
             let f0 = minor_faults();
             let t = std::time::Instant::now();
             for s in &sigs {
@@ -233,10 +238,14 @@ fn main() {
                 } else {
                     s
                 };
-                keep.push((
-                    b.exit_stub(s, CallConv::SysV).unwrap(),
-                    b.entry_point(s, CallConv::SysV, &d, 0).unwrap(),
-                ));
+                if prepare {
+                    stubs.push(b.prepare(s, CallConv::SysV).unwrap());
+                } else {
+                    keep.push((
+                        b.exit_stub(s, CallConv::SysV).unwrap(),
+                        b.entry_point(s, CallConv::SysV, &d, 0).unwrap(),
+                    ));
+                }
             }
             if std::env::var_os("PROFILE_TIME").is_some() {
                 let per = t.elapsed().as_nanos() as f64 / n.max(1) as f64;
@@ -245,7 +254,7 @@ fn main() {
                     "create (without parsing): {per:.0} ns, {faults:.3} page faults per signature"
                 );
             }
-            acc = keep.len() as u64;
+            acc = (keep.len() + stubs.len()) as u64;
         }
         "exit" => {
             let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();

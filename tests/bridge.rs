@@ -519,6 +519,79 @@ fn exit_stubs_are_cached_per_shape() {
 }
 
 #[test]
+fn prepared_signatures_call_and_bind_as_unprepared_ones_do() {
+    // `prepare` returns the signature's exit stub (the one `exit_stub`
+    // gives) and readies its entry thunk; binding afterwards still gives a
+    // working entry point. Each shape is new to the process (an odd mix no
+    // other test uses), so `prepare` is what makes its code.
+    extern "C" fn weigh(a: i8, b: f64, p: Pair, c: u16) -> f64 {
+        a as f64 + b * 2.0 + p.a as f64 * 4.0 + p.b as f64 * 8.0 + c as f64 * 16.0
+    }
+    for (name, b) in support::all_bridges() {
+        let s = sig("(i8,f64,{f32,f32},u16)->f64");
+        let stub = b.prepare(&s, CallConv::SysV).unwrap();
+        assert_eq!(
+            stub.sig_id(),
+            b.exit_stub(&s, CallConv::SysV).unwrap().sig_id()
+        );
+        let pair = u64::from(1.5f32.to_bits()) | u64::from((-2.25f32).to_bits()) << 32;
+        let args = [(-3i64) as u64, 0.5f64.to_bits(), pair, 7];
+        // -3 + 0.5*2 + 1.5*4 - 2.25*8 + 7*16 = 98.
+        let mut ret = [0u64];
+        // SAFETY: weigh has this signature.
+        unsafe { stub.call(weigh as *const c_void, &args, &mut ret) }.unwrap();
+        assert_eq!(f64::from_bits(ret[0]), 98.0, "{name}: to C");
+        let d = host(
+            |c| {
+                let p = c.args[2];
+                let w = c.args[0] as i8 as f64
+                    + f64::from_bits(c.args[1]) * 2.0
+                    + f32::from_bits(p as u32) as f64 * 4.0
+                    + f32::from_bits((p >> 32) as u32) as f64 * 8.0
+                    + c.args[3] as u16 as f64 * 16.0;
+                c.ret[0] = w.to_bits();
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        let ep = b.entry_point(&s, CallConv::SysV, &d, 0).unwrap();
+        // SAFETY: the entry point has the stub's signature.
+        unsafe { stub.call(ep.code_ptr(), &args, &mut ret) }.unwrap();
+        assert_eq!(f64::from_bits(ret[0]), 98.0, "{name}: to the host");
+
+        // Declared variadic: the entry point reads its variadic arguments.
+        let declared = sig("(i16,...)->i64");
+        b.prepare(&declared, CallConv::SysV).unwrap();
+        let d = host(
+            |c| {
+                let mut va = c.varargs.expect("variadic");
+                let (x, y) = (va.next_i64().unwrap(), va.next_f64().unwrap());
+                c.ret[0] = (c.args[0] as i16 as i64 * 100 + x + y as i64) as u64;
+                Ok(())
+            },
+            FailurePolicy::Report,
+        );
+        let ep = b.entry_point(&declared, CallConv::SysV, &d, 0).unwrap();
+        // SAFETY: a variadic function of this declared signature.
+        let f: unsafe extern "C" fn(i16, ...) -> i64 = unsafe { ep.as_fn() };
+        // SAFETY: as above; an i64 and a double passed.
+        assert_eq!(unsafe { f(-2, 30i64, 4.0f64) }, -166, "{name}: variadic");
+
+        // A call site has no entry thunk: prepare makes its stub only, and
+        // binding it is still refused.
+        let call_site = declared
+            .with_varargs(&[tierbridge::abi::Scalar::I64.into()])
+            .unwrap();
+        let stub = b.prepare(&call_site, CallConv::SysV).unwrap();
+        assert_eq!(stub.signature(), &call_site, "{name}");
+        assert!(matches!(
+            b.entry_point(&call_site, CallConv::SysV, &d, 0),
+            Err(ThunkError::Unsupported { .. })
+        ));
+    }
+}
+
+#[test]
 fn exit_stubs_and_entry_points_outlive_their_bridge() {
     // Stubs and entry points made by a bridge, and clones of them, keep
     // working after the bridge is dropped: one stub with a register path,

@@ -454,6 +454,26 @@ impl FfiBackend {
         Self::cached(&self.exits, reg, id, conv, false)
     }
 
+    /// The cif a closure of this signature calls through: the exit cif, or
+    /// for a declared variadic signature the one for its fixed part.
+    fn entry_cif(&self, reg: &'static Registry, id: SigId, conv: CallConv) -> Result<Arc<FfiCif>> {
+        if reg.signature(id)?.is_variadic() {
+            Self::cached(&self.va_closures, reg, id, conv, true)
+        } else {
+            self.exit_cif(reg, id, conv)
+        }
+    }
+
+    /// Prepares the cif later closures of this signature use (`Bridge::prepare`).
+    pub(super) fn prepare_entry(
+        &self,
+        reg: &'static Registry,
+        id: SigId,
+        conv: CallConv,
+    ) -> Result<()> {
+        self.entry_cif(reg, id, conv).map(|_| ())
+    }
+
     pub(super) fn bind(
         &self,
         reg: &'static Registry,
@@ -462,11 +482,7 @@ impl FfiBackend {
         dispatcher: Dispatcher,
         func: u64,
     ) -> Result<FfiEntry> {
-        let cif = if reg.signature(id)?.is_variadic() {
-            Self::cached(&self.va_closures, reg, id, conv, true)?
-        } else {
-            self.exit_cif(reg, id, conv)?
-        };
+        let cif = self.entry_cif(reg, id, conv)?;
         let mut code: *mut c_void = null_mut();
         // SAFETY: ffi_closure_alloc returns writable closure memory and its
         // executable address in `code`, or null.

@@ -880,6 +880,12 @@ impl GenBackend {
         Ok(Block { code, cells, slots })
     }
 
+    /// The signature's entry thunk, made now if no signature of its shape
+    /// has one yet (`Bridge::prepare`).
+    pub(super) fn prepare_entry(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<()> {
+        self.thunk(reg, id, conv).map(|_| ())
+    }
+
     pub(super) fn bind(
         &self,
         reg: &Registry,
@@ -946,6 +952,7 @@ mod tests {
     use super::{Kept, PLACE_BITS, ShapeKey, Shapes, SigKey};
     use crate::abi::{CallConv, Signature};
     use crate::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+    use crate::thunks::EntryImpl;
     use crate::thunks::{BackendKind, Bridge};
     use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
@@ -972,6 +979,45 @@ mod tests {
         assert!(!reg.keeps_layout(id, conv));
         assert_eq!(stub.layout().args.len(), 2);
         assert!(reg.keeps_layout(id, conv));
+    }
+
+    /// `Bridge::prepare` makes the signature's entry thunk (a binding
+    /// afterwards finds it), and a call site's preparation makes none.
+    #[test]
+    fn prepare_makes_the_entry_thunk_a_binding_then_finds() {
+        let bridge = Bridge::new(BackendKind::Generated).unwrap();
+        let Some(g) = &bridge.generated else {
+            return; // fell back to libffi
+        };
+        let (reg, conv) = (bridge.registry(), CallConv::SysV);
+        let sig: Signature = "(i64,...)->f32".parse().unwrap();
+        let id = reg.intern(&sig);
+        assert!(g.thunks[conv as usize].get(id.index()).is_none());
+        bridge.prepare(&sig, conv).unwrap();
+        let made = g.thunks[conv as usize]
+            .get(id.index())
+            .map(|t| t.entry as usize);
+        assert!(made.is_some());
+        let host = Dispatcher::from_host(
+            Arc::new(|_: EntryCall<'_>| Ok::<(), HostError>(())),
+            FailurePolicy::Report,
+        );
+        let entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
+        let EntryImpl::Gen(e) = &entry.imp else {
+            unreachable!("a generated bridge binds generated entry points")
+        };
+        let head = {
+            let pool = e.entries.pool.lock().unwrap();
+            pool.blocks[e.at.0].cells[e.at.1].load(Relaxed)
+        };
+        // SAFETY: the cell points at the binding `entry` owns, alive until it drops.
+        let thunk = unsafe { (*head).thunk };
+        assert_eq!(Some(thunk as usize), made);
+
+        let call_site = sig.with_varargs(&[crate::abi::Scalar::F64.into()]).unwrap();
+        let id = reg.intern(&call_site);
+        bridge.prepare(&call_site, conv).unwrap();
+        assert!(g.thunks[conv as usize].get(id.index()).is_none());
     }
 
     fn place(k: &SigKey) -> u64 {

@@ -364,6 +364,40 @@ impl Bridge {
         })
     }
 
+    /// Makes (or finds) both pieces of code a signature's calls share, its
+    /// exit stub and its entry thunk, and returns the exit stub: afterwards a
+    /// call through the stub, and binding a function of the signature with
+    /// [`Bridge::entry_point`], pay only for themselves (a binding then only
+    /// takes a trampoline). For an embedder that knows its signatures before
+    /// it binds anything, e.g. a module's function types when it is loaded.
+    ///
+    /// A call-site variadic signature ([`Signature::with_varargs`]) has no
+    /// entry thunk (an entry point takes the declared signature): only its
+    /// exit stub is made.
+    ///
+    /// # Errors
+    /// As [`Bridge::exit_stub`] and [`Bridge::entry_point`].
+    pub fn prepare(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
+        self.prepare_by_id(self.registry.intern(sig), conv)
+    }
+
+    /// [`Bridge::prepare`] for an already interned signature: no hashing.
+    ///
+    /// # Errors
+    /// As [`Bridge::prepare`], plus [`AbiError::UnknownSigId`].
+    pub fn prepare_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        let stub = self.exit_stub_by_id(id, conv)?;
+        if !stub.signature().has_call_varargs() {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(g) = &self.generated {
+                g.prepare_entry(self.registry, id, conv)?;
+                return Ok(stub);
+            }
+            self.ffi.prepare_entry(self.registry, id, conv)?;
+        }
+        Ok(stub)
+    }
+
     /// Binds function `func` of `dispatcher` to a new native entry point with
     /// this signature and convention. A variadic signature is given in its
     /// declared form; the host reads the variadic arguments through
