@@ -359,6 +359,12 @@ fn setup(c: &mut Criterion, be: &Backends) {
                     })
                 },
             );
+            // The registry keeps every signature, so each of these rows runs
+            // on a larger one than the last: say how large.
+            eprintln!(
+                "setup: {name}, {what}: the registry now holds {} signatures",
+                bridge.registry().len()
+            );
         }
         let sig: Signature = "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64)->i64"
             .parse()
