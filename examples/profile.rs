@@ -6,8 +6,8 @@
 //! faults cost; `PROFILE_MAKE=1` makes each signature in the timed loop with
 //! `Signature::new` and drops it after, as an embedder building signatures
 //! in code would; `PROFILE_PREPARE=1` makes each signature's exit stub and
-//! entry thunk with `Bridge::prepare`, binding nothing; `create-phases` prints where a new signature's time goes,
-//! see below).
+//! entry thunk with `Bridge::prepare`, binding nothing; `create-phases`
+//! prints where a new signature's time goes, see below).
 
 #[path = "common/measure.rs"]
 mod measure;

@@ -522,8 +522,8 @@ fn exit_stubs_are_cached_per_shape() {
 fn prepared_signatures_call_and_bind_as_unprepared_ones_do() {
     // `prepare` returns the signature's exit stub (the one `exit_stub`
     // gives) and readies its entry thunk; binding afterwards still gives a
-    // working entry point. Each shape is new to the process (an odd mix no
-    // other test uses), so `prepare` is what makes its code.
+    // working entry point. Each bridge meets these shapes here first, so
+    // `prepare` is what makes their code.
     extern "C" fn weigh(a: i8, b: f64, p: Pair, c: u16) -> f64 {
         a as f64 + b * 2.0 + p.a as f64 * 4.0 + p.b as f64 * 8.0 + c as f64 * 16.0
     }

@@ -367,8 +367,8 @@ impl Bridge {
     /// Makes (or finds) both pieces of code a signature's calls share, its
     /// exit stub and its entry thunk, and returns the exit stub: afterwards a
     /// call through the stub, and binding a function of the signature with
-    /// [`Bridge::entry_point`], pay only for themselves (a binding then only
-    /// takes a trampoline). For an embedder that knows its signatures before
+    /// [`Bridge::entry_point`], pay only for themselves (on the generated
+    /// backend a binding then only takes a trampoline). For an embedder that knows its signatures before
     /// it binds anything, e.g. a module's function types when it is loaded.
     ///
     /// A call-site variadic signature ([`Signature::with_varargs`]) has no
