@@ -300,6 +300,27 @@ fn shapes(c: &mut Criterion) {
     setup(c, &be);
 }
 
+/// The time `make` takes on the next `iters` signatures of `series` (from
+/// `*next`, which moves past them), everything it makes kept until the
+/// clock stops.
+fn time_new_signatures<T>(
+    series: fn(u64) -> Signature,
+    next: &mut u64,
+    iters: u64,
+    mut make: impl FnMut(&Signature) -> T,
+) -> Duration {
+    let sigs: Vec<Signature> = (*next..*next + iters).map(series).collect();
+    *next += iters;
+    let mut keep = Vec::with_capacity(iters as usize);
+    let t = Instant::now();
+    for s in &sigs {
+        keep.push(make(s));
+    }
+    let d = t.elapsed();
+    drop(keep);
+    d
+}
+
 fn setup(c: &mut Criterion, be: &Backends) {
     let mut g = c.benchmark_group("setup");
     let host = measure::host_for(0);
@@ -326,16 +347,9 @@ fn setup(c: &mut Criterion, be: &Backends) {
             // or found by `prepare`, with no function bound.
             g.bench_function(format!("{name}: {what} exit stub + entry thunk"), |b| {
                 b.iter_custom(|iters| {
-                    let sigs: Vec<Signature> = (*counter..*counter + iters).map(series).collect();
-                    *counter += iters;
-                    let mut keep = Vec::with_capacity(iters as usize);
-                    let t = Instant::now();
-                    for s in &sigs {
-                        keep.push(bridge.prepare(s, CallConv::SysV).unwrap());
-                    }
-                    let d = t.elapsed();
-                    drop(keep);
-                    d
+                    time_new_signatures(series, counter, iters, |s| {
+                        bridge.prepare(s, CallConv::SysV).unwrap()
+                    })
                 })
             });
             // The same, and a first function bound.
@@ -343,19 +357,10 @@ fn setup(c: &mut Criterion, be: &Backends) {
                 format!("{name}: {what} exit stub + bound entry point"),
                 |b| {
                     b.iter_custom(|iters| {
-                        let sigs: Vec<Signature> =
-                            (*counter..*counter + iters).map(series).collect();
-                        *counter += iters;
-                        let mut keep = Vec::with_capacity(iters as usize);
-                        let t = Instant::now();
-                        for s in &sigs {
+                        time_new_signatures(series, counter, iters, |s| {
                             let x = bridge.exit_stub(s, CallConv::SysV).unwrap();
-                            let e = bridge.entry_point(s, CallConv::SysV, &host, 0).unwrap();
-                            keep.push((x, e));
-                        }
-                        let d = t.elapsed();
-                        drop(keep);
-                        d
+                            (x, bridge.entry_point(s, CallConv::SysV, &host, 0).unwrap())
+                        })
                     })
                 },
             );

@@ -203,8 +203,9 @@ fn main() {
         "create" | "create-shapes" | "create-known" => {
             // n new signatures of a series benches/calls.rs uses
             // (`measure::fresh_sig`; `fresh_shape_sig`: every entry shape
-            // new; `fresh_known_shape_sig`: nearly every shape known); exit
-            // stub + entry thunk for each.
+            // new; `fresh_known_shape_sig`: nearly every shape known); for
+            // each, its exit stub and a bound entry point (`PROFILE_PREPARE`:
+            // its exit stub and entry thunk, nothing bound).
             let d = Dispatcher::from_host(
                 Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
                 FailurePolicy::Report,
@@ -215,7 +216,13 @@ fn main() {
                 _ => measure::fresh_shape_sig,
             };
             let sigs: Vec<Signature> = (0..n).map(series).collect();
-            let mut keep = Vec::with_capacity(sigs.len());
+            let prepare = std::env::var_os("PROFILE_PREPARE").is_some();
+            // What each signature makes is kept until the clock stops.
+            let (mut keep, mut stubs) = if prepare {
+                (Vec::new(), Vec::with_capacity(sigs.len()))
+            } else {
+                (Vec::with_capacity(sigs.len()), Vec::new())
+            };
             if std::env::var_os("PROFILE_PREFAULT").is_some() {
                 prefault_heap();
             }
@@ -224,10 +231,6 @@ fn main() {
             // stub and entry point are made, as an embedder building
             // signatures in code does.
             let make = std::env::var_os("PROFILE_MAKE").is_some();
-            // PROFILE_PREPARE: the signature's exit stub and entry thunk with
-            // `Bridge::prepare`, and no function bound.
-            let prepare = std::env::var_os("PROFILE_PREPARE").is_some();
-            let mut stubs = Vec::with_capacity(if prepare { sigs.len() } else { 0 });
             let f0 = minor_faults();
             let t = std::time::Instant::now();
             for s in &sigs {

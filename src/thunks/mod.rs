@@ -368,8 +368,9 @@ impl Bridge {
     /// exit stub and its entry thunk, and returns the exit stub: afterwards a
     /// call through the stub, and binding a function of the signature with
     /// [`Bridge::entry_point`], pay only for themselves (on the generated
-    /// backend a binding then only takes a trampoline). For an embedder that knows its signatures before
-    /// it binds anything, e.g. a module's function types when it is loaded.
+    /// backend a binding then only takes a trampoline). For an embedder that
+    /// knows its signatures before it binds anything, e.g. a module's
+    /// function types when it is loaded.
     ///
     /// A call-site variadic signature ([`Signature::with_varargs`]) has no
     /// entry thunk (an entry point takes the declared signature): only its
