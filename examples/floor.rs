@@ -291,7 +291,7 @@ mod setup {
                 .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
             println!(
                 "  {n:>9} signatures            {:.0} ns each (median of {rounds}; {lo:.0}-{hi:.0})",
-                measure::median(times.clone())
+                measure::median(times)
             );
         }
     }
