@@ -338,7 +338,7 @@ impl FfiCif {
         collect_failure: bool,
     ) -> Result<Option<i32>> {
         super::check_exit_call(
-            self.sig,
+            || self.sig,
             target,
             (self.arg_slots, self.ret_slots),
             args,

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
-    BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, TRAMPOLINE_BYTES, emit_entry, emit_fast_exit,
-    emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_key,
+    BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, SigKeys, TRAMPOLINE_BYTES, emit_entry,
+    emit_fast_exit, emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_keys,
 };
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
@@ -93,8 +93,11 @@ struct ExitCode {
     slots: OnceLock<SlotStubs>,
 }
 
-/// A generated exit stub: a signature's view of its shape's [`ExitCode`],
-/// kept in its backend's table of exits ([`GenExits`]).
+/// A generated exit stub: a view of its shape's [`ExitCode`] with what a
+/// call needs of the signature, kept by its backend's table of exits
+/// ([`GenExits`]). Shared by every signature with the same exit key
+/// ([`SigKeys::exit`]), which fixes all of its fields; a signature without
+/// one has its own.
 pub(super) struct GenExit {
     /// Its shape's code, kept by the same [`GenExits`] as this exit.
     code: Kept<ExitCode>,
@@ -113,18 +116,6 @@ pub(super) struct GenExit {
     ext: SlotExt,
     nargs: u32,
     nret: u32,
-    /// The signature, although `reg` and `id` give it: a call only names it
-    /// in an error, but looking it up there instead changed how the checked
-    /// call compiles (`PROFILE_TIME=1 profile exit 20000000`: 2.92–3.28 ns
-    /// per call with this field, 3.15–3.30 ns without, seven interleaved
-    /// runs; 49 against 51 instructions per call under callgrind).
-    pub(super) sig: &'static Signature,
-    /// Where the layout is found, classified and kept on first need (the
-    /// registry keeps no layout classified only to make shared code, and a
-    /// signature whose code was found by [`scalar_sig_key`] is never
-    /// classified for its calls).
-    reg: &'static Registry,
-    id: SigId,
     conv: CallConv,
 }
 
@@ -132,10 +123,18 @@ pub(super) struct GenExit {
 /// they share. Each exit and each piece of code stays where it was put until
 /// the table is dropped, which is when the backend and every [`GenExitRef`]
 /// to it are gone.
-#[derive(Default)]
 pub(super) struct GenExits {
-    exits: [IdTable<GenExit>; 2],
+    /// Each signature's exit, per convention.
+    exits: [IdTable<Kept<GenExit>>; 2],
+    /// The exits, shared ones found by exit key in `shared`.
+    made: Arena<GenExit>,
+    shared: Shapes<SigKey, GenExit>,
     code: SharedCode<ExitCode>,
+    /// The registry the ids are from: it has each signature, and its layout,
+    /// classified and kept on first need (the registry keeps no layout
+    /// classified only to make shared code, and a signature whose code was
+    /// found by [`scalar_sig_keys`] is never classified for its calls).
+    reg: &'static Registry,
 }
 
 /// A reference to something a table keeps (never moving or dropping it
@@ -170,7 +169,7 @@ unsafe impl<T: Sync> Sync for Kept<T> {}
 #[derive(Clone)]
 pub(super) struct GenExitRef {
     exit: Kept<GenExit>,
-    _table: Arc<GenExits>,
+    table: Arc<GenExits>,
 }
 
 // An `ExitStub` may move between and be shared across threads.
@@ -180,50 +179,47 @@ const _: () = {
 };
 
 impl GenExitRef {
-    fn new(table: &Arc<GenExits>, exit: &GenExit) -> GenExitRef {
+    fn new(table: &Arc<GenExits>, exit: Kept<GenExit>) -> GenExitRef {
         GenExitRef {
-            exit: Kept::new(exit),
-            _table: table.clone(),
+            exit,
+            table: table.clone(),
         }
     }
-}
 
-impl std::ops::Deref for GenExitRef {
-    type Target = GenExit;
-
-    #[inline(always)]
-    fn deref(&self) -> &GenExit {
-        // SAFETY: `exit` is an entry of the table `_table` keeps alive, and
-        // table entries never move or change once set.
-        unsafe { self.exit.0.as_ref() }
+    /// The signature of `id`, which this exit was made for.
+    pub(super) fn signature(&self, id: SigId) -> &'static Signature {
+        self.table
+            .reg
+            .signature(id)
+            .expect("made from an id this registry issued")
     }
-}
 
-impl GenExit {
-    /// Its shape's code.
-    fn code(&self) -> &ExitCode {
-        // SAFETY: an exit is made (in `GenBackend::exit`) with code from the
-        // `SharedCode` of the same `GenExits` table it is put in; the table
-        // drops its code only when it is dropped itself, and the exit is
-        // reached only through a reference into that table.
-        unsafe { self.code.0.as_ref() }
+    /// The layout of `id`, which this exit was made for, classified now if
+    /// this is its first use.
+    pub(super) fn layout(&self, id: SigId) -> &'static CallLayout {
+        self.table
+            .reg
+            .layout(id, self.conv)
+            .expect("made from an id this registry issued")
     }
 
     /// The call: checks, the stub, and the callback-failure check, with every
-    /// error built out of line so the hot path stays a handful of instructions.
+    /// error built out of line so the hot path stays a handful of
+    /// instructions. `id` is the signature's, for an error to name it.
     ///
     /// # Safety
     /// As `ExitStub::call`.
     #[inline]
     pub(super) unsafe fn call(
         &self,
+        id: SigId,
         target: *const c_void,
         args: &[u64],
         ret: &mut [u64],
         errno_before: Option<i32>,
     ) -> Result<Option<i32>> {
         super::check_exit_call(
-            self.sig,
+            move || self.signature(id),
             target,
             (self.nargs as usize, self.nret as usize),
             args,
@@ -232,7 +228,7 @@ impl GenExit {
         clear_entry_error();
         if let Some(v) = errno_before {
             // SAFETY: forwarded contract; the counts were checked above.
-            return unsafe { self.call_errno(target, args, ret, v) };
+            return unsafe { self.call_errno(id, target, args, ret, v) };
         }
         // SAFETY: the stub reads `nargs` slots and writes `nret` slots (both
         // checked above); the caller vouches that `target` has this signature.
@@ -249,12 +245,13 @@ impl GenExit {
     #[inline(never)]
     unsafe fn call_errno(
         &self,
+        id: SigId,
         target: *const c_void,
         args: &[u64],
         ret: &mut [u64],
         errno_before: i32,
     ) -> Result<Option<i32>> {
-        let f_errno = self.slot_stubs()?.f_errno;
+        let f_errno = self.slot_stubs(id)?.f_errno;
         let mut io = ErrnoIo {
             loc: crate::sys::errno_location(),
             value: errno_before,
@@ -265,23 +262,74 @@ impl GenExit {
         Ok(Some(io.value))
     }
 
-    /// The slot stubs, made now if this is their first use.
-    fn slot_stubs(&self) -> Result<&SlotStubs> {
+    /// The slot stubs, made now (from `id`'s layout) if this is their first
+    /// use.
+    fn slot_stubs(&self, id: SigId) -> Result<&SlotStubs> {
         let code = self.code();
         if let Some(s) = code.slots.get() {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&code.mem, self.layout())?;
+        let fresh = SlotStubs::new(&code.mem, self.layout(id))?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(code.slots.get_or_init(|| fresh))
     }
 
-    /// The signature's layout, classified now if this is its first use.
-    pub(super) fn layout(&self) -> &'static CallLayout {
-        self.reg
-            .layout(self.id, self.conv)
-            .expect("made from an id this registry issued")
+    /// The plain slot stub's address (for compiled code); `None` when there
+    /// is no executable memory left to make it.
+    pub(super) fn raw_fn(&self, id: SigId) -> Option<usize> {
+        self.slot_stubs(id).ok().map(|s| s.f as usize)
+    }
+}
+
+impl std::ops::Deref for GenExitRef {
+    type Target = GenExit;
+
+    #[inline(always)]
+    fn deref(&self) -> &GenExit {
+        // SAFETY: `exit` is kept (in `made`) by the table `table` keeps
+        // alive, which never moves or changes it before the table goes.
+        unsafe { self.exit.0.as_ref() }
+    }
+}
+
+impl GenExit {
+    /// The exit of `sig` for convention `conv` through `code`, its shape's.
+    fn new(code: &ExitCode, sig: &Signature, conv: CallConv) -> GenExit {
+        let ext = match sig.ret() {
+            Some(Type::Scalar(s)) => s.slot_ext(),
+            _ => SlotExt::NONE,
+        };
+        let (fast, (reg_slots, sse_first)) = match &code.fast {
+            Some((c, kind)) => (
+                // SAFETY: emitted as exactly this function type (`FastFn`).
+                Some(unsafe { callable_as::<FastFn>(c.addr().cast()) }),
+                match kind {
+                    FastRet::Regs { slots, sse_first } => (*slots, *sse_first),
+                    FastRet::Sret => (0, false),
+                },
+            ),
+            None => (None, (0, false)),
+        };
+        GenExit {
+            code: Kept::new(code),
+            fast,
+            reg_slots,
+            sse_first,
+            ext,
+            nargs: sig.arg_slots() as u32,
+            nret: sig.ret_slots() as u32,
+            conv,
+        }
+    }
+
+    /// Its shape's code.
+    fn code(&self) -> &ExitCode {
+        // SAFETY: an exit is made (in `GenBackend::make_exit`) with code from
+        // the `SharedCode` of the same `GenExits` table it is kept by; the
+        // table drops its code only when it is dropped itself, and the exit
+        // is reached only through a reference into that table.
+        unsafe { self.code.0.as_ref() }
     }
 
     /// The register stub's address and how it returns, if the signature has
@@ -296,12 +344,6 @@ impl GenExit {
             // Two slots, or a result in memory: compiled code uses the slot stub.
             _ => None,
         }
-    }
-
-    /// The plain slot stub's address (for compiled code); `None` when there
-    /// is no executable memory left to make it.
-    pub(super) fn raw_fn(&self) -> Option<usize> {
-        self.slot_stubs().ok().map(|s| s.f as usize)
     }
 
     /// The stub alone: no checks (see `ExitStub::call_unchecked`).
@@ -540,7 +582,7 @@ pub(super) struct GenBackend {
 }
 
 /// Code shared by machine shape, found by a signature's own key
-/// ([`scalar_sig_key`]) when it has one, without classifying it, else by
+/// ([`scalar_sig_keys`]) when it has one, without classifying it, else by
 /// its layout's key. Every piece of code made stays where it was put until
 /// the table is dropped (as signatures are never forgotten either), so a
 /// lookup hands out a plain reference, and a lookup of a shape seen before
@@ -739,10 +781,16 @@ fn too_big(len: usize) -> ThunkError {
 }
 
 impl GenBackend {
-    pub(super) fn new(mem: Arc<ExecMemory>) -> GenBackend {
+    pub(super) fn new(mem: Arc<ExecMemory>, reg: &'static Registry) -> GenBackend {
         GenBackend {
             mem,
-            exits: Arc::default(),
+            exits: Arc::new(GenExits {
+                exits: Default::default(),
+                made: Arena::default(),
+                shared: Shapes::default(),
+                code: SharedCode::default(),
+                reg,
+            }),
             thunks: Default::default(),
             entries: Arc::new(Entries {
                 pool: Mutex::new(Pool {
@@ -768,74 +816,71 @@ impl GenBackend {
         id: SigId,
         conv: CallConv,
     ) -> Result<GenExitRef> {
-        let cache = &self.exits.exits[conv as usize];
-        if let Some(e) = cache.get(id.index()) {
-            return Ok(GenExitRef::new(&self.exits, e));
+        if let Some(e) = self.exits.exits[conv as usize].get(id.index()) {
+            return Ok(GenExitRef::new(&self.exits, *e));
         }
         let sig = reg.signature(id)?;
-        let code = self.exits.code.get_or_make(
-            scalar_sig_key(sig, conv, false),
-            reg,
-            (id, conv),
-            exit_key,
-            |layout| {
-                let fast = match emit_fast_exit(layout) {
-                    Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
-                    None => None,
-                };
-                let slots = OnceLock::new();
-                if fast.is_none() {
-                    // The slot stub is the call path: make it now.
-                    let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
-                }
-                Ok(ExitCode {
-                    mem: self.mem.clone(),
-                    fast,
-                    slots,
-                })
-            },
-        )?;
-        let ext = match sig.ret() {
-            Some(Type::Scalar(s)) => s.slot_ext(),
-            _ => SlotExt::NONE,
-        };
-        let (fast, (reg_slots, sse_first)) = match &code.fast {
-            Some((c, kind)) => (
-                // SAFETY: emitted as exactly this function type (`FastFn`).
-                Some(unsafe { callable_as::<FastFn>(c.addr().cast()) }),
-                match kind {
-                    FastRet::Regs { slots, sse_first } => (*slots, *sse_first),
-                    FastRet::Sret => (0, false),
-                },
-            ),
-            None => (None, (0, false)),
-        };
-        let (nargs, nret) = (sig.arg_slots() as u32, sig.ret_slots() as u32);
-        let fresh = GenExit {
-            code: Kept::new(code),
-            fast,
-            reg_slots,
-            sse_first,
-            ext,
-            nargs,
-            nret,
-            sig,
-            reg,
-            id,
-            conv,
-        };
-        let e = cache.get_or_insert(id.index(), fresh);
-        Ok(GenExitRef::new(&self.exits, e))
+        let keys = scalar_sig_keys(sig, conv);
+        self.make_exit(reg, (id, conv), sig, keys)
+    }
+
+    /// Makes the exit of `id`, which has none yet (unless another thread
+    /// makes it meanwhile: then that one), from its signature and keys.
+    fn make_exit(
+        &self,
+        reg: &'static Registry,
+        (id, conv): (SigId, CallConv),
+        sig: &'static Signature,
+        keys: Option<SigKeys>,
+    ) -> Result<GenExitRef> {
+        let table = &*self.exits;
+        let key = keys.map(|k| k.exit);
+        // A signature with an exit key shares the exit of that key (made by
+        // the first signature with it); one without has its own.
+        let exit = table.shared.get_or_add(key, || {
+            let code = table
+                .code
+                .get_or_make(key, reg, (id, conv), exit_key, |layout| {
+                    let fast = match emit_fast_exit(layout) {
+                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                        None => None,
+                    };
+                    let slots = OnceLock::new();
+                    if fast.is_none() {
+                        // The slot stub is the call path: make it now.
+                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                    }
+                    Ok(ExitCode {
+                        mem: self.mem.clone(),
+                        fast,
+                        slots,
+                    })
+                })?;
+            Ok(Kept::new(table.made.push(GenExit::new(code, sig, conv)).1))
+        })?;
+        let exit = *table.exits[conv as usize].get_or_insert(id.index(), exit);
+        Ok(GenExitRef::new(&self.exits, exit))
     }
 
     fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Thunk> {
-        let cache = &self.thunks[conv as usize];
-        if let Some(t) = cache.get(id.index()) {
+        if let Some(t) = self.thunks[conv as usize].get(id.index()) {
             return Ok(*t);
         }
         let sig = reg.signature(id)?;
+        self.make_thunk(reg, (id, conv), sig, scalar_sig_keys(sig, conv))
+    }
+
+    /// Makes the entry thunk of `id`, which has none yet (unless another
+    /// thread makes it meanwhile: then that one), from its signature and keys.
+    fn make_thunk(
+        &self,
+        reg: &Registry,
+        (id, conv): (SigId, CallConv),
+        sig: &Signature,
+        keys: Option<SigKeys>,
+    ) -> Result<Thunk> {
         let variadic = sig.is_variadic();
-        let sig_key = scalar_sig_key(sig, conv, true);
+        let sig_key = keys.map(|k| k.entry);
         // A signature with an entry signature key shares its entry layout key
         // with no signature but those of the same signature key, which the
         // lookup by signature key has already met (a unit test in `x64.rs`
@@ -863,7 +908,7 @@ impl GenBackend {
                 })
             },
         )?;
-        Ok(*cache.get_or_insert(id.index(), code.thunk))
+        Ok(*self.thunks[conv as usize].get_or_insert(id.index(), code.thunk))
     }
 
     /// `BLOCK` new trampolines, each reading its own cell (pointing at the
@@ -880,10 +925,30 @@ impl GenBackend {
         Ok(Block { code, cells, slots })
     }
 
-    /// The signature's entry thunk, made now if no signature of its shape
-    /// has one yet (`Bridge::prepare`).
-    pub(super) fn prepare_entry(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<()> {
-        self.thunk(reg, id, conv).map(|_| ())
+    /// The signature's exit and its entry thunk (none for a call-site
+    /// variadic signature), each made now if it was not made before
+    /// (`Bridge::prepare`): the signature's keys are read once for both.
+    pub(super) fn prepare(
+        &self,
+        reg: &'static Registry,
+        id: SigId,
+        conv: CallConv,
+    ) -> Result<GenExitRef> {
+        let exit = self.exits.exits[conv as usize].get(id.index());
+        let thunk = self.thunks[conv as usize].get(id.index());
+        if let (Some(e), Some(_)) = (exit, thunk) {
+            return Ok(GenExitRef::new(&self.exits, *e));
+        }
+        let sig = reg.signature(id)?;
+        let keys = scalar_sig_keys(sig, conv);
+        let exit = match exit {
+            Some(e) => GenExitRef::new(&self.exits, *e),
+            None => self.make_exit(reg, (id, conv), sig, keys)?,
+        };
+        if thunk.is_none() && !sig.has_call_varargs() {
+            self.make_thunk(reg, (id, conv), sig, keys)?;
+        }
+        Ok(exit)
     }
 
     pub(super) fn bind(

@@ -97,10 +97,11 @@ pub enum ThunkError {
 
 /// Checks the shape of an exit call (both backends): a non-null target,
 /// exactly `nargs` argument slots, room for `nret` result slots. The error is
-/// built out of line so the check costs a few compares on the hot path.
+/// built out of line, and `sig` (the signature, for the error to name) only
+/// called there, so the check costs a few compares on the hot path.
 #[inline(always)]
-fn check_exit_call(
-    sig: &Signature,
+fn check_exit_call<'a>(
+    sig: impl FnOnce() -> &'a Signature,
     target: *const c_void,
     (nargs, nret): (usize, usize),
     args: &[u64],
@@ -121,8 +122,8 @@ fn check_exit_call(
 
 #[cold]
 #[inline(never)]
-fn bad_exit_call(
-    sig: &Signature,
+fn bad_exit_call<'a>(
+    sig: impl FnOnce() -> &'a Signature,
     target: *const c_void,
     (nargs, nret): (usize, usize),
     got_args: usize,
@@ -132,13 +133,13 @@ fn bad_exit_call(
         ThunkError::NullTarget
     } else if got_args != nargs {
         ThunkError::ArgCount {
-            sig: sig.to_string(),
+            sig: sig().to_string(),
             expected: nargs,
             got: got_args,
         }
     } else {
         ThunkError::RetSlots {
-            sig: sig.to_string(),
+            sig: sig().to_string(),
             expected: nret,
             got: got_ret,
         }
@@ -270,7 +271,7 @@ impl Bridge {
             match mem {
                 Ok(mem) => {
                     bridge.kind = BackendKind::Generated;
-                    bridge.generated = Some(generated::GenBackend::new(mem));
+                    bridge.generated = Some(generated::GenBackend::new(mem, bridge.registry));
                 }
                 Err(why) => {
                     bridge.fallback = Some(format!("no executable memory ({why}); using libffi"))
@@ -387,13 +388,15 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::prepare`], plus [`AbiError::UnknownSigId`].
     pub fn prepare_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(g) = &self.generated {
+            return Ok(ExitStub {
+                imp: ExitImpl::Gen(g.prepare(self.registry, id, conv)?),
+                id,
+            });
+        }
         let stub = self.exit_stub_by_id(id, conv)?;
         if !stub.signature().has_call_varargs() {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(g) = &self.generated {
-                g.prepare_entry(self.registry, id, conv)?;
-                return Ok(stub);
-            }
             self.ffi.prepare_entry(self.registry, id, conv)?;
         }
         Ok(stub)
@@ -490,7 +493,7 @@ impl ExitStub {
         match &self.imp {
             ExitImpl::Ffi(c) => c.sig,
             #[cfg(target_arch = "x86_64")]
-            ExitImpl::Gen(g) => g.sig,
+            ExitImpl::Gen(g) => g.signature(self.id),
         }
     }
 
@@ -506,7 +509,7 @@ impl ExitStub {
         match &self.imp {
             ExitImpl::Ffi(c) => c.layout,
             #[cfg(target_arch = "x86_64")]
-            ExitImpl::Gen(g) => g.layout(),
+            ExitImpl::Gen(g) => g.layout(self.id),
         }
     }
 
@@ -525,7 +528,7 @@ impl ExitStub {
             match &self.imp {
                 ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before, true),
                 #[cfg(target_arch = "x86_64")]
-                ExitImpl::Gen(g) => g.call(target, args, ret, errno_before),
+                ExitImpl::Gen(g) => g.call(self.id, target, args, ret, errno_before),
             }
         }
     }
@@ -555,7 +558,7 @@ impl ExitStub {
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn raw_fn(&self) -> Option<usize> {
         match &self.imp {
-            ExitImpl::Gen(g) => g.raw_fn(),
+            ExitImpl::Gen(g) => g.raw_fn(self.id),
             ExitImpl::Ffi(_) => None,
         }
     }

@@ -249,7 +249,10 @@ impl KeyBuf {
 }
 
 /// Scalars every emitter treats alike share a class (64-bit integers and
-/// pointers; `u8` and `bool`); every other scalar is its own class.
+/// pointers; `u8` and `bool`); every other scalar is its own class. The
+/// float classes, and only they, have bit 3 set, so a signature's exit key
+/// (float or not per parameter) is read off its entry key
+/// ([`SigKeys::exit_of`]).
 fn scalar_class(s: Scalar) -> u32 {
     match s {
         Scalar::I64 | Scalar::U64 | Scalar::Ptr => 0,
@@ -259,10 +262,13 @@ fn scalar_class(s: Scalar) -> u32 {
         Scalar::U16 => 4,
         Scalar::I32 => 5,
         Scalar::U32 => 6,
-        Scalar::F32 => 7,
-        Scalar::F64 => 8,
+        Scalar::F32 => FLOAT_CLASS,
+        Scalar::F64 => FLOAT_CLASS + 1,
     }
 }
+
+/// The first float class: bit 3, which no other class has.
+const FLOAT_CLASS: u32 = 8;
 
 /// The key of a signature's exit stubs (the register stub and both
 /// slot stubs): argument parts matter only by where they come from (slot
@@ -296,7 +302,7 @@ pub(super) fn entry_key(l: &CallLayout, variadic: bool) -> Option<CodeKey> {
 }
 
 /// A signature's own key for its exit code or entry thunk
-/// ([`scalar_sig_key`]): 4-bit fields packed into 128 bits, so finding a
+/// ([`scalar_sig_keys`]): 4-bit fields packed into 128 bits, so finding a
 /// shape by it hashes and compares two words. Bits 0–3: the convention;
 /// 4–7: the result (0 for none, else 1 + its [`scalar_class`]); 8–15: the
 /// number of parameters; from bit 16, 4 bits per parameter, its class.
@@ -306,23 +312,44 @@ pub(super) struct SigKey(pub(super) u128);
 /// The most parameters a [`SigKey`] has room for.
 const SIG_KEY_PARAMS: usize = (128 - 16) / 4;
 
-/// A key for a signature's exit code (`entry` false) or entry thunk (`entry`
-/// true) read off the signature itself, without classifying it, when it has
-/// one: a signature that is not variadic, has at most [`SIG_KEY_PARAMS`]
-/// parameters, and whose parameters and result are all scalars (or no
-/// result). Its fields ([`SigKey`]) are the convention, the result's class
-/// ([`scalar_class`]) and each parameter's class: for entry thunks
-/// [`scalar_class`] too, for exit code only float or not (an exit stub moves
-/// a scalar's whole slot into its register or stack slot whatever its type
-/// and width; the layout's [`exit_key`] has no classes for arguments either,
-/// and counts their sizes in words). Classification places such a
-/// signature's scalars by convention, position, float or not and width: an
-/// entry class fixes all of these, and an exit class all but the width, which
-/// [`exit_key`] does not see. So two signatures with equal keys have equal
-/// layout keys ([`exit_key`], [`entry_key`]; a unit test checks this over
-/// random signatures). The generated backend looks this key up first and
-/// classifies only when it is new (ABI.md, "Generated code").
-pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Option<SigKey> {
+/// A signature's two keys ([`scalar_sig_keys`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SigKeys {
+    /// For its exit code: each parameter's class is 1 for a float, else 0.
+    pub(super) exit: SigKey,
+    /// For its entry thunk: each parameter's class is its [`scalar_class`].
+    pub(super) entry: SigKey,
+}
+
+impl SigKeys {
+    /// The exit key of a signature with entry key `entry`: each parameter's
+    /// field keeps only bit 3 of its class, moved to bit 0 (set for the
+    /// float classes alone); the header is the same.
+    fn exit_of(entry: SigKey) -> SigKey {
+        // Bit 0 of every parameter field (bits 16 and up).
+        const FIELD_BIT0: u128 = (u128::MAX / 0xF) & !0xFFFF;
+        let header = entry.0 & 0xFFFF;
+        SigKey(header | ((entry.0 >> 3) & FIELD_BIT0))
+    }
+}
+
+/// The keys for a signature's exit code and entry thunk read off the
+/// signature itself, without classifying it, when it has them: a signature
+/// that is not variadic, has at most [`SIG_KEY_PARAMS`] parameters, and
+/// whose parameters and result are all scalars (or no result). Their fields
+/// ([`SigKey`]) are the convention, the result's class ([`scalar_class`])
+/// and each parameter's class: for the entry thunk [`scalar_class`] too, for
+/// the exit code only float or not (an exit stub moves a scalar's whole slot
+/// into its register or stack slot whatever its type and width; the
+/// layout's [`exit_key`] has no classes for arguments either, and counts
+/// their sizes in words). Classification places such a signature's scalars
+/// by convention, position, float or not and width: an entry class fixes
+/// all of these, and an exit class all but the width, which [`exit_key`]
+/// does not see. So two signatures with equal keys have equal layout keys
+/// ([`exit_key`], [`entry_key`]; a unit test checks this over random
+/// signatures). The generated backend looks these keys up first and
+/// classifies only when they are new (ABI.md, "Generated code").
+pub(super) fn scalar_sig_keys(sig: &Signature, conv: CallConv) -> Option<SigKeys> {
     let params = sig.params();
     if sig.is_variadic() || params.len() > SIG_KEY_PARAMS {
         return None;
@@ -332,34 +359,31 @@ pub(super) fn scalar_sig_key(sig: &Signature, conv: CallConv, entry: bool) -> Op
         Some(Type::Scalar(s)) => 1 + scalar_class(*s),
         Some(Type::Struct(_)) => return None,
     };
-    // This runs for every new signature, twice: the first 12 parameters'
-    // classes fill the low word after the header, the rest the high word.
+    // This runs for every new signature, once for both keys: the first 12
+    // parameters' classes fill the low word after the header, the rest the
+    // high word.
     let (first, rest) = params.split_at(params.len().min(12));
-    let classes = if entry {
-        param_classes::<true>
-    } else {
-        param_classes::<false>
-    };
-    let low =
-        conv as u64 | u64::from(ret) << 4 | (params.len() as u64) << 8 | classes(first)? << 16;
-    Some(SigKey(u128::from(classes(rest)?) << 64 | u128::from(low)))
+    let low = conv as u64
+        | u64::from(ret) << 4
+        | (params.len() as u64) << 8
+        | param_classes(first)? << 16;
+    let entry = SigKey(u128::from(param_classes(rest)?) << 64 | u128::from(low));
+    Some(SigKeys {
+        exit: SigKeys::exit_of(entry),
+        entry,
+    })
 }
 
-/// The classes of at most 16 parameters, 4 bits each from bit 0
-/// ([`scalar_class`] when `ENTRY`, else float or not), if all are scalars.
+/// The [`scalar_class`]es of at most 16 parameters, 4 bits each from bit 0,
+/// if all are scalars.
 #[inline(always)]
-fn param_classes<const ENTRY: bool>(params: &[Type]) -> Option<u64> {
+fn param_classes(params: &[Type]) -> Option<u64> {
     let mut classes = 0u64;
     for (i, t) in params.iter().enumerate() {
         let Type::Scalar(s) = t else {
             return None;
         };
-        let class = if ENTRY {
-            scalar_class(*s)
-        } else {
-            u32::from(s.is_float())
-        };
-        classes |= u64::from(class) << (4 * i);
+        classes |= u64::from(scalar_class(*s)) << (4 * i);
     }
     Some(classes)
 }
@@ -1082,6 +1106,36 @@ mod tests {
         assert_eq!(offset_of!(BindingHead, raw), 16);
         assert_eq!(offset_of!(ErrnoIo, loc), 0);
         assert_eq!(offset_of!(ErrnoIo, value), 8);
+    }
+
+    /// One of a signature's two keys (`entry`: the entry thunk's).
+    fn scalar_sig_key(sig: &crate::abi::Signature, conv: CallConv, entry: bool) -> Option<SigKey> {
+        scalar_sig_keys(sig, conv).map(|k| if entry { k.entry } else { k.exit })
+    }
+
+    /// Both keys of one signature, worked out by hand from the field layout
+    /// (`SigKey`): `(i32,f64,u8,...)` would have none; `(i32,f64,u8)->f32` on
+    /// Win64 (convention 1) has the result field 1 + 8 (`f32`'s class), 3
+    /// parameters, and parameter classes 5, 9, 1 for its entry thunk but 0,
+    /// 1, 0 (float or not) for its exit code.
+    #[test]
+    fn a_signatures_keys_are_its_fields() {
+        let sig: crate::abi::Signature = "(i32,f64,u8)->f32".parse().unwrap();
+        let keys = scalar_sig_keys(&sig, CallConv::Win64).unwrap();
+        let header = 1 | 9 << 4 | 3 << 8;
+        assert_eq!(keys.entry, SigKey(header | (5 | 9 << 4 | 1 << 8) << 16));
+        assert_eq!(keys.exit, SigKey(header | (1 << 4) << 16));
+        // A 13th parameter goes to the high word, where bit 3 of its class
+        // moves to bit 0 of the same field.
+        let long: crate::abi::Signature =
+            "(i64,i64,i64,i64,i64,i64,i64,i64,i64,i64,i64,i64,f32)->void"
+                .parse()
+                .unwrap();
+        let keys = scalar_sig_keys(&long, CallConv::SysV).unwrap();
+        assert_eq!(keys.entry, SigKey(8 << 64 | 13 << 8));
+        assert_eq!(keys.exit, SigKey(1 << 64 | 13 << 8));
+        let variadic: crate::abi::Signature = "(i32,f64,u8,...)->void".parse().unwrap();
+        assert_eq!(scalar_sig_keys(&variadic, CallConv::SysV), None);
     }
 
     /// A random type for the shape test: mostly scalars (shapes repeat),
