@@ -1,4 +1,6 @@
-//! An append-only table indexed by small integers, read without locks.
+//! Append-only tables indexed by small integers, read without locks: an
+//! [`IdTable`] keeps values, a [`PtrTable`] pointers to values kept
+//! elsewhere (a slot of 8 bytes, set with a plain store).
 //!
 //! Chunk `k` holds `64 << k` entries, so indices up to `u32::MAX` need at most
 //! 26 chunks. Chunks are allocated on first use and never move, so a shared
@@ -19,8 +21,9 @@
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -36,11 +39,72 @@ struct Slot<T> {
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
-pub(crate) struct IdTable<T> {
-    chunks: [OnceLock<Box<[Slot<T>]>>; CHUNKS],
+/// The chunks of slots of a table and its bound (see the module docs).
+/// `S` is a slot type whose all-zero bytes are a valid empty slot.
+struct Chunks<S> {
+    chunks: [OnceLock<Box<[S]>>; CHUNKS],
     /// No slot at or above it is set (or being set); the state of every
     /// slot below it is on a page written before (see the module docs).
     above: AtomicU64,
+}
+
+impl<S> Default for Chunks<S> {
+    fn default() -> Self {
+        Chunks {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            above: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<S> Chunks<S> {
+    /// The slot at `index` (its chunk allocated if need be) and how many
+    /// slots of its chunk follow it.
+    ///
+    /// # Safety
+    /// All-zero bytes are a valid `S` (an empty slot).
+    unsafe fn slot(&self, index: u32) -> (&S, usize) {
+        let (k, i) = locate(index);
+        let chunk = self.chunks[k].get_or_init(|| {
+            let zeroed = Box::<[S]>::new_zeroed_slice(FIRST << k);
+            // SAFETY: by this function's contract.
+            unsafe { zeroed.assume_init() }
+        });
+        (&chunk[i], chunk.len() - 1 - i)
+    }
+
+    /// The slot at `index` if it may be set: below the bound and in a chunk
+    /// already allocated.
+    #[inline]
+    fn get(&self, index: u32) -> Option<&S> {
+        if u64::from(index) >= self.above.load(Ordering::Acquire) {
+            return None;
+        }
+        let (k, i) = locate(index);
+        Some(&self.chunks[k].get()?[i])
+    }
+
+    /// Raises the bound past `index` if need be, once the state of the slot
+    /// at `index` (with `after` slots of its chunk after it) is written, at
+    /// address `state` (a slot's state is at the same offset in every
+    /// slot): so no reader finds a set index at or above it (a reader below
+    /// it that reads the slot too early sees it not set yet, as it would
+    /// anyway). Raised to the first slot whose state is not in the same
+    /// 4 KiB as this one's (4 KiB is the smallest page of any target), or
+    /// the end of the chunk.
+    #[inline]
+    fn raise(&self, index: u32, state: usize, after: usize) {
+        if u64::from(index) >= self.above.load(Ordering::Relaxed) {
+            let at = state;
+            let same_4k = (((at | 4095) - at) / size_of::<S>()).min(after);
+            self.above
+                .fetch_max(u64::from(index) + 1 + same_4k as u64, Ordering::AcqRel);
+        }
+    }
+}
+
+pub(crate) struct IdTable<T> {
+    chunks: Chunks<Slot<T>>,
 }
 
 // SAFETY: the table hands out shared references to its values across
@@ -54,8 +118,7 @@ unsafe impl<T: Send + Sync> Sync for IdTable<T> {}
 impl<T> Default for IdTable<T> {
     fn default() -> Self {
         IdTable {
-            chunks: std::array::from_fn(|_| OnceLock::new()),
-            above: AtomicU64::new(0),
+            chunks: Chunks::default(),
         }
     }
 }
@@ -83,24 +146,15 @@ impl<T> IdTable<T> {
     /// The slot at `index` (its chunk allocated if need be) and how many
     /// slots of its chunk follow it.
     fn slot(&self, index: u32) -> (&Slot<T>, usize) {
-        let (k, i) = locate(index);
-        let chunk = self.chunks[k].get_or_init(|| {
-            let zeroed = Box::<[Slot<T>]>::new_zeroed_slice(FIRST << k);
-            // SAFETY: an all-zero slot is a valid one: its state is EMPTY (an
-            // AtomicU8 of 0) and its value is a `MaybeUninit`, valid for any
-            // bytes.
-            unsafe { zeroed.assume_init() }
-        });
-        (&chunk[i], chunk.len() - 1 - i)
+        // SAFETY: an all-zero slot is a valid one: its state is EMPTY (an
+        // AtomicU8 of 0) and its value is a `MaybeUninit`, valid for any
+        // bytes.
+        unsafe { self.chunks.slot(index) }
     }
 
     /// The entry at `index`, if set.
     pub(crate) fn get(&self, index: u32) -> Option<&T> {
-        if u64::from(index) >= self.above.load(Ordering::Acquire) {
-            return None;
-        }
-        let (k, i) = locate(index);
-        self.chunks[k].get()?[i].get()
+        self.chunks.get(index)?.get()
     }
 
     /// The entry at `index`: `value` if the entry was not set yet, else the
@@ -158,18 +212,10 @@ impl<T> IdTable<T> {
         (slot, after): (&'a Slot<T>, usize),
         value: T,
     ) -> &'a T {
-        // Raised before the value is published, so no reader finds a set
-        // index at or above it (a reader below it that reads the slot too
-        // early sees it not set yet, as it would anyway). Raised to the
-        // first slot whose state is not in the same 4 KiB as this one's,
-        // which the caller's write of the state wrote (4 KiB is the
-        // smallest page of any target), or the end of the chunk.
-        if u64::from(index) >= self.above.load(Ordering::Relaxed) {
-            let at = &slot.state as *const AtomicU8 as usize;
-            let same_4k = (((at | 4095) - at) / size_of::<Slot<T>>()).min(after);
-            self.above
-                .fetch_max(u64::from(index) + 1 + same_4k as u64, Ordering::AcqRel);
-        }
+        // Raised before the value is published (readers below the bound
+        // wait for READY).
+        let state = &slot.state as *const AtomicU8 as usize;
+        self.chunks.raise(index, state, after);
         // SAFETY: by this function's contract.
         let v = unsafe { (*slot.value.get()).write(value) };
         slot.state.store(READY, Ordering::Release);
@@ -230,8 +276,8 @@ impl<T> Arena<T> {
 impl<T> Drop for IdTable<T> {
     fn drop(&mut self) {
         // Only the slots below `above` can be set (the rest need not be read).
-        let above = *self.above.get_mut();
-        for (k, chunk) in self.chunks.iter_mut().enumerate() {
+        let above = *self.chunks.above.get_mut();
+        for (k, chunk) in self.chunks.chunks.iter_mut().enumerate() {
             let Some(chunk) = chunk.get_mut() else {
                 continue;
             };
@@ -245,6 +291,50 @@ impl<T> Drop for IdTable<T> {
                 }
             }
         }
+    }
+}
+
+/// A table of pointers to values kept elsewhere, by index: 8 bytes a slot,
+/// null for none. Setting an entry is a plain store, not an exchange: for
+/// tables where whatever two threads racing to set one index would store
+/// does the same (the same value, or equal ones kept as long as the table's
+/// readers), so either may win. Its chunks and bound are an [`IdTable`]'s.
+pub(crate) struct PtrTable<T> {
+    chunks: Chunks<AtomicPtr<T>>,
+}
+
+impl<T> Default for PtrTable<T> {
+    fn default() -> Self {
+        PtrTable {
+            chunks: Chunks::default(),
+        }
+    }
+}
+
+// SAFETY: the table only keeps and hands out pointers (it never reads or
+// drops what they point to); every slot is an atomic.
+unsafe impl<T> Sync for PtrTable<T> {}
+// SAFETY: as for Sync.
+unsafe impl<T> Send for PtrTable<T> {}
+
+impl<T> PtrTable<T> {
+    /// The pointer at `index`, if one was set. Acquire: what the setter
+    /// wrote before it set the pointer is visible through it.
+    #[inline]
+    pub(crate) fn get(&self, index: u32) -> Option<NonNull<T>> {
+        NonNull::new(self.chunks.get(index)?.load(Ordering::Acquire))
+    }
+
+    /// Sets the pointer at `index` to `ptr` (Release), whether or not one was
+    /// set before.
+    pub(crate) fn set(&self, index: u32, ptr: NonNull<T>) {
+        // SAFETY: an all-zero `AtomicPtr` is a null pointer, an empty slot.
+        let (slot, after) = unsafe { self.chunks.slot(index) };
+        // Written before the bound is raised past it, as a state is (the
+        // value stored is the one meant; a store of the same pointer again
+        // by a racing setter changes nothing).
+        slot.store(ptr.as_ptr(), Ordering::Release);
+        self.chunks.raise(index, slot.as_ptr() as usize, after);
     }
 }
 
@@ -291,7 +381,7 @@ mod tests {
         let mut last = 0;
         for i in 0..5000u32 {
             t.get_or_insert(i, [u64::from(i); 3]);
-            let above = t.above.load(Ordering::Relaxed);
+            let above = t.chunks.above.load(Ordering::Relaxed);
             if above != last {
                 raised += 1;
                 last = above;
@@ -313,6 +403,52 @@ mod tests {
         assert!(raised <= 5000 * 32 / 4096 + 2 * 7, "raised {raised} times");
         assert_eq!(t.get(4999), Some(&[4999; 3]));
         assert_eq!(t.get(5000), None);
+    }
+
+    #[test]
+    fn pointers_set_are_read_back_and_unset_ones_are_none() {
+        let values: Vec<u64> = (0..5).collect();
+        let t: PtrTable<u64> = PtrTable::default();
+        for (i, at) in [0u32, 63, 64, 5000, 100_000].into_iter().enumerate() {
+            assert_eq!(t.get(at), None);
+            t.set(at, NonNull::from(&values[i]));
+            assert_eq!(t.get(at), Some(NonNull::from(&values[i])));
+        }
+        // Set again: the last pointer stored is the one read.
+        t.set(64, NonNull::from(&values[0]));
+        assert_eq!(t.get(64), Some(NonNull::from(&values[0])));
+        // Below the highest index set, on a page written, and unset.
+        assert_eq!(t.get(65), None);
+        assert_eq!(t.get(99_999), None);
+        assert_eq!(t.get(1 << 30), None);
+        // Pointer slots are 8 bytes, 512 to 4 KiB: after slot 100 000 the
+        // bound covers at most the rest of that slot's 4 KiB.
+        let above = t.chunks.above.load(Ordering::Relaxed);
+        assert!(above > 100_000 && above <= 100_000 + 512, "bound {above}");
+    }
+
+    #[test]
+    fn threads_setting_the_same_pointers_all_read_them() {
+        // Eight threads set the same 2000 indices to the same pointers, out of
+        // order, and each then reads every index it set back.
+        let values: Vec<u32> = (0..2000).collect();
+        let t: PtrTable<u32> = PtrTable::default();
+        std::thread::scope(|s| {
+            for who in 0..8u32 {
+                let (t, values) = (&t, &values);
+                s.spawn(move || {
+                    for k in 0..2000u32 {
+                        let i = (k * 7 + who * 251) % 2000;
+                        t.set(i, NonNull::from(&values[i as usize]));
+                        // SAFETY: the pointer is into `values`, alive here.
+                        assert_eq!(t.get(i).map(|p| unsafe { *p.as_ref() }), Some(i));
+                    }
+                });
+            }
+        });
+        for i in 0..2000u32 {
+            assert_eq!(t.get(i), Some(NonNull::from(&values[i as usize])));
+        }
     }
 
     #[test]

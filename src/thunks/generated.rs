@@ -33,7 +33,7 @@ use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, FailurePolicy, RawBinding, RawVaList, after_dispatch, clear_entry_error,
 };
-use crate::table::{Arena, IdTable};
+use crate::table::{Arena, PtrTable};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
@@ -124,8 +124,10 @@ pub(super) struct GenExit {
 /// the table is dropped, which is when the backend and every [`GenExitRef`]
 /// to it are gone.
 pub(super) struct GenExits {
-    /// Each signature's exit, per convention.
-    exits: [IdTable<Kept<GenExit>>; 2],
+    /// Each signature's exit, per convention (a racing thread may set an
+    /// id's again: to the same shared exit, or for a signature without an
+    /// exit key an equal one of its own, kept as long as the others).
+    exits: [PtrTable<GenExit>; 2],
     /// The exits, shared ones found by exit key in `shared`.
     made: Arena<GenExit>,
     shared: Shapes<SigKey, GenExit>,
@@ -577,7 +579,10 @@ pub(super) struct GenBackend {
     /// per convention, so a program that uses one convention touches no
     /// memory for the other).
     exits: Arc<GenExits>,
-    thunks: [IdTable<Thunk>; 2],
+    /// Each signature's entry thunk (kept by `entries`; a racing thread may
+    /// set an id's again, to the same shared thunk or, for a shape without
+    /// a key, an equal one).
+    thunks: [PtrTable<GenThunk>; 2],
     entries: Arc<Entries>,
 }
 
@@ -817,7 +822,7 @@ impl GenBackend {
         conv: CallConv,
     ) -> Result<GenExitRef> {
         if let Some(e) = self.exits.exits[conv as usize].get(id.index()) {
-            return Ok(GenExitRef::new(&self.exits, *e));
+            return Ok(GenExitRef::new(&self.exits, Kept(e)));
         }
         let sig = reg.signature(id)?;
         let keys = scalar_sig_keys(sig, conv);
@@ -858,13 +863,21 @@ impl GenBackend {
                 })?;
             Ok(Kept::new(table.made.push(GenExit::new(code, sig, conv)).1))
         })?;
-        let exit = *table.exits[conv as usize].get_or_insert(id.index(), exit);
+        table.exits[conv as usize].set(id.index(), exit.0);
         Ok(GenExitRef::new(&self.exits, exit))
     }
 
+    /// The entry thunk of `id`, if it has one yet.
+    fn thunk_of(&self, id: SigId, conv: CallConv) -> Option<Thunk> {
+        let t = self.thunks[conv as usize].get(id.index())?;
+        // SAFETY: the table points only to thunks `self.entries` keeps,
+        // which never moves or drops them before it is dropped.
+        Some(unsafe { t.as_ref() }.thunk)
+    }
+
     fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Thunk> {
-        if let Some(t) = self.thunks[conv as usize].get(id.index()) {
-            return Ok(*t);
+        if let Some(t) = self.thunk_of(id, conv) {
+            return Ok(t);
         }
         let sig = reg.signature(id)?;
         self.make_thunk(reg, (id, conv), sig, scalar_sig_keys(sig, conv))
@@ -908,7 +921,8 @@ impl GenBackend {
                 })
             },
         )?;
-        Ok(*self.thunks[conv as usize].get_or_insert(id.index(), code.thunk))
+        self.thunks[conv as usize].set(id.index(), NonNull::from(code));
+        Ok(code.thunk)
     }
 
     /// `BLOCK` new trampolines, each reading its own cell (pointing at the
@@ -937,12 +951,12 @@ impl GenBackend {
         let exit = self.exits.exits[conv as usize].get(id.index());
         let thunk = self.thunks[conv as usize].get(id.index());
         if let (Some(e), Some(_)) = (exit, thunk) {
-            return Ok(GenExitRef::new(&self.exits, *e));
+            return Ok(GenExitRef::new(&self.exits, Kept(e)));
         }
         let sig = reg.signature(id)?;
         let keys = scalar_sig_keys(sig, conv);
         let exit = match exit {
-            Some(e) => GenExitRef::new(&self.exits, *e),
+            Some(e) => GenExitRef::new(&self.exits, Kept(e)),
             None => self.make_exit(reg, (id, conv), sig, keys)?,
         };
         if thunk.is_none() && !sig.has_call_varargs() {
@@ -1057,11 +1071,9 @@ mod tests {
         let (reg, conv) = (bridge.registry(), CallConv::SysV);
         let sig: Signature = "(i64,...)->f32".parse().unwrap();
         let id = reg.intern(&sig);
-        assert!(g.thunks[conv as usize].get(id.index()).is_none());
+        assert!(g.thunk_of(id, conv).is_none());
         bridge.prepare(&sig, conv).unwrap();
-        let made = g.thunks[conv as usize]
-            .get(id.index())
-            .map(|t| t.entry as usize);
+        let made = g.thunk_of(id, conv).map(|t| t.entry as usize);
         assert!(made.is_some());
         let host = Dispatcher::from_host(
             Arc::new(|_: EntryCall<'_>| Ok::<(), HostError>(())),
@@ -1082,7 +1094,7 @@ mod tests {
         let call_site = sig.with_varargs(&[crate::abi::Scalar::F64.into()]).unwrap();
         let id = reg.intern(&call_site);
         bridge.prepare(&call_site, conv).unwrap();
-        assert!(g.thunks[conv as usize].get(id.index()).is_none());
+        assert!(g.thunk_of(id, conv).is_none());
     }
 
     fn place(k: &SigKey) -> u64 {
