@@ -829,8 +829,9 @@ impl GenBackend {
         self.make_exit(reg, (id, conv), sig, keys)
     }
 
-    /// Makes the exit of `id`, which has none yet (unless another thread
-    /// makes it meanwhile: then that one), from its signature and keys.
+    /// Makes the exit of `id`, which had none, from its signature and keys,
+    /// and sets it as the id's (a thread doing the same meanwhile sets the
+    /// same shared exit, or an equal one, either of which may stay).
     fn make_exit(
         &self,
         reg: &'static Registry,
@@ -883,8 +884,9 @@ impl GenBackend {
         self.make_thunk(reg, (id, conv), sig, scalar_sig_keys(sig, conv))
     }
 
-    /// Makes the entry thunk of `id`, which has none yet (unless another
-    /// thread makes it meanwhile: then that one), from its signature and keys.
+    /// Makes the entry thunk of `id`, which had none, from its signature and
+    /// keys, and sets it as the id's (a thread doing the same meanwhile sets
+    /// the same shared thunk, or an equal one, either of which may stay).
     fn make_thunk(
         &self,
         reg: &Registry,
