@@ -95,8 +95,7 @@ impl<S> Chunks<S> {
     #[inline]
     fn raise(&self, index: u32, state: usize, after: usize) {
         if u64::from(index) >= self.above.load(Ordering::Relaxed) {
-            let at = state;
-            let same_4k = (((at | 4095) - at) / size_of::<S>()).min(after);
+            let same_4k = (((state | 4095) - state) / size_of::<S>()).min(after);
             self.above
                 .fetch_max(u64::from(index) + 1 + same_4k as u64, Ordering::AcqRel);
         }
@@ -312,10 +311,12 @@ impl<T> Default for PtrTable<T> {
 }
 
 // SAFETY: the table only keeps and hands out pointers (it never reads or
-// drops what they point to); every slot is an atomic.
-unsafe impl<T> Sync for PtrTable<T> {}
+// drops what they point to) and every slot is an atomic; `T: Sync` because
+// the pointers it hands out are read through from any thread, as shared
+// references would be.
+unsafe impl<T: Sync> Sync for PtrTable<T> {}
 // SAFETY: as for Sync.
-unsafe impl<T> Send for PtrTable<T> {}
+unsafe impl<T: Sync> Send for PtrTable<T> {}
 
 impl<T> PtrTable<T> {
     /// The pointer at `index`, if one was set. Acquire: what the setter

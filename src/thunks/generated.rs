@@ -587,8 +587,9 @@ pub(super) struct GenBackend {
 }
 
 /// Code shared by machine shape, found by a signature's own key
-/// ([`scalar_sig_keys`]) when it has one, without classifying it, else by
-/// its layout's key. Every piece of code made stays where it was put until
+/// ([`scalar_sig_keys`]) when it is given one, without classifying it, else
+/// by its layout's key (exit code is given none: [`GenExits::shared`] is its
+/// table by signature key). Every piece of code made stays where it was put until
 /// the table is dropped (as signatures are never forgotten either), so a
 /// lookup hands out a plain reference, and a lookup of a shape seen before
 /// usually takes no lock (see [`Shapes`]).
@@ -815,18 +816,17 @@ impl GenBackend {
         install(&self.mem, code)
     }
 
-    pub(super) fn exit(
-        &self,
-        reg: &'static Registry,
-        id: SigId,
-        conv: CallConv,
-    ) -> Result<GenExitRef> {
+    /// The registry the backend's ids are from (its bridge's).
+    fn reg(&self) -> &'static Registry {
+        self.exits.reg
+    }
+
+    pub(super) fn exit(&self, id: SigId, conv: CallConv) -> Result<GenExitRef> {
         if let Some(e) = self.exits.exits[conv as usize].get(id.index()) {
             return Ok(GenExitRef::new(&self.exits, Kept(e)));
         }
-        let sig = reg.signature(id)?;
-        let keys = scalar_sig_keys(sig, conv);
-        self.make_exit(reg, (id, conv), sig, keys)
+        let sig = self.reg().signature(id)?;
+        self.make_exit((id, conv), sig, scalar_sig_keys(sig, conv))
     }
 
     /// Makes the exit of `id`, which had none, from its signature and keys,
@@ -834,7 +834,6 @@ impl GenBackend {
     /// same shared exit, or an equal one, either of which may stay).
     fn make_exit(
         &self,
-        reg: &'static Registry,
         (id, conv): (SigId, CallConv),
         sig: &'static Signature,
         keys: Option<SigKeys>,
@@ -842,26 +841,29 @@ impl GenBackend {
         let table = &*self.exits;
         let key = keys.map(|k| k.exit);
         // A signature with an exit key shares the exit of that key (made by
-        // the first signature with it); one without has its own.
+        // the first signature with it); one without has its own. Its code is
+        // found by its layout's key: `shared` is the table by exit key, so
+        // the code's own table by signature key is not used for exits.
         let exit = table.shared.get_or_add(key, || {
-            let code = table
-                .code
-                .get_or_make(key, reg, (id, conv), exit_key, |layout| {
-                    let fast = match emit_fast_exit(layout) {
-                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
-                        None => None,
-                    };
-                    let slots = OnceLock::new();
-                    if fast.is_none() {
-                        // The slot stub is the call path: make it now.
-                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
-                    }
-                    Ok(ExitCode {
-                        mem: self.mem.clone(),
-                        fast,
-                        slots,
-                    })
-                })?;
+            let code =
+                table
+                    .code
+                    .get_or_make(None, self.reg(), (id, conv), exit_key, |layout| {
+                        let fast = match emit_fast_exit(layout) {
+                            Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                            None => None,
+                        };
+                        let slots = OnceLock::new();
+                        if fast.is_none() {
+                            // The slot stub is the call path: make it now.
+                            let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                        }
+                        Ok(ExitCode {
+                            mem: self.mem.clone(),
+                            fast,
+                            slots,
+                        })
+                    })?;
             Ok(Kept::new(table.made.push(GenExit::new(code, sig, conv)).1))
         })?;
         table.exits[conv as usize].set(id.index(), exit.0);
@@ -876,12 +878,12 @@ impl GenBackend {
         Some(unsafe { t.as_ref() }.thunk)
     }
 
-    fn thunk(&self, reg: &Registry, id: SigId, conv: CallConv) -> Result<Thunk> {
+    fn thunk(&self, id: SigId, conv: CallConv) -> Result<Thunk> {
         if let Some(t) = self.thunk_of(id, conv) {
             return Ok(t);
         }
-        let sig = reg.signature(id)?;
-        self.make_thunk(reg, (id, conv), sig, scalar_sig_keys(sig, conv))
+        let sig = self.reg().signature(id)?;
+        self.make_thunk((id, conv), sig, scalar_sig_keys(sig, conv))
     }
 
     /// Makes the entry thunk of `id`, which had none, from its signature and
@@ -889,7 +891,6 @@ impl GenBackend {
     /// the same shared thunk, or an equal one, either of which may stay).
     fn make_thunk(
         &self,
-        reg: &Registry,
         (id, conv): (SigId, CallConv),
         sig: &Signature,
         keys: Option<SigKeys>,
@@ -903,7 +904,7 @@ impl GenBackend {
         let keyed = sig_key.is_some();
         let code = self.entries.code.get_or_make(
             sig_key,
-            reg,
+            self.reg(),
             (id, conv),
             |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
             |layout| {
@@ -944,38 +945,32 @@ impl GenBackend {
     /// The signature's exit and its entry thunk (none for a call-site
     /// variadic signature), each made now if it was not made before
     /// (`Bridge::prepare`): the signature's keys are read once for both.
-    pub(super) fn prepare(
-        &self,
-        reg: &'static Registry,
-        id: SigId,
-        conv: CallConv,
-    ) -> Result<GenExitRef> {
+    pub(super) fn prepare(&self, id: SigId, conv: CallConv) -> Result<GenExitRef> {
         let exit = self.exits.exits[conv as usize].get(id.index());
         let thunk = self.thunks[conv as usize].get(id.index());
         if let (Some(e), Some(_)) = (exit, thunk) {
             return Ok(GenExitRef::new(&self.exits, Kept(e)));
         }
-        let sig = reg.signature(id)?;
+        let sig = self.reg().signature(id)?;
         let keys = scalar_sig_keys(sig, conv);
         let exit = match exit {
             Some(e) => GenExitRef::new(&self.exits, Kept(e)),
-            None => self.make_exit(reg, (id, conv), sig, keys)?,
+            None => self.make_exit((id, conv), sig, keys)?,
         };
         if thunk.is_none() && !sig.has_call_varargs() {
-            self.make_thunk(reg, (id, conv), sig, keys)?;
+            self.make_thunk((id, conv), sig, keys)?;
         }
         Ok(exit)
     }
 
     pub(super) fn bind(
         &self,
-        reg: &Registry,
         id: SigId,
         conv: CallConv,
         dispatcher: Dispatcher,
         func: u64,
     ) -> Result<GenEntry> {
-        let thunk = self.thunk(reg, id, conv)?;
+        let thunk = self.thunk(id, conv)?;
         let binding = GenBinding {
             head: BindingHead {
                 thunk: thunk.entry,

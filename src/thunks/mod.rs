@@ -354,7 +354,7 @@ impl Bridge {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
-                imp: ExitImpl::Gen(g.exit(self.registry, id, conv)?),
+                imp: ExitImpl::Gen(g.exit(id, conv)?),
                 id,
             });
         }
@@ -391,7 +391,7 @@ impl Bridge {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
-                imp: ExitImpl::Gen(g.prepare(self.registry, id, conv)?),
+                imp: ExitImpl::Gen(g.prepare(id, conv)?),
                 id,
             });
         }
@@ -442,7 +442,7 @@ impl Bridge {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
-            let e = g.bind(self.registry, id, conv, dispatcher.clone(), func)?;
+            let e = g.bind(id, conv, dispatcher.clone(), func)?;
             return Ok(EntryPoint {
                 imp: EntryImpl::Gen(e),
                 id,
