@@ -13,6 +13,9 @@ use super::types::{Scalar, StructType, Type};
 /// Most parameters a signature may have (variadic arguments included).
 pub const MAX_PARAMS: usize = 64;
 
+// A signature keeps its number of fixed parameters in a byte.
+const _: () = assert!(MAX_PARAMS <= u8::MAX as usize);
+
 /// A C function signature.
 ///
 /// A variadic signature comes in two forms: the *declared* form
@@ -25,17 +28,25 @@ pub struct Signature {
     /// clone, so the parameters are stored once, not copied per id.
     params: Arc<[Type]>,
     ret: Option<Type>,
-    /// Number of fixed parameters when variadic (at most `MAX_PARAMS`).
-    fixed: Option<u32>,
+    /// Number of fixed parameters when variadic (at most `MAX_PARAMS`, so a
+    /// byte: with the 32-bit hash below, a signature is 48 bytes, not 56, and
+    /// a registry keeps one per id).
+    fixed: Option<u8>,
     /// A hash of the three fields above, worked out once when the signature
     /// is made: interning and cached lookups by signature hash it every time.
-    hash: u64,
+    /// 32 bits are plenty for tables of millions (equal hashes are always
+    /// followed by a full comparison).
+    hash: u32,
     /// The id a registry gave this very signature (or the one it was cloned
     /// from), with that registry's serial number: `serial << 32 | id`, 0 for
     /// none. Not part of the signature's value (equality and hash ignore
     /// it); see `Registry::intern`.
     interned: AtomicU64,
 }
+
+// A registry keeps one signature per id: keep it at 48 bytes.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(size_of::<Signature>() == 48);
 
 impl Clone for Signature {
     fn clone(&self) -> Signature {
@@ -63,7 +74,7 @@ impl Eq for Signature {}
 
 impl std::hash::Hash for Signature {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u32(self.hash);
     }
 }
 
@@ -86,8 +97,9 @@ impl Signature {
             params,
             ret,
             // Every constructor checks the count against MAX_PARAMS first.
-            fixed: fixed.map(|f| f as u32),
-            hash,
+            fixed: fixed.map(|f| f as u8),
+            // Both halves folded in, so every bit of the full hash counts.
+            hash: (hash ^ hash >> 32) as u32,
             interned: AtomicU64::new(0),
         }
     }
