@@ -15,7 +15,10 @@
 //!   result slot and calls a 4-instruction dispatcher (tierbridge's entry
 //!   sequence, with the dispatcher in assembly instead of Rust); and the same
 //!   with a trampoline that has the binding's address built in and jumps to
-//!   the thunk directly (what writing code per binding would buy).
+//!   the thunk directly (what writing code per binding would buy);
+//! - the same exit and entry floors for eight `i64`s, two of them on the
+//!   stack, where the exit stub has to call the target instead of jumping
+//!   to it.
 //!
 //! Each is timed as the best of 5 runs of 10⁸ calls in a loop, like the direct
 //! call it is compared with.
@@ -32,6 +35,8 @@ mod floor {
     use std::hint::black_box;
     use std::time::Instant;
 
+    use super::measure::{Eight, eight_i64};
+
     /// What the trampoline's cell points to: the thunk, the dispatcher.
     #[repr(C)]
     pub struct Binding {
@@ -47,6 +52,15 @@ mod floor {
 
     #[unsafe(no_mangle)]
     static FLOOR_CELL: &Binding = &FLOOR_BINDING;
+
+    #[unsafe(no_mangle)]
+    static FLOOR_BINDING8: Binding = Binding {
+        thunk: floor_thunk8,
+        dispatch: floor_dispatch8,
+    };
+
+    #[unsafe(no_mangle)]
+    static FLOOR_CELL8: &Binding = &FLOOR_BINDING8;
 
     global_asm!(
         r#"
@@ -99,6 +113,75 @@ mod floor {
             mov [rdx], rax
             xor eax, eax
             ret
+
+        .p2align 5
+        .globl floor_exit8
+        floor_exit8:
+            sub rsp, 0x18
+            mov r11, rdi
+            mov r10, rsi
+            mov rdi, [r11]
+            mov rsi, [r11 + 8]
+            mov rdx, [r11 + 16]
+            mov rcx, [r11 + 24]
+            mov r8, [r11 + 32]
+            mov r9, [r11 + 40]
+            mov rax, [r11 + 48]
+            mov [rsp], rax
+            mov rax, [r11 + 56]
+            mov [rsp + 8], rax
+            call r10
+            add rsp, 0x18
+            ret
+
+        .p2align 5
+        .globl floor_entry8
+        floor_entry8:
+            mov r10, [rip + FLOOR_CELL8]
+            jmp [r10]
+
+        .p2align 5
+        .globl floor_thunk8
+        floor_thunk8:
+            sub rsp, 0x68
+            mov [rsp], rdi
+            mov [rsp + 8], rsi
+            mov [rsp + 16], rdx
+            mov [rsp + 24], rcx
+            mov [rsp + 32], r8
+            mov [rsp + 40], r9
+            mov rax, [rsp + 0x70]
+            mov [rsp + 48], rax
+            mov rax, [rsp + 0x78]
+            mov [rsp + 56], rax
+            mov qword ptr [rsp + 0x40], 0
+            mov [rsp + 0x48], r10
+            lea rdi, [r10 + 16]
+            lea rsi, [rsp]
+            lea rdx, [rsp + 0x40]
+            xor ecx, ecx
+            call [r10 + 8]
+            test eax, eax
+            jne 2f
+            mov rax, [rsp + 0x40]
+            add rsp, 0x68
+            ret
+        2:  ud2
+
+        .p2align 5
+        .globl floor_dispatch8
+        floor_dispatch8:
+            mov rax, [rsi]
+            xor rax, [rsi + 8]
+            xor rax, [rsi + 16]
+            xor rax, [rsi + 24]
+            xor rax, [rsi + 32]
+            xor rax, [rsi + 40]
+            xor rax, [rsi + 48]
+            xor rax, [rsi + 56]
+            mov [rdx], rax
+            xor eax, eax
+            ret
         "#
     );
 
@@ -108,7 +191,14 @@ mod floor {
         fn floor_entry_direct(a: i64, b: i64) -> i64;
         fn floor_thunk();
         fn floor_dispatch();
+        fn floor_exit8(args: *const u64, target: Eight) -> u64;
+        fn floor_entry8(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64, h: i64) -> i64;
+        fn floor_thunk8();
+        fn floor_dispatch8();
     }
+
+    type ExitFloor8 = unsafe extern "C" fn(*const u64, Eight) -> u64;
+    type EntryFloor8 = unsafe extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
 
     type ExitFloor = unsafe extern "C" fn(*const u64, extern "C" fn(i64, i64) -> i64) -> u64;
     type EntryFloor = unsafe extern "C" fn(i64, i64) -> i64;
@@ -162,6 +252,38 @@ mod floor {
         println!(
             "  entry, binding built into code  {entry_direct:.3} ns ({:.2}x)",
             entry_direct / direct
+        );
+
+        // Eight arguments, two of them on the stack: the exit stub cannot
+        // jump to the target (the stack arguments go where its own caller's
+        // frame is), so it calls it, and the entry thunk also copies the two
+        // stack arguments. Both copy 8 bytes at a time: the slots and the
+        // stack arguments were stored 8 bytes at a time, and a 16-byte load
+        // of two such stores is not forwarded from them (with one, each floor
+        // read 9 ns here).
+        let direct8 = best_of_5(|i| black_box(eight_i64 as Eight)(i, 1, 2, 3, 4, 5, 6, 7));
+        let exit8 = best_of_5(|i| {
+            let slots = [i as u64, 1, 2, 3, 4, 5, 6, 7];
+            let target = black_box(eight_i64 as Eight);
+            // SAFETY: floor_exit8 reads eight slots, passes the last two on
+            // the stack, calls `eight_i64` and returns its rax.
+            unsafe { black_box(floor_exit8 as ExitFloor8)(slots.as_ptr(), target) as i64 }
+        });
+        // SAFETY: floor_entry8 is a complete eight-`i64` function: its
+        // binding is static and its dispatcher xors eight slots, as
+        // `eight_i64` does.
+        let entry8 = best_of_5(|i| unsafe {
+            black_box(floor_entry8 as EntryFloor8)(i, 1, 2, 3, 4, 5, 6, 7)
+        });
+        println!("8 x i64 (2 on the stack) -> i64, best of 5 x 10^8 calls:");
+        println!("  direct call                     {direct8:.3} ns");
+        println!(
+            "  exit floor (slots -> call)      {exit8:.3} ns ({:.2}x)",
+            exit8 / direct8
+        );
+        println!(
+            "  entry floor (trampoline, thunk) {entry8:.3} ns ({:.2}x)",
+            entry8 / direct8
         );
     }
 }
