@@ -522,6 +522,9 @@ struct Pool {
 /// own to its thunk's code).
 struct Entries {
     pool: Mutex<Pool>,
+    /// The thunks by a signature's entry key ([`SigKeys::entry`]), found
+    /// without classifying the signature.
+    by_sig: Shapes<SigKey, GenThunk>,
     code: SharedCode<GenThunk>,
 }
 
@@ -586,17 +589,17 @@ pub(super) struct GenBackend {
     entries: Arc<Entries>,
 }
 
-/// Code shared by machine shape, found by a signature's own key
-/// ([`scalar_sig_keys`]) when it is given one, without classifying it, else
-/// by its layout's key (exit code is given none: [`GenExits::shared`] is its
-/// table by signature key). Every piece of code made stays where it was put until
-/// the table is dropped (as signatures are never forgotten either), so a
-/// lookup hands out a plain reference, and a lookup of a shape seen before
-/// usually takes no lock (see [`Shapes`]).
+/// Code shared by machine shape, found by its layout's key. A signature
+/// with a signature key ([`scalar_sig_keys`]) is looked up by that first,
+/// without classifying it, in a table of its own side ([`GenExits::shared`],
+/// [`Entries::by_sig`]); only a signature that key does not find comes here.
+/// Every piece of code made stays where it was put until the table is
+/// dropped (as signatures are never forgotten either), so a lookup hands out
+/// a plain reference, and a lookup of a shape seen before usually takes no
+/// lock (see [`Shapes`]).
 struct SharedCode<T> {
     /// The code, in the order it was made.
     code: Arena<T>,
-    by_sig: Shapes<SigKey, T>,
     by_layout: Shapes<CodeKey, T>,
 }
 
@@ -604,31 +607,26 @@ impl<T> Default for SharedCode<T> {
     fn default() -> SharedCode<T> {
         SharedCode {
             code: Arena::default(),
-            by_sig: Shapes::default(),
             by_layout: Shapes::default(),
         }
     }
 }
 
 impl<T> SharedCode<T> {
-    /// The code of `id`'s shape: found by `sig_key`, else by the key
-    /// `layout_key` reads off its layout (classified only now), else made by
-    /// `make` from the layout.
+    /// The code of `id`'s shape: found by the key `layout_key` reads off its
+    /// layout (classified only now, and not kept by the registry), else made
+    /// by `make` from the layout.
     fn get_or_make(
         &self,
-        sig_key: Option<SigKey>,
         reg: &Registry,
         (id, conv): (SigId, CallConv),
         layout_key: impl FnOnce(&CallLayout) -> Option<CodeKey>,
         make: impl FnOnce(&CallLayout) -> Result<T>,
     ) -> Result<&T> {
-        let code = self.by_sig.get_or_add(sig_key, || {
-            // The layout is read only here: the registry does not keep it.
-            reg.with_layout(id, conv, |layout| {
-                self.by_layout
-                    .get_or_add(layout_key(layout), || Ok(self.keep(make(layout)?)))
-            })?
-        })?;
+        let code = reg.with_layout(id, conv, |layout| {
+            self.by_layout
+                .get_or_add(layout_key(layout), || Ok(self.keep(make(layout)?)))
+        })??;
         // SAFETY: the shapes hand out only what `keep` made: code in
         // `self.code`, which never moves or drops it before `self` is dropped.
         Ok(unsafe { code.0.as_ref() })
@@ -803,6 +801,7 @@ impl GenBackend {
                     blocks: Vec::new(),
                     free: VecDeque::new(),
                 }),
+                by_sig: Shapes::default(),
                 code: SharedCode::default(),
             }),
         }
@@ -841,29 +840,27 @@ impl GenBackend {
         let table = &*self.exits;
         let key = keys.map(|k| k.exit);
         // A signature with an exit key shares the exit of that key (made by
-        // the first signature with it); one without has its own. Its code is
-        // found by its layout's key: `shared` is the table by exit key, so
-        // the code's own table by signature key is not used for exits.
+        // the first signature with it); one without has its own. A new exit's
+        // code is found by its layout's key.
         let exit = table.shared.get_or_add(key, || {
-            let code =
-                table
-                    .code
-                    .get_or_make(None, self.reg(), (id, conv), exit_key, |layout| {
-                        let fast = match emit_fast_exit(layout) {
-                            Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
-                            None => None,
-                        };
-                        let slots = OnceLock::new();
-                        if fast.is_none() {
-                            // The slot stub is the call path: make it now.
-                            let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
-                        }
-                        Ok(ExitCode {
-                            mem: self.mem.clone(),
-                            fast,
-                            slots,
-                        })
-                    })?;
+            let code = table
+                .code
+                .get_or_make(self.reg(), (id, conv), exit_key, |layout| {
+                    let fast = match emit_fast_exit(layout) {
+                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                        None => None,
+                    };
+                    let slots = OnceLock::new();
+                    if fast.is_none() {
+                        // The slot stub is the call path: make it now.
+                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                    }
+                    Ok(ExitCode {
+                        mem: self.mem.clone(),
+                        fast,
+                        slots,
+                    })
+                })?;
             Ok(Kept::new(table.made.push(GenExit::new(code, sig, conv)).1))
         })?;
         table.exits[conv as usize].set(id.index(), exit.0);
@@ -902,30 +899,34 @@ impl GenBackend {
         // lookup by signature key has already met (a unit test in `x64.rs`
         // checks this): its layout key is neither worked out nor looked up.
         let keyed = sig_key.is_some();
-        let code = self.entries.code.get_or_make(
-            sig_key,
-            self.reg(),
-            (id, conv),
-            |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
-            |layout| {
-                let code = self.install(&emit_entry(
-                    layout,
-                    variadic,
-                    entry_failed as *const () as usize,
-                ))?;
-                // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
-                let entry = unsafe { callable(code.addr().cast()) };
-                Ok(GenThunk {
-                    _code: code,
-                    thunk: Thunk {
-                        entry,
-                        slots: (layout.arg_slots, layout.ret_slots),
-                    },
-                })
-            },
-        )?;
-        self.thunks[conv as usize].set(id.index(), NonNull::from(code));
-        Ok(code.thunk)
+        let code = self.entries.by_sig.get_or_add(sig_key, || {
+            let code = self.entries.code.get_or_make(
+                self.reg(),
+                (id, conv),
+                |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
+                |layout| {
+                    let code = self.install(&emit_entry(
+                        layout,
+                        variadic,
+                        entry_failed as *const () as usize,
+                    ))?;
+                    // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
+                    let entry = unsafe { callable(code.addr().cast()) };
+                    Ok(GenThunk {
+                        _code: code,
+                        thunk: Thunk {
+                            entry,
+                            slots: (layout.arg_slots, layout.ret_slots),
+                        },
+                    })
+                },
+            )?;
+            Ok(Kept::new(code))
+        })?;
+        self.thunks[conv as usize].set(id.index(), code.0);
+        // SAFETY: `by_sig` hands out only thunks `self.entries.code` keeps,
+        // which never moves or drops them before it is dropped.
+        Ok(unsafe { code.0.as_ref() }.thunk)
     }
 
     /// `BLOCK` new trampolines, each reading its own cell (pointing at the
