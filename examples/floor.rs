@@ -401,7 +401,7 @@ mod setup {
 
     pub fn run() {
         println!("a new signature (known shapes), least bookkeeping, one thread:");
-        for (n, rounds) in [(20_000u64, 5), (1_000_000, 3)] {
+        for (n, rounds) in [(20_000u64, 5), (100_000, 5), (200_000, 5), (1_000_000, 3)] {
             let times: Vec<f64> = (0..rounds)
                 .map(|r| {
                     let sigs: Vec<Box<[u8]>> = (r * n..(r + 1) * n).map(signature).collect();
