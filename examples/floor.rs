@@ -18,7 +18,10 @@
 //!   the thunk directly (what writing code per binding would buy);
 //! - the same exit and entry floors for eight `i64`s, two of them on the
 //!   stack, where the exit stub has to call the target instead of jumping
-//!   to it.
+//!   to it;
+//! - the same for a 24-byte struct result (`(f64)->{f64,f64,f64}`, returned
+//!   in memory), with libffi's own `ffi_call` of that shape beside them:
+//!   the issue's exit target for it is a ratio to libffi.
 //!
 //! Each is timed as the best of 5 runs of 10⁸ calls in a loop, like the direct
 //! call it is compared with.
@@ -35,7 +38,9 @@ mod floor {
     use std::hint::black_box;
     use std::time::Instant;
 
-    use super::measure::{Eight, eight_i64};
+    use libffi::middle::{Cif, CodePtr, Ret, Type, arg};
+
+    use super::measure::{Eight, Triple, eight_i64, triple};
 
     /// What the trampoline's cell points to: the thunk, the dispatcher.
     #[repr(C)]
@@ -62,6 +67,15 @@ mod floor {
     #[unsafe(no_mangle)]
     static FLOOR_CELL8: &Binding = &FLOOR_BINDING8;
 
+    #[unsafe(no_mangle)]
+    static FLOOR_BINDING_SRET: Binding = Binding {
+        thunk: floor_thunk_sret,
+        dispatch: floor_dispatch_sret,
+    };
+
+    #[unsafe(no_mangle)]
+    static FLOOR_CELL_SRET: &Binding = &FLOOR_BINDING_SRET;
+
     global_asm!(
         r#"
         .p2align 5
@@ -72,6 +86,59 @@ mod floor {
             mov rdi, [r11]
             mov rsi, [r11 + 8]
             jmp r10
+
+        .p2align 5
+        .globl floor_exit_sret
+        floor_exit_sret:
+            movq xmm0, [rdi]
+            mov rdi, rdx
+            jmp rsi
+
+        .p2align 5
+        .globl floor_entry_sret
+        floor_entry_sret:
+            mov r10, [rip + FLOOR_CELL_SRET]
+            jmp [r10]
+
+        .p2align 5
+        .globl floor_thunk_sret
+        floor_thunk_sret:
+            sub rsp, 0x38
+            mov [rsp + 0x20], rdi
+            movq [rsp], xmm0
+            mov qword ptr [rsp + 8], 0
+            mov qword ptr [rsp + 0x10], 0
+            mov qword ptr [rsp + 0x18], 0
+            lea rdi, [r10 + 16]
+            lea rsi, [rsp]
+            lea rdx, [rsp + 8]
+            xor ecx, ecx
+            call [r10 + 8]
+            test eax, eax
+            jne 2f
+            mov rax, [rsp + 0x20]
+            movq xmm0, [rsp + 8]
+            movhps xmm0, [rsp + 0x10]
+            movdqu [rax], xmm0
+            mov rcx, [rsp + 0x18]
+            mov [rax + 16], rcx
+            add rsp, 0x38
+            ret
+        2:  ud2
+
+        .p2align 5
+        .globl floor_dispatch_sret
+        floor_dispatch_sret:
+            movsd xmm0, [rsi]
+            movsd [rdx], xmm0
+            movapd xmm1, xmm0
+            addsd xmm1, xmm0
+            movsd [rdx + 8], xmm1
+            xorpd xmm1, xmm1
+            subsd xmm1, xmm0
+            movsd [rdx + 16], xmm1
+            xor eax, eax
+            ret
 
         .p2align 5
         .globl floor_entry
@@ -187,6 +254,10 @@ mod floor {
 
     unsafe extern "C" {
         fn floor_exit(args: *const u64, target: extern "C" fn(i64, i64) -> i64) -> u64;
+        fn floor_exit_sret(args: *const u64, target: TripleFn, ret: *mut u64) -> *mut u64;
+        fn floor_entry_sret(x: f64) -> Triple;
+        fn floor_thunk_sret();
+        fn floor_dispatch_sret();
         fn floor_entry(a: i64, b: i64) -> i64;
         fn floor_entry_direct(a: i64, b: i64) -> i64;
         fn floor_thunk();
@@ -197,6 +268,8 @@ mod floor {
         fn floor_dispatch8();
     }
 
+    type TripleFn = extern "C" fn(f64) -> Triple;
+    type ExitFloorSret = unsafe extern "C" fn(*const u64, TripleFn, *mut u64) -> *mut u64;
     type ExitFloor8 = unsafe extern "C" fn(*const u64, Eight) -> u64;
     type EntryFloor8 = unsafe extern "C" fn(i64, i64, i64, i64, i64, i64, i64, i64) -> i64;
 
@@ -284,6 +357,77 @@ mod floor {
         println!(
             "  entry floor (trampoline, thunk) {entry8:.3} ns ({:.2}x)",
             entry8 / direct8
+        );
+
+        // A 24-byte struct result, which travels in memory: the exit stub
+        // loads the argument, passes the result slots as the hidden pointer
+        // and jumps to the target, which writes the result there. The issue's
+        // target for this shape is a ratio to libffi, so libffi's own
+        // `ffi_call` is timed too (through libffi-rs, no tierbridge code),
+        // writing into the same kind of buffer. Each reads the first result
+        // slot 8 bytes at a time (forwarded from the target's stores).
+        // Both floors compute what `triple` does.
+        let want = triple(3.0);
+        let mut ret = [0u64; 3];
+        // SAFETY: floor_exit_sret reads one slot and passes `ret`, three
+        // writable slots, to `triple` as its result buffer.
+        unsafe { floor_exit_sret(&3f64.to_bits(), triple, ret.as_mut_ptr()) };
+        // SAFETY: floor_entry_sret is a complete (f64) -> {f64,f64,f64}
+        // function (see the timing loop below).
+        let got = unsafe { floor_entry_sret(3.0) };
+        for t in [[got.a, got.b, got.c], ret.map(f64::from_bits)] {
+            assert_eq!(t, [want.a, want.b, want.c]);
+        }
+        let direct_sret = best_of_5(|i| black_box(triple as TripleFn)(i as f64).a.to_bits() as i64);
+        let exit_sret = best_of_5(|i| {
+            let slots = [(i as f64).to_bits()];
+            let mut ret = [0u64; 3];
+            // SAFETY: floor_exit_sret loads one f64 slot, passes `ret` (three
+            // slots) as the hidden result pointer and jumps to `triple`.
+            unsafe {
+                black_box(floor_exit_sret as ExitFloorSret)(
+                    slots.as_ptr(),
+                    black_box(triple as TripleFn),
+                    ret.as_mut_ptr(),
+                )
+            };
+            ret[0] as i64
+        });
+        let cif = Cif::new(
+            [Type::f64()],
+            Type::structure([Type::f64(), Type::f64(), Type::f64()]),
+        );
+        let ffi_sret = best_of_5(|i| {
+            let x = i as f64;
+            let mut ret = [0u64; 3];
+            let f = CodePtr(black_box(triple as TripleFn) as *mut _);
+            // SAFETY: the cif describes `triple`, (f64) -> {f64,f64,f64},
+            // and `ret` holds the 24-byte result.
+            unsafe { cif.call_return_into(f, &[arg(&x)], Ret::new(&mut ret)) };
+            ret[0] as i64
+        });
+        println!("(f64) -> 24-byte struct (in memory), best of 5 x 10^8 calls:");
+        println!("  direct call                     {direct_sret:.3} ns");
+        println!(
+            "  exit floor (slot, hidden ptr)   {exit_sret:.3} ns ({:.2}x)",
+            exit_sret / direct_sret
+        );
+        println!(
+            "  libffi ffi_call                 {ffi_sret:.3} ns ({:.1}x the exit floor)",
+            ffi_sret / exit_sret
+        );
+        // SAFETY: floor_entry_sret is a complete (f64) -> {f64,f64,f64}
+        // function: its binding is static, its dispatcher writes the three
+        // result slots as `triple` computes them, and its thunk copies them
+        // to the caller's buffer (16 bytes, then 8, as tierbridge's does).
+        let entry_sret = best_of_5(|i| unsafe {
+            black_box(floor_entry_sret as unsafe extern "C" fn(f64) -> Triple)(i as f64)
+                .a
+                .to_bits() as i64
+        });
+        println!(
+            "  entry floor (trampoline, thunk) {entry_sret:.3} ns ({:.2}x)",
+            entry_sret / direct_sret
         );
     }
 }
