@@ -6,7 +6,9 @@
 //! faults cost; `PROFILE_MAKE=1` makes each signature in the timed loop with
 //! `Signature::new` and drops it after, as an embedder building signatures
 //! in code would; `PROFILE_PREPARE=1` makes each signature's exit stub and
-//! entry thunk with `Bridge::prepare`, binding nothing; `create-phases`
+//! entry thunk with `Bridge::prepare`, binding nothing; `PROFILE_THREADS=k`
+//! makes the `create` modes share the signatures among k threads on one
+//! bridge and print wall time per signature; `create-phases`
 //! prints where a new signature's time goes, see below).
 
 #[path = "common/measure.rs"]
@@ -231,6 +233,64 @@ fn main() {
             // stub and entry point are made, as an embedder building
             // signatures in code does.
             let make = std::env::var_os("PROFILE_MAKE").is_some();
+            // PROFILE_THREADS=k: k threads share the signatures (thread i
+            // the i-th k-th of them), all on one bridge, and the time printed
+            // is wall time over all signatures (the throughput; one thread's
+            // time per signature is k times it).
+            let threads: usize = std::env::var("PROFILE_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&k| k > 1)
+                .unwrap_or(1);
+            if threads > 1 {
+                let f0 = minor_faults();
+                let t = std::time::Instant::now();
+                let made: usize = std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|i| {
+                            let (b, d, sigs) = (&b, &d, &sigs);
+                            scope.spawn(move || {
+                                // A contiguous share: neighbouring
+                                // signatures (each written once, when
+                                // interned, to note its id) stay one
+                                // thread's.
+                                let per = sigs.len().div_ceil(threads);
+                                let mine = sigs.chunks(per).nth(i).unwrap_or(&[]).iter();
+                                // Kept until the thread ends, in room
+                                // reserved beforehand, as one thread's are.
+                                let room = sigs.len() / threads + 1;
+                                let (mut keep, mut stubs) = if prepare {
+                                    (Vec::new(), Vec::with_capacity(room))
+                                } else {
+                                    (Vec::with_capacity(room), Vec::new())
+                                };
+                                for s in mine {
+                                    if prepare {
+                                        stubs.push(b.prepare(s, CallConv::SysV).unwrap());
+                                    } else {
+                                        keep.push((
+                                            b.exit_stub(s, CallConv::SysV).unwrap(),
+                                            b.entry_point(s, CallConv::SysV, d, 0).unwrap(),
+                                        ));
+                                    }
+                                }
+                                keep.len() + stubs.len()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).sum()
+                });
+                if std::env::var_os("PROFILE_TIME").is_some() {
+                    let per = t.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                    let faults = (minor_faults() - f0) as f64 / n.max(1) as f64;
+                    eprintln!(
+                        "create (without parsing, {threads} threads): {per:.0} ns, {faults:.3} page faults per signature"
+                    );
+                }
+                acc = made as u64;
+                println!("{acc}");
+                return;
+            }
             let f0 = minor_faults();
             let t = std::time::Instant::now();
             for s in &sigs {
