@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, RawBinding, RawVaList};
-use tierbridge::thunks::{BackendKind, Bridge, ExitStub};
+use tierbridge::thunks::{BackendKind, Bridge, EntryPoint, ExitStub};
 
 extern "C" fn add_i64(a: i64, b: i64) -> i64 {
     a.wrapping_add(b)
@@ -181,6 +181,56 @@ fn create_phases(kind: BackendKind, n: u64) {
     }
 }
 
+/// What the `create` modes make for their signatures: an exit stub and a
+/// bound entry point each, or with `prepare` the exit stub `Bridge::prepare`
+/// returns.
+struct Made {
+    prepare: bool,
+    keep: Vec<(ExitStub, EntryPoint)>,
+    stubs: Vec<ExitStub>,
+}
+
+impl Made {
+    fn with_room(n: usize, prepare: bool) -> Made {
+        let (keep, stubs) = if prepare {
+            (Vec::new(), Vec::with_capacity(n))
+        } else {
+            (Vec::with_capacity(n), Vec::new())
+        };
+        Made {
+            prepare,
+            keep,
+            stubs,
+        }
+    }
+
+    /// Makes what each of `sigs` gets (`make`: from a copy of it made here
+    /// with `Signature::new` and dropped after, see `PROFILE_MAKE`).
+    fn make_each(&mut self, b: &Bridge, d: &Dispatcher, sigs: &[Signature], make: bool) {
+        for s in sigs {
+            let made;
+            let s = if make {
+                made = Signature::new(s.params().to_vec(), s.ret().cloned()).unwrap();
+                &made
+            } else {
+                s
+            };
+            if self.prepare {
+                self.stubs.push(b.prepare(s, CallConv::SysV).unwrap());
+            } else {
+                self.keep.push((
+                    b.exit_stub(s, CallConv::SysV).unwrap(),
+                    b.entry_point(s, CallConv::SysV, d, 0).unwrap(),
+                ));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keep.len() + self.stubs.len()
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "exit".into());
@@ -219,12 +269,6 @@ fn main() {
             };
             let sigs: Vec<Signature> = (0..n).map(series).collect();
             let prepare = std::env::var_os("PROFILE_PREPARE").is_some();
-            // What each signature makes is kept until the clock stops.
-            let (mut keep, mut stubs) = if prepare {
-                (Vec::new(), Vec::with_capacity(sigs.len()))
-            } else {
-                (Vec::with_capacity(sigs.len()), Vec::new())
-            };
             if std::env::var_os("PROFILE_PREFAULT").is_some() {
                 prefault_heap();
             }
@@ -234,93 +278,50 @@ fn main() {
             // signatures in code does.
             let make = std::env::var_os("PROFILE_MAKE").is_some();
             // PROFILE_THREADS=k: k threads share the signatures (thread i
-            // the i-th k-th of them), all on one bridge, and the time printed
-            // is wall time over all signatures (the throughput; one thread's
-            // time per signature is k times it). PROFILE_MAKE does not
-            // apply.
+            // the i-th k-th of them, so that neighbouring signatures, each
+            // written once when interned to note its id, stay one thread's),
+            // all on one bridge, and the time printed is wall time over all
+            // signatures (the throughput; one thread's time per signature is
+            // k times it).
             let threads: usize = std::env::var("PROFILE_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&k| k > 1)
                 .unwrap_or(1);
-            if threads > 1 {
-                let f0 = minor_faults();
-                let t = std::time::Instant::now();
-                let made: Vec<(Vec<_>, Vec<_>)> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = (0..threads)
-                        .map(|i| {
-                            let (b, d, sigs) = (&b, &d, &sigs);
-                            scope.spawn(move || {
-                                // A contiguous share: neighbouring
-                                // signatures (each written once, when
-                                // interned, to note its id) stay one
-                                // thread's.
-                                let per = sigs.len().div_ceil(threads);
-                                let mine = sigs.chunks(per).nth(i).unwrap_or(&[]).iter();
-                                // Kept until the thread ends, in room
-                                // reserved beforehand, as one thread's are.
-                                let room = sigs.len() / threads + 1;
-                                let (mut keep, mut stubs) = if prepare {
-                                    (Vec::new(), Vec::with_capacity(room))
-                                } else {
-                                    (Vec::with_capacity(room), Vec::new())
-                                };
-                                for s in mine {
-                                    if prepare {
-                                        stubs.push(b.prepare(s, CallConv::SysV).unwrap());
-                                    } else {
-                                        keep.push((
-                                            b.exit_stub(s, CallConv::SysV).unwrap(),
-                                            b.entry_point(s, CallConv::SysV, d, 0).unwrap(),
-                                        ));
-                                    }
-                                }
-                                (keep, stubs)
-                            })
-                        })
-                        .collect();
-                    handles.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                let elapsed = t.elapsed();
-                if std::env::var_os("PROFILE_TIME").is_some() {
-                    let per = elapsed.as_nanos() as f64 / n.max(1) as f64;
-                    let faults = (minor_faults() - f0) as f64 / n.max(1) as f64;
-                    eprintln!(
-                        "create (without parsing, {threads} threads): {per:.0} ns, {faults:.3} page faults per signature"
-                    );
-                }
-                // What the threads made is dropped after the clock stopped.
-                acc = made.iter().map(|(k, s)| k.len() + s.len()).sum::<usize>() as u64;
-                println!("{acc}");
-                return;
-            }
+            let share = sigs.len().div_ceil(threads).max(1);
+            // What each signature makes is kept until the clock stops, in
+            // room reserved beforehand.
+            let mut made: Vec<Made> = sigs
+                .chunks(share)
+                .map(|c| Made::with_room(c.len(), prepare))
+                .collect();
             let f0 = minor_faults();
             let t = std::time::Instant::now();
-            for s in &sigs {
-                let made;
-                let s = if make {
-                    made = Signature::new(s.params().to_vec(), s.ret().cloned()).unwrap();
-                    &made
-                } else {
-                    s
-                };
-                if prepare {
-                    stubs.push(b.prepare(s, CallConv::SysV).unwrap());
-                } else {
-                    keep.push((
-                        b.exit_stub(s, CallConv::SysV).unwrap(),
-                        b.entry_point(s, CallConv::SysV, &d, 0).unwrap(),
-                    ));
+            if threads == 1 {
+                for (c, m) in sigs.chunks(share).zip(&mut made) {
+                    m.make_each(&b, &d, c, make);
                 }
+            } else {
+                std::thread::scope(|scope| {
+                    for (c, m) in sigs.chunks(share).zip(&mut made) {
+                        let (b, d) = (&b, &d);
+                        scope.spawn(move || m.make_each(b, d, c, make));
+                    }
+                });
             }
             if std::env::var_os("PROFILE_TIME").is_some() {
                 let per = t.elapsed().as_nanos() as f64 / n.max(1) as f64;
                 let faults = (minor_faults() - f0) as f64 / n.max(1) as f64;
+                let on = if threads > 1 {
+                    format!(", {threads} threads")
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "create (without parsing): {per:.0} ns, {faults:.3} page faults per signature"
+                    "create (without parsing{on}): {per:.0} ns, {faults:.3} page faults per signature"
                 );
             }
-            acc = (keep.len() + stubs.len()) as u64;
+            acc = made.iter().map(Made::len).sum::<usize>() as u64;
         }
         "exit" => {
             let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
