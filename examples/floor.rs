@@ -49,32 +49,29 @@ mod floor {
         dispatch: unsafe extern "C" fn(),
     }
 
-    #[unsafe(no_mangle)]
-    static FLOOR_BINDING: Binding = Binding {
-        thunk: floor_thunk,
-        dispatch: floor_dispatch,
-    };
+    /// A static binding for a floor's thunk and dispatcher, and the cell its
+    /// trampoline reads (both named, for the assembly to refer to).
+    macro_rules! binding {
+        ($binding:ident, $cell:ident, $thunk:ident, $dispatch:ident) => {
+            #[unsafe(no_mangle)]
+            static $binding: Binding = Binding {
+                thunk: $thunk,
+                dispatch: $dispatch,
+            };
 
-    #[unsafe(no_mangle)]
-    static FLOOR_CELL: &Binding = &FLOOR_BINDING;
+            #[unsafe(no_mangle)]
+            static $cell: &Binding = &$binding;
+        };
+    }
 
-    #[unsafe(no_mangle)]
-    static FLOOR_BINDING8: Binding = Binding {
-        thunk: floor_thunk8,
-        dispatch: floor_dispatch8,
-    };
-
-    #[unsafe(no_mangle)]
-    static FLOOR_CELL8: &Binding = &FLOOR_BINDING8;
-
-    #[unsafe(no_mangle)]
-    static FLOOR_BINDING_SRET: Binding = Binding {
-        thunk: floor_thunk_sret,
-        dispatch: floor_dispatch_sret,
-    };
-
-    #[unsafe(no_mangle)]
-    static FLOOR_CELL_SRET: &Binding = &FLOOR_BINDING_SRET;
+    binding!(FLOOR_BINDING, FLOOR_CELL, floor_thunk, floor_dispatch);
+    binding!(FLOOR_BINDING8, FLOOR_CELL8, floor_thunk8, floor_dispatch8);
+    binding!(
+        FLOOR_BINDING_SRET,
+        FLOOR_CELL_SRET,
+        floor_thunk_sret,
+        floor_dispatch_sret
+    );
 
     global_asm!(
         r#"
