@@ -522,6 +522,11 @@ struct Pool {
 /// own to its thunk's code).
 struct Entries {
     pool: Mutex<Pool>,
+    /// Each signature's entry thunk, per convention (one table per
+    /// convention, so a program that uses one touches no memory for the
+    /// other; a racing thread may set an id's again, to the same shared
+    /// thunk or, for a shape without a key, an equal one).
+    thunks: [PtrTable<GenThunk>; 2],
     /// The thunks by a signature's entry key ([`SigKeys::entry`]), found
     /// without classifying the signature.
     by_sig: Shapes<SigKey, GenThunk>,
@@ -578,14 +583,10 @@ impl Drop for GenEntry {
 /// The generated backend.
 pub(super) struct GenBackend {
     mem: Arc<ExecMemory>,
-    /// Exits and entry thunks per convention, by signature id (one table
-    /// per convention, so a program that uses one convention touches no
-    /// memory for the other).
+    /// The exits, each signature's and their shared code.
     exits: Arc<GenExits>,
-    /// Each signature's entry thunk (kept by `entries`; a racing thread may
-    /// set an id's again, to the same shared thunk or, for a shape without
-    /// a key, an equal one).
-    thunks: [PtrTable<GenThunk>; 2],
+    /// The entry thunks, each signature's and their shared code, and the
+    /// bindings that run them.
     entries: Arc<Entries>,
 }
 
@@ -795,8 +796,8 @@ impl GenBackend {
                 code: SharedCode::default(),
                 reg,
             }),
-            thunks: Default::default(),
             entries: Arc::new(Entries {
+                thunks: Default::default(),
                 pool: Mutex::new(Pool {
                     blocks: Vec::new(),
                     free: VecDeque::new(),
@@ -869,7 +870,7 @@ impl GenBackend {
 
     /// The entry thunk of `id`, if it has one yet.
     fn thunk_of(&self, id: SigId, conv: CallConv) -> Option<Thunk> {
-        let t = self.thunks[conv as usize].get(id.index())?;
+        let t = self.entries.thunks[conv as usize].get(id.index())?;
         // SAFETY: the table points only to thunks `self.entries` keeps,
         // which never moves or drops them before it is dropped.
         Some(unsafe { t.as_ref() }.thunk)
@@ -923,7 +924,7 @@ impl GenBackend {
             )?;
             Ok(Kept::new(code))
         })?;
-        self.thunks[conv as usize].set(id.index(), code.0);
+        self.entries.thunks[conv as usize].set(id.index(), code.0);
         // SAFETY: `by_sig` hands out only thunks `self.entries.code` keeps,
         // which never moves or drops them before it is dropped.
         Ok(unsafe { code.0.as_ref() }.thunk)
@@ -948,7 +949,7 @@ impl GenBackend {
     /// (`Bridge::prepare`): the signature's keys are read once for both.
     pub(super) fn prepare(&self, id: SigId, conv: CallConv) -> Result<GenExitRef> {
         let exit = self.exits.exits[conv as usize].get(id.index());
-        let thunk = self.thunks[conv as usize].get(id.index());
+        let thunk = self.entries.thunks[conv as usize].get(id.index());
         if let (Some(e), Some(_)) = (exit, thunk) {
             return Ok(GenExitRef::new(&self.exits, Kept(e)));
         }
