@@ -19,7 +19,7 @@
 //! per slot when entries are set in order (an atomic read-modify-write is
 //! among the dearest things a new signature does).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
@@ -182,7 +182,7 @@ impl<T> IdTable<T> {
     }
 
     /// Sets the entry at `index` to `value`, for a caller that alone ever
-    /// sets that index ([`Arena::push`], which hands indices out from a
+    /// sets that index ([`Arena::push`], which hands indices out in blocks from a
     /// counter): no exchange is needed to claim the slot.
     ///
     /// # Safety
@@ -222,21 +222,76 @@ impl<T> IdTable<T> {
     }
 }
 
-/// An append-only table filled by [`Arena::push`] alone, which hands out
-/// indices 0, 1, 2, … in order: each entry is set without an exchange (the
-/// index is the pushing thread's own), read without locks, and kept where it
-/// was put until the arena is dropped.
+/// An append-only table filled by [`Arena::push`] alone: each entry is set
+/// without an exchange (its index is the pushing thread's own), read without
+/// locks, and kept where it was put until the arena is dropped.
+///
+/// Indices are handed out from a shared counter in per-thread blocks, so
+/// threads pushing at once neither take turns at the counter for every entry
+/// nor write neighbouring entries (here, and in every other table by the
+/// same index) from two cores. A thread's first block of an arena is one
+/// index, and each next one twice the last, up to [`BLOCK`]: a thread that
+/// pushes a handful of entries takes a handful of indices. A thread that
+/// stops pushing leaves the rest of its block unused, but never more indices
+/// than it used (its last block is no larger than all the ones it filled
+/// before, plus the one index it took it for), so every index handed out is
+/// below twice the number of entries pushed. A thread pushing alone gets
+/// 0, 1, 2, … in order.
 pub(crate) struct Arena<T> {
     table: IdTable<T>,
-    /// The next index to hand out.
-    next: AtomicU32,
+    /// The first index no block has yet (on a cache line of its own: every
+    /// reader of the table reads `table`'s bound and chunks).
+    next: Padded<AtomicU32>,
+    /// This arena's serial number, which its blocks are filed under in
+    /// each thread (see [`BLOCKS`]).
+    serial: u64,
+}
+
+/// A value on a cache line (of 64 bytes) of its own.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// The largest block of indices a thread takes from an arena at once: 64
+/// entries of 8 bytes (a table of pointers by the same index) are 512 bytes,
+/// whole cache lines nobody else writes.
+const BLOCK: u32 = 64;
+
+/// The next arena's serial number (from 1, never 0, which files nothing).
+/// Never reused, so a block is never found for an arena made later at the
+/// address of one dropped.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
+
+/// A thread's block of one arena's indices: `next..end` are its own to hand
+/// out, and the block was `size` indices.
+#[derive(Clone, Copy)]
+struct Block {
+    arena: u64,
+    next: u32,
+    end: u32,
+    size: u32,
+}
+
+/// How many arenas a thread keeps a block of at once. A bridge's seven
+/// arenas are made one after the other, so none of them evicts another's
+/// block; the registry's (made apart) may share a cell with one of them,
+/// which is pushed to only when a new machine shape's code is made.
+const BLOCK_CACHE: usize = 8;
+
+thread_local! {
+    /// This thread's blocks, each in the cell of its arena's serial number
+    /// modulo [`BLOCK_CACHE`]: an arena whose cell holds another arena's
+    /// block starts from a block of one index again.
+    static BLOCKS: [Cell<Block>; BLOCK_CACHE] = const {
+        [const { Cell::new(Block { arena: 0, next: 0, end: 0, size: 0 }) }; BLOCK_CACHE]
+    };
 }
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
         Arena {
             table: IdTable::default(),
-            next: AtomicU32::new(0),
+            next: Padded(AtomicU32::new(0)),
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -244,31 +299,58 @@ impl<T> Default for Arena<T> {
 impl<T> Arena<T> {
     /// Appends `value`; its index and the entry.
     pub(crate) fn push(&self, value: T) -> (u32, &T) {
+        // A thread whose locals are being destroyed takes one index.
+        let index = BLOCKS
+            .try_with(|blocks| {
+                let cell = &blocks[(self.serial % BLOCK_CACHE as u64) as usize];
+                let mut b = cell.get();
+                if b.arena != self.serial || b.next == b.end {
+                    let size = if b.arena == self.serial {
+                        (b.size * 2).min(BLOCK)
+                    } else {
+                        1
+                    };
+                    let start = self.take(size);
+                    b = Block {
+                        arena: self.serial,
+                        next: start,
+                        end: start + size,
+                        size,
+                    };
+                }
+                b.next += 1;
+                cell.set(b);
+                b.next - 1
+            })
+            .unwrap_or_else(|_| self.take(1));
+        // SAFETY: `index` is in a block of indices the counter handed to this
+        // thread alone, and each index of a block is handed out once; nothing
+        // but `push` sets entries of `table`.
+        (index, unsafe { self.table.insert_unique(index, value) })
+    }
+
+    /// The first of `n` indices nobody has had.
+    fn take(&self, n: u32) -> u32 {
         // The counter never wraps, so no index is handed out twice (which
         // would make two threads write one slot).
-        let Ok(index) = self
+        match self
             .next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
-        else {
-            // Not reachable in practice: that many entries (signatures,
-            // pieces of code) take far more memory than any process has.
-            eprintln!("tierbridge: a table ran out of 32-bit indices; aborting");
-            std::process::abort();
-        };
-        // SAFETY: `index` came from the counter, which hands each index out
-        // once, and nothing but `push` sets entries of `table`.
-        (index, unsafe { self.table.insert_unique(index, value) })
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_add(n))
+        {
+            Ok(start) => start,
+            Err(_) => {
+                // Not reachable in practice: that many entries (signatures,
+                // pieces of code) take far more memory than any process has.
+                eprintln!("tierbridge: a table ran out of 32-bit indices; aborting");
+                std::process::abort();
+            }
+        }
     }
 
     /// The entry at `index`, if it was pushed (and is set already).
     pub(crate) fn get(&self, index: u32) -> Option<&T> {
         self.table.get(index)
-    }
-
-    /// How many indices were handed out (some entries may still be being
-    /// set).
-    pub(crate) fn len(&self) -> u32 {
-        self.next.load(Ordering::Acquire)
     }
 }
 
@@ -467,14 +549,56 @@ mod tests {
     #[test]
     fn an_arena_hands_out_indices_in_order_and_reads_them_back() {
         let a = Arena::default();
-        assert_eq!(a.len(), 0);
+        assert_eq!(a.get(0), None);
         for i in 0..300u32 {
             let (n, v) = a.push(i * 3);
             assert_eq!((n, *v), (i, i * 3));
         }
-        assert_eq!(a.len(), 300);
         assert_eq!(a.get(299), Some(&897));
         assert_eq!(a.get(300), None);
+    }
+
+    #[test]
+    fn threads_pushing_at_once_take_blocks_and_leave_fewer_gaps_than_entries() {
+        // Four threads push 1, 5, 100 and 1000 entries into one arena.
+        let a = Arena::default();
+        let counts = [1u32, 5, 100, 1000];
+        let taken: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = counts
+                .iter()
+                .enumerate()
+                .map(|(who, &n)| {
+                    let a = &a;
+                    s.spawn(move || (0..n).map(|k| a.push((who, k)).0).collect::<Vec<_>>())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Every index once, each with its own entry.
+        let mut all: Vec<u32> = taken.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let total: u32 = counts.iter().sum();
+        assert_eq!(all.len() as u32, total);
+        for (who, indices) in taken.iter().enumerate() {
+            for (k, &i) in indices.iter().enumerate() {
+                assert_eq!(a.get(i), Some(&(who, k as u32)));
+            }
+        }
+        // Below twice the entries: each thread's unused rest of a block is
+        // smaller than what it pushed.
+        assert!(*all.last().unwrap() < 2 * total, "{all:?}");
+        // Each thread's indices come in blocks of 1, 2, 4, … 64, 64, …:
+        // each block's indices one after the other.
+        for indices in &taken {
+            let (mut at, mut size) = (0, 1);
+            while at < indices.len() {
+                let block = &indices[at..(at + size).min(indices.len())];
+                assert!(block.windows(2).all(|w| w[1] == w[0] + 1), "{block:?}");
+                at += size;
+                size = (size * 2).min(BLOCK as usize);
+            }
+        }
     }
 
     #[test]

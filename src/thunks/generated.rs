@@ -1164,6 +1164,6 @@ mod tests {
             assert!((0..8).any(|who| first == from(who)), "shape {k}");
             assert!(seen.iter().all(|v| v[k] == first), "shape {k}");
         }
-        assert_eq!(shapes.shapes.len(), 300);
+        assert_eq!(shapes.all.lock().unwrap().len(), 300);
     }
 }
