@@ -19,7 +19,7 @@ use std::ffi::c_void;
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
@@ -171,7 +171,28 @@ unsafe impl<T: Sync> Sync for Kept<T> {}
 #[derive(Clone)]
 pub(super) struct GenExitRef {
     exit: Kept<GenExit>,
-    table: Arc<GenExits>,
+    table: Arc<ExitsKeeper>,
+}
+
+/// One of a backend's [`KEEPERS`] references to its exits, which the stubs
+/// made on a thread share with those of the other threads of the same
+/// keeper number ([`thread_keeper`]): the stubs two threads make at once
+/// count their references on two cache lines, not both on the exits' one
+/// (aligned, so that its `Arc`'s counts have a cache line of their own).
+#[repr(align(64))]
+pub(super) struct ExitsKeeper(Arc<GenExits>);
+
+/// How many keepers of its exits, and pools of trampolines, a backend has.
+const KEEPERS: usize = 8;
+
+/// This thread's keeper number: threads take them in turn, on their first
+/// stub (one whose locals are being destroyed takes 0).
+fn thread_keeper() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % KEEPERS;
+    }
+    MINE.try_with(|k| *k).unwrap_or(0)
 }
 
 // An `ExitStub` may move between and be shared across threads.
@@ -181,16 +202,18 @@ const _: () = {
 };
 
 impl GenExitRef {
-    fn new(table: &Arc<GenExits>, exit: Kept<GenExit>) -> GenExitRef {
+    /// `exit`, keeping `keepers`' exits alive through this thread's keeper.
+    fn new(keepers: &[Arc<ExitsKeeper>; KEEPERS], exit: Kept<GenExit>) -> GenExitRef {
         GenExitRef {
             exit,
-            table: table.clone(),
+            table: keepers[thread_keeper()].clone(),
         }
     }
 
     /// The signature of `id`, which this exit was made for.
     pub(super) fn signature(&self, id: SigId) -> &'static Signature {
         self.table
+            .0
             .reg
             .signature(id)
             .expect("made from an id this registry issued")
@@ -200,6 +223,7 @@ impl GenExitRef {
     /// this is its first use.
     pub(super) fn layout(&self, id: SigId) -> &'static CallLayout {
         self.table
+            .0
             .reg
             .layout(id, self.conv)
             .expect("made from an id this registry issued")
@@ -517,11 +541,22 @@ struct Pool {
     free: VecDeque<(usize, usize)>,
 }
 
-/// A backend's trampolines with their bindings, and the entry thunks those
-/// bindings run (kept together, so that a binding needs no reference of its
-/// own to its thunk's code).
-struct Entries {
+/// One of a backend's [`KEEPERS`] pools of trampolines with their bindings,
+/// and the entry thunks those bindings run (kept with the pool, so that a
+/// binding needs no reference of its own to its thunk's code). An entry
+/// point is bound from its thread's pool ([`thread_keeper`]): entry points
+/// two threads bind at once take two locks, fill two blocks and count their
+/// references on two cache lines (aligned, so that its `Arc`'s counts have
+/// a cache line of their own).
+#[repr(align(64))]
+struct PoolKeeper {
     pool: Mutex<Pool>,
+    /// Kept for the bindings, which run its thunks.
+    _entries: Arc<Entries>,
+}
+
+/// A backend's entry thunks, each signature's and their shared code.
+struct Entries {
     /// Each signature's entry thunk, per convention (one table per
     /// convention, so a program that uses one touches no memory for the
     /// other; a racing thread may set an id's again, to the same shared
@@ -539,7 +574,8 @@ pub(super) struct GenEntry {
     /// Its block and trampoline (and so its cell and binding slot).
     at: (usize, usize),
     code: *const c_void,
-    entries: Arc<Entries>,
+    /// The pool its trampoline is from.
+    pool: Arc<PoolKeeper>,
 }
 
 // SAFETY: its one raw pointer is its trampoline's address (code, never
@@ -558,7 +594,7 @@ impl GenEntry {
 impl Drop for GenEntry {
     fn drop(&mut self) {
         let binding = {
-            let mut pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = self.pool.pool.lock().unwrap_or_else(|e| e.into_inner());
             let (b, i) = self.at;
             let block = &pool.blocks[b];
             block.cells[i].store(
@@ -585,9 +621,12 @@ pub(super) struct GenBackend {
     mem: Arc<ExecMemory>,
     /// The exits, each signature's and their shared code.
     exits: Arc<GenExits>,
-    /// The entry thunks, each signature's and their shared code, and the
-    /// bindings that run them.
+    /// The references to `exits` that the stubs keep (see [`ExitsKeeper`]).
+    keepers: [Arc<ExitsKeeper>; KEEPERS],
+    /// The entry thunks, each signature's and their shared code.
     entries: Arc<Entries>,
+    /// The trampolines and their bindings, a pool per keeper number.
+    pools: [Arc<PoolKeeper>; KEEPERS],
 }
 
 /// Code shared by machine shape, found by its layout's key. A signature
@@ -787,24 +826,32 @@ fn too_big(len: usize) -> ThunkError {
 
 impl GenBackend {
     pub(super) fn new(mem: Arc<ExecMemory>, reg: &'static Registry) -> GenBackend {
+        let exits = Arc::new(GenExits {
+            exits: Default::default(),
+            made: Arena::default(),
+            shared: Shapes::default(),
+            code: SharedCode::default(),
+            reg,
+        });
+        let entries = Arc::new(Entries {
+            thunks: Default::default(),
+            by_sig: Shapes::default(),
+            code: SharedCode::default(),
+        });
         GenBackend {
             mem,
-            exits: Arc::new(GenExits {
-                exits: Default::default(),
-                made: Arena::default(),
-                shared: Shapes::default(),
-                code: SharedCode::default(),
-                reg,
+            keepers: std::array::from_fn(|_| Arc::new(ExitsKeeper(exits.clone()))),
+            exits,
+            pools: std::array::from_fn(|_| {
+                Arc::new(PoolKeeper {
+                    pool: Mutex::new(Pool {
+                        blocks: Vec::new(),
+                        free: VecDeque::new(),
+                    }),
+                    _entries: entries.clone(),
+                })
             }),
-            entries: Arc::new(Entries {
-                thunks: Default::default(),
-                pool: Mutex::new(Pool {
-                    blocks: Vec::new(),
-                    free: VecDeque::new(),
-                }),
-                by_sig: Shapes::default(),
-                code: SharedCode::default(),
-            }),
+            entries,
         }
     }
 
@@ -823,7 +870,7 @@ impl GenBackend {
 
     pub(super) fn exit(&self, id: SigId, conv: CallConv) -> Result<GenExitRef> {
         if let Some(e) = self.exits.exits[conv as usize].get(id.index()) {
-            return Ok(GenExitRef::new(&self.exits, Kept(e)));
+            return Ok(GenExitRef::new(&self.keepers, Kept(e)));
         }
         let sig = self.reg().signature(id)?;
         self.make_exit((id, conv), sig, scalar_sig_keys(sig, conv))
@@ -865,7 +912,7 @@ impl GenBackend {
             Ok(Kept::new(table.made.push(GenExit::new(code, sig, conv)).1))
         })?;
         table.exits[conv as usize].set(id.index(), exit.0);
-        Ok(GenExitRef::new(&self.exits, exit))
+        Ok(GenExitRef::new(&self.keepers, exit))
     }
 
     /// The entry thunk of `id`, if it has one yet.
@@ -951,12 +998,12 @@ impl GenBackend {
         let exit = self.exits.exits[conv as usize].get(id.index());
         let thunk = self.entries.thunks[conv as usize].get(id.index());
         if let (Some(e), Some(_)) = (exit, thunk) {
-            return Ok(GenExitRef::new(&self.exits, Kept(e)));
+            return Ok(GenExitRef::new(&self.keepers, Kept(e)));
         }
         let sig = self.reg().signature(id)?;
         let keys = scalar_sig_keys(sig, conv);
         let exit = match exit {
-            Some(e) => GenExitRef::new(&self.exits, Kept(e)),
+            Some(e) => GenExitRef::new(&self.keepers, Kept(e)),
             None => self.make_exit((id, conv), sig, keys)?,
         };
         if thunk.is_none() && !sig.has_call_varargs() {
@@ -987,14 +1034,15 @@ impl GenBackend {
             policy: dispatcher.policy,
             _host: dispatcher.into_keep(),
         };
-        let mut pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let keeper = &self.pools[thread_keeper()];
+        let mut pool = keeper.pool.lock().unwrap_or_else(|e| e.into_inner());
         while pool.free.is_empty() {
             // Make a block of trampolines without holding the pool (emitting
             // and installing code takes the executable memory's own lock); if
             // another thread added one meanwhile, this one is kept as spare.
             drop(pool);
             let block = self.trampoline_block()?;
-            pool = self.entries.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool = keeper.pool.lock().unwrap_or_else(|e| e.into_inner());
             let b = pool.blocks.len();
             pool.blocks.push(block);
             pool.free.extend((0..BLOCK).map(|i| (b, i)));
@@ -1020,7 +1068,7 @@ impl GenBackend {
         Ok(GenEntry {
             at: (b, i),
             code,
-            entries: self.entries.clone(),
+            pool: keeper.clone(),
         })
     }
 }
@@ -1083,7 +1131,7 @@ mod tests {
             unreachable!("a generated bridge binds generated entry points")
         };
         let head = {
-            let pool = e.entries.pool.lock().unwrap();
+            let pool = e.pool.pool.lock().unwrap();
             pool.blocks[e.at.0].cells[e.at.1].load(Relaxed)
         };
         // SAFETY: the cell points at the binding `entry` owns, alive until it drops.
@@ -1094,6 +1142,37 @@ mod tests {
         let id = reg.intern(&call_site);
         bridge.prepare(&call_site, conv).unwrap();
         assert!(g.thunk_of(id, conv).is_none());
+    }
+
+    /// An entry point is bound from its thread's pool, keeps that pool,
+    /// and gives its trampoline back to it when dropped on another thread;
+    /// a stub keeps the exits through its thread's keeper.
+    #[test]
+    fn an_entry_point_goes_back_to_the_pool_of_the_thread_that_bound_it() {
+        let bridge = Bridge::new(BackendKind::Generated).unwrap();
+        let Some(g) = &bridge.generated else {
+            return; // fell back to libffi
+        };
+        let host = Dispatcher::from_host(
+            Arc::new(|_: EntryCall<'_>| Ok::<(), HostError>(())),
+            FailurePolicy::Report,
+        );
+        let (sig, conv): (Signature, _) = ("(i32)->i32".parse().unwrap(), CallConv::SysV);
+        let mine = super::thread_keeper();
+        let free = |k: usize| g.pools[k].pool.lock().unwrap().free.len();
+        let entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
+        let EntryImpl::Gen(e) = &entry.imp else {
+            unreachable!("a generated bridge binds generated entry points")
+        };
+        assert!(Arc::ptr_eq(&e.pool, &g.pools[mine]));
+        let left = free(mine);
+        let stub = bridge.exit_stub(&sig, conv).unwrap();
+        let crate::thunks::ExitImpl::Gen(r) = &stub.imp else {
+            unreachable!("a generated bridge makes generated stubs")
+        };
+        assert!(Arc::ptr_eq(&r.table, &g.keepers[mine]));
+        std::thread::scope(|s| s.spawn(move || drop((entry, stub))).join().unwrap());
+        assert_eq!(free(mine), left + 1);
     }
 
     fn place(k: &SigKey) -> u64 {
