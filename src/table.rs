@@ -19,11 +19,11 @@
 //! per slot when entries are set in order (an atomic read-modify-write is
 //! among the dearest things a new signature does).
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -182,8 +182,8 @@ impl<T> IdTable<T> {
     }
 
     /// Sets the entry at `index` to `value`, for a caller that alone ever
-    /// sets that index ([`Arena::push`], which hands indices out in blocks from a
-    /// counter): no exchange is needed to claim the slot.
+    /// sets that index ([`Arena::push`], which hands each index out once):
+    /// no exchange is needed to claim the slot.
     ///
     /// # Safety
     /// No other call of this method or of [`IdTable::get_or_insert`] is ever
@@ -222,76 +222,70 @@ impl<T> IdTable<T> {
     }
 }
 
+/// A value on a cache line (of 64 bytes) of its own, for state that
+/// threads write often: unpadded, two such values side by side would pass
+/// one line between the cores that write them.
+#[repr(align(64))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// How many thread numbers there are ([`thread_number`]).
+pub(crate) const THREAD_NUMBERS: usize = 8;
+
+/// This thread's number, below [`THREAD_NUMBERS`]: threads take them in
+/// turn when they first ask (one whose locals are being destroyed gets 0).
+/// State that threads would otherwise all write on every new signature
+/// (an arena's next index, the reference count of a backend's exits, a
+/// pool of trampolines) is kept once per number, so threads of different
+/// numbers write different cache lines.
+pub(crate) fn thread_number() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % THREAD_NUMBERS;
+    }
+    MINE.try_with(|n| *n).unwrap_or(0)
+}
+
 /// An append-only table filled by [`Arena::push`] alone: each entry is set
 /// without an exchange (its index is the pushing thread's own), read without
 /// locks, and kept where it was put until the arena is dropped.
 ///
-/// Indices are handed out from a shared counter in per-thread blocks, so
-/// threads pushing at once neither take turns at the counter for every entry
-/// nor write neighbouring entries (here, and in every other table by the
-/// same index) from two cores. A thread's first block of an arena is one
-/// index, and each next one twice the last, up to [`BLOCK`]: a thread that
-/// pushes a handful of entries takes a handful of indices. A thread that
-/// stops pushing leaves the rest of its block unused, but never more indices
-/// than it used (its last block is no larger than all the ones it filled
-/// before, plus the one index it took it for), so every index handed out is
-/// below twice the number of entries pushed. A thread pushing alone gets
-/// 0, 1, 2, … in order.
+/// Indices are handed out in blocks of [`BLOCK`] from a shared counter, a
+/// block per thread number ([`thread_number`]): threads pushing at once
+/// neither take turns at the counter for every entry nor write neighbouring
+/// entries (here, and in every other table by the same index) from two
+/// cores. A thread pushing alone gets 0, 1, 2, … in order. The indices not
+/// handed out yet are the rest of each number's block (fewer than
+/// `BLOCK` × [`THREAD_NUMBERS`] in all), and, when two threads of one
+/// number (only with more than [`THREAD_NUMBERS`] threads) find its block
+/// used up at once, the rest of the block the slower one took.
 pub(crate) struct Arena<T> {
     table: IdTable<T>,
-    /// The first index no block has yet (on a cache line of its own: every
-    /// reader of the table reads `table`'s bound and chunks).
+    /// The first index no block has yet.
     next: Padded<AtomicU32>,
-    /// This arena's serial number, which its blocks are filed under in
-    /// each thread (see [`BLOCKS`]).
-    serial: u64,
+    /// Per thread number, its block: `next << 32 | end`, the indices
+    /// `next..end` not handed out yet (none at first).
+    blocks: [Padded<AtomicU64>; THREAD_NUMBERS],
 }
 
-/// A value on a cache line (of 64 bytes) of its own.
-#[repr(align(64))]
-struct Padded<T>(T);
-
-/// The largest block of indices a thread takes from an arena at once: 64
-/// entries of 8 bytes (a table of pointers by the same index) are 512 bytes,
-/// whole cache lines nobody else writes.
+/// The indices a thread number takes from an arena at once: 64 entries of 8
+/// bytes (a table of pointers by the same index) are 512 bytes, whole cache
+/// lines no other number writes.
 const BLOCK: u32 = 64;
-
-/// The next arena's serial number (from 1, never 0, which files nothing).
-/// Never reused, so a block is never found for an arena made later at the
-/// address of one dropped.
-static SERIALS: AtomicU64 = AtomicU64::new(1);
-
-/// A thread's block of one arena's indices: `next..end` are its own to hand
-/// out, and the block was `size` indices.
-#[derive(Clone, Copy)]
-struct Block {
-    arena: u64,
-    next: u32,
-    end: u32,
-    size: u32,
-}
-
-/// How many arenas a thread keeps a block of at once. A bridge's seven
-/// arenas are made one after the other, so none of them evicts another's
-/// block; the registry's (made apart) may share a cell with one of them,
-/// which is pushed to only when a new machine shape's code is made.
-const BLOCK_CACHE: usize = 8;
-
-thread_local! {
-    /// This thread's blocks, each in the cell of its arena's serial number
-    /// modulo [`BLOCK_CACHE`]: an arena whose cell holds another arena's
-    /// block starts from a block of one index again.
-    static BLOCKS: [Cell<Block>; BLOCK_CACHE] = const {
-        [const { Cell::new(Block { arena: 0, next: 0, end: 0, size: 0 }) }; BLOCK_CACHE]
-    };
-}
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
         Arena {
             table: IdTable::default(),
             next: Padded(AtomicU32::new(0)),
-            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
+            blocks: std::array::from_fn(|_| Padded(AtomicU64::new(0))),
         }
     }
 }
@@ -299,45 +293,47 @@ impl<T> Default for Arena<T> {
 impl<T> Arena<T> {
     /// Appends `value`; its index and the entry.
     pub(crate) fn push(&self, value: T) -> (u32, &T) {
-        // A thread whose locals are being destroyed takes one index.
-        let index = BLOCKS
-            .try_with(|blocks| {
-                let cell = &blocks[(self.serial % BLOCK_CACHE as u64) as usize];
-                let mut b = cell.get();
-                if b.arena != self.serial || b.next == b.end {
-                    let size = if b.arena == self.serial {
-                        (b.size * 2).min(BLOCK)
-                    } else {
-                        1
-                    };
-                    let start = self.take(size);
-                    b = Block {
-                        arena: self.serial,
-                        next: start,
-                        end: start + size,
-                        size,
-                    };
+        let block = &self.blocks[thread_number()];
+        let mut b = block.load(Ordering::Relaxed);
+        let index = loop {
+            let (next, end) = ((b >> 32) as u32, b as u32);
+            if next < end {
+                // The exchange hands `next` to this thread alone (a thread
+                // of the same number may be taking from the block too).
+                match block.compare_exchange_weak(
+                    b,
+                    b + (1 << 32),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break next,
+                    Err(now) => b = now,
                 }
-                b.next += 1;
-                cell.set(b);
-                b.next - 1
-            })
-            .unwrap_or_else(|_| self.take(1));
-        // SAFETY: `index` is in a block of indices the counter handed to this
-        // thread alone, and each index of a block is handed out once; nothing
-        // but `push` sets entries of `table`.
+            } else {
+                // A new block, whose first index is this thread's; if another
+                // thread of this number put a block there meanwhile, this
+                // block's other indices go unused.
+                let start = self.take();
+                let fresh = u64::from(start + 1) << 32 | u64::from(start + BLOCK);
+                let _ = block.compare_exchange(b, fresh, Ordering::Relaxed, Ordering::Relaxed);
+                break start;
+            }
+        };
+        // SAFETY: `index` was handed to this thread alone (the counter hands
+        // each block out once, and each index of a block is taken by one
+        // exchange); nothing but `push` sets entries of `table`.
         (index, unsafe { self.table.insert_unique(index, value) })
     }
 
-    /// The first of `n` indices nobody has had.
-    fn take(&self, n: u32) -> u32 {
+    /// The first index of a new block.
+    fn take(&self) -> u32 {
         // The counter never wraps, so no index is handed out twice (which
         // would make two threads write one slot).
         match self
             .next
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_add(n))
-        {
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                k.checked_add(BLOCK)
+            }) {
             Ok(start) => start,
             Err(_) => {
                 // Not reachable in practice: that many entries (signatures,
@@ -559,44 +555,61 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_pushing_into_many_arenas_in_turn_gets_each_ones_indices_in_order() {
+        // Ten arenas, pushed to in turn by one thread: each hands out 0, 1,
+        // 2, … with no gap, whatever the thread does with the others.
+        let arenas: Vec<Arena<u32>> = (0..10).map(|_| Arena::default()).collect();
+        for k in 0..200u32 {
+            for a in &arenas {
+                assert_eq!(a.push(k).0, k);
+            }
+        }
+    }
+
+    #[test]
     fn threads_pushing_at_once_take_blocks_and_leave_fewer_gaps_than_entries() {
-        // Four threads push 1, 5, 100 and 1000 entries into one arena.
+        // Four threads push 1, 5, 100 and 1000 entries into one arena; each
+        // also says its thread number.
         let a = Arena::default();
         let counts = [1u32, 5, 100, 1000];
-        let taken: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let taken: Vec<(usize, Vec<u32>)> = std::thread::scope(|s| {
             let hs: Vec<_> = counts
                 .iter()
                 .enumerate()
                 .map(|(who, &n)| {
                     let a = &a;
-                    s.spawn(move || (0..n).map(|k| a.push((who, k)).0).collect::<Vec<_>>())
+                    s.spawn(move || {
+                        let pushed = (0..n).map(|k| a.push((who, k)).0).collect::<Vec<_>>();
+                        (thread_number(), pushed)
+                    })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         // Every index once, each with its own entry.
-        let mut all: Vec<u32> = taken.iter().flatten().copied().collect();
+        let mut all: Vec<u32> = taken.iter().flat_map(|t| t.1.iter()).copied().collect();
         all.sort_unstable();
         all.dedup();
         let total: u32 = counts.iter().sum();
         assert_eq!(all.len() as u32, total);
-        for (who, indices) in taken.iter().enumerate() {
+        for (who, (_, indices)) in taken.iter().enumerate() {
             for (k, &i) in indices.iter().enumerate() {
                 assert_eq!(a.get(i), Some(&(who, k as u32)));
             }
         }
-        // Below twice the entries: each thread's unused rest of a block is
-        // smaller than what it pushed.
+        // Few indices left unused: the rest of each number's last block
+        // (the four take 20 blocks when each has a number of its own).
         assert!(*all.last().unwrap() < 2 * total, "{all:?}");
-        // Each thread's indices come in blocks of 1, 2, 4, … 64, 64, …:
-        // each block's indices one after the other.
-        for indices in &taken {
-            let (mut at, mut size) = (0, 1);
-            while at < indices.len() {
-                let block = &indices[at..(at + size).min(indices.len())];
+        // A thread with a number no other of the four has takes its indices
+        // in blocks: each block's indices one after the other, from a
+        // multiple of the block size.
+        for (number, indices) in &taken {
+            if taken.iter().filter(|t| t.0 == *number).count() > 1 {
+                continue;
+            }
+            for block in indices.chunks(BLOCK as usize) {
+                assert_eq!(block[0] % BLOCK, 0, "{block:?}");
                 assert!(block.windows(2).all(|w| w[1] == w[0] + 1), "{block:?}");
-                at += size;
-                size = (size * 2).min(BLOCK as usize);
             }
         }
     }

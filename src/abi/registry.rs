@@ -12,7 +12,7 @@ use super::callconv::CallConv;
 use super::classify::{CallLayout, classify};
 use super::error::{AbiError, Result};
 use super::signature::Signature;
-use crate::table::{Arena, IdTable};
+use crate::table::{Arena, IdTable, Padded};
 
 /// The interned identity of a signature shape within one [`Registry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,13 +20,15 @@ pub struct SigId(u32);
 
 impl SigId {
     /// The id as a small index, for tables by id. Each index is given once
-    /// per registry, and every index given is below twice the number of
-    /// signatures the registry has interned. A thread interning into a
-    /// registry no other thread is interning into gets 0, 1, 2, … in order;
-    /// threads interning at once take indices in blocks (of up to 64, so
-    /// they do not write neighbouring entries of tables by id from two
-    /// cores), and a thread that stops interning leaves the rest of its block
-    /// unused.
+    /// per registry. A thread interning into a registry no other thread is
+    /// interning into gets 0, 1, 2, … in order; threads interning at once
+    /// take indices in blocks of 64, one block per thread number (8
+    /// numbers, taken by threads in turn), so they do not write neighbouring
+    /// entries of tables by id from two cores. The indices skipped are the
+    /// rest of each number's block, fewer than 512, plus, only with more
+    /// than 8 threads interning, fewer than 64 each time two threads of one
+    /// number need a new block at once (ABI.md, "Interning and the tables by
+    /// id").
     pub fn index(self) -> u32 {
         self.0
     }
@@ -44,12 +46,6 @@ const SHARDS: usize = 16;
 /// signature itself is the id's entry: a clone, which shares its parameter
 /// list with the one interned, so a new signature's types are not copied).
 struct Interned(u32, SigId);
-
-/// A shard: its lock and table, on a cache line of their own (a lock and
-/// a table's header are 40 bytes: unpadded, two threads locking two shards
-/// would pass one line between them).
-#[repr(align(64))]
-struct Shard(Mutex<HashTable<Interned>>);
 
 /// The hash a shard's table files an entry under, from the 32 bits the entry
 /// keeps (the table needs it again when it grows): multiplied by an odd
@@ -79,7 +75,10 @@ fn filed_under(tag: u32) -> u64 {
 /// atomic load: the common case of making an exit stub and an entry point
 /// from one signature, or asking for a cached stub by signature.
 pub struct Registry {
-    shards: [Shard; SHARDS],
+    /// Each on a cache line of its own (a lock and a table's header are 40
+    /// bytes: unpadded, two threads locking two shards would pass one line
+    /// between them).
+    shards: [Padded<Mutex<HashTable<Interned>>>; SHARDS],
     /// Each id's signature (a clone of the first one interned, sharing its
     /// parameters); an id is the index the arena gives it (see
     /// [`SigId::index`]).
@@ -97,7 +96,7 @@ static SERIALS: AtomicU32 = AtomicU32::new(1);
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            shards: std::array::from_fn(|_| Shard(Mutex::new(HashTable::new()))),
+            shards: std::array::from_fn(|_| Padded(Mutex::new(HashTable::new()))),
             entries: Arena::default(),
             layouts: Default::default(),
             serial: SERIALS
@@ -132,7 +131,7 @@ impl Registry {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
     }
 
@@ -166,7 +165,7 @@ impl Registry {
         // signatures come from the embedder, not from an adversary), mixed
         // once more so the shard index has good high bits.
         let hash = FxBuildHasher.hash_one(sig);
-        let shard = &self.shards[(hash >> 60) as usize % SHARDS].0;
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         let tag = hash as u32;
         // A poisoned lock only means another thread panicked while holding it;
         // the map itself is never left half-updated, so keep using it.

@@ -19,7 +19,7 @@ use std::ffi::c_void;
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{ExecCode, ExecMemory};
@@ -33,7 +33,7 @@ use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
     Dispatcher, FailurePolicy, RawBinding, RawVaList, after_dispatch, clear_entry_error,
 };
-use crate::table::{Arena, PtrTable};
+use crate::table::{Arena, Padded, PtrTable, THREAD_NUMBERS, thread_number};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
@@ -174,26 +174,12 @@ pub(super) struct GenExitRef {
     table: Arc<ExitsKeeper>,
 }
 
-/// One of a backend's [`KEEPERS`] references to its exits, which the stubs
-/// made on a thread share with those of the other threads of the same
-/// keeper number ([`thread_keeper`]): the stubs two threads make at once
-/// count their references on two cache lines, not both on the exits' one
-/// (aligned, so that its `Arc`'s counts have a cache line of their own).
-#[repr(align(64))]
-pub(super) struct ExitsKeeper(Arc<GenExits>);
-
-/// How many keepers of its exits, and pools of trampolines, a backend has.
-const KEEPERS: usize = 8;
-
-/// This thread's keeper number: threads take them in turn, on their first
-/// stub (one whose locals are being destroyed takes 0).
-fn thread_keeper() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % KEEPERS;
-    }
-    MINE.try_with(|k| *k).unwrap_or(0)
-}
+/// One of a backend's references to its exits, one per thread number
+/// ([`thread_number`]), which the stubs made on threads of that number
+/// share: the stubs two threads make at once count their references on two
+/// cache lines, not both on the exits' one (padded, so that its `Arc`'s
+/// counts have a cache line of their own).
+type ExitsKeeper = Padded<Arc<GenExits>>;
 
 // An `ExitStub` may move between and be shared across threads.
 const _: () = {
@@ -203,17 +189,16 @@ const _: () = {
 
 impl GenExitRef {
     /// `exit`, keeping `keepers`' exits alive through this thread's keeper.
-    fn new(keepers: &[Arc<ExitsKeeper>; KEEPERS], exit: Kept<GenExit>) -> GenExitRef {
+    fn new(keepers: &[Arc<ExitsKeeper>; THREAD_NUMBERS], exit: Kept<GenExit>) -> GenExitRef {
         GenExitRef {
             exit,
-            table: keepers[thread_keeper()].clone(),
+            table: keepers[thread_number()].clone(),
         }
     }
 
     /// The signature of `id`, which this exit was made for.
     pub(super) fn signature(&self, id: SigId) -> &'static Signature {
         self.table
-            .0
             .reg
             .signature(id)
             .expect("made from an id this registry issued")
@@ -223,7 +208,6 @@ impl GenExitRef {
     /// this is its first use.
     pub(super) fn layout(&self, id: SigId) -> &'static CallLayout {
         self.table
-            .0
             .reg
             .layout(id, self.conv)
             .expect("made from an id this registry issued")
@@ -541,14 +525,13 @@ struct Pool {
     free: VecDeque<(usize, usize)>,
 }
 
-/// One of a backend's [`KEEPERS`] pools of trampolines with their bindings,
-/// and the entry thunks those bindings run (kept with the pool, so that a
-/// binding needs no reference of its own to its thunk's code). An entry
-/// point is bound from its thread's pool ([`thread_keeper`]): entry points
-/// two threads bind at once take two locks, fill two blocks and count their
-/// references on two cache lines (aligned, so that its `Arc`'s counts have
-/// a cache line of their own).
-#[repr(align(64))]
+/// One of a backend's pools of trampolines with their bindings, one per
+/// thread number ([`thread_number`]), and the entry thunks those bindings
+/// run (kept with the pool, so that a binding needs no reference of its own
+/// to its thunk's code). An entry point is bound from its thread's pool:
+/// entry points two threads bind at once take two locks, fill two blocks
+/// and count their references on two cache lines (the pool is padded, so
+/// that its `Arc`'s counts have a cache line of their own).
 struct PoolKeeper {
     pool: Mutex<Pool>,
     /// Kept for the bindings, which run its thunks.
@@ -575,7 +558,7 @@ pub(super) struct GenEntry {
     at: (usize, usize),
     code: *const c_void,
     /// The pool its trampoline is from.
-    pool: Arc<PoolKeeper>,
+    pool: Arc<Padded<PoolKeeper>>,
 }
 
 // SAFETY: its one raw pointer is its trampoline's address (code, never
@@ -622,11 +605,11 @@ pub(super) struct GenBackend {
     /// The exits, each signature's and their shared code.
     exits: Arc<GenExits>,
     /// The references to `exits` that the stubs keep (see [`ExitsKeeper`]).
-    keepers: [Arc<ExitsKeeper>; KEEPERS],
+    keepers: [Arc<ExitsKeeper>; THREAD_NUMBERS],
     /// The entry thunks, each signature's and their shared code.
     entries: Arc<Entries>,
-    /// The trampolines and their bindings, a pool per keeper number.
-    pools: [Arc<PoolKeeper>; KEEPERS],
+    /// The trampolines and their bindings, a pool per thread number.
+    pools: [Arc<Padded<PoolKeeper>>; THREAD_NUMBERS],
 }
 
 /// Code shared by machine shape, found by its layout's key. A signature
@@ -840,16 +823,16 @@ impl GenBackend {
         });
         GenBackend {
             mem,
-            keepers: std::array::from_fn(|_| Arc::new(ExitsKeeper(exits.clone()))),
+            keepers: std::array::from_fn(|_| Arc::new(Padded(exits.clone()))),
             exits,
             pools: std::array::from_fn(|_| {
-                Arc::new(PoolKeeper {
+                Arc::new(Padded(PoolKeeper {
                     pool: Mutex::new(Pool {
                         blocks: Vec::new(),
                         free: VecDeque::new(),
                     }),
                     _entries: entries.clone(),
-                })
+                }))
             }),
             entries,
         }
@@ -1034,7 +1017,7 @@ impl GenBackend {
             policy: dispatcher.policy,
             _host: dispatcher.into_keep(),
         };
-        let keeper = &self.pools[thread_keeper()];
+        let keeper = &self.pools[thread_number()];
         let mut pool = keeper.pool.lock().unwrap_or_else(|e| e.into_inner());
         while pool.free.is_empty() {
             // Make a block of trampolines without holding the pool (emitting
@@ -1158,7 +1141,7 @@ mod tests {
             FailurePolicy::Report,
         );
         let (sig, conv): (Signature, _) = ("(i32)->i32".parse().unwrap(), CallConv::SysV);
-        let mine = super::thread_keeper();
+        let mine = crate::table::thread_number();
         let free = |k: usize| g.pools[k].pool.lock().unwrap().free.len();
         let entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
         let EntryImpl::Gen(e) = &entry.imp else {
