@@ -29,8 +29,12 @@
 //! Then the floor under the setup target (a new signature's exit stub and
 //! entry point), in plain Rust: the bookkeeping any bridge that interns
 //! signatures must do for a signature it has not seen, with everything else
-//! taken away (see `setup` below). `cargo run --release --example floor --
-//! setup` runs this part alone.
+//! taken away (see `setup` below); and, for a signature whose entry shape is
+//! new, the same bookkeeping plus the least code such a shape needs: the
+//! hand-written 8-argument entry thunk above, copied into fresh executable
+//! memory got the way tierbridge's default strategy gets it (a dual-mapped
+//! in-memory file, both views populated). `cargo run --release --example
+//! floor -- setup` runs this part alone.
 
 #[cfg(target_arch = "x86_64")]
 mod floor {
@@ -231,6 +235,8 @@ mod floor {
             add rsp, 0x68
             ret
         2:  ud2
+        .globl floor_thunk8_end
+        floor_thunk8_end:
 
         .p2align 5
         .globl floor_dispatch8
@@ -262,7 +268,22 @@ mod floor {
         fn floor_exit8(args: *const u64, target: Eight) -> u64;
         fn floor_entry8(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64, g: i64, h: i64) -> i64;
         fn floor_thunk8();
+        static floor_thunk8_end: u8;
         fn floor_dispatch8();
+    }
+
+    /// The bytes of the hand-written entry thunk for eight `i64`s (two on
+    /// the stack): the least code a new entry shape of that size needs, which
+    /// the new-shape setup floor copies into fresh executable memory.
+    pub fn thunk8_bytes() -> &'static [u8] {
+        let start = floor_thunk8 as *const u8;
+        let end = &raw const floor_thunk8_end;
+        let len = (end as usize)
+            .checked_sub(start as usize)
+            .expect("floor_thunk8_end follows floor_thunk8");
+        // SAFETY: [start, end) is floor_thunk8's code in this binary's text,
+        // which is mapped readable and never written.
+        unsafe { std::slice::from_raw_parts(start, len) }
     }
 
     type TripleFn = extern "C" fn(f64) -> Triple;
@@ -472,17 +493,26 @@ mod setup {
         _slots: (u32, u32),
     }
 
-    /// The `n`-th signature of `measure::fresh_known_shape_sig`'s series, one
-    /// byte per type: its parameters (0, 1, 2 for `i64`, `u64`, `ptr`, one
-    /// class), then its result (`i64`).
-    fn signature(n: u64) -> Box<[u8]> {
-        let mut v: Vec<u8> = measure::digits(n, 3).into_iter().map(|d| d as u8).collect();
-        v.push(0);
+    /// The `n`-th signature of one of `measure`'s series, one byte per type:
+    /// its parameters (digit `d` of `n` in base `base` is type `d`), then its
+    /// result (type `base`). With base 3 that is
+    /// `measure::fresh_known_shape_sig` (`i64`, `u64`, `ptr`, one class: the
+    /// shapes are nearly all known); with base 9, `measure::fresh_shape_sig`
+    /// (nine types of nine classes, and an `f64` result: every shape new).
+    fn signature(n: u64, base: u64) -> Box<[u8]> {
+        let mut v: Vec<u8> = measure::digits(n, base)
+            .into_iter()
+            .map(|d| d as u8)
+            .collect();
+        v.push(base as u8);
         v.into()
     }
 
-    /// One round over `sigs`, from empty tables: ns per signature.
-    fn round(sigs: &[Box<[u8]>]) -> f64 {
+    /// One round over `sigs`, from empty tables: ns per signature. `class`
+    /// gives each type's class, which the shape key is made of; with `code`,
+    /// a new shape's thunk (the template's bytes) is copied into fresh
+    /// executable memory (made for this round and released after it).
+    fn round(sigs: &[Box<[u8]>], class: fn(u8) -> u8, code: Option<&[u8]>) -> f64 {
         let n = sigs.len();
         let mut interned: HashTable<(u64, Box<[u8]>, u32)> = HashTable::new();
         let mut shapes: HashTable<(u64, Box<[u8]>, usize)> = HashTable::new();
@@ -490,6 +520,7 @@ mod setup {
         let mut binds: Vec<BindRec> = Vec::with_capacity(n);
         let mut cells: Vec<u32> = vec![u32::MAX; n];
         let mut free: Vec<u32> = (0..n as u32).rev().collect();
+        let mut slabs = code::Slabs::default();
         let t = Instant::now();
         for sig in sigs {
             let h = FxBuildHasher.hash_one(&sig[..]);
@@ -502,19 +533,21 @@ mod setup {
                     id
                 }
             };
-            // The shape key: one class per type (all three types are one
-            // class here), in a buffer on the stack.
+            // The shape key: one class per type, in a buffer on the stack.
             let mut key = [0u8; 64];
             let len = sig.len().min(64);
             for (k, &ty) in key.iter_mut().zip(&sig[..len]) {
-                *k = u8::from(ty > 2);
+                *k = class(ty);
             }
             let key = &key[..len];
             let kh = FxBuildHasher.hash_one(key);
             let code = match shapes.find(kh, |e| e.0 == kh && *e.1 == *key) {
                 Some(e) => e.2,
                 None => {
-                    let code = 0x1000 + shapes.len();
+                    let code = match code {
+                        Some(bytes) => slabs.install(bytes),
+                        None => 0x1000 + shapes.len(),
+                    };
                     shapes.insert_unique(kh, (kh, key.into(), code), |e| e.0);
                     code
                 }
@@ -540,13 +573,21 @@ mod setup {
         ns
     }
 
-    pub fn run() {
-        println!("a new signature (known shapes), least bookkeeping, one thread:");
-        for (n, rounds) in [(20_000u64, 5), (100_000, 5), (200_000, 5), (1_000_000, 3)] {
+    /// Prints the floor of `rounds` rounds per count of signatures.
+    fn series(
+        what: &str,
+        base: u64,
+        class: fn(u8) -> u8,
+        code: Option<&[u8]>,
+        counts: &[(u64, u64)],
+    ) {
+        println!("{what}:");
+        for &(n, rounds) in counts {
             let times: Vec<f64> = (0..rounds)
                 .map(|r| {
-                    let sigs: Vec<Box<[u8]>> = (r * n..(r + 1) * n).map(signature).collect();
-                    round(&sigs)
+                    let sigs: Vec<Box<[u8]>> =
+                        (r * n..(r + 1) * n).map(|k| signature(k, base)).collect();
+                    round(&sigs, class, code)
                 })
                 .collect();
             let (lo, hi) = times
@@ -556,6 +597,135 @@ mod setup {
                 "  {n:>9} signatures            {:.0} ns each (median of {rounds}; {lo:.0}-{hi:.0})",
                 measure::median(times)
             );
+        }
+    }
+
+    pub fn run() {
+        series(
+            "a new signature (known shapes), least bookkeeping, one thread",
+            3,
+            |_| 0,
+            None,
+            &[(20_000, 5), (100_000, 5), (200_000, 5), (1_000_000, 3)],
+        );
+        if let Some(thunk) = code::template() {
+            series(
+                &format!(
+                    "a new signature (new entry shape), the same bookkeeping and a \
+                     {}-byte thunk copied into fresh executable memory",
+                    thunk.len()
+                ),
+                9,
+                |ty| ty,
+                Some(thunk),
+                &[(20_000, 5), (200_000, 3)],
+            );
+        }
+    }
+
+    /// Fresh executable memory, got as a generator that never maps memory
+    /// writable and executable at once must get it on Linux when it does not
+    /// flip pages with `mprotect` for every thunk (tierbridge's default
+    /// strategy): 256 KiB slabs of an in-memory file, mapped read-write and
+    /// read+execute, both views populated when mapped; code is copied in
+    /// through the first, in 16-byte granules.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    mod code {
+        const SLAB: usize = 256 * 1024;
+
+        /// The thunk a new shape gets: the hand-written one for eight `i64`s.
+        pub fn template() -> Option<&'static [u8]> {
+            Some(crate::floor::thunk8_bytes())
+        }
+
+        /// The slabs of one round: (read-write view, read+execute view).
+        #[derive(Default)]
+        pub struct Slabs {
+            maps: Vec<(*mut u8, *mut u8)>,
+            used: usize,
+        }
+
+        impl Slabs {
+            /// Copies `code` into fresh executable memory; its address.
+            pub fn install(&mut self, code: &[u8]) -> usize {
+                let size = code.len().next_multiple_of(16);
+                assert!(size <= SLAB);
+                if self.maps.is_empty() || self.used + size > SLAB {
+                    self.maps.push(slab());
+                    self.used = 0;
+                }
+                let (rw, rx) = *self.maps.last().expect("a slab was just made");
+                // SAFETY: [used, used + size) of the read-write view is
+                // inside the slab and not handed out before.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(code.as_ptr(), rw.add(self.used), code.len())
+                };
+                let at = rx as usize + self.used;
+                self.used += size;
+                at
+            }
+        }
+
+        impl Drop for Slabs {
+            fn drop(&mut self) {
+                for &(rw, rx) in &self.maps {
+                    for view in [rw, rx] {
+                        // SAFETY: each view is a SLAB-byte mapping made by
+                        // `slab` and unmapped once, here.
+                        unsafe { libc::munmap(view.cast(), SLAB) };
+                    }
+                }
+            }
+        }
+
+        /// A new slab's two views.
+        fn slab() -> (*mut u8, *mut u8) {
+            // SAFETY: plain system calls on a file this function creates;
+            // every result is checked.
+            unsafe {
+                let fd = libc::memfd_create(c"floor-code".as_ptr(), libc::MFD_CLOEXEC);
+                assert!(fd >= 0, "memfd_create failed");
+                assert_eq!(
+                    libc::ftruncate(fd, SLAB as libc::off_t),
+                    0,
+                    "ftruncate failed"
+                );
+                let map = |prot| {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        SLAB,
+                        prot,
+                        libc::MAP_SHARED | libc::MAP_POPULATE,
+                        fd,
+                        0,
+                    );
+                    assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+                    p.cast::<u8>()
+                };
+                let views = (
+                    map(libc::PROT_READ | libc::PROT_WRITE),
+                    map(libc::PROT_READ | libc::PROT_EXEC),
+                );
+                libc::close(fd);
+                views
+            }
+        }
+    }
+
+    /// Elsewhere the new-shape floor is not measured.
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    mod code {
+        pub fn template() -> Option<&'static [u8]> {
+            None
+        }
+
+        #[derive(Default)]
+        pub struct Slabs;
+
+        impl Slabs {
+            pub fn install(&mut self, _: &[u8]) -> usize {
+                unreachable!("no template, no code")
+            }
         }
     }
 }
