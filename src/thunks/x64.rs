@@ -38,6 +38,20 @@ use crate::host::{RawBinding, RawDispatch, RawVaList};
 
 pub(crate) type Asm = VecAssembler<X64Relocation>;
 
+/// `dynasm!` of the first form when `$disp` fits in a signed byte (bound to
+/// `$b`, an `i8`, for the form's `BYTE` displacement or immediate), else of
+/// the second. dynasm encodes a displacement or immediate worked out at run
+/// time in 32 bits unless told `BYTE`, which makes such an instruction 3
+/// bytes longer; the frame offsets of an entry thunk nearly always fit.
+macro_rules! by_size {
+    ($ops:ident, $disp:expr, $b:ident => [$($short:tt)*] else [$($long:tt)*]) => {
+        match i8::try_from($disp) {
+            Ok($b) => dynasm!($ops ; .arch x64 ; $($short)*),
+            Err(_) => dynasm!($ops ; .arch x64 ; $($long)*),
+        }
+    };
+}
+
 /// An assembler whose buffer already holds `bytes` and room for `labels`
 /// dynamic labels and references to them, so emitting a typical stub never
 /// reallocates (and code without labels allocates nothing for them).
@@ -456,18 +470,24 @@ pub(crate) fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
 /// rax = the scalar at `[base + o]`, reading only its width, extended.
 pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
     match s {
-        Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + o]),
-        Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + o]),
-        Scalar::I16 => dynasm!(ops ; .arch x64 ; movsx rax, WORD [Rq(base) + o]),
-        Scalar::U16 => dynasm!(ops ; .arch x64 ; movzx eax, WORD [Rq(base) + o]),
-        Scalar::I32 => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [Rq(base) + o]),
-        Scalar::U32 | Scalar::F32 => dynasm!(ops ; .arch x64 ; mov eax, DWORD [Rq(base) + o]),
-        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => {
-            dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(base) + o])
-        }
+        Scalar::I8 => by_size!(ops, o, b =>
+            [movsx rax, BYTE [BYTE Rq(base) + b]] else [movsx rax, BYTE [Rq(base) + o]]),
+        Scalar::U8 | Scalar::Bool => by_size!(ops, o, b =>
+            [movzx eax, BYTE [BYTE Rq(base) + b]] else [movzx eax, BYTE [Rq(base) + o]]),
+        Scalar::I16 => by_size!(ops, o, b =>
+            [movsx rax, WORD [BYTE Rq(base) + b]] else [movsx rax, WORD [Rq(base) + o]]),
+        Scalar::U16 => by_size!(ops, o, b =>
+            [movzx eax, WORD [BYTE Rq(base) + b]] else [movzx eax, WORD [Rq(base) + o]]),
+        Scalar::I32 => by_size!(ops, o, b =>
+            [movsxd rax, DWORD [BYTE Rq(base) + b]] else [movsxd rax, DWORD [Rq(base) + o]]),
+        Scalar::U32 | Scalar::F32 => by_size!(ops, o, b =>
+            [mov eax, DWORD [BYTE Rq(base) + b]] else [mov eax, DWORD [Rq(base) + o]]),
+        Scalar::I64 | Scalar::U64 | Scalar::F64 | Scalar::Ptr => by_size!(ops, o, b =>
+            [mov rax, QWORD [BYTE Rq(base) + b]] else [mov rax, QWORD [Rq(base) + o]]),
     }
 }
 
+const RAX: u8 = Gpr::Rax as u8;
 const RSP: u8 = Gpr::Rsp as u8;
 const R11: u8 = Gpr::R11 as u8;
 
@@ -802,9 +822,10 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     if win {
         dynasm!(ops ; .arch x64 ; push rdi ; push rsi);
     }
-    dynasm!(ops ; .arch x64 ; sub rsp, f.size ; mov QWORD [rsp + f.binding], r10);
+    by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
+    store(ops, f.binding, Gpr::R10 as u8);
     if let RetPass::Sret { ptr } = l.ret {
-        dynasm!(ops ; .arch x64 ; mov QWORD [rsp + f.sret], Rq(ptr as u8));
+        store(ops, f.sret, ptr as u8);
     }
     if variadic {
         let va = f.va;
@@ -848,10 +869,9 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     for &(k, first, second) in &paired {
         slot_value_to_xmm(ops, first, 8, f.incoming);
         slot_value_to_xmm(ops, second, 9, f.incoming);
-        dynasm!(ops ; .arch x64
-            ; punpcklqdq xmm8, xmm9
-            ; movdqu [rsp + f.args + 16 * k as i32], xmm8
-        );
+        let at = f.args + 16 * k as i32;
+        dynasm!(ops ; .arch x64 ; punpcklqdq xmm8, xmm9);
+        by_size!(ops, at, b => [movdqu [BYTE rsp + b], xmm8] else [movdqu [rsp + at], xmm8]);
     }
     // The other arguments into slots; rax and r11 are the only scratch
     // registers, and neither carries an argument in either convention.
@@ -869,26 +889,24 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
                     let at = slot + d(p.offset);
                     match (p.kind, p.loc) {
                         (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
-                            dynasm!(ops ; .arch x64 ; movd eax, Rx(n) ; mov QWORD [rsp + at], rax)
+                            dynasm!(ops ; .arch x64 ; movd eax, Rx(n));
+                            store(ops, at, RAX);
                         }
                         (
                             PartKind::Scalar(Scalar::I64 | Scalar::U64 | Scalar::Ptr),
                             Loc::Gpr(g),
-                        ) => dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8)),
+                        ) => store(ops, at, g as u8),
                         (PartKind::Scalar(s), Loc::Gpr(g)) => {
                             extend_reg(ops, s, g as u8);
-                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
+                            store(ops, at, RAX);
                         }
                         (PartKind::Scalar(s), Loc::Stack(off)) => {
                             extend_mem(ops, s, RSP, f.incoming + d(off));
-                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], rax);
+                            store(ops, at, RAX);
                         }
-                        (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => {
-                            dynasm!(ops ; .arch x64 ; movq QWORD [rsp + at], Rx(n))
-                        }
-                        (_, Loc::Gpr(g)) => {
-                            dynasm!(ops ; .arch x64 ; mov QWORD [rsp + at], Rq(g as u8))
-                        }
+                        (_, Loc::Xmm(n)) | (_, Loc::XmmAndGpr(n, _)) => by_size!(ops, at, b =>
+                            [movq QWORD [BYTE rsp + b], Rx(n)] else [movq QWORD [rsp + at], Rx(n)]),
+                        (_, Loc::Gpr(g)) => store(ops, at, g as u8),
                         (_, Loc::Stack(off)) => {
                             copy_qwords(ops, RSP, f.incoming + d(off), RSP, at, p.size)
                         }
@@ -914,23 +932,25 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
         }
     }
     for k in 0..l.ret_slots as i32 {
-        dynasm!(ops ; .arch x64 ; mov QWORD [rsp + f.rets + 8 * k], 0);
+        let at = f.rets + 8 * k;
+        by_size!(ops, at, b => [mov QWORD [BYTE rsp + b], 0] else [mov QWORD [rsp + at], 0]);
     }
     let fail = ops.new_dynamic_label();
     let results = ops.new_dynamic_label();
     // dispatch(&binding.raw, args, ret, va): all in registers.
-    dynasm!(ops ; .arch x64
-        ; lea rdi, [r10 + offset_of!(BindingHead, raw) as i32]
-        ; lea rsi, [rsp + f.args]
-        ; lea rdx, [rsp + f.rets]
-    );
+    // Both offsets are under 128 (asserted by a test), so their 8-bit form.
+    const RAW: i8 = offset_of!(BindingHead, raw) as i8;
+    const DISPATCH: i8 = offset_of!(BindingHead, dispatch) as i8;
+    dynasm!(ops ; .arch x64 ; lea rdi, [BYTE r10 + RAW]);
+    lea_rsp(ops, Gpr::Rsi as u8, f.args);
+    lea_rsp(ops, Gpr::Rdx as u8, f.rets);
     if variadic {
-        dynasm!(ops ; .arch x64 ; lea rcx, [rsp + f.va]);
+        lea_rsp(ops, Gpr::Rcx as u8, f.va);
     } else {
         dynasm!(ops ; .arch x64 ; xor ecx, ecx);
     }
     dynasm!(ops ; .arch x64
-        ; call QWORD [r10 + offset_of!(BindingHead, dispatch) as i32]
+        ; call QWORD [BYTE r10 + DISPATCH]
         ; test eax, eax
         ; jnz =>fail
         ; =>results
@@ -941,19 +961,19 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
             for p in parts {
                 let o = f.rets + d(p.offset);
                 match (p.kind, p.loc) {
-                    (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
-                        dynasm!(ops ; .arch x64 ; movd Rx(n), DWORD [rsp + o])
-                    }
+                    (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => by_size!(ops, o, b =>
+                        [movd Rx(n), DWORD [BYTE rsp + b]] else [movd Rx(n), DWORD [rsp + o]]),
                     (PartKind::Scalar(s), Loc::Gpr(Gpr::Rax)) => extend_mem(ops, s, RSP, o),
-                    (_, Loc::Xmm(n)) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [rsp + o]),
-                    (_, Loc::Gpr(g)) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [rsp + o]),
+                    (_, Loc::Xmm(n)) => by_size!(ops, o, b =>
+                        [movq Rx(n), QWORD [BYTE rsp + b]] else [movq Rx(n), QWORD [rsp + o]]),
+                    (_, Loc::Gpr(g)) => load(ops, g as u8, o),
                     (_, other) => unreachable!("a result part in {other:?}"),
                 }
             }
         }
         RetPass::Sret { .. } => {
             // Exactly the result's bytes: the caller's buffer may end at a page edge.
-            dynasm!(ops ; .arch x64 ; mov r11, QWORD [rsp + f.sret]);
+            load(ops, R11, f.sret);
             copy_out_paired(ops, f.rets, l.ret_size);
             dynasm!(ops ; .arch x64 ; mov rax, r11);
         }
@@ -963,7 +983,7 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
             dynasm!(ops ; .arch x64 ; movdqu Rx(6 + i), [rsp + f.xmm_save + 16 * i32::from(i)]);
         }
     }
-    dynasm!(ops ; .arch x64 ; add rsp, f.size);
+    by_size!(ops, f.size, b => [add rsp, BYTE b] else [add rsp, f.size]);
     if win {
         dynasm!(ops ; .arch x64 ; pop rsi ; pop rdi);
     }
@@ -971,11 +991,33 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
         ; ret
         ; =>fail
         // entry_failed(status, binding, ret slots, count): applies the policy.
-        ; mov edi, eax ; mov rsi, QWORD [rsp + f.binding] ; lea rdx, [rsp + f.rets]
+        ; mov edi, eax
+    );
+    load(ops, Gpr::Rsi as u8, f.binding);
+    lea_rsp(ops, Gpr::Rdx as u8, f.rets);
+    dynasm!(ops ; .arch x64
         ; mov ecx, d(l.ret_slots)
         ; mov rax, QWORD failed as i64 ; call rax
         ; jmp =>results
     );
+}
+
+/// `mov QWORD [rsp + at], Rq(g)`, short when it can be (`by_size!`).
+#[inline(always)]
+fn store(ops: &mut Asm, at: i32, g: u8) {
+    by_size!(ops, at, b => [mov QWORD [BYTE rsp + b], Rq(g)] else [mov QWORD [rsp + at], Rq(g)]);
+}
+
+/// `mov Rq(g), QWORD [rsp + at]`, short when it can be.
+#[inline(always)]
+fn load(ops: &mut Asm, g: u8, at: i32) {
+    by_size!(ops, at, b => [mov Rq(g), QWORD [BYTE rsp + b]] else [mov Rq(g), QWORD [rsp + at]]);
+}
+
+/// `lea Rq(g), [rsp + at]`, short when it can be.
+#[inline(always)]
+fn lea_rsp(ops: &mut Asm, g: u8, at: i32) {
+    by_size!(ops, at, b => [lea Rq(g), [BYTE rsp + b]] else [lea Rq(g), [rsp + at]]);
 }
 
 /// A one-slot scalar argument's source: its scalar and where it arrives.
@@ -1029,7 +1071,8 @@ fn slot_value_to_xmm(ops: &mut Asm, src: SlotSource, x: u8, incoming: i32) {
         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
         Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8)),
         Loc::Stack(off) => {
-            dynasm!(ops ; .arch x64 ; movq Rx(x), QWORD [rsp + incoming + d(off)])
+            let at = incoming + d(off);
+            by_size!(ops, at, b => [movq Rx(x), QWORD [BYTE rsp + b]] else [movq Rx(x), QWORD [rsp + at]]);
         }
         other => unreachable!("a paired {} argument in {other:?}", src.scalar),
     }
@@ -1097,6 +1140,7 @@ pub(super) fn emit_trampolines(cells: &[usize]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::classify;
 
     /// Generated code reads these at fixed offsets (ABI.md, "Generated code").
     #[test]
@@ -1106,6 +1150,31 @@ mod tests {
         assert_eq!(offset_of!(BindingHead, raw), 16);
         assert_eq!(offset_of!(ErrnoIo, loc), 0);
         assert_eq!(offset_of!(ErrnoIo, value), 8);
+    }
+
+    /// Frame offsets that fit in a signed byte take the 8-bit forms (3 bytes
+    /// shorter), the others the 32-bit ones. Worked out by hand: `(i64)->i64`
+    /// on SysV has one argument slot (16 bytes with padding), one result slot
+    /// at 16 (16 bytes), the binding at 32 and room for an sret pointer, so
+    /// 48 bytes, made 56 so that rsp is 16-byte aligned at the call after
+    /// the return address: `sub rsp, 0x38` (48 83 ec 38), `mov [rsp+0x20],
+    /// r10` (4c 89 54 24 20), `mov [rsp], rdi` (48 89 7c 24 00). With twenty
+    /// `i64`s the result slot is at 160, past a byte: `mov QWORD [rsp+0xa0],
+    /// 0` is 48 c7 84 24 a0 00 00 00, then the 32-bit zero.
+    #[test]
+    fn entry_thunks_use_8_bit_displacements_where_they_fit() {
+        let layout = |text: &str| classify(&text.parse().unwrap(), CallConv::SysV);
+        let code = emit_entry(&layout("(i64)->i64"), false, 0);
+        assert_eq!(
+            code[..14],
+            [
+                0x48, 0x83, 0xec, 0x38, 0x4c, 0x89, 0x54, 0x24, 0x20, 0x48, 0x89, 0x7c, 0x24, 0x00
+            ]
+        );
+        let twenty = format!("({})->i64", vec!["i64"; 20].join(","));
+        let code = emit_entry(&layout(&twenty), false, 0);
+        let zero_result = [0x48, 0xc7, 0x84, 0x24, 0xa0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(code.windows(zero_result.len()).any(|w| w == zero_result));
     }
 
     /// One of a signature's two keys (`entry`: the entry thunk's).
