@@ -332,18 +332,9 @@ mod floor {
             best_of_5(|i| unsafe { black_box(floor_entry_direct as EntryFloor)(i, 1) });
         println!("(i64,i64)->i64, best of 5 x 10^8 calls:");
         println!("  direct call                     {direct:.3} ns");
-        println!(
-            "  exit floor (slots -> jmp)       {exit:.3} ns ({:.2}x)",
-            exit / direct
-        );
-        println!(
-            "  entry floor (trampoline, thunk) {entry:.3} ns ({:.2}x)",
-            entry / direct
-        );
-        println!(
-            "  entry, binding built into code  {entry_direct:.3} ns ({:.2}x)",
-            entry_direct / direct
-        );
+        row("exit floor (slots -> jmp)", exit, direct);
+        row("entry floor (trampoline, thunk)", entry, direct);
+        row("entry, binding built into code", entry_direct, direct);
 
         // Eight arguments, two of them on the stack: the exit stub cannot
         // jump to the target (the stack arguments go where its own caller's
@@ -368,14 +359,8 @@ mod floor {
         });
         println!("8 x i64 (2 on the stack) -> i64, best of 5 x 10^8 calls:");
         println!("  direct call                     {direct8:.3} ns");
-        println!(
-            "  exit floor (slots -> call)      {exit8:.3} ns ({:.2}x)",
-            exit8 / direct8
-        );
-        println!(
-            "  entry floor (trampoline, thunk) {entry8:.3} ns ({:.2}x)",
-            entry8 / direct8
-        );
+        row("exit floor (slots -> call)", exit8, direct8);
+        row("entry floor (trampoline, thunk)", entry8, direct8);
 
         // A 24-byte struct result, which travels in memory: the exit stub
         // loads the argument, passes the result slots as the hidden pointer
@@ -426,10 +411,7 @@ mod floor {
         });
         println!("(f64) -> 24-byte struct (in memory), best of 5 x 10^8 calls:");
         println!("  direct call                     {direct_sret:.3} ns");
-        println!(
-            "  exit floor (slot, hidden ptr)   {exit_sret:.3} ns ({:.2}x)",
-            exit_sret / direct_sret
-        );
+        row("exit floor (slot, hidden ptr)", exit_sret, direct_sret);
         println!(
             "  libffi ffi_call                 {ffi_sret:.3} ns ({:.1}x the exit floor)",
             ffi_sret / exit_sret
@@ -443,10 +425,13 @@ mod floor {
                 .a
                 .to_bits() as i64
         });
-        println!(
-            "  entry floor (trampoline, thunk) {entry_sret:.3} ns ({:.2}x)",
-            entry_sret / direct_sret
-        );
+        row("entry floor (trampoline, thunk)", entry_sret, direct_sret);
+    }
+
+    /// One line of a floor's table: what, its time, and its ratio to
+    /// `direct`, the direct call of the same shape.
+    fn row(what: &str, t: f64, direct: f64) {
+        println!("  {what:<32}{t:.3} ns ({:.2}x)", t / direct);
     }
 }
 

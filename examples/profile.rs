@@ -184,23 +184,17 @@ fn create_phases(kind: BackendKind, n: u64) {
 /// What the `create` modes make for their signatures: an exit stub and a
 /// bound entry point each, or with `prepare` the exit stub `Bridge::prepare`
 /// returns.
-struct Made {
-    prepare: bool,
-    keep: Vec<(ExitStub, EntryPoint)>,
-    stubs: Vec<ExitStub>,
+enum Made {
+    Bound(Vec<(ExitStub, EntryPoint)>),
+    Prepared(Vec<ExitStub>),
 }
 
 impl Made {
     fn with_room(n: usize, prepare: bool) -> Made {
-        let (keep, stubs) = if prepare {
-            (Vec::new(), Vec::with_capacity(n))
+        if prepare {
+            Made::Prepared(Vec::with_capacity(n))
         } else {
-            (Vec::with_capacity(n), Vec::new())
-        };
-        Made {
-            prepare,
-            keep,
-            stubs,
+            Made::Bound(Vec::with_capacity(n))
         }
     }
 
@@ -215,19 +209,21 @@ impl Made {
             } else {
                 s
             };
-            if self.prepare {
-                self.stubs.push(b.prepare(s, CallConv::SysV).unwrap());
-            } else {
-                self.keep.push((
+            match self {
+                Made::Prepared(stubs) => stubs.push(b.prepare(s, CallConv::SysV).unwrap()),
+                Made::Bound(keep) => keep.push((
                     b.exit_stub(s, CallConv::SysV).unwrap(),
                     b.entry_point(s, CallConv::SysV, d, 0).unwrap(),
-                ));
+                )),
             }
         }
     }
 
     fn len(&self) -> usize {
-        self.keep.len() + self.stubs.len()
+        match self {
+            Made::Bound(keep) => keep.len(),
+            Made::Prepared(stubs) => stubs.len(),
+        }
     }
 }
 

@@ -938,9 +938,10 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     let fail = ops.new_dynamic_label();
     let results = ops.new_dynamic_label();
     // dispatch(&binding.raw, args, ret, va): all in registers.
-    // Both offsets are under 128 (asserted by a test), so their 8-bit form.
-    const RAW: i8 = offset_of!(BindingHead, raw) as i8;
-    const DISPATCH: i8 = offset_of!(BindingHead, dispatch) as i8;
+    // Both offsets fit in a signed byte (checked when compiling), so their
+    // 8-bit form.
+    const RAW: i8 = byte_offset(offset_of!(BindingHead, raw));
+    const DISPATCH: i8 = byte_offset(offset_of!(BindingHead, dispatch));
     dynasm!(ops ; .arch x64 ; lea rdi, [BYTE r10 + RAW]);
     lea_rsp(ops, Gpr::Rsi as u8, f.args);
     lea_rsp(ops, Gpr::Rdx as u8, f.rets);
@@ -964,8 +965,7 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
                     (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => by_size!(ops, o, b =>
                         [movd Rx(n), DWORD [BYTE rsp + b]] else [movd Rx(n), DWORD [rsp + o]]),
                     (PartKind::Scalar(s), Loc::Gpr(Gpr::Rax)) => extend_mem(ops, s, RSP, o),
-                    (_, Loc::Xmm(n)) => by_size!(ops, o, b =>
-                        [movq Rx(n), QWORD [BYTE rsp + b]] else [movq Rx(n), QWORD [rsp + o]]),
+                    (_, Loc::Xmm(n)) => load_xmm(ops, n, o),
                     (_, Loc::Gpr(g)) => load(ops, g as u8, o),
                     (_, other) => unreachable!("a result part in {other:?}"),
                 }
@@ -1002,6 +1002,13 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     );
 }
 
+/// A field offset as an 8-bit displacement; fails to compile when it does
+/// not fit.
+const fn byte_offset(offset: usize) -> i8 {
+    assert!(offset < 128, "the offset does not fit in a signed byte");
+    offset as i8
+}
+
 /// `mov QWORD [rsp + at], Rq(g)`, short when it can be (`by_size!`).
 #[inline(always)]
 fn store(ops: &mut Asm, at: i32, g: u8) {
@@ -1012,6 +1019,12 @@ fn store(ops: &mut Asm, at: i32, g: u8) {
 #[inline(always)]
 fn load(ops: &mut Asm, g: u8, at: i32) {
     by_size!(ops, at, b => [mov Rq(g), QWORD [BYTE rsp + b]] else [mov Rq(g), QWORD [rsp + at]]);
+}
+
+/// `movq Rx(x), QWORD [rsp + at]`, short when it can be.
+#[inline(always)]
+fn load_xmm(ops: &mut Asm, x: u8, at: i32) {
+    by_size!(ops, at, b => [movq Rx(x), QWORD [BYTE rsp + b]] else [movq Rx(x), QWORD [rsp + at]]);
 }
 
 /// `lea Rq(g), [rsp + at]`, short when it can be.
@@ -1071,8 +1084,7 @@ fn slot_value_to_xmm(ops: &mut Asm, src: SlotSource, x: u8, incoming: i32) {
         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
         Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8)),
         Loc::Stack(off) => {
-            let at = incoming + d(off);
-            by_size!(ops, at, b => [movq Rx(x), QWORD [BYTE rsp + b]] else [movq Rx(x), QWORD [rsp + at]]);
+            load_xmm(ops, x, incoming + d(off));
         }
         other => unreachable!("a paired {} argument in {other:?}", src.scalar),
     }
