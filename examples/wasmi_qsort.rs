@@ -61,13 +61,22 @@ const WAT: &str = r#"
 )
 "#;
 
+/// Rounds of the timed calls (each round times the three kinds back to back).
+const ROUNDS: usize = 15;
+
 struct Run {
     sorted: Vec<i32>,
     cmp_calls: u32,
     calls_per_sec: f64,
+    /// Medians over the rounds: ns per call.
     entry_ns: f64,
     typed_ns: f64,
     untyped_ns: f64,
+    /// Medians of each round's ratio to the typed call of the same round
+    /// (a round's three loops run back to back, so a slow spell of the
+    /// machine moves all three).
+    entry_ratio: f64,
+    untyped_ratio: f64,
     hypot: f64,
 }
 
@@ -132,10 +141,10 @@ fn run(kind: BackendKind, n: u32) -> Result<Run, Box<dyn std::error::Error>> {
     // SAFETY: the entry point has the C signature (ptr,ptr)->i32 and outlives the loop.
     let cmp_native: extern "C" fn(*const i32, *const i32) -> i32 = unsafe { cmp.as_fn() };
     let base = memory.data_ptr(&store) as *const i32;
-    let reps = 200_000u32;
+    let reps = 100_000u32;
     let (mut entry_ns, mut typed_ns, mut untyped_ns) = (Vec::new(), Vec::new(), Vec::new());
     let cmp_func = instance.get_func(&store, "cmp_abs").ok_or("no cmp_abs")?;
-    for _ in 0..5 {
+    for _ in 0..ROUNDS {
         let t = Instant::now();
         with_store(&mut store, || {
             for i in 0..reps {
@@ -165,6 +174,8 @@ fn run(kind: BackendKind, n: u32) -> Result<Run, Box<dyn std::error::Error>> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let ratios = |v: &[f64]| v.iter().zip(&typed_ns).map(|(a, t)| a / t).collect();
+    let (entry_ratio, untyped_ratio) = (median(ratios(&entry_ns)), median(ratios(&untyped_ns)));
     let hypot: TypedFunc<(f64, f64, i32), f64> = instance.get_typed_func(&store, "hypot_scaled")?;
     let hypot = hypot.call(&mut store, (3.0, 4.0, 2))?;
     Ok(Run {
@@ -174,6 +185,8 @@ fn run(kind: BackendKind, n: u32) -> Result<Run, Box<dyn std::error::Error>> {
         entry_ns: median(entry_ns),
         typed_ns: median(typed_ns),
         untyped_ns: median(untyped_ns),
+        entry_ratio,
+        untyped_ratio,
         hypot,
     })
 }
@@ -204,15 +217,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.calls_per_sec / 1e6
         );
         println!(
-            "  one comparator call: {:.1} ns from C through the entry point vs {:.1} ns TypedFunc::call from Rust ({:+.1}%)",
+            "  one comparator call: {:.1} ns from C through the entry point vs {:.1} ns TypedFunc::call from Rust ({:+.1}%, the median of {ROUNDS} interleaved rounds' ratios)",
             r.entry_ns,
             r.typed_ns,
-            (r.entry_ns / r.typed_ns - 1.0) * 100.0
+            (r.entry_ratio - 1.0) * 100.0
         );
         println!(
             "  (wasmi's own untyped Func::call from Rust, which a signature known only at run time needs: {:.1} ns, {:+.1}%)",
             r.untyped_ns,
-            (r.untyped_ns / r.typed_ns - 1.0) * 100.0
+            (r.untyped_ratio - 1.0) * 100.0
         );
         if !ok || r.hypot != 20.0 {
             return Err("wrong result".into());
