@@ -174,7 +174,11 @@ fn trap(msg: String) -> wasmi::Error {
     wasmi::Error::new(msg)
 }
 
+// The conversions run on every call across the boundary: they are inlined
+// into the call paths, and the traps they can raise are built out of line.
+
 /// wasm value → C slot.
+#[inline(always)]
 fn to_slot(v: &Val, conv: Conv, mem: (usize, usize)) -> Result<u64, wasmi::Error> {
     Ok(match (conv, v) {
         (Conv::Int(Scalar::Bool), Val::I32(x)) => u64::from(*x != 0),
@@ -185,15 +189,12 @@ fn to_slot(v: &Val, conv: Conv, mem: (usize, usize)) -> Result<u64, wasmi::Error
         (Conv::MemPtr, Val::I32(x)) => {
             let off = *x as u32 as usize;
             if mem.0 == 0 || off > mem.1 {
-                return Err(trap(format!(
-                    "pointer offset {off:#x} is outside linear memory ({} bytes)",
-                    mem.1
-                )));
+                return Err(offset_outside(off, mem.1));
             }
             (mem.0 + off) as u64
         }
         (Conv::RawPtr, Val::I64(x)) => *x as u64,
-        (conv, v) => return Err(trap(format!("value {v:?} does not fit {conv:?}"))),
+        (conv, v) => return Err(value_unfit(v, conv)),
     })
 }
 
@@ -202,14 +203,13 @@ fn to_slot(v: &Val, conv: Conv, mem: (usize, usize)) -> Result<u64, wasmi::Error
 fn mem_offset(slot: u64, mem: (usize, usize)) -> Result<i32, wasmi::Error> {
     let addr = slot as usize;
     if mem.0 == 0 || addr < mem.0 || addr > mem.0 + mem.1 {
-        return Err(trap(format!(
-            "native pointer {addr:#x} does not point into linear memory"
-        )));
+        return Err(pointer_outside(addr));
     }
     Ok((addr - mem.0) as i32)
 }
 
 /// C slot → wasm value of type `w`.
+#[inline(always)]
 fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<Val, wasmi::Error> {
     Ok(match (conv, w) {
         (Conv::Int(s), ValType::I32) => Val::I32(s.to_slot(slot) as i32),
@@ -218,8 +218,54 @@ fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<V
         (Conv::Float, ValType::F64) => Val::F64(wasmi::F64::from_bits(slot)),
         (Conv::MemPtr, _) => Val::I32(mem_offset(slot, mem)?),
         (Conv::RawPtr, _) => Val::I64(slot as i64),
-        (conv, w) => return Err(trap(format!("{conv:?} cannot produce wasm {w:?}"))),
+        (conv, w) => return Err(conv_unfit(conv, w)),
     })
+}
+
+/// A C slot → a wasm `i32` parameter (`from_slot` for a typed call).
+#[inline]
+fn slot_i32(slot: u64, conv: Conv, mem: (usize, usize)) -> Result<i32, wasmi::Error> {
+    match conv {
+        Conv::Int(s) => Ok(s.to_slot(slot) as i32),
+        _ => mem_offset(slot, mem),
+    }
+}
+
+/// A C slot → a wasm `i64` parameter (`from_slot` for a typed call).
+#[inline]
+fn slot_i64(slot: u64, conv: Conv) -> i64 {
+    match conv {
+        Conv::Int(s) => s.to_slot(slot) as i64,
+        _ => slot as i64,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn offset_outside(off: usize, len: usize) -> wasmi::Error {
+    trap(format!(
+        "pointer offset {off:#x} is outside linear memory ({len} bytes)"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn pointer_outside(addr: usize) -> wasmi::Error {
+    trap(format!(
+        "native pointer {addr:#x} does not point into linear memory"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn value_unfit(v: &Val, conv: Conv) -> wasmi::Error {
+    trap(format!("value {v:?} does not fit {conv:?}"))
+}
+
+#[cold]
+#[inline(never)]
+fn conv_unfit(conv: Conv, w: ValType) -> wasmi::Error {
+    trap(format!("{conv:?} cannot produce wasm {w:?}"))
 }
 
 // ------------------------------------------------------------ active contexts
@@ -553,24 +599,14 @@ impl Typed {
         params: &[(ValType, Conv)],
         mem: (usize, usize),
     ) -> Result<Option<Val>, wasmi::Error> {
-        let i = |k: usize| -> Result<i32, wasmi::Error> {
-            match params[k].1 {
-                Conv::Int(s) => Ok(s.to_slot(slots[k]) as i32),
-                _ => mem_offset(slots[k], mem),
-            }
-        };
-        let l = |k: usize| -> Result<i64, wasmi::Error> {
-            match params[k].1 {
-                Conv::Int(s) => Ok(s.to_slot(slots[k]) as i64),
-                _ => Ok(slots[k] as i64),
-            }
-        };
+        let i = |k: usize| slot_i32(slots[k], params[k].1, mem);
+        let l = |k: usize| slot_i64(slots[k], params[k].1);
         let f = |k: usize| f64::from_bits(slots[k]);
         Ok(match self {
             Typed::I32I32ToI32(t) => Some(Val::I32(t.call(ctx, (i(0)?, i(1)?))?)),
             Typed::I32ToI32(t) => Some(Val::I32(t.call(ctx, i(0)?)?)),
-            Typed::I64ToI64(t) => Some(Val::I64(t.call(ctx, l(0)?)?)),
-            Typed::I64I64ToI64(t) => Some(Val::I64(t.call(ctx, (l(0)?, l(1)?))?)),
+            Typed::I64ToI64(t) => Some(Val::I64(t.call(ctx, l(0))?)),
+            Typed::I64I64ToI64(t) => Some(Val::I64(t.call(ctx, (l(0), l(1)))?)),
             Typed::F64ToF64(t) => Some(Val::F64(t.call(ctx, f(0))?.into())),
             Typed::F64F64ToF64(t) => Some(Val::F64(t.call(ctx, (f(0), f(1)))?.into())),
             Typed::I32ToNone(t) => {

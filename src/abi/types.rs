@@ -103,6 +103,7 @@ impl Scalar {
     /// zero-extended to 64 bits as the type says, `bool` zero-extended from its low
     /// byte, `f32` as raw bits in the low 32 bits with the high bits zero, `f64` and
     /// `ptr` unchanged. This is the slot convention of ABI.md.
+    #[inline]
     pub const fn to_slot(self, raw: u64) -> u64 {
         self.slot_ext().apply(raw)
     }
@@ -110,6 +111,7 @@ impl Scalar {
     /// How a raw value of this type becomes its slot, as data: [`Scalar::to_slot`]
     /// is `slot_ext().apply(raw)`; code that extends the same type on every call
     /// keeps the `SlotExt` and applies it without looking at the type again.
+    #[inline]
     pub const fn slot_ext(self) -> SlotExt {
         // A 64-bit type's is the identity, `SlotExt::NONE` itself.
         let bits = 8 * self.size();
