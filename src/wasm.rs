@@ -212,31 +212,33 @@ fn mem_offset(slot: u64, mem: (usize, usize)) -> Result<i32, wasmi::Error> {
 #[inline(always)]
 fn from_slot(slot: u64, w: ValType, conv: Conv, mem: (usize, usize)) -> Result<Val, wasmi::Error> {
     Ok(match (conv, w) {
-        (Conv::Int(s), ValType::I32) => Val::I32(s.to_slot(slot) as i32),
-        (Conv::Int(s), ValType::I64) => Val::I64(s.to_slot(slot) as i64),
+        (_, ValType::I32) => Val::I32(slot_i32(slot, conv, mem)?),
+        (_, ValType::I64) => Val::I64(slot_i64(slot, conv)?),
         (Conv::Float, ValType::F32) => Val::F32(wasmi::F32::from_bits(slot as u32)),
         (Conv::Float, ValType::F64) => Val::F64(wasmi::F64::from_bits(slot)),
-        (Conv::MemPtr, _) => Val::I32(mem_offset(slot, mem)?),
-        (Conv::RawPtr, _) => Val::I64(slot as i64),
         (conv, w) => return Err(conv_unfit(conv, w)),
     })
 }
 
-/// A C slot → a wasm `i32` parameter (`from_slot` for a typed call).
-#[inline]
+/// C slot → wasm `i32` (an integer, or a pointer into linear memory as its
+/// offset); what [`from_slot`] gives for `i32`, without a `Val` (typed calls).
+#[inline(always)]
 fn slot_i32(slot: u64, conv: Conv, mem: (usize, usize)) -> Result<i32, wasmi::Error> {
     match conv {
         Conv::Int(s) => Ok(s.to_slot(slot) as i32),
-        _ => mem_offset(slot, mem),
+        Conv::MemPtr => mem_offset(slot, mem),
+        conv => Err(conv_unfit(conv, ValType::I32)),
     }
 }
 
-/// A C slot → a wasm `i64` parameter (`from_slot` for a typed call).
-#[inline]
-fn slot_i64(slot: u64, conv: Conv) -> i64 {
+/// C slot → wasm `i64` (an integer, or a native pointer unchanged); what
+/// [`from_slot`] gives for `i64`, without a `Val` (typed calls).
+#[inline(always)]
+fn slot_i64(slot: u64, conv: Conv) -> Result<i64, wasmi::Error> {
     match conv {
-        Conv::Int(s) => s.to_slot(slot) as i64,
-        _ => slot as i64,
+        Conv::Int(s) => Ok(s.to_slot(slot) as i64),
+        Conv::RawPtr => Ok(slot as i64),
+        conv => Err(conv_unfit(conv, ValType::I64)),
     }
 }
 
@@ -599,18 +601,16 @@ impl Typed {
         params: &[(ValType, Conv)],
         mem: (usize, usize),
     ) -> Result<Option<Val>, wasmi::Error> {
-        let i = |k: usize| slot_i32(slots[k], params[k].1, mem);
-        let l = |k: usize| slot_i64(slots[k], params[k].1);
-        let f = |k: usize| f64::from_bits(slots[k]);
+        let a = SlotArgs { slots, params, mem };
         Ok(match self {
-            Typed::I32I32ToI32(t) => Some(Val::I32(t.call(ctx, (i(0)?, i(1)?))?)),
-            Typed::I32ToI32(t) => Some(Val::I32(t.call(ctx, i(0)?)?)),
-            Typed::I64ToI64(t) => Some(Val::I64(t.call(ctx, l(0))?)),
-            Typed::I64I64ToI64(t) => Some(Val::I64(t.call(ctx, (l(0), l(1)))?)),
-            Typed::F64ToF64(t) => Some(Val::F64(t.call(ctx, f(0))?.into())),
-            Typed::F64F64ToF64(t) => Some(Val::F64(t.call(ctx, (f(0), f(1)))?.into())),
+            Typed::I32I32ToI32(t) => Some(Val::I32(t.call(ctx, (a.i32(0)?, a.i32(1)?))?)),
+            Typed::I32ToI32(t) => Some(Val::I32(t.call(ctx, a.i32(0)?)?)),
+            Typed::I64ToI64(t) => Some(Val::I64(t.call(ctx, a.i64(0)?)?)),
+            Typed::I64I64ToI64(t) => Some(Val::I64(t.call(ctx, (a.i64(0)?, a.i64(1)?))?)),
+            Typed::F64ToF64(t) => Some(Val::F64(t.call(ctx, a.f64(0))?.into())),
+            Typed::F64F64ToF64(t) => Some(Val::F64(t.call(ctx, (a.f64(0), a.f64(1)))?.into())),
             Typed::I32ToNone(t) => {
-                t.call(ctx, i(0)?)?;
+                t.call(ctx, a.i32(0)?)?;
                 None
             }
             Typed::NoneToNone(t) => {
@@ -618,6 +618,33 @@ impl Typed {
                 None
             }
         })
+    }
+}
+
+/// A typed call's arguments, read from their slots. Methods rather than
+/// closures: rustc kept closures of this size as calls (35 instructions per
+/// argument, callgrind).
+#[derive(Clone, Copy)]
+struct SlotArgs<'a> {
+    slots: &'a [u64],
+    params: &'a [(ValType, Conv)],
+    mem: (usize, usize),
+}
+
+impl SlotArgs<'_> {
+    #[inline(always)]
+    fn i32(self, k: usize) -> Result<i32, wasmi::Error> {
+        slot_i32(self.slots[k], self.params[k].1, self.mem)
+    }
+
+    #[inline(always)]
+    fn i64(self, k: usize) -> Result<i64, wasmi::Error> {
+        slot_i64(self.slots[k], self.params[k].1)
+    }
+
+    #[inline(always)]
+    fn f64(self, k: usize) -> f64 {
+        f64::from_bits(self.slots[k])
     }
 }
 
