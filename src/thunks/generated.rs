@@ -22,6 +22,7 @@ use std::ptr::{NonNull, null_mut};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::code::CodeSpace;
 use super::exec::{ExecCode, ExecMemory};
 use super::x64::{
     BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, SigKeys, TRAMPOLINE_BYTES, emit_entry,
@@ -67,8 +68,9 @@ fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
 
 impl SlotStubs {
     fn new(mem: &Arc<ExecMemory>, layout: &CallLayout) -> Result<SlotStubs> {
-        let (bytes, errno_at) = emit_slot_exits(layout);
-        let code = install(mem, &bytes)?;
+        let mut space = CodeSpace::new();
+        let (bytes, errno_at) = emit_slot_exits(&mut space, layout);
+        let code = install(mem, bytes)?;
         // SAFETY: both slot stubs were emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
         // SAFETY: as above; the errno variant starts `errno_at` bytes in.
@@ -877,8 +879,9 @@ impl GenBackend {
             let code = table
                 .code
                 .get_or_make(self.reg(), (id, conv), exit_key, |layout| {
-                    let fast = match emit_fast_exit(layout) {
-                        Some((bytes, kind)) => Some((self.install(&bytes)?, kind)),
+                    let mut space = CodeSpace::new();
+                    let fast = match emit_fast_exit(&mut space, layout) {
+                        Some((bytes, kind)) => Some((self.install(bytes)?, kind)),
                         None => None,
                     };
                     let slots = OnceLock::new();
@@ -936,7 +939,9 @@ impl GenBackend {
                 (id, conv),
                 |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
                 |layout| {
-                    let code = self.install(&emit_entry(
+                    let mut space = CodeSpace::new();
+                    let code = self.install(emit_entry(
+                        &mut space,
                         layout,
                         variadic,
                         entry_failed as *const () as usize,

@@ -10,6 +10,8 @@
 //! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
+#[cfg(target_arch = "x86_64")]
+mod code;
 pub(crate) mod exec;
 mod ffi;
 #[cfg(target_arch = "x86_64")]

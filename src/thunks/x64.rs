@@ -1,8 +1,9 @@
 //! The generated backend: x86-64 exit stubs and entry thunks assembled with
 //! dynasm from a [`CallLayout`]. The emitters read the layout; they never
 //! re-derive ABI rules. Code is position independent (internal labels only,
-//! absolute addresses as 64-bit immediates), assembled into a buffer and
-//! copied into [`ExecMemory`](super::exec::ExecMemory).
+//! absolute addresses as 64-bit immediates), assembled into a `CodeBuf` on
+//! the emitter's stack (`code.rs`) and copied from there into
+//! [`ExecMemory`](super::exec::ExecMemory).
 //!
 //! Frames (ABI.md, "Generated code"):
 //! - exit stub, called from Rust as `extern "C" fn(args, ret, target, errno)`:
@@ -27,16 +28,15 @@
 
 use std::mem::offset_of;
 
-use dynasmrt::x64::X64Relocation;
-use dynasmrt::{DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
+use dynasmrt::{DynasmApi, DynasmLabelApi, dynasm};
 use smallvec::SmallVec;
+
+use super::code::{CodeBuf, CodeSpace};
 
 use crate::abi::{
     ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar, Signature, Type,
 };
 use crate::host::{RawBinding, RawDispatch, RawVaList};
-
-pub(crate) type Asm = VecAssembler<X64Relocation>;
 
 /// `dynasm!` of the first form when `$disp` fits in a signed byte (bound to
 /// `$b`, an `i8`, for the form's `BYTE` displacement or immediate), else of
@@ -52,25 +52,14 @@ macro_rules! by_size {
     };
 }
 
-/// An assembler whose buffer already holds `bytes` and room for `labels`
-/// dynamic labels and references to them, so emitting a typical stub never
-/// reallocates (and code without labels allocates nothing for them).
-pub(crate) fn asm_with_capacity(bytes: usize, labels: usize) -> Asm {
-    Asm::new_with_capacity(0, bytes, 0, 0, labels, 0, labels)
-}
-
-/// A generous estimate of the code one stub or thunk of `l` needs: every
-/// part costs at most a few instructions (copies of big structs more).
-fn code_estimate(l: &CallLayout) -> usize {
-    let parts: usize = l
-        .args
-        .iter()
-        .map(|a| match &a.pass {
-            ArgPass::Direct(parts) => parts.len(),
-            ArgPass::ByRef { .. } => 1,
-        })
-        .sum();
-    256 + 16 * parts + 2 * (l.arg_slots + l.ret_slots) as usize * 8
+/// The code an emitter assembled. Its labels are all local and defined by
+/// the emitter itself, and its jumps have 32-bit displacements, so a failure
+/// is a bug here.
+fn finished(ops: CodeBuf<'_>) -> &[u8] {
+    match ops.code() {
+        Ok(code) => code,
+        Err(e) => unreachable!("a thunk emitter's code: {e}"),
+    }
 }
 
 /// What the exit stub takes in `rcx`: where errno lives and the value to put
@@ -403,7 +392,8 @@ fn param_classes(params: &[Type]) -> Option<u64> {
 }
 
 /// Copies exactly `size` bytes from `[src + s]` to `[dst + t]` through rax.
-fn copy_exact(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
+#[inline(always)]
+fn copy_exact(ops: &mut CodeBuf, src: u8, s: i32, dst: u8, t: i32, size: u32) {
     let mut k = 0i32;
     let size = size as i32;
     while k + 8 <= size {
@@ -430,7 +420,8 @@ fn copy_exact(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
 /// that copies the struct with 16-byte loads (compilers do) then forwards from
 /// one store instead of stalling on two, and one reading 8 bytes forwards
 /// from either half (ABI.md, "Generated code", the entry thunk).
-fn copy_out_paired(ops: &mut Asm, rets: i32, size: u32) {
+#[inline(always)]
+fn copy_out_paired(ops: &mut CodeBuf, rets: i32, size: u32) {
     let pairs = size / 16;
     for k in 0..pairs as i32 {
         let at = 16 * k;
@@ -446,14 +437,16 @@ fn copy_out_paired(ops: &mut Asm, rets: i32, size: u32) {
 
 /// Copies `ceil(size/8)` whole quadwords (both sides are slot- or
 /// stack-slot-granular, so this never reads or writes outside them).
-fn copy_qwords(ops: &mut Asm, src: u8, s: i32, dst: u8, t: i32, size: u32) {
+#[inline(always)]
+fn copy_qwords(ops: &mut CodeBuf, src: u8, s: i32, dst: u8, t: i32, size: u32) {
     for k in 0..size.div_ceil(8) as i32 {
         dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(src) + s + 8 * k] ; mov QWORD [Rq(dst) + t + 8 * k], rax);
     }
 }
 
 /// rax = the scalar in register `g`, extended as its type says.
-pub(crate) fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
+#[inline(always)]
+pub(crate) fn extend_reg<A: DynasmApi>(ops: &mut A, s: Scalar, g: u8) {
     match s {
         Scalar::I8 => dynasm!(ops ; .arch x64 ; movsx rax, Rb(g)),
         Scalar::U8 | Scalar::Bool => dynasm!(ops ; .arch x64 ; movzx eax, Rb(g)),
@@ -468,7 +461,8 @@ pub(crate) fn extend_reg(ops: &mut Asm, s: Scalar, g: u8) {
 }
 
 /// rax = the scalar at `[base + o]`, reading only its width, extended.
-pub(crate) fn extend_mem(ops: &mut Asm, s: Scalar, base: u8, o: i32) {
+#[inline(always)]
+pub(crate) fn extend_mem<A: DynasmApi>(ops: &mut A, s: Scalar, base: u8, o: i32) {
     match s {
         Scalar::I8 => by_size!(ops, o, b =>
             [movsx rax, BYTE [BYTE Rq(base) + b]] else [movsx rax, BYTE [Rq(base) + o]]),
@@ -514,39 +508,36 @@ pub(crate) enum FastRet {
     Sret,
 }
 
-/// A signature's two slot stubs in one buffer: the plain one at offset 0 and
-/// the errno-capturing one at the returned offset. Both are
+/// A signature's two slot stubs in one piece of code (assembled in `space`):
+/// the plain one at offset 0 and the errno-capturing one at the returned
+/// offset. Both are
 /// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
 /// (the plain one ignores `errno`).
-pub(super) fn emit_slot_exits(l: &CallLayout) -> (Vec<u8>, usize) {
-    let mut ops = asm_with_capacity(2 * code_estimate(l), 0);
+pub(super) fn emit_slot_exits<'a>(space: &'a mut CodeSpace, l: &CallLayout) -> (&'a [u8], usize) {
+    let mut ops = CodeBuf::new(space);
     emit_exit(&mut ops, l, false);
     align16(&mut ops);
     let errno_at = ops.offset().0;
     emit_exit(&mut ops, l, true);
-    (
-        ops.finalize()
-            .expect("exit stubs use no external relocations"),
-        errno_at,
-    )
+    (finished(ops), errno_at)
 }
 
-fn align16(ops: &mut Asm) {
+fn align16(ops: &mut CodeBuf) {
     while !ops.offset().0.is_multiple_of(16) {
         dynasm!(ops ; .arch x64 ; int3);
     }
 }
 
-/// The register stub, when the layout allows one, and how it returns.
-pub(super) fn emit_fast_exit(l: &CallLayout) -> Option<(Vec<u8>, FastRet)> {
+/// The register stub (assembled in `space`), when the layout allows one, and
+/// how it returns.
+pub(super) fn emit_fast_exit<'a>(
+    space: &'a mut CodeSpace,
+    l: &CallLayout,
+) -> Option<(&'a [u8], FastRet)> {
     let kind = fast_ret(l)?;
-    let mut ops = asm_with_capacity(code_estimate(l), 0);
+    let mut ops = CodeBuf::new(space);
     emit_exit_fast(&mut ops, l);
-    Some((
-        ops.finalize()
-            .expect("exit stubs use no external relocations"),
-        kind,
-    ))
+    Some((finished(ops), kind))
 }
 
 /// Whether the layout allows a register stub, and how its result comes
@@ -595,7 +586,7 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
 /// other class (xmm0 or rax). A result in memory: the stub's third argument
 /// (rdx, read before any argument register is loaded) becomes the hidden
 /// pointer.
-fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
+fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout) {
     let second = match &l.ret {
         RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
         _ => None,
@@ -640,7 +631,7 @@ fn emit_exit_fast(ops: &mut Asm, l: &CallLayout) {
 /// `[r11 + src]` to where it travels: its register(s), or the outgoing stack
 /// area at `[rsp + off]` through rax (which carries no argument in either
 /// convention; a SysV variadic call's `al` is set after every part).
-fn move_part(ops: &mut Asm, p: &Part, src: i32) {
+fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
     match p.loc {
         Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; mov Rq(g as u8), QWORD [r11 + src]),
         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src]),
@@ -657,7 +648,7 @@ fn move_part(ops: &mut Asm, p: &Part, src: i32) {
 /// survive the call, so only those callee-saved registers are pushed; the
 /// argument pointer (r11) and the target (r10) live in caller-saved registers
 /// that carry no argument in either convention.
-fn emit_exit(ops: &mut Asm, l: &CallLayout, errno: bool) {
+fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
     // One push leaves rsp at 0 mod 16, two at 8: realign for the call.
     let frame = d(l.stack_bytes + l.copy_bytes + if errno { 8 } else { 0 });
     dynasm!(ops ; .arch x64 ; push r12);
@@ -715,7 +706,7 @@ fn emit_exit(ops: &mut Asm, l: &CallLayout, errno: bool) {
 }
 
 /// Stores one result part from its register into the result slots at r12.
-fn store_result_part(ops: &mut Asm, p: &Part) {
+fn store_result_part(ops: &mut CodeBuf, p: &Part) {
     let o = d(p.offset);
     match (p.kind, p.loc) {
         (PartKind::Scalar(Scalar::F32), Loc::Xmm(n)) => {
@@ -786,37 +777,23 @@ fn entry_frame(l: &CallLayout, variadic: bool) -> EntryFrame {
 }
 
 /// The shared entry thunk of one signature and convention (a declared
-/// variadic signature when `variadic`); `failed` is the address of the Rust
-/// function that applies the failure policy.
+/// variadic signature when `variadic`), assembled in `space`; `failed` is the
+/// address of the Rust function that applies the failure policy.
 ///
 /// The binding arrives in r10. Nothing lives in a callee-saved register across
 /// the dispatcher call (the binding and an sret pointer are kept in the
 /// frame), so on SysV the thunk pushes nothing: its stores are the argument
 /// slots, the zeroed result slots and the binding.
-pub(super) fn emit_entry(l: &CallLayout, variadic: bool, failed: usize) -> Vec<u8> {
-    thread_local! {
-        /// The assembler entry thunks are made with, kept between thunks: its
-        /// label and relocation storage is reused (making them afresh cost a
-        /// third of emitting a small thunk). Taken out while in use, so a
-        /// thunk made meanwhile (there is no such path) would get a new one,
-        /// as does a thunk made while the thread's locals are being destroyed.
-        static ASM: std::cell::Cell<Option<Asm>> = const { std::cell::Cell::new(None) };
-    }
-    let mut ops = ASM
-        .try_with(std::cell::Cell::take)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| asm_with_capacity(0, 2));
-    ops.reserve_ops(code_estimate(l) + if variadic { 256 } else { 0 });
-    emit_entry_into(&mut ops, l, variadic, failed);
-    let code = ops
-        .take()
-        .expect("entry thunks use no external relocations");
-    let _ = ASM.try_with(|a| a.set(Some(ops)));
-    code
-}
-
-fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize) {
+pub(super) fn emit_entry<'a>(
+    space: &'a mut CodeSpace,
+    l: &CallLayout,
+    variadic: bool,
+    failed: usize,
+) -> &'a [u8] {
+    // The assembler is this function's own (not a parameter), so the
+    // compiler knows the code's bytes are elsewhere (`code.rs`).
+    let mut buf = CodeBuf::new(space);
+    let ops = &mut buf;
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     if win {
@@ -866,7 +843,11 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     // forwarded from one store instead of stalling; 8-byte reads forward from
     // the pair too (ABI.md, "Host contract").
     let paired = if win { SmallVec::new() } else { slot_pairs(l) };
+    // Bit k: slots 2k and 2k+1 are stored as a pair (`slot_pairs` pairs
+    // only the first 128 slots).
+    let mut pair_bits = 0u64;
     for &(k, first, second) in &paired {
+        pair_bits |= 1 << k;
         slot_value_to_xmm(ops, first, 8, f.incoming);
         slot_value_to_xmm(ops, second, 9, f.incoming);
         let at = f.args + 16 * k as i32;
@@ -876,10 +857,7 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     // The other arguments into slots; rax and r11 are the only scratch
     // registers, and neither carries an argument in either convention.
     for a in &l.args {
-        if paired
-            .iter()
-            .any(|&(k, ..)| a.slot / 2 == k && a.slots == 1)
-        {
+        if a.slots == 1 && a.slot < 128 && pair_bits & (1 << (a.slot / 2)) != 0 {
             continue;
         }
         let slot = f.args + d(a.slot * 8);
@@ -935,8 +913,6 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
         let at = f.rets + 8 * k;
         by_size!(ops, at, b => [mov QWORD [BYTE rsp + b], 0] else [mov QWORD [rsp + at], 0]);
     }
-    let fail = ops.new_dynamic_label();
-    let results = ops.new_dynamic_label();
     // dispatch(&binding.raw, args, ret, va): all in registers.
     // Both offsets fit in a signed byte (checked when compiling), so their
     // 8-bit form.
@@ -953,8 +929,8 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     dynasm!(ops ; .arch x64
         ; call QWORD [BYTE r10 + DISPATCH]
         ; test eax, eax
-        ; jnz =>fail
-        ; =>results
+        ; jnz >fail
+        ; results:
     );
     match &l.ret {
         RetPass::Void => {}
@@ -989,7 +965,7 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     }
     dynasm!(ops ; .arch x64
         ; ret
-        ; =>fail
+        ; fail:
         // entry_failed(status, binding, ret slots, count): applies the policy.
         ; mov edi, eax
     );
@@ -998,8 +974,9 @@ fn emit_entry_into(ops: &mut Asm, l: &CallLayout, variadic: bool, failed: usize)
     dynasm!(ops ; .arch x64
         ; mov ecx, d(l.ret_slots)
         ; mov rax, QWORD failed as i64 ; call rax
-        ; jmp =>results
+        ; jmp <results
     );
+    finished(buf)
 }
 
 /// A field offset as an 8-bit displacement; fails to compile when it does
@@ -1011,25 +988,25 @@ const fn byte_offset(offset: usize) -> i8 {
 
 /// `mov QWORD [rsp + at], Rq(g)`, short when it can be (`by_size!`).
 #[inline(always)]
-fn store(ops: &mut Asm, at: i32, g: u8) {
+fn store(ops: &mut CodeBuf, at: i32, g: u8) {
     by_size!(ops, at, b => [mov QWORD [BYTE rsp + b], Rq(g)] else [mov QWORD [rsp + at], Rq(g)]);
 }
 
 /// `mov Rq(g), QWORD [rsp + at]`, short when it can be.
 #[inline(always)]
-fn load(ops: &mut Asm, g: u8, at: i32) {
+fn load(ops: &mut CodeBuf, g: u8, at: i32) {
     by_size!(ops, at, b => [mov Rq(g), QWORD [BYTE rsp + b]] else [mov Rq(g), QWORD [rsp + at]]);
 }
 
 /// `movq Rx(x), QWORD [rsp + at]`, short when it can be.
 #[inline(always)]
-fn load_xmm(ops: &mut Asm, x: u8, at: i32) {
+fn load_xmm(ops: &mut CodeBuf, x: u8, at: i32) {
     by_size!(ops, at, b => [movq Rx(x), QWORD [BYTE rsp + b]] else [movq Rx(x), QWORD [rsp + at]]);
 }
 
 /// `lea Rq(g), [rsp + at]`, short when it can be.
 #[inline(always)]
-fn lea_rsp(ops: &mut Asm, g: u8, at: i32) {
+fn lea_rsp(ops: &mut CodeBuf, g: u8, at: i32) {
     by_size!(ops, at, b => [lea Rq(g), [BYTE rsp + b]] else [lea Rq(g), [rsp + at]]);
 }
 
@@ -1064,7 +1041,7 @@ fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
             _ => None,
         };
         first = match (first.take(), source) {
-            (Some((k, x)), Some(y)) if a.slot == 2 * k + 1 => {
+            (Some((k, x)), Some(y)) if a.slot == 2 * k + 1 && k < 64 => {
                 pairs.push((k, x, y));
                 None
             }
@@ -1079,7 +1056,8 @@ fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
 /// `slot_pairs`' arguments (a 64-bit integer or pointer in a register or on
 /// the stack, an `f64` in a register or on the stack). `incoming` locates
 /// stack arguments (`rsp + incoming` is the first).
-fn slot_value_to_xmm(ops: &mut Asm, src: SlotSource, x: u8, incoming: i32) {
+#[inline(always)]
+fn slot_value_to_xmm(ops: &mut CodeBuf, src: SlotSource, x: u8, incoming: i32) {
     match src.loc {
         Loc::Xmm(n) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rx(n)),
         Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(g as u8)),
@@ -1100,16 +1078,15 @@ fn win64_positions(l: &CallLayout) -> u32 {
 /// the rest are copies of it with the cell's address written over the
 /// sentinel's bytes (so no instruction encoding is written out here, and a
 /// block of stubs costs one assembly, not one per stub). Padded with `int3`.
-fn per_cell(cells: &[usize], bytes: usize, emit: impl FnOnce(&mut Asm, i64)) -> Vec<u8> {
+fn per_cell(cells: &[usize], bytes: usize, emit: impl FnOnce(&mut CodeBuf, i64)) -> Vec<u8> {
     const SENTINEL: u64 = 0x5eb1_7e1e_5eb1_7e1e;
-    let mut ops = Asm::new(0);
+    let mut space = CodeSpace::new();
+    let mut ops = CodeBuf::new(&mut space);
     emit(&mut ops, SENTINEL as i64);
     while ops.offset().0 < bytes {
         dynasm!(ops ; .arch x64 ; int3);
     }
-    let one = ops
-        .finalize()
-        .expect("per-cell stubs use no external relocations");
+    let one = finished(ops);
     assert_eq!(one.len(), bytes, "a per-cell stub fits its bytes");
     let at = one
         .windows(8)
@@ -1118,7 +1095,7 @@ fn per_cell(cells: &[usize], bytes: usize, emit: impl FnOnce(&mut Asm, i64)) -> 
     let mut code = Vec::with_capacity(cells.len() * bytes);
     for &cell in cells {
         let start = code.len();
-        code.extend_from_slice(&one);
+        code.extend_from_slice(one);
         code[start + at..start + at + 8].copy_from_slice(&(cell as u64).to_le_bytes());
     }
     code
@@ -1176,7 +1153,8 @@ mod tests {
     #[test]
     fn entry_thunks_use_8_bit_displacements_where_they_fit() {
         let layout = |text: &str| classify(&text.parse().unwrap(), CallConv::SysV);
-        let code = emit_entry(&layout("(i64)->i64"), false, 0);
+        let mut space = CodeSpace::new();
+        let code = emit_entry(&mut space, &layout("(i64)->i64"), false, 0);
         assert_eq!(
             code[..14],
             [
@@ -1184,7 +1162,8 @@ mod tests {
             ]
         );
         let twenty = format!("({})->i64", vec!["i64"; 20].join(","));
-        let code = emit_entry(&layout(&twenty), false, 0);
+        let mut space = CodeSpace::new();
+        let code = emit_entry(&mut space, &layout(&twenty), false, 0);
         let zero_result = [0x48, 0xc7, 0x84, 0x24, 0xa0, 0, 0, 0, 0, 0, 0, 0];
         assert!(code.windows(zero_result.len()).any(|w| w == zero_result));
     }
@@ -1424,19 +1403,20 @@ mod tests {
             let text = sig.to_string();
             for conv in CallConv::ALL {
                 let l = crate::abi::classify(&sig, conv);
-                let mut exit = emit_fast_exit(&l).map_or(Vec::new(), |(b, kind)| {
-                    let mut v = b;
+                let mut space = CodeSpace::new();
+                let mut exit = emit_fast_exit(&mut space, &l).map_or(Vec::new(), |(b, kind)| {
+                    let mut v = b.to_vec();
                     v.push(match kind {
                         FastRet::Regs { slots, sse_first } => slots | u8::from(sse_first) << 2,
                         FastRet::Sret => 8,
                     });
                     v
                 });
-                let (slots, errno_at) = emit_slot_exits(&l);
-                exit.extend(slots);
+                let (slots, errno_at) = emit_slot_exits(&mut space, &l);
+                exit.extend_from_slice(slots);
                 exit.extend((errno_at as u32).to_le_bytes());
                 let declared_variadic = sig.is_variadic() && !sig.has_call_varargs();
-                let entry = emit_entry(&l, declared_variadic, 0x1234);
+                let entry = emit_entry(&mut space, &l, declared_variadic, 0x1234).to_vec();
                 for (key, bytes, seen, shared) in [
                     (exit_key(&l), exit, &mut exits, &mut shared_exit),
                     (

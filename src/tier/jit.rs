@@ -15,11 +15,16 @@
 // dynasm's macro converts dynamic register numbers with `.into()`.
 #![allow(clippy::useless_conversion)]
 
-use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, dynasm};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
 use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
 use crate::interp::{Op, Program};
-use crate::thunks::x64::{Asm, FastRet, extend_mem, extend_reg};
+use crate::thunks::x64::{FastRet, extend_mem, extend_reg};
+
+/// The baseline JIT's assembler: dynasm's own, whose dynamic labels (one per
+/// bytecode instruction) the thunk emitters' `CodeBuf` does not take.
+type Asm = VecAssembler<X64Relocation>;
 
 /// How compiled code calls a function of some signature.
 #[derive(Clone, Copy, Debug)]
