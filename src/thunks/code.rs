@@ -5,12 +5,12 @@
 //! `dynasmrt::VecAssembler` appends every byte to a `Vec` behind a
 //! reference, and the compiler reloads the vector's length, capacity and
 //! pointer after each byte it stores (it cannot tell the bytes from the
-//! vector's own fields): about eight instructions a byte, most of what
-//! assembling a new shape's entry thunk cost. Here the bytes go into an array
-//! of the same struct as the length, which the compiler can tell apart, so a
-//! byte costs a compare, a store and an increment, and the finished code is
-//! copied into executable memory straight from the array (ABI.md, "Generated
-//! code").
+//! vector's own fields): about eight instructions a byte. Here the bytes go
+//! into an array in a [`CodeSpace`], an object apart from the [`CodeBuf`]
+//! that keeps the length, so the compiler keeps the length in a register and
+//! writes an instruction's constant bytes at fixed offsets; the finished code
+//! is copied into executable memory straight from the array (ABI.md,
+//! "Generated code").
 //!
 //! Labels: the thunk emitters use dynasm's local labels only (`name:`,
 //! `>name` for the next definition, `<name` for the latest); a reference is
@@ -184,6 +184,9 @@ impl DynasmApi for CodeBuf<'_> {
     }
 }
 
+const GLOBAL: &str = "a global label (the thunk emitters use local labels only)";
+const DYNAMIC: &str = "a dynamic label (the thunk emitters use local labels only)";
+
 impl DynasmLabelApi for CodeBuf<'_> {
     type Relocation = X64Relocation;
 
@@ -191,8 +194,7 @@ impl DynasmLabelApi for CodeBuf<'_> {
     fn local_label(&mut self, name: &'static str) {
         let here = self.offset().0;
         for k in 0..LABELS {
-            if let Some((n, at)) = self.forward[k].take_if(|(n, _)| *n == name) {
-                debug_assert_eq!(n, name);
+            if let Some((_, at)) = self.forward[k].take_if(|(n, _)| *n == name) {
                 self.patch(at, here);
             }
         }
@@ -210,11 +212,11 @@ impl DynasmLabelApi for CodeBuf<'_> {
     }
 
     fn global_label(&mut self, _: &'static str) {
-        self.fail("a global label (the thunk emitters use local labels only)");
+        self.fail(GLOBAL);
     }
 
     fn dynamic_label(&mut self, _: DynamicLabel) {
-        self.fail("a dynamic label (the thunk emitters use local labels only)");
+        self.fail(DYNAMIC);
     }
 
     #[inline(always)]
@@ -250,11 +252,11 @@ impl DynasmLabelApi for CodeBuf<'_> {
     }
 
     fn global_relocation(&mut self, _: &'static str, _: isize, _: u8, _: u8, _: X64Relocation) {
-        self.fail("a global label (the thunk emitters use local labels only)");
+        self.fail(GLOBAL);
     }
 
     fn dynamic_relocation(&mut self, _: DynamicLabel, _: isize, _: u8, _: u8, _: X64Relocation) {
-        self.fail("a dynamic label (the thunk emitters use local labels only)");
+        self.fail(DYNAMIC);
     }
 
     fn value_relocation(&mut self, _: usize, _: u8, _: u8, _: X64Relocation) {
