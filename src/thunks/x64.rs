@@ -843,8 +843,7 @@ pub(super) fn emit_entry<'a>(
     // forwarded from one store instead of stalling; 8-byte reads forward from
     // the pair too (ABI.md, "Host contract").
     let paired = if win { SmallVec::new() } else { slot_pairs(l) };
-    // Bit k: slots 2k and 2k+1 are stored as a pair (`slot_pairs` pairs
-    // only the first 128 slots).
+    // Bit k: slots 2k and 2k+1 are stored as a pair (k < PAIRS).
     let mut pair_bits = 0u64;
     for &(k, first, second) in &paired {
         pair_bits |= 1 << k;
@@ -857,7 +856,7 @@ pub(super) fn emit_entry<'a>(
     // The other arguments into slots; rax and r11 are the only scratch
     // registers, and neither carries an argument in either convention.
     for a in &l.args {
-        if a.slots == 1 && a.slot < 128 && pair_bits & (1 << (a.slot / 2)) != 0 {
+        if a.slots == 1 && a.slot / 2 < PAIRS && pair_bits & (1 << (a.slot / 2)) != 0 {
             continue;
         }
         let slot = f.args + d(a.slot * 8);
@@ -1017,9 +1016,14 @@ struct SlotSource {
     loc: Loc,
 }
 
-/// The 16-byte-aligned slot pairs `(k, slot 2k, slot 2k+1)` whose two slots
-/// are each a whole argument that needs no extending (`i64`, `u64`, `ptr`,
-/// `f64`).
+/// Slot pairs `slot_pairs` may make: pairs 0 to 63, so that the entry
+/// emitter marks them in the bits of a `u64` (later slots are stored one by
+/// one).
+const PAIRS: u32 = 64;
+
+/// The 16-byte-aligned slot pairs `(k, slot 2k, slot 2k+1)`, `k` below
+/// [`PAIRS`], whose two slots are each a whole argument that needs no
+/// extending (`i64`, `u64`, `ptr`, `f64`).
 fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
     // One pass: arguments come in slot order, so a pair is an argument that
     // qualifies at an even slot followed by one that qualifies.
@@ -1041,7 +1045,7 @@ fn slot_pairs(l: &CallLayout) -> SmallVec<[(u32, SlotSource, SlotSource); 8]> {
             _ => None,
         };
         first = match (first.take(), source) {
-            (Some((k, x)), Some(y)) if a.slot == 2 * k + 1 && k < 64 => {
+            (Some((k, x)), Some(y)) if a.slot == 2 * k + 1 && k < PAIRS => {
                 pairs.push((k, x, y));
                 None
             }
