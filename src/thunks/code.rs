@@ -285,8 +285,8 @@ mod tests {
 
     /// The same code through `CodeBuf` and through dynasm's own
     /// `VecAssembler` (the independent truth): `pad` one-byte `nop`s, then
-    /// `n` filler instructions between a forward jump and its label, and a
-    /// backward jump after.
+    /// `n` filler instructions between a forward jump and its label, a
+    /// backward jump after, and `int3`s up to the next 16 bytes.
     fn both(pad: usize, n: usize) -> (Vec<u8>, Vec<u8>) {
         let mut space = CodeSpace::new();
         let mut ops = CodeBuf::new(&mut space);
@@ -301,6 +301,8 @@ mod tests {
                     dynasm!($ops ; .arch x64 ; mov QWORD [rsp + 8 * k as i32], rax);
                 }
                 dynasm!($ops ; .arch x64 ; out: ; jmp <top ; again: ; jmp <again ; ret);
+                $ops.align(16, 0xcc);
+                dynasm!($ops ; .arch x64 ; ret);
             };
         }
         emit!(ops);

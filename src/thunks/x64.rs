@@ -516,16 +516,11 @@ pub(crate) enum FastRet {
 pub(super) fn emit_slot_exits<'a>(space: &'a mut CodeSpace, l: &CallLayout) -> (&'a [u8], usize) {
     let mut ops = CodeBuf::new(space);
     emit_exit(&mut ops, l, false);
-    align16(&mut ops);
+    // The second stub starts 16-byte aligned, `int3`s (0xcc) before it.
+    ops.align(16, 0xcc);
     let errno_at = ops.offset().0;
     emit_exit(&mut ops, l, true);
     (finished(ops), errno_at)
-}
-
-fn align16(ops: &mut CodeBuf) {
-    while !ops.offset().0.is_multiple_of(16) {
-        dynasm!(ops ; .arch x64 ; int3);
-    }
 }
 
 /// The register stub (assembled in `space`), when the layout allows one, and
