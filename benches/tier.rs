@@ -30,6 +30,7 @@ fn osr(c: &mut Criterion) {
         call_threshold: u32::MAX,
         loop_threshold: u32::MAX - 1,
         force_deopt: false,
+        ..TierConfig::default()
     };
     // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
     let rt = unsafe {

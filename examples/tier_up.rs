@@ -83,6 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         call_threshold: 1000,
         loop_threshold: 1000,
         force_deopt: false,
+        ..TierConfig::default()
     };
     let (b, tiered_ms, osr) = run(tiered, bridge, n);
     println!("tiered:           hot({n}) = {b:#x} in {tiered_ms:.1} ms ({osr} OSR entries)");

@@ -368,6 +368,25 @@ unsafe extern "C" fn dispatch_host<H: Host>(
     }
 }
 
+/// Runs `call` as a dispatcher runs a host: its panic caught, its failure
+/// recorded for the host and handled by `policy` as an entry call's is
+/// ([`after_dispatch`]). For native code that calls into Rust through a
+/// path of its own (the tier layer's deoptimization helper).
+pub(crate) fn guarded_call(
+    func: u64,
+    policy: FailurePolicy,
+    ret: &mut [u64],
+    call: impl FnOnce(&mut [u64]) -> Result<(), HostError>,
+) -> u32 {
+    let status = match catch_unwind(AssertUnwindSafe(|| call(&mut *ret))) {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(error)) => host_failed(func, error),
+        Err(payload) => host_panicked(func, payload),
+    };
+    after_dispatch(status, func, policy, ret);
+    status
+}
+
 /// Records a host error; returns its status.
 #[cold]
 #[inline(never)]

@@ -159,6 +159,7 @@ fn runtimes() -> Vec<(String, Runtime)> {
         call_threshold: 1,
         loop_threshold: 1,
         force_deopt: false,
+        ..TierConfig::default()
     };
     let mut ways: Vec<(String, Bridge, TierConfig)> = support::all_bridges()
         .into_iter()

@@ -324,6 +324,7 @@ fn ways() -> Vec<(&'static str, Runtime)> {
         call_threshold: 1,
         loop_threshold: 1,
         force_deopt: false,
+        ..TierConfig::default()
     };
     let deopt = TierConfig {
         force_deopt: true,
@@ -428,6 +429,7 @@ fn recursion_through_compiled_frames_and_native_callers_reach_compiled_code() {
         call_threshold: 3,
         loop_threshold: 2,
         force_deopt: false,
+        ..TierConfig::default()
     };
     let rt = runtime(support::generated(), hot);
     assert_eq!(rt.call("fib", &[22]).unwrap(), 17711);
@@ -447,6 +449,7 @@ fn a_tier_up_while_another_thread_calls_through_the_cell_gives_the_same_results(
             call_threshold: u32::MAX,
             loop_threshold: u32::MAX - 1,
             force_deopt: false,
+            ..TierConfig::default()
         },
     );
     let p = rt.entry_point("total_steps").unwrap() as usize;
@@ -473,6 +476,7 @@ fn without_code_generation_everything_is_interpreted_with_the_same_results() {
             call_threshold: 1,
             loop_threshold: 1,
             force_deopt: false,
+            ..TierConfig::default()
         },
     );
     assert!(!rt.tiers_enabled());
@@ -491,6 +495,7 @@ fn osr_happens_inside_a_comparator_while_c_qsort_is_on_the_stack() {
         call_threshold: u32::MAX,
         loop_threshold: 1,
         force_deopt: false,
+        ..TierConfig::default()
     };
     let rt = runtime(support::generated(), config);
     let mut data: Vec<i32> = (0..40).map(|i| (i * 17 % 41) - 20).collect();
@@ -552,16 +557,19 @@ fn recursion_through_osr_frames_matches_the_interpreter() {
             call_threshold: u32::MAX,
             loop_threshold: 3,
             force_deopt: false,
+            ..TierConfig::default()
         },
         TierConfig {
             call_threshold: 5,
             loop_threshold: 3,
             force_deopt: false,
+            ..TierConfig::default()
         },
         TierConfig {
             call_threshold: 5,
             loop_threshold: 3,
             force_deopt: true,
+            ..TierConfig::default()
         },
     ] {
         // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.

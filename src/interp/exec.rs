@@ -1,17 +1,18 @@
 //! Running programs.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use smallvec::SmallVec;
 
 use super::{InterpError, Op, Program};
 use crate::abi::{CallConv, Type};
-use crate::host::{Dispatcher, EntryCall, EntryError, FailurePolicy, HostError};
-use crate::thunks::exec::ExecCode;
-use crate::thunks::{Bridge, EntryPoint, ExitStub, ThunkError};
-use crate::tier::{TierConfig, TierStats};
+use crate::host::{EntryError, FailurePolicy, FuncId, HostError};
+use crate::thunks::{Bridge, ExitStub, ThunkError};
+use crate::tier::{
+    FnDecl, FrameState, Interpreter, OsrOutcome, TierCall, TierConfig, TierError, TierStats,
+    TierTable,
+};
 
 /// Deepest interpreted call nesting before a call traps.
 pub const MAX_CALL_DEPTH: u32 = 4_000;
@@ -26,45 +27,22 @@ pub(crate) fn f64_to_i64(x: f64) -> i64 {
     }
 }
 
-struct NativeBinding {
-    addr: usize,
+pub(super) struct NativeBinding {
+    pub(super) addr: usize,
     stub: ExitStub,
 }
 
-/// Compiled code of one function.
-struct Compiled {
-    _code: ExecCode,
-    /// OSR entries: (loop header pc, address of `extern "C" fn(*const u64) -> R`).
-    osr: Vec<(u32, usize)>,
-    /// Exit stub of `(ptr)->R`, to enter an OSR entry.
-    osr_stub: ExitStub,
-}
-
-/// Entry cells and JIT state (generated backend only).
-struct Tiers {
-    config: TierConfig,
-    /// Each function's current code: its interpreter entry point, then its JIT code.
-    cells: Box<[AtomicUsize]>,
-    /// `jmp [cell]` stubs: the stable native pointers of the functions.
-    jumps: ExecCode,
-    /// Each function's exit stub (its own signature), made once: the
-    /// interpreter calls compiled code through it, compiled code calls it.
-    stubs: Vec<ExitStub>,
-    compiled: Vec<OnceLock<Option<Compiled>>>,
-    calls: Box<[AtomicU32]>,
-    back_edges: Box<[AtomicU32]>,
-    n_compiled: AtomicU64,
-    n_osr: AtomicU64,
-    n_deopt: AtomicU64,
-}
-
-struct Inner {
-    program: Program,
+pub(super) struct Inner {
+    pub(super) program: Program,
     bridge: Arc<Bridge>,
     conv: CallConv,
-    natives: Vec<OnceLock<NativeBinding>>,
-    entries: Vec<EntryPoint>,
-    tiers: Option<Tiers>,
+    pub(super) natives: Vec<OnceLock<NativeBinding>>,
+    /// Entry cells, hotness, OSR and deoptimization: the public tier layer,
+    /// with this interpreter and the baseline JIT as its client. Function
+    /// `i` of the program is the table's `FuncId(i)`.
+    pub(super) table: Arc<TierTable>,
+    /// Whether anything can tier up (a compiler, code memory, thresholds).
+    tiering: bool,
 }
 
 /// Runs a [`Program`]: calls between interpreted functions, natives through
@@ -124,43 +102,45 @@ impl Runtime {
         config: TierConfig,
     ) -> Result<Runtime, InterpError> {
         let conv = CallConv::host().map_err(|e| InterpError::Call(e.to_string()))?;
+        let wants = config.call_threshold != u32::MAX || config.loop_threshold != u32::MAX;
         let mut failure = None;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let mut entries = Vec::new();
-            for (i, f) in program.functions.iter().enumerate() {
-                let w = weak.clone();
-                let host = move |c: EntryCall<'_>| -> Result<(), HostError> {
-                    let inner = w.upgrade().ok_or("the runtime is gone")?;
-                    let r = inner.run(c.func.0 as u32, c.args, 0)?;
-                    if let Some(slot) = c.ret.first_mut() {
-                        *slot = r;
-                    }
-                    Ok(())
-                };
-                let d = Dispatcher::from_host(Arc::new(host), policy);
-                match bridge.entry_point(&f.sig, conv, &d, i as u64) {
-                    Ok(e) => entries.push(e),
-                    Err(e) => failure = failure.take().or(Some(e)),
-                }
-            }
-            let tiers = if entries.len() == program.functions.len() {
-                match make_tiers(&bridge, &program, conv, &entries, config) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        failure = failure.take().or(Some(e));
-                        None
-                    }
-                }
+            let compiler = if wants {
+                super::jit::compiler(weak.clone())
             } else {
                 None
             };
+            let table = TierTable::new(
+                bridge.clone(),
+                conv,
+                config,
+                policy,
+                Arc::new(weak.clone()),
+                compiler,
+            );
+            for f in &program.functions {
+                // OSR only where the operand stack is empty (what the JIT
+                // gives entries for).
+                let headers = f
+                    .loop_headers
+                    .iter()
+                    .copied()
+                    .filter(|&h| f.depth[h as usize] == 0);
+                let decl = FnDecl::new(f.name.clone(), f.sig.clone())
+                    .loop_headers(headers)
+                    .frame_slots(f.locals.len() as u32 + f.max_stack);
+                if let Err(e) = table.add(decl) {
+                    failure = failure.take().or(Some(e));
+                    break;
+                }
+            }
             Inner {
                 natives: program.natives.iter().map(|_| OnceLock::new()).collect(),
+                tiering: table.can_compile(),
                 program,
                 bridge,
                 conv,
-                entries,
-                tiers,
+                table,
             }
         });
         if let Some(e) = failure {
@@ -171,19 +151,18 @@ impl Runtime {
 
     /// What the tiers did so far (all zero when only interpreting).
     pub fn tier_stats(&self) -> TierStats {
-        self.inner
-            .tiers
-            .as_ref()
-            .map_or(TierStats::default(), |t| TierStats {
-                compiled: t.n_compiled.load(Ordering::Relaxed),
-                osr_entries: t.n_osr.load(Ordering::Relaxed),
-                deopts: t.n_deopt.load(Ordering::Relaxed),
-            })
+        self.inner.table.stats()
     }
 
     /// True if this runtime can tier up (generated backend, tiering enabled).
     pub fn tiers_enabled(&self) -> bool {
-        self.inner.tiers.is_some()
+        self.inner.tiering
+    }
+
+    /// The tier table its functions live in (function `i` of the program is
+    /// `FuncId(i)`): their cells, native pointers and counters.
+    pub fn tier_table(&self) -> &Arc<TierTable> {
+        &self.inner.table
     }
 
     /// Moves an interpreter frame of function `name` into its compiled code at
@@ -214,19 +193,22 @@ impl Runtime {
                 locals.len()
             )));
         }
-        let Some(t) = &self.inner.tiers else {
+        if !self.inner.tiering {
             return Ok(None);
-        };
-        self.inner.osr_into(t, fi, header, locals)
+        }
+        self.inner
+            .osr(fi, header as u32, locals, &[], 0)
+            .map(|r| r.map(|(v, _)| v))
     }
 
     /// Compiles function `name` now and publishes it in its entry cell
     /// (explicit tier-up); false if it cannot be compiled here.
     pub fn tier_up(&self, name: &str) -> bool {
-        self.inner
-            .program
-            .function(name)
-            .is_some_and(|i| self.inner.compiled(i).is_some())
+        let Some(i) = self.inner.program.function(name) else {
+            return false;
+        };
+        let (t, f) = (&self.inner.table, FuncId(u64::from(i)));
+        self.inner.tiering && (t.is_compiled(f).unwrap_or(false) || t.compile_now(f).is_ok())
     }
 
     /// The program.
@@ -289,13 +271,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// A native function pointer that runs interpreted function `name`, in the
-    /// host convention with its declared signature.
+    /// A native function pointer that runs function `name`, in the host
+    /// convention with its declared signature: its stable pointer, which
+    /// reaches the compiled code once the function tiers up (calls through
+    /// it count towards that).
     pub fn entry_point(&self, name: &str) -> Option<*const c_void> {
         self.inner
             .program
             .function(name)
-            .map(|i| self.inner.entries[i as usize].code_ptr())
+            .map(|i| self.inner.func_ptr(i))
     }
 
     /// Runs function `name` with argument slots; returns the result slot (0
@@ -322,10 +306,10 @@ impl Runtime {
 }
 
 /// A failure of a call into compiled code: the interpreter error that a guard
-/// failure (deopt) or an interpreted callee recorded, or the bridge's error.
-fn from_compiled(e: ThunkError) -> InterpError {
+/// failure (deopt) or an interpreted callee recorded, or the tier layer's.
+fn from_tier(e: TierError) -> InterpError {
     match e {
-        ThunkError::Callback(EntryError::Host { error, .. }) => {
+        TierError::Failed(EntryError::Host { error, .. }) => {
             match error.downcast::<InterpError>() {
                 Ok(e) => *e,
                 Err(other) => InterpError::Call(other.to_string()),
@@ -335,213 +319,94 @@ fn from_compiled(e: ThunkError) -> InterpError {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn make_tiers(
-    bridge: &Bridge,
-    program: &Program,
-    conv: CallConv,
-    entries: &[EntryPoint],
-    config: TierConfig,
-) -> Result<Option<Tiers>, ThunkError> {
-    if config.call_threshold == u32::MAX && config.loop_threshold == u32::MAX {
-        return Ok(None);
-    }
-    let stubs = program
-        .functions
-        .iter()
-        .map(|f| bridge.exit_stub(&f.sig, conv))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cells: Box<[AtomicUsize]> = entries
-        .iter()
-        .map(|e| AtomicUsize::new(e.code_ptr() as usize))
-        .collect();
-    let addrs: Vec<usize> = cells
-        .iter()
-        .map(|c| c as *const AtomicUsize as usize)
-        .collect();
-    let Some(jumps) = bridge.install_code(&crate::thunks::x64::emit_cell_jumps(&addrs)) else {
-        return Ok(None); // libffi: interpret only
-    };
-    Ok(Some(Tiers {
-        config,
-        jumps: jumps?,
-        stubs,
-        compiled: entries.iter().map(|_| OnceLock::new()).collect(),
-        calls: entries.iter().map(|_| AtomicU32::new(0)).collect(),
-        back_edges: entries.iter().map(|_| AtomicU32::new(0)).collect(),
-        cells,
-        n_compiled: AtomicU64::new(0),
-        n_osr: AtomicU64::new(0),
-        n_deopt: AtomicU64::new(0),
-    }))
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn make_tiers(
-    _: &Bridge,
-    _: &Program,
-    _: CallConv,
-    _: &[EntryPoint],
-    _: TierConfig,
-) -> Result<Option<Tiers>, ThunkError> {
-    Ok(None)
-}
-
-/// Called by compiled code when a guard fails at `pc`: the interpreter resumes
-/// there with the compiled frame's locals and operand stack, and its result is
-/// the compiled function's result.
-///
-/// # Safety
-/// `ctx` is the live `Inner` the code was compiled for; `frame` points to the
-/// function's locals followed by its operand stack at `pc`.
-#[cfg(target_arch = "x86_64")]
-unsafe extern "C" fn jit_deopt(ctx: *const Inner, fi: u32, pc: u32, frame: *const u64) -> u64 {
-    // SAFETY: by the contract above.
-    let inner = unsafe { &*ctx };
-    let f = &inner.program.functions[fi as usize];
-    let (nl, depth) = (f.locals.len(), f.depth[pc as usize] as usize);
-    // SAFETY: the frame holds nl locals and then the operand stack.
-    let all = unsafe { std::slice::from_raw_parts(frame, nl + depth) };
-    if let Some(t) = &inner.tiers {
-        t.n_deopt.fetch_add(1, Ordering::Relaxed);
-    }
-    // No OSR from a resumed frame: a forced deopt would otherwise re-enter
-    // compiled code and deopt again, growing the native stack.
-    match inner.run_from(
-        fi,
-        pc as usize,
-        SmallVec::from_slice(&all[..nl]),
-        SmallVec::from_slice(&all[nl..]),
-        0,
-        false,
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            crate::host::record_failure(EntryError::Host {
-                func: u64::from(fi),
-                error: Box::new(e),
-            });
-            0
+/// The tier table's view of this interpreter: calls from C and compiled
+/// code, and frames that compiled code deoptimized.
+impl Interpreter for Inner {
+    fn interpret(&self, func: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
+        let r = self.run(func.0 as u32, args, 0)?;
+        if let Some(slot) = ret.first_mut() {
+            *slot = r;
         }
+        Ok(())
+    }
+
+    fn resume(&self, func: FuncId, frame: &FrameState, ret: &mut [u64]) -> Result<(), HostError> {
+        // No OSR from a resumed frame: a forced deopt would otherwise re-enter
+        // compiled code and deopt again, growing the native stack.
+        let r = self.run_from(
+            func.0 as u32,
+            frame.pc() as usize,
+            SmallVec::from_slice(frame.locals()),
+            SmallVec::from_slice(frame.stack()),
+            0,
+            false,
+        )?;
+        if let Some(slot) = ret.first_mut() {
+            *slot = r;
+        }
+        Ok(())
     }
 }
 
 impl Inner {
     /// The stable native pointer of function `i`.
-    fn func_ptr(&self, i: u32) -> usize {
-        match &self.tiers {
-            Some(t) => t.jumps.addr().as_ptr() as usize + 16 * i as usize,
-            None => self.entries[i as usize].code_ptr() as usize,
-        }
+    pub(super) fn func_ptr(&self, i: u32) -> *const c_void {
+        self.table
+            .native_ptr(FuncId(u64::from(i)))
+            .expect("every function of the program is in the table")
     }
 
-    /// Compiles function `fi` once, publishing it in its cell.
-    #[cfg(target_arch = "x86_64")]
-    fn compiled(&self, fi: u32) -> Option<&Compiled> {
-        let t = self.tiers.as_ref()?;
-        t.compiled[fi as usize]
-            .get_or_init(|| self.compile(fi))
-            .as_ref()
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn compiled(&self, _: u32) -> Option<&Compiled> {
-        None
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn compile(&self, fi: u32) -> Option<Compiled> {
-        let t = self.tiers.as_ref()?;
-        // The register stub when its result is at most one slot, else the slot stub.
-        let call_stub = |s: &ExitStub| {
-            use crate::tier::jit::CallStub;
-            match s.raw_fast() {
-                Some((addr, kind)) => Some(CallStub::Register(addr, kind)),
-                None => s.raw_fn().map(CallStub::Slots),
-            }
-        };
-        let call_stubs = t.stubs.iter().map(call_stub).collect::<Option<Vec<_>>>()?;
-        let native_stubs = self
-            .program
-            .natives
-            .iter()
-            .map(|n| {
-                let s = self.bridge.exit_stub(&n.sig, self.conv).ok()?;
-                call_stub(&s)
-            })
-            .collect::<Option<Vec<_>>>()?;
-        // The natives this function calls must be bound: compiled code calls
-        // them directly (the others are never used by this code).
-        let f = &self.program.functions[fi as usize];
-        let used = |i: usize| f.code.contains(&crate::interp::Op::CallNative(i as u32));
-        let natives = self
-            .natives
-            .iter()
-            .enumerate()
-            .map(|(i, n)| match n.get() {
-                Some(b) => Some(b.addr),
-                None if !used(i) => Some(0),
-                None => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let cells: Vec<usize> = t
-            .cells
-            .iter()
-            .map(|c| c as *const AtomicUsize as usize)
-            .collect();
-        let func_ptrs: Vec<usize> = (0..self.program.functions.len() as u32)
-            .map(|i| self.func_ptr(i))
-            .collect();
-        let env = crate::tier::jit::JitEnv {
-            cells: &cells,
-            call_stubs: &call_stubs,
-            natives: &natives,
-            native_stubs: &native_stubs,
-            func_ptrs: &func_ptrs,
-            deopt: jit_deopt as *const () as usize,
-            ctx: self as *const Inner as usize,
-            force_deopt: t.config.force_deopt,
-        };
-        let code = crate::tier::jit::compile(&self.program, fi, &env);
-        let installed = self.bridge.install_code(&code.bytes)?.ok()?;
-        let base = installed.addr().as_ptr() as usize;
-        let f = &self.program.functions[fi as usize];
-        let osr_sig =
-            crate::abi::Signature::new(vec![crate::abi::Scalar::Ptr.into()], f.sig.ret().cloned())
-                .ok()?;
-        let osr_stub = self.bridge.exit_stub(&osr_sig, self.conv).ok()?;
-        t.cells[fi as usize].store(base, Ordering::Release);
-        t.n_compiled.fetch_add(1, Ordering::Relaxed);
-        Some(Compiled {
-            _code: installed,
-            osr: code.osr.iter().map(|(h, off)| (*h, base + off)).collect(),
-            osr_stub,
-        })
-    }
-
-    /// A call of function `i` from the interpreter or from Rust: through its
-    /// entry cell once it is compiled, else interpreted here.
+    /// A call of function `i` from the interpreter or from Rust: through the
+    /// tier table (its compiled code, when it has some), else interpreted here.
     fn call_function(&self, i: u32, args: &[u64], depth: u32) -> Result<u64, InterpError> {
-        if let Some(t) = &self.tiers {
-            let cell = t.cells[i as usize].load(Ordering::Acquire);
-            if cell != self.entries[i as usize].code_ptr() as usize {
-                let stub = &t.stubs[i as usize];
-                let mut ret = [0u64; 1];
-                let nret = stub.signature().ret_slots();
-                // SAFETY: the cell holds compiled code of exactly this signature.
-                let r = unsafe { stub.call(cell as *const c_void, args, &mut ret[..nret]) };
-                return r.map(|()| ret[0]).map_err(from_compiled);
-            }
-            if t.calls[i as usize]
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1)
-                >= t.config.call_threshold
+        if self.tiering {
+            let mut ret = [0u64; 1];
+            let nret = self.program.functions[i as usize].sig.ret_slots();
+            match self
+                .table
+                .call(FuncId(u64::from(i)), args, &mut ret[..nret])
             {
-                // Hot: compile; this call still runs here, later ones go through the cell.
-                let _ = self.compiled(i);
+                Ok(TierCall::Compiled) => return Ok(ret[0]),
+                Ok(TierCall::Interpret) => {}
+                Err(e) => return Err(from_tier(e)),
             }
         }
         self.run(i, args, depth)
+    }
+
+    /// Offers the frame at loop header `header` to the tier table's OSR;
+    /// the function's result if compiled code finished the call, or the
+    /// frame to continue with if it deoptimized.
+    #[allow(clippy::type_complexity)]
+    fn osr(
+        &self,
+        fi: u32,
+        header: u32,
+        locals: &[u64],
+        st: &[u64],
+        depth: u32,
+    ) -> Result<Option<(u64, Option<FrameState>)>, InterpError> {
+        let mut ret = [0u64; 1];
+        let nret = self.program.functions[fi as usize].sig.ret_slots();
+        match self
+            .table
+            .osr(FuncId(u64::from(fi)), header, locals, st, &mut ret[..nret])
+            .map_err(from_tier)?
+        {
+            OsrOutcome::NotReady => Ok(None),
+            OsrOutcome::Completed => Ok(Some((ret[0], None))),
+            OsrOutcome::Deopt(frame) => {
+                let r = self.run_from(
+                    fi,
+                    frame.pc() as usize,
+                    SmallVec::from_slice(frame.locals()),
+                    SmallVec::from_slice(frame.stack()),
+                    depth,
+                    false,
+                )?;
+                Ok(Some((r, Some(frame))))
+            }
+        }
     }
 
     fn trap<T>(&self, fi: u32, pc: usize, message: impl Into<String>) -> Result<T, InterpError> {
@@ -579,7 +444,7 @@ impl Inner {
         if depth > MAX_CALL_DEPTH {
             return self.trap(fi, pc, "call depth exceeded");
         }
-        let osr_tiers = if allow_osr { self.tiers.as_ref() } else { None };
+        let osr_allowed = allow_osr && self.tiering;
         macro_rules! pop {
             () => {
                 st.pop().expect("verified: the operand is there")
@@ -701,8 +566,9 @@ impl Inner {
                         let backward = (t as usize) < pc;
                         pc = t as usize;
                         if backward
-                            && let Some(tiers) = osr_tiers
-                            && let Some(r) = self.maybe_osr(tiers, fi, pc, &locals, &st)?
+                            && osr_allowed
+                            && self.table.back_edge(FuncId(u64::from(fi)), pc as u32)
+                            && let Some((r, _)) = self.osr(fi, pc as u32, &locals, &st, depth)?
                         {
                             return Ok(r);
                         }
@@ -754,60 +620,5 @@ impl Inner {
                 }
             }
         }
-    }
-}
-
-impl Inner {
-    /// At a taken backward branch to `header` with an empty operand stack:
-    /// counts it, and once the function is hot moves this frame into its
-    /// compiled code (OSR); returns the function's result if it did.
-    fn maybe_osr(
-        &self,
-        t: &Tiers,
-        fi: u32,
-        header: usize,
-        locals: &[u64],
-        st: &[u64],
-    ) -> Result<Option<u64>, InterpError> {
-        if !st.is_empty()
-            || t.back_edges[fi as usize]
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1)
-                < t.config.loop_threshold
-        {
-            return Ok(None);
-        }
-        self.osr_into(t, fi, header, locals)
-    }
-
-    /// The OSR transfer: compiles the function if it is not yet, then calls
-    /// its entry for loop header `header` with the frame's locals as a
-    /// migration buffer; `None` when it cannot be compiled or has no entry there.
-    fn osr_into(
-        &self,
-        t: &Tiers,
-        fi: u32,
-        header: usize,
-        locals: &[u64],
-    ) -> Result<Option<u64>, InterpError> {
-        let Some(c) = self.compiled(fi) else {
-            return Ok(None);
-        };
-        let Some(&(_, entry)) = c.osr.iter().find(|(h, _)| *h as usize == header) else {
-            return Ok(None);
-        };
-        t.n_osr.fetch_add(1, Ordering::Relaxed);
-        let f = &self.program.functions[fi as usize];
-        let mut ret = [0u64; 1];
-        // SAFETY: `entry` is this function's OSR entry for `header`, of type
-        // `extern "C" fn(*const u64) -> R`; `locals` holds all its locals.
-        let r = unsafe {
-            c.osr_stub.call(
-                entry as *const c_void,
-                &[locals.as_ptr() as u64],
-                &mut ret[..f.sig.ret_slots()],
-            )
-        };
-        r.map(|()| Some(ret[0])).map_err(from_compiled)
     }
 }

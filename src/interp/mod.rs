@@ -40,6 +40,8 @@
 //! as plain function pointers through entry points.
 
 mod exec;
+#[cfg(target_arch = "x86_64")]
+mod jit;
 mod text;
 mod verify;
 
@@ -83,6 +85,9 @@ pub enum InterpError {
     /// The bridge refused something.
     #[error(transparent)]
     Thunk(#[from] crate::thunks::ThunkError),
+    /// The tier layer refused something.
+    #[error(transparent)]
+    Tier(#[from] crate::tier::TierError),
 }
 
 /// The class of an interpreter value.

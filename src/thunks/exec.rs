@@ -105,7 +105,9 @@ fn next_slab_hint() -> usize {
 
 struct Inner {
     slabs: Vec<Slab>,
-    /// Bytes used in the last slab.
+    /// The slab small allocations are cut from (`None` before the first).
+    current: Option<usize>,
+    /// Bytes used in it.
     used: usize,
     /// Freed allocations by rounded size: (slab index, offset).
     free: BTreeMap<usize, Vec<(usize, usize)>>,
@@ -178,6 +180,7 @@ impl ExecMemory {
             page: os::page_size(),
             inner: Mutex::new(Inner {
                 slabs: Vec::new(),
+                current: None,
                 used: 0,
                 free: BTreeMap::new(),
             }),
@@ -218,19 +221,19 @@ impl ExecMemory {
         Ok(())
     }
 
-    fn new_slab(&self, hint: usize) -> Result<Slab> {
+    fn new_slab(&self, hint: usize, bytes: usize) -> Result<Slab> {
         match self.strategy {
             ExecStrategy::WriteThenProtect => {
-                let map = Mapping::new(hint, SLAB_BYTES, None).map_err(|e| os_err("mmap", e))?;
+                let map = Mapping::new(hint, bytes, None).map_err(|e| os_err("mmap", e))?;
                 Ok(Slab::Protect { map })
             }
             ExecStrategy::DualMapping => {
-                let file = os::code_file(SLAB_BYTES).map_err(|e| os_err("memfd_create", e))?;
+                let file = os::code_file(bytes).map_err(|e| os_err("memfd_create", e))?;
                 // SAFETY: the file is private to this process (an unnamed memfd);
                 // nobody else can truncate or modify it under the maps.
-                let rw = unsafe { MmapOptions::new().len(SLAB_BYTES).populate().map_mut(&file) }
+                let rw = unsafe { MmapOptions::new().len(bytes).populate().map_mut(&file) }
                     .map_err(|e| os_err("mmap (read-write view)", e))?;
-                let rx = Mapping::new(hint, SLAB_BYTES, Some(&file))
+                let rx = Mapping::new(hint, bytes, Some(&file))
                     .map_err(|e| os_err("mmap (executable view)", e))?;
                 Ok(Slab::Dual { rw, rx })
             }
@@ -247,27 +250,44 @@ impl ExecMemory {
     /// Copies `code` into executable memory and returns it, published
     /// read+execute. Never maps anything writable and executable at once.
     pub(crate) fn install(self: &Arc<Self>, code: &[u8]) -> Result<ExecCode> {
-        let size = code.len().max(1).next_multiple_of(self.granule());
-        if size > SLAB_BYTES {
-            return Err(ThunkError::Internal(format!(
-                "{} bytes of code is more than a slab",
-                code.len()
-            )));
-        }
-        // Only the allocation happens under the lock; the copy (and, for
+        self.install_with(code.len(), |_, buf| buf.copy_from_slice(code))
+    }
+
+    /// Reserves `len` bytes of executable memory, lets `write` fill them
+    /// through a writable view (given the final executable address first,
+    /// for position-dependent code; the bytes start as `int3`), then
+    /// publishes them read+execute. Never maps anything writable and
+    /// executable at once. If `write` panics, the allocation is given back
+    /// (and left non-executable or unreachable).
+    pub(crate) fn install_with(
+        self: &Arc<Self>,
+        len: usize,
+        write: impl FnOnce(NonNull<u8>, &mut [u8]),
+    ) -> Result<ExecCode> {
+        let size = len.max(1).next_multiple_of(self.granule());
+        // Only the allocation happens under the lock; the writing (and, for
         // write-then-protect, the two `mprotect` calls) touch memory this
         // allocation alone owns, so threads installing code overlap there.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let reused = inner.free.get_mut(&size).and_then(Vec::pop);
         let (slab, offset) = match reused {
             Some(at) => at,
+            None if size > SLAB_BYTES => {
+                // A slab of its own, rounded to whole pages; the bump slab
+                // stays the one it was.
+                let s = self.new_slab(0, size.next_multiple_of(self.page))?;
+                inner.slabs.push(s);
+                (inner.slabs.len() - 1, 0)
+            }
             None => {
-                if inner.slabs.is_empty() || inner.used + size > SLAB_BYTES {
-                    let s = self.new_slab(next_slab_hint())?;
+                if inner.current.is_none() || inner.used + size > SLAB_BYTES {
+                    let s = self.new_slab(next_slab_hint(), SLAB_BYTES)?;
                     inner.slabs.push(s);
+                    inner.current = Some(inner.slabs.len() - 1);
                     inner.used = 0;
                 }
-                let at = (inner.slabs.len() - 1, inner.used);
+                let current = inner.current.expect("set above");
+                let at = (current, inner.used);
                 inner.used += size;
                 at
             }
@@ -280,33 +300,38 @@ impl ExecMemory {
         };
         drop(inner);
         let write_at = write_at.wrapping_add(offset);
-        let addr = exec_at.wrapping_add(offset);
-        // Made first, so that a failure below gives the allocation back.
+        let addr =
+            NonNull::new(exec_at.wrapping_add(offset)).expect("a mapping is never at address 0");
+        // Made first, so that a failure (or a panic in `write`) below gives
+        // the allocation back.
         let installed = ExecCode {
             mem: self.clone(),
             slab,
             offset,
             size,
-            addr: NonNull::new(addr).expect("a mapping is never at address 0"),
+            addr,
         };
-        match self.strategy {
+        if self.strategy == ExecStrategy::WriteThenProtect {
             // SAFETY: [offset, offset+size) are whole pages of this slab that
             // this allocation alone owns and no live code occupies (fresh, or
             // freed: the owner promised no call is inside), so making them
             // writable cannot break running code, and nothing else writes them.
-            ExecStrategy::WriteThenProtect => unsafe {
-                os::protect(write_at, size, false).map_err(|e| os_err("mprotect (write)", e))?;
-                std::ptr::copy_nonoverlapping(code.as_ptr(), write_at, code.len());
-                os::protect(write_at, size, true).map_err(|e| os_err("mprotect (execute)", e))?;
-            },
-            // SAFETY: [offset, offset+size) of the read-write view belongs to
-            // this allocation alone (`size` >= `code.len()`), and no code runs
-            // there (fresh, or freed with no call inside).
-            ExecStrategy::DualMapping => unsafe {
-                std::ptr::copy_nonoverlapping(code.as_ptr(), write_at, code.len());
-            },
+            unsafe { os::protect(write_at, size, false) }
+                .map_err(|e| os_err("mprotect (write)", e))?;
         }
-        flush_icache(addr, code.len());
+        // SAFETY: [write_at, write_at+size) is writable now (made so above,
+        // or the read-write view of a dual mapping), belongs to this
+        // allocation alone, and no code runs there (fresh, or freed with no
+        // call inside); the slice ends before `write` returns.
+        let buf = unsafe { std::slice::from_raw_parts_mut(write_at, size) };
+        buf.fill(0xcc);
+        write(addr, &mut buf[..len]);
+        if self.strategy == ExecStrategy::WriteThenProtect {
+            // SAFETY: as above: these pages are this allocation's alone.
+            unsafe { os::protect(write_at, size, true) }
+                .map_err(|e| os_err("mprotect (execute)", e))?;
+        }
+        flush_icache(addr.as_ptr(), len);
         Ok(installed)
     }
 }

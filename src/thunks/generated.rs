@@ -840,11 +840,11 @@ impl GenBackend {
         }
     }
 
-    pub(super) fn exec(&self) -> &ExecMemory {
+    pub(super) fn exec(&self) -> &Arc<ExecMemory> {
         &self.mem
     }
 
-    pub(super) fn install(&self, code: &[u8]) -> Result<ExecCode> {
+    fn install(&self, code: &[u8]) -> Result<ExecCode> {
         install(&self.mem, code)
     }
 

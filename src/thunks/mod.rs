@@ -322,11 +322,17 @@ impl Bridge {
         }
     }
 
-    /// Installs machine code in the generated backend's executable memory
-    /// (for the tier layer's JIT); `None` on the libffi backend.
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn install_code(&self, code: &[u8]) -> Option<Result<exec::ExecCode>> {
-        self.generated.as_ref().map(|g| g.install(code))
+    /// The generated backend's executable memory (for the tier layer's
+    /// [`CodeMemory`](crate::tier::CodeMemory)); `None` on libffi.
+    pub(crate) fn exec_memory(&self) -> Option<Arc<exec::ExecMemory>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.generated.as_ref().map(|g| g.exec().clone())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     }
 
     /// The registry signatures are interned in.

@@ -1,5 +1,6 @@
 //! The baseline JIT: one verified function's bytecode to x86-64 code with the
-//! function's native (SysV) convention.
+//! function's native (SysV) convention, plugged into the tier layer as its
+//! [`Compiler`].
 //!
 //! Frame: `rbx` = `rsp` after the prologue; local `i` at `[rbx + 8i]`, operand
 //! slot `j` at `[rbx + 8(nlocals + j)]`. Operand depths are known statically
@@ -9,8 +10,12 @@
 //! entry cell (the register stub when the signature has one and its
 //! result is at most one slot: it comes back in rax or xmm0 and is stored
 //! into the first argument's slot). Guards (an `i64.add` overflow, a
-//! division by zero, a null pointer) jump to a deopt path that hands the
-//! frame to the interpreter at that instruction (ABI.md, "Tiers").
+//! division by zero, a null pointer) jump to a deopt path that describes the
+//! frame in a [`RawFrame`](crate::tier::RawFrame) and calls the tier table's
+//! deoptimization helper: the interpreter resumes at that instruction
+//! (ABI.md, "Tiers"). Each OSR entry is an
+//! [`OsrEntryFn`](crate::tier::OsrEntryFn) around a body that starts at its
+//! loop header with the frame's locals.
 
 // dynasm's macro converts dynamic register numbers with `.into()`.
 #![allow(clippy::useless_conversion)]
@@ -18,9 +23,98 @@
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 
+use std::sync::Weak;
+
+use super::exec::Inner;
 use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
+use crate::host::FuncId;
 use crate::interp::{Op, Program};
+use crate::thunks::ExitStub;
 use crate::thunks::x64::{FastRet, extend_mem, extend_reg};
+use crate::tier::{CompileError, CompileRequest, Compiled, Compiler};
+
+/// The baseline JIT as the tier table's compiler (SysV only: the convention
+/// the table of the reference runtime uses on x86-64 Linux).
+struct BaselineJit {
+    rt: Weak<Inner>,
+}
+
+/// The compiler of a runtime, for its tier table.
+pub(super) fn compiler(rt: Weak<Inner>) -> Option<Box<dyn Compiler>> {
+    Some(Box::new(BaselineJit { rt }))
+}
+
+// SAFETY: `compile` returns code of `jit::compile`, whose function entry at
+// offset 0 takes the function's signature in SysV (checked: the request's
+// convention must be SysV) and whose OSR entries follow `RawFrame`'s
+// contract (module docs; the tier tests run every program through both).
+unsafe impl Compiler for BaselineJit {
+    fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
+        if req.conv != CallConv::SysV {
+            return Err(format!("the baseline JIT emits SysV code, not {}", req.conv).into());
+        }
+        let rt = self.rt.upgrade().ok_or("the runtime is gone")?;
+        let fi = req.func.0 as u32;
+        let program = &rt.program;
+        let table = req.table;
+        // The register stub when its result is at most one slot, else the slot stub.
+        let call_stub = |s: &ExitStub| match s.raw_fast() {
+            Some((addr, kind)) => Some(CallStub::Register(addr, kind)),
+            None => s.raw_fn().map(CallStub::Slots),
+        };
+        let ids = || (0..program.functions.len() as u64).map(FuncId);
+        let call_stubs = ids()
+            .map(|g| table.exit_stub(g).ok().and_then(call_stub))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("a callee's exit stub is not generated code")?;
+        let native_stubs = program
+            .natives
+            .iter()
+            .map(|n| {
+                let s = table.bridge().exit_stub(&n.sig, req.conv).ok()?;
+                call_stub(&s)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or("a native's exit stub is not generated code")?;
+        // The natives this function calls must be bound: compiled code calls
+        // them directly (the others are never used by this code).
+        let f = &program.functions[fi as usize];
+        let used = |i: usize| f.code.contains(&Op::CallNative(i as u32));
+        let natives = rt
+            .natives
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n.get() {
+                Some(b) => Ok(b.addr),
+                None if !used(i) => Ok(0),
+                None => Err(format!("native {} is not bound", program.natives[i].name)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cells = ids()
+            .map(|g| table.cell_addr(g).map(|p| p as usize))
+            .collect::<Result<Vec<_>, _>>()?;
+        let func_ptrs = ids()
+            .map(|g| table.native_ptr(g).map(|p| p as usize))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (deopt, ctx) = table.deopt_helper();
+        let env = JitEnv {
+            cells: &cells,
+            call_stubs: &call_stubs,
+            natives: &natives,
+            native_stubs: &native_stubs,
+            func_ptrs: &func_ptrs,
+            deopt: deopt as usize,
+            ctx: ctx as usize,
+            force_deopt: req.config.force_deopt,
+        };
+        let code = compile(program, fi, &env);
+        Ok(Compiled {
+            code: req.memory.install(req.name, &code.bytes)?,
+            entry: Some(0),
+            osr: code.osr,
+        })
+    }
+}
 
 /// The baseline JIT's assembler: dynasm's own, whose dynamic labels (one per
 /// bytecode instruction) the thunk emitters' `CodeBuf` does not take.
@@ -50,7 +144,7 @@ pub(crate) struct JitEnv<'a> {
     pub native_stubs: &'a [CallStub],
     /// What `ref.func` pushes for each function.
     pub func_ptrs: &'a [usize],
-    /// `extern "C" fn(ctx, func: u32, pc: u32, frame: *const u64) -> u64`.
+    /// The tier table's [`DeoptFn`](crate::tier::DeoptFn).
     pub deopt: usize,
     /// Its first argument.
     pub ctx: usize,
@@ -61,7 +155,7 @@ pub(crate) struct JitEnv<'a> {
 /// Compiled code: the function at offset 0, an OSR entry per loop header.
 pub(crate) struct JitCode {
     pub bytes: Vec<u8>,
-    /// (loop header pc, offset of its OSR entry `extern "C" fn(locals: *const u64) -> R`).
+    /// (loop header pc, offset of its [`OsrEntryFn`](crate::tier::OsrEntryFn)).
     pub osr: Vec<(u32, usize)>,
 }
 
@@ -113,13 +207,31 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
     }
     dynasm!(ops ; .arch x64 ; jmp =>labels[0]);
 
-    // OSR entries: rdi points to the locals (a migration buffer).
+    // OSR entries. Each is an `OsrEntryFn(frame: *mut RawFrame) -> u32`
+    // around a body that starts at the loop header with rdi pointing to the
+    // locals: the wrapper keeps the frame in rbx (callee-saved, pushed:
+    // the body is called with rsp as at any call), stores the body's result
+    // into `frame.ret` and returns OSR_COMPLETED (the body deoptimizes
+    // through the helper, as function code does, so it always completes).
     let mut osr_starts = Vec::new();
     for &h in &f.loop_headers {
         if f.depth[h as usize] != 0 {
             continue; // OSR only where the operand stack is empty
         }
+        let body = ops.new_dynamic_label();
         osr_starts.push((h, ops.offset().0));
+        dynasm!(ops ; .arch x64
+            ; push rbx ; mov rbx, rdi
+            ; mov rdi, QWORD [rbx + 16] // frame.slots
+            ; call =>body
+            ; mov rcx, QWORD [rbx + 24] // frame.ret
+        );
+        match ret_scalar {
+            None => {}
+            Some(Scalar::F64) => dynasm!(ops ; .arch x64 ; movq QWORD [rcx], xmm0),
+            Some(_) => dynasm!(ops ; .arch x64 ; mov QWORD [rcx], rax),
+        }
+        dynasm!(ops ; .arch x64 ; xor eax, eax ; pop rbx ; ret ; =>body);
         prologue!();
         for i in 0..f.locals.len() as i32 {
             dynasm!(ops ; .arch x64 ; mov rax, QWORD [rdi + 8 * i] ; mov QWORD [rbx + 8 * i], rax);
@@ -127,11 +239,24 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         dynasm!(ops ; .arch x64 ; jmp =>labels[h as usize]);
     }
 
-    // A guard failure at `pc`: the interpreter resumes there with this frame.
+    // A guard failure at `pc`: the interpreter resumes there with this
+    // frame. A `RawFrame` (32 bytes) and the result slot (8) below the
+    // frame, 48 bytes to keep rsp 16-byte aligned; the helper is
+    // `fn(table, func, frame) -> status` and writes the result slot (its
+    // value is already extended as the result type says).
+    let nl_u = f.locals.len() as i32;
     let deopt_at = |ops: &mut Asm, pc: usize| {
+        let len = nl_u + f.depth[pc] as i32;
         dynasm!(ops ; .arch x64
-            ; mov rdi, QWORD env.ctx as i64 ; mov esi, fi as i32 ; mov edx, pc as i32 ; mov rcx, rbx
+            ; sub rsp, 48
+            ; mov DWORD [rsp], pc as i32 ; mov DWORD [rsp + 4], nl_u
+            ; mov DWORD [rsp + 8], len ; mov DWORD [rsp + 12], len
+            ; mov QWORD [rsp + 16], rbx
+            ; lea rax, [rsp + 32] ; mov QWORD [rsp + 24], rax
+            ; mov QWORD [rsp + 32], 0
+            ; mov rdi, QWORD env.ctx as i64 ; mov esi, fi as i32 ; mov rdx, rsp
             ; mov rax, QWORD env.deopt as i64 ; call rax
+            ; mov rax, QWORD [rsp + 32]
         );
         if ret_scalar == Some(Scalar::F64) {
             dynasm!(ops ; .arch x64 ; movq xmm0, rax);
