@@ -15,19 +15,6 @@ fn sig(s: &str) -> Signature {
     Signature::parse(s).unwrap()
 }
 
-/// Lines of /proc/self/maps whose permissions are both writable and executable.
-fn wx_mappings() -> Vec<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|p| p.contains('w') && p.contains('x'))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
 fn work(b: &Bridge, round: u64) {
     let d = Dispatcher::from_host(
         Arc::new(|c: EntryCall<'_>| -> Result<(), HostError> {
@@ -63,9 +50,9 @@ fn work(b: &Bridge, round: u64) {
 #[test]
 fn no_mapping_is_ever_writable_and_executable() {
     assert!(
-        wx_mappings().is_empty(),
+        support::wx_mappings().is_empty(),
         "W+X before the test: {:?}",
-        wx_mappings()
+        support::wx_mappings()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
@@ -74,7 +61,7 @@ fn no_mapping_is_ever_writable_and_executable() {
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                seen.extend(wx_mappings());
+                seen.extend(support::wx_mappings());
                 reads.fetch_add(1, Ordering::Relaxed);
             }
             seen

@@ -12,7 +12,7 @@ use super::{Code, CodeMemory, CompileError, Result, TierConfig, TierError, TierS
 use crate::abi::{CallConv, Signature};
 use crate::host::{Dispatcher, EntryCall, FailurePolicy, FuncId, Host, HostError};
 use crate::table::IdTable;
-use crate::thunks::{Bridge, EntryPoint, ExitStub};
+use crate::thunks::{Bridge, EntryPoint, ExitStub, ThunkError};
 
 /// The interpreter a [`TierTable`] serves: it runs functions from their
 /// start (calls from C and from compiled code arrive here while a function
@@ -233,6 +233,7 @@ struct FnState {
     stub: ExitStub,
     loops: Box<[Loop]>,
     frame_slots: u32,
+    arg_slots: usize,
     ret_slots: usize,
     calls: AtomicU32,
     compiles: AtomicU32,
@@ -407,6 +408,7 @@ impl TierTable {
             .collect();
         let state = FnState {
             name: decl.name.into(),
+            arg_slots: decl.signature.arg_slots(),
             ret_slots: decl.signature.ret_slots(),
             sig: decl.signature,
             _entry: entry,
@@ -598,11 +600,14 @@ impl TierTable {
     ///
     /// # Errors
     /// [`TierError::UnknownFunction`]; [`TierError::Thunk`] for wrong slot
-    /// counts; [`TierError::Failed`] when compiled code, or the interpreter
+    /// counts (in either tier); [`TierError::Failed`] when compiled code, or the interpreter
     /// it called or deoptimized into, failed (the error it reported).
     #[inline]
     pub fn call(&self, f: FuncId, args: &[u64], ret: &mut [u64]) -> Result<TierCall> {
         let state = self.get(f)?;
+        if args.len() != state.arg_slots || ret.len() < state.ret_slots {
+            return Err(bad_call(state, args.len(), ret.len()));
+        }
         let (b, k) = self.slot(f).expect("checked above");
         let code = b.cells[k].load(Ordering::Acquire);
         if code != state.interp_ptr {
@@ -946,6 +951,25 @@ impl TierTable {
                 .clone(),
         })
     }
+}
+
+/// The error of a call with the wrong slot counts (the exit stub's own).
+#[cold]
+#[inline(never)]
+fn bad_call(state: &FnState, args: usize, ret: usize) -> TierError {
+    TierError::Thunk(if args != state.arg_slots {
+        ThunkError::ArgCount {
+            sig: state.sig.to_string(),
+            expected: state.arg_slots,
+            got: args,
+        }
+    } else {
+        ThunkError::RetSlots {
+            sig: state.sig.to_string(),
+            expected: state.ret_slots,
+            got: ret,
+        }
+    })
 }
 
 #[cold]

@@ -435,3 +435,16 @@ pub fn generated() -> tierbridge::thunks::Bridge {
     );
     b
 }
+
+/// Lines of /proc/self/maps whose permissions are both writable and executable.
+pub fn wx_mappings() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.contains('w') && p.contains('x'))
+        })
+        .map(str::to_owned)
+        .collect()
+}
