@@ -592,3 +592,184 @@ fn recursion_through_osr_frames_matches_the_interpreter() {
         }
     }
 }
+
+/// A random integer expression of at most `depth` levels over the locals
+/// `n i a b c` (and, through `f64`, a float round trip), leaving one value.
+fn rand_expr(rng: &mut fastrand::Rng, depth: u32, out: &mut String) {
+    const LEAVES: [&str; 5] = ["n", "i", "a", "b", "c"];
+    if depth == 0 || rng.u8(..4) == 0 {
+        if rng.bool() {
+            out.push_str(&format!("  local.get {}\n", LEAVES[rng.usize(..5)]));
+        } else {
+            // Large values often, so that adds overflow (a guard).
+            let k = match rng.u8(..5) {
+                0 => rng.i64(..),
+                1 => rng.i64(-3..4),
+                2 => i64::MAX - rng.i64(0..1000),
+                3 => i64::MIN + rng.i64(0..1000),
+                _ => rng.i64(-1000..1000),
+            };
+            out.push_str(&format!("  i64.const {k}\n"));
+        }
+        return;
+    }
+    rand_expr(rng, depth - 1, out);
+    match rng.u8(..10) {
+        0 => out.push_str("  i64.eqz\n"),
+        1 => out.push_str(&format!(
+            "  local.tee {}\n",
+            ["a", "b", "c"][rng.usize(..3)]
+        )),
+        2 => out.push_str("  f64.convert_i64\n  f64.const 0.5\n  f64.mul\n  i64.trunc_f64\n"),
+        _ => {
+            rand_expr(rng, depth - 1, out);
+            const BIN: [&str; 17] = [
+                "add", "sub", "mul", "and", "or", "xor", "shl", "shr_s", "shr_u", "eq", "ne",
+                "lt_s", "le_s", "gt_s", "ge_s", "div_s", "rem_s",
+            ];
+            // add (the guarded instruction) a third of the time.
+            let op = if rng.u8(..3) == 0 {
+                "add"
+            } else {
+                BIN[rng.usize(..BIN.len())]
+            };
+            if op == "div_s" || op == "rem_s" {
+                // Never by zero (that traps, in every tier alike; tested elsewhere).
+                out.push_str("  i64.const 1\n  i64.or\n");
+            }
+            out.push_str(&format!("  i64.{op}\n"));
+        }
+    }
+}
+
+/// A loop of `n` iterations over random statements: assignments, loads and
+/// stores through `p` (8 slots of 8 bytes), forward branches, drops; the
+/// result mixes every local.
+fn random_program(seed: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut p = String::from(
+        "fn r(n: i64, p: ptr) -> i64\n  local i: i64\n  local a: i64\n  local b: i64\n  local c: i64\n",
+    );
+    p += "top:\n  local.get i\n  local.get n\n  i64.ge_s\n  br_if done\n";
+    for s in 0..rng.usize(1..7) {
+        let slot = |rng: &mut fastrand::Rng, p: &mut String| {
+            *p += "  local.get p\n";
+            rand_expr(rng, 1, p);
+            *p += "  i64.const 7\n  i64.and\n  i64.const 8\n  i64.mul\n  i64.add\n";
+        };
+        match rng.u8(..7) {
+            6 => {
+                // Two paths join with a value on the stack: the join is a
+                // branch target reached with the top of the stack just made.
+                rand_expr(&mut rng, 2, &mut p);
+                rand_expr(&mut rng, 1, &mut p);
+                p += &format!("  br_if join{s}\n  drop\n");
+                rand_expr(&mut rng, 2, &mut p);
+                p += &format!(
+                    "join{s}:\n  local.set {}\n",
+                    ["a", "b", "c"][rng.usize(..3)]
+                );
+            }
+            0 => {
+                slot(&mut rng, &mut p);
+                rand_expr(&mut rng, 2, &mut p);
+                p += "  i64.store\n";
+            }
+            1 => {
+                slot(&mut rng, &mut p);
+                p += "  i64.load\n";
+                p += &format!("  local.set {}\n", ["a", "b", "c"][rng.usize(..3)]);
+            }
+            2 => {
+                rand_expr(&mut rng, 2, &mut p);
+                p += &format!("  br_if skip{s}\n");
+                rand_expr(&mut rng, 2, &mut p);
+                p += &format!(
+                    "  local.set {}\nskip{s}:\n",
+                    ["a", "b", "c"][rng.usize(..3)]
+                );
+            }
+            3 => {
+                rand_expr(&mut rng, 2, &mut p);
+                p += "  drop\n";
+            }
+            _ => {
+                rand_expr(&mut rng, 3, &mut p);
+                p += &format!("  local.set {}\n", ["a", "b", "c"][rng.usize(..3)]);
+            }
+        }
+    }
+    p += "  local.get i\n  i64.const 1\n  i64.add\n  local.set i\n  br top\ndone:\n";
+    p += "  local.get a\n  local.get b\n  i64.xor\n  local.get c\n  i64.add\n  return\nend\n";
+    p
+}
+
+#[test]
+fn random_programs_agree_interpreted_tiered_and_deoptimized() {
+    let hot = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        ..TierConfig::default()
+    };
+    let ways = [
+        ("interpreter", TierConfig::interpreter_only()),
+        ("tiered", hot),
+        (
+            "osr",
+            TierConfig {
+                call_threshold: u32::MAX,
+                ..hot
+            },
+        ),
+        (
+            "forced deopt",
+            TierConfig {
+                force_deopt: true,
+                ..hot
+            },
+        ),
+    ];
+    let cases = support::cases(200) as u64;
+    let seed = support::seed();
+    let mut compiled = 0;
+    for k in 0..cases {
+        let text = random_program(seed.wrapping_add(k));
+        let program = parse_program(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mut results = Vec::new();
+        for (name, config) in ways {
+            // SAFETY: the program loads and stores only within the 8-slot
+            // buffer it is given (its addresses are p + 8 * (x & 7)).
+            let rt = unsafe {
+                Runtime::with_tiers(
+                    program.clone(),
+                    Arc::new(support::generated()),
+                    FailurePolicy::Report,
+                    config,
+                )
+            }
+            .unwrap();
+            let mut buf = [0u64; 8];
+            let r = rt
+                .call("r", &[17, buf.as_mut_ptr() as u64])
+                .map_err(|e| e.to_string());
+            let again = rt
+                .call("r", &[5, buf.as_mut_ptr() as u64])
+                .map_err(|e| e.to_string());
+            compiled += rt.tier_stats().compiled;
+            results.push((name, r, again, buf));
+        }
+        for w in &results[1..] {
+            assert_eq!(
+                (&w.1, &w.2, &w.3),
+                (&results[0].1, &results[0].2, &results[0].3),
+                "{} differs from the interpreter (seed {}):\n{text}",
+                w.0,
+                seed.wrapping_add(k)
+            );
+        }
+    }
+    assert!(
+        compiled >= cases,
+        "compiled {compiled} times over {cases} programs"
+    );
+}

@@ -9,7 +9,11 @@
 //! callee's exit stub with those slots, the target read from the callee's
 //! entry cell (the register stub when the signature has one and its
 //! result is at most one slot: it comes back in rax or xmm0 and is stored
-//! into the first argument's slot). Guards (an `i64.add` overflow, a
+//! into the first argument's slot). The top of the operand stack is cached
+//! in rax: an instruction that makes a value leaves it there, the next one
+//! takes it from there, and it is stored into its slot only when something
+//! needs the frame in memory (a branch target, a call, a float instruction;
+//! a guard's out-of-line path stores it itself). Guards (an `i64.add` overflow, a
 //! division by zero, a null pointer) jump to a deopt path that describes the
 //! frame in a [`RawFrame`](crate::tier::RawFrame) and calls the tier table's
 //! deoptimization helper: the interpreter resumes at that instruction
@@ -161,6 +165,12 @@ pub(crate) struct JitCode {
 
 const RBP: u8 = Gpr::Rbp as u8;
 
+/// A register holding the top of the operand stack when a guard fails, and
+/// the frame offset of its slot (the deopt path stores it there).
+type Spill = (u8, i32);
+
+// `flush!` clears `tos` for instructions that then set it again.
+#[allow(unused_assignments)]
 pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
     let f = &program.functions[fi as usize];
     let nl = f.locals.len() as i32;
@@ -263,69 +273,134 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         }
         dynasm!(ops ; .arch x64 ; jmp =>epilogue);
     };
-    let mut deopts: Vec<(DynamicLabel, usize)> = Vec::new();
+    // Guards: their label, the instruction, and the register that holds
+    // the top of the stack if it is not in its slot yet (the deopt path
+    // stores it first, so the frame in memory is the interpreter's).
+    let mut deopts: Vec<(DynamicLabel, usize, Option<Spill>)> = Vec::new();
+    // Branch targets start with every slot in memory.
+    let mut targets = vec![false; f.code.len()];
+    for op in &f.code {
+        if let Op::Br(t) | Op::BrIf(t) | Op::BrUnless(t) = *op {
+            targets[t as usize] = true;
+        }
+    }
+    // Top-of-stack caching: when `tos`, the top operand slot's value is in
+    // rax and not (necessarily) in its slot; every other slot is in memory.
+    // An instruction that consumes the top takes it from rax, one that
+    // produces a value leaves it there; anything that needs the frame in
+    // memory (a branch target, a call, an out-of-line guard's frame, a float
+    // instruction) stores it first.
+    let mut tos = false;
+    const RAX: u8 = Gpr::Rax as u8;
+    const RCX: u8 = Gpr::Rcx as u8;
 
     for (pc, op) in f.code.iter().enumerate() {
-        dynasm!(ops ; .arch x64 ; =>labels[pc]);
         let d = f.depth[pc];
         let (a, b) = (slot(d.wrapping_sub(2)), slot(d.wrapping_sub(1)));
-        let mut guard = || {
-            let l = ops.new_dynamic_label();
-            deopts.push((l, pc));
-            l
-        };
-        macro_rules! int_bin {
-            ($($t:tt)*) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; $($t)* rax, QWORD [rbx + b] ; mov QWORD [rbx + a], rax)
+        macro_rules! flush {
+            () => {
+                if tos {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + b], rax);
+                    tos = false;
+                }
             };
+        }
+        if targets[pc] {
+            flush!();
+        }
+        dynasm!(ops ; .arch x64 ; =>labels[pc]);
+        macro_rules! guard {
+            ($spill:expr) => {{
+                let l = ops.new_dynamic_label();
+                deopts.push((l, pc, $spill));
+                l
+            }};
+        }
+        // rax = a, and the second operand where `$op rax, <b>` can take it:
+        // rcx when the top was in rax, else its slot.
+        macro_rules! int_bin {
+            ($($t:tt)*) => {{
+                if tos {
+                    dynasm!(ops ; .arch x64 ; mov rcx, rax ; mov rax, QWORD [rbx + a] ; $($t)* rax, rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; $($t)* rax, QWORD [rbx + b]);
+                }
+                tos = true;
+            }};
         }
         macro_rules! int_cmp {
-            ($set:ident) => {
-                dynasm!(ops ; .arch x64
-                    ; mov rax, QWORD [rbx + a] ; cmp rax, QWORD [rbx + b] ; $set al ; movzx eax, al
-                    ; mov QWORD [rbx + a], rax)
-            };
+            ($set:ident) => {{
+                if tos {
+                    dynasm!(ops ; .arch x64 ; mov rcx, rax ; mov rax, QWORD [rbx + a] ; cmp rax, rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; cmp rax, QWORD [rbx + b]);
+                }
+                dynasm!(ops ; .arch x64 ; $set al ; movzx eax, al);
+                tos = true;
+            }};
         }
         macro_rules! flt_bin {
-            ($ins:ident) => {
+            ($ins:ident) => {{
+                flush!();
                 dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + a] ; $ins xmm0, QWORD [rbx + b] ; movq QWORD [rbx + a], xmm0)
-            };
+            }};
         }
         // a OP b where OP is above (>) or above-or-equal (>=), NaN false.
         macro_rules! flt_cmp {
-            ($x:ident, $y:ident, $set:ident) => {
+            ($x:ident, $y:ident, $set:ident) => {{
+                flush!();
                 dynasm!(ops ; .arch x64
                     ; movq xmm0, QWORD [rbx + a] ; movq xmm1, QWORD [rbx + b]
                     ; ucomisd $x, $y ; $set al ; movzx eax, al ; mov QWORD [rbx + a], rax)
-            };
+            }};
         }
         match *op {
             Op::ConstI(v) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD v ; mov QWORD [rbx + slot(d)], rax)
+                flush!();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD v);
+                tos = true;
             }
             Op::ConstF(bits) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD bits as i64 ; mov QWORD [rbx + slot(d)], rax)
+                flush!();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD bits as i64);
+                tos = true;
             }
             Op::FuncAddr(i) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD env.func_ptrs[i as usize] as i64 ; mov QWORD [rbx + slot(d)], rax)
+                flush!();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD env.func_ptrs[i as usize] as i64);
+                tos = true;
             }
             Op::Get(l) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + local(l)] ; mov QWORD [rbx + slot(d)], rax)
+                flush!();
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + local(l)]);
+                tos = true;
             }
             Op::Set(l) | Op::Tee(l) => {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b] ; mov QWORD [rbx + local(l)], rax)
+                if !tos {
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b]);
+                }
+                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + local(l)], rax);
+                // tee keeps the value on the stack (in rax, and maybe in its slot too).
+                tos = matches!(op, Op::Tee(_));
             }
-            Op::Drop => {}
+            Op::Drop => tos = false,
             Op::IAdd => {
                 // The guard: signed overflow deoptimizes (the interpreter wraps,
                 // so the result is the same either way).
-                let g = guard();
                 if env.force_deopt {
+                    flush!();
+                    let g = guard!(None);
                     dynasm!(ops ; .arch x64 ; jmp =>g);
-                } else {
+                } else if tos {
+                    let g = guard!(Some((RCX, b)));
                     dynasm!(ops ; .arch x64
-                        ; mov rax, QWORD [rbx + a] ; add rax, QWORD [rbx + b] ; jo =>g ; mov QWORD [rbx + a], rax);
+                        ; mov rcx, rax ; mov rax, QWORD [rbx + a] ; add rax, rcx ; jo =>g);
+                } else {
+                    let g = guard!(None);
+                    dynasm!(ops ; .arch x64
+                        ; mov rax, QWORD [rbx + a] ; add rax, QWORD [rbx + b] ; jo =>g);
                 }
+                tos = true;
             }
             Op::ISub => int_bin!(sub),
             Op::IMul => int_bin!(imul),
@@ -333,7 +408,8 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Op::IOr => int_bin!(or),
             Op::IXor => int_bin!(xor),
             Op::IDivS | Op::IRemS => {
-                let g = guard();
+                flush!();
+                let g = guard!(None);
                 let done = ops.new_dynamic_label();
                 let normal = ops.new_dynamic_label();
                 dynasm!(ops ; .arch x64
@@ -343,26 +419,30 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                 );
                 // x / -1 = wrapping negation, x % -1 = 0 (idiv would fault on MIN / -1).
                 if *op == Op::IDivS {
-                    dynasm!(ops ; .arch x64 ; neg rax ; mov QWORD [rbx + a], rax ; jmp =>done);
+                    dynasm!(ops ; .arch x64 ; neg rax ; jmp =>done);
                 } else {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], 0 ; jmp =>done);
+                    dynasm!(ops ; .arch x64 ; xor eax, eax ; jmp =>done);
                 }
                 dynasm!(ops ; .arch x64 ; =>normal ; cqo ; idiv rcx);
-                if *op == Op::IDivS {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rax);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rdx);
+                if *op == Op::IRemS {
+                    dynasm!(ops ; .arch x64 ; mov rax, rdx);
                 }
                 dynasm!(ops ; .arch x64 ; =>done);
+                tos = true;
             }
             Op::IShl | Op::IShrS | Op::IShrU => {
-                dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rbx + b] ; mov rax, QWORD [rbx + a]);
+                if tos {
+                    dynasm!(ops ; .arch x64 ; mov rcx, rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rbx + b]);
+                }
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a]);
                 match *op {
                     Op::IShl => dynasm!(ops ; .arch x64 ; shl rax, cl),
                     Op::IShrS => dynasm!(ops ; .arch x64 ; sar rax, cl),
                     _ => dynasm!(ops ; .arch x64 ; shr rax, cl),
                 }
-                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + a], rax);
+                tos = true;
             }
             Op::IEq => int_cmp!(sete),
             Op::INe => int_cmp!(setne),
@@ -370,8 +450,15 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Op::ILeS => int_cmp!(setle),
             Op::IGtS => int_cmp!(setg),
             Op::IGeS => int_cmp!(setge),
-            Op::IEqz => dynasm!(ops ; .arch x64
-                ; cmp QWORD [rbx + b], 0 ; sete al ; movzx eax, al ; mov QWORD [rbx + b], rax),
+            Op::IEqz => {
+                if tos {
+                    dynasm!(ops ; .arch x64 ; test rax, rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0);
+                }
+                dynasm!(ops ; .arch x64 ; sete al ; movzx eax, al);
+                tos = true;
+            }
             Op::FAdd => flt_bin!(addsd),
             Op::FSub => flt_bin!(subsd),
             Op::FMul => flt_bin!(mulsd),
@@ -381,6 +468,7 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Op::FLt => flt_cmp!(xmm1, xmm0, seta),
             Op::FLe => flt_cmp!(xmm1, xmm0, setae),
             Op::FEq | Op::FNe => {
+                flush!();
                 dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + a] ; ucomisd xmm0, QWORD [rbx + b]);
                 if *op == Op::FEq {
                     dynasm!(ops ; .arch x64 ; sete al ; setnp cl ; and al, cl);
@@ -390,38 +478,72 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                 dynasm!(ops ; .arch x64 ; movzx eax, al ; mov QWORD [rbx + a], rax);
             }
             Op::IToF => {
-                dynasm!(ops ; .arch x64 ; cvtsi2sd xmm0, QWORD [rbx + b] ; movq QWORD [rbx + b], xmm0)
+                if tos {
+                    dynasm!(ops ; .arch x64 ; cvtsi2sd xmm0, rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; cvtsi2sd xmm0, QWORD [rbx + b]);
+                }
+                dynasm!(ops ; .arch x64 ; movq rax, xmm0);
+                tos = true;
             }
             Op::FToI => {
-                dynasm!(ops ; .arch x64 ; cvttsd2si rax, QWORD [rbx + b] ; mov QWORD [rbx + b], rax)
+                if tos {
+                    dynasm!(ops ; .arch x64 ; movq xmm0, rax ; cvttsd2si rax, xmm0);
+                } else {
+                    dynasm!(ops ; .arch x64 ; cvttsd2si rax, QWORD [rbx + b]);
+                }
+                tos = true;
             }
             Op::Load32S | Op::Load64 | Op::LoadF64 => {
-                let g = guard();
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b] ; test rax, rax ; jz =>g);
+                if !tos {
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + b]);
+                }
+                // The pointer is in rax (and maybe not in its slot): the
+                // deopt path stores it.
+                let g = guard!(Some((RAX, b)));
+                dynasm!(ops ; .arch x64 ; test rax, rax ; jz =>g);
                 if *op == Op::Load32S {
                     dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rax]);
                 } else {
                     dynasm!(ops ; .arch x64 ; mov rax, QWORD [rax]);
                 }
-                dynasm!(ops ; .arch x64 ; mov QWORD [rbx + b], rax);
+                tos = true;
             }
             Op::Store32 | Op::Store64 => {
-                let g = guard();
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; test rax, rax ; jz =>g ; mov rcx, QWORD [rbx + b]);
+                if tos {
+                    dynasm!(ops ; .arch x64 ; mov rcx, rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rbx + b]);
+                }
+                // The value is in rcx (and maybe not in its slot).
+                let g = guard!(Some((RCX, b)));
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD [rbx + a] ; test rax, rax ; jz =>g);
                 if *op == Op::Store32 {
                     dynasm!(ops ; .arch x64 ; mov DWORD [rax], ecx);
                 } else {
                     dynasm!(ops ; .arch x64 ; mov QWORD [rax], rcx);
                 }
+                tos = false;
             }
-            Op::Br(t) => dynasm!(ops ; .arch x64 ; jmp =>labels[t as usize]),
-            Op::BrIf(t) => {
-                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0 ; jne =>labels[t as usize])
+            Op::Br(t) => {
+                flush!();
+                dynasm!(ops ; .arch x64 ; jmp =>labels[t as usize]);
             }
-            Op::BrUnless(t) => {
-                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0 ; je =>labels[t as usize])
+            Op::BrIf(t) | Op::BrUnless(t) => {
+                if tos {
+                    dynasm!(ops ; .arch x64 ; test rax, rax);
+                } else {
+                    dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + b], 0);
+                }
+                if let Op::BrIf(_) = *op {
+                    dynasm!(ops ; .arch x64 ; jne =>labels[t as usize]);
+                } else {
+                    dynasm!(ops ; .arch x64 ; je =>labels[t as usize]);
+                }
+                tos = false;
             }
             Op::Call(i) | Op::CallNative(i) => {
+                flush!();
                 let (sig, stub) = match *op {
                     Op::Call(_) => (
                         &program.functions[i as usize].sig,
@@ -482,17 +604,25 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                 }
             }
             Op::Return => {
-                match ret_scalar {
-                    None => {}
-                    Some(Scalar::F64) => dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + b]),
-                    Some(s) => extend_mem(&mut ops, s, Gpr::Rbx as u8, b),
+                match (ret_scalar, tos) {
+                    (None, _) => {}
+                    (Some(Scalar::F64), true) => dynasm!(ops ; .arch x64 ; movq xmm0, rax),
+                    (Some(Scalar::F64), false) => {
+                        dynasm!(ops ; .arch x64 ; movq xmm0, QWORD [rbx + b])
+                    }
+                    (Some(s), true) => extend_reg(&mut ops, s, RAX),
+                    (Some(s), false) => extend_mem(&mut ops, s, Gpr::Rbx as u8, b),
                 }
                 dynasm!(ops ; .arch x64 ; jmp =>epilogue);
+                tos = false;
             }
         }
     }
-    for (l, pc) in deopts {
+    for (l, pc, spill) in deopts {
         dynasm!(ops ; .arch x64 ; =>l);
+        if let Some((r, at)) = spill {
+            dynasm!(ops ; .arch x64 ; mov QWORD [rbx + at], Rq(r));
+        }
         deopt_at(&mut ops, pc);
     }
     dynasm!(ops ; .arch x64
