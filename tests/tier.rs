@@ -773,3 +773,43 @@ fn random_programs_agree_interpreted_tiered_and_deoptimized() {
         "compiled {compiled} times over {cases} programs"
     );
 }
+
+#[test]
+fn a_comparator_called_from_c_tiers_up_from_its_calls() {
+    // No back edges count; only calls, which arrive from C's qsort through
+    // the comparator's native pointer: after ten, it is compiled, and the
+    // rest of qsort's calls reach the compiled code through the same pointer.
+    let rt = runtime(
+        support::generated(),
+        TierConfig {
+            call_threshold: 10,
+            loop_threshold: u32::MAX,
+            ..TierConfig::default()
+        },
+    );
+    unsafe extern "C" {
+        fn qsort(
+            base: *mut std::ffi::c_void,
+            n: usize,
+            size: usize,
+            cmp: extern "C" fn(*const i32, *const i32) -> i32,
+        );
+    }
+    // SAFETY: cmp_slow's native pointer is an `extern "C" fn(ptr, ptr) -> i32`.
+    let cmp: extern "C" fn(*const i32, *const i32) -> i32 =
+        unsafe { std::mem::transmute(rt.entry_point("cmp_slow").unwrap()) };
+    let mut data: Vec<i32> = (0..500).map(|i| (i * 37 % 499) - 250).collect();
+    // SAFETY: `data` holds `len` i32s; `cmp` compares two of them.
+    unsafe { qsort(data.as_mut_ptr().cast(), data.len(), 4, cmp) };
+    assert!(
+        data.windows(2).all(|w| w[0].abs() <= w[1].abs()),
+        "{data:?}"
+    );
+    let s = rt.tier_stats();
+    // cmp_slow, and abs_i64, which it calls.
+    assert_eq!((s.osr_entries, s.compiled), (0, 2), "{s:?}");
+    let t = rt.tier_table();
+    let f = tierbridge::host::FuncId(rt.program().function("cmp_slow").unwrap() as u64);
+    let st = t.fn_stats(f).unwrap();
+    assert!(st.compiled && st.calls == 10, "{st:?}");
+}
