@@ -5,7 +5,9 @@
 //!
 //! ## Organization
 //!
-//! The crate is layered; each layer only uses the ones above it.
+//! The crate is layered; each layer only uses the ones above it (`tier`
+//! stands below `thunks` and `host`, and above `interp`, which it never
+//! imports).
 //!
 //! - [`abi`] — **pure data, no unsafe code.** C signatures (parsed from text
 //!   or built in code), their x86-64 C layout, the closed [`abi::CallConv`]
@@ -21,11 +23,14 @@
 //!   generated from the classification (dynasm, W^X executable memory; one
 //!   copy of the code per machine shape, shared by every signature of that
 //!   shape), or libffi where code cannot be generated.
+//! - [`tier`] — tiers for any interpreter and any JIT, knowing no bytecode:
+//!   executable memory for anyone's code ([`tier::CodeMemory`]), entry cells
+//!   with stable native pointers, hotness counted from the interpreter and
+//!   from C, a [`tier::Compiler`] the user plugs in, and the OSR and
+//!   deoptimization protocols ([`tier::TierTable`]).
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
-//!   end to end: natives through exit stubs, interpreted functions as C
-//!   function pointers.
-//! - [`tier`] — entry cells, tier-up to a baseline JIT, on-stack replacement
-//!   and deoptimization, for the interpreter.
+//!   end to end (natives through exit stubs, interpreted functions as C
+//!   function pointers), with a baseline JIT: one client of [`tier`].
 //! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
 //!   native imports through exit stubs, exports as C function pointers.
 //! - Internal modules, each with unsafe code of its own: `table` (the
