@@ -19,6 +19,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
 use dynasmrt::{DynasmApi, dynasm};
 use measure::median;
 use tierbridge::abi::{CallConv, Signature};
@@ -144,6 +145,7 @@ impl Interpreter for Sum {
 /// 15 in 16 slots and deoptimizes at once; its OSR entry (header 0) sums
 /// the 16 slots it is given. Returns ns per: OSR, a compiled call that
 /// deoptimizes, a compiled call that does not (`lea rax, [rdi+rsi]`).
+#[cfg(target_arch = "x86_64")]
 fn protocol_costs(bridge: &Arc<Bridge>, iters: u32, rounds: usize) -> [f64; 3] {
     let t = TierTable::new(
         bridge.clone(),
@@ -236,6 +238,12 @@ fn protocol_costs(bridge: &Arc<Bridge>, iters: u32, rounds: usize) -> [f64; 3] {
         rows[2].push(per_iter(iters, call(adds)));
     }
     rows.map(median)
+}
+
+/// Code is written for x86-64 only (and generated there only).
+#[cfg(not(target_arch = "x86_64"))]
+fn protocol_costs(_: &Arc<Bridge>, _: u32, _: usize) -> [f64; 3] {
+    [f64::NAN; 3]
 }
 
 fn main() {
