@@ -1187,3 +1187,47 @@ fn eight_threads_needing_the_slot_stubs_of_a_fresh_signature_at_once() {
         }
     }
 }
+
+/// ABI.md ("Who extends narrow integers"): an entry point returns a narrow
+/// integer result extended to 64 bits as its type says, on every backend
+/// and convention (C reads only the declared width, but the backends agree
+/// with each other and with ABI.md). Read as a 64-bit result through a Rust
+/// function pointer of the same convention; the wanted values are the
+/// host's result worked out by hand from -1 (all ones) and 0x80 / 0x8000 /
+/// 0x8000_0000 (sign bit set in the declared width only).
+#[test]
+fn entry_points_return_narrow_results_extended_to_64_bits_on_every_backend() {
+    let cases: [(&str, u64, u64); 8] = [
+        ("()->i8", u64::MAX, u64::MAX),
+        ("()->i8", 0x80, 0xffff_ffff_ffff_ff80),
+        ("()->u8", u64::MAX, 0xff),
+        ("()->i16", 0x8000, 0xffff_ffff_ffff_8000),
+        ("()->u16", u64::MAX, 0xffff),
+        ("()->i32", 0x8000_0000, 0xffff_ffff_8000_0000),
+        ("()->u32", u64::MAX, 0xffff_ffff),
+        ("()->bool", 1, 1),
+    ];
+    for (name, b) in support::all_bridges() {
+        for conv in CallConv::ALL {
+            for (text, host_result, want) in cases {
+                let d = Dispatcher::from_host(
+                    Arc::new(move |c: EntryCall<'_>| -> Result<(), HostError> {
+                        c.ret[0] = host_result;
+                        Ok(())
+                    }),
+                    FailurePolicy::Report,
+                );
+                let e = b.entry_point(&sig(text), conv, &d, 0).unwrap();
+                // SAFETY: a function of no arguments returning in rax, read
+                // whole; the handle outlives the call.
+                let got = unsafe {
+                    match conv {
+                        CallConv::SysV => e.as_fn::<extern "C" fn() -> u64>()(),
+                        _ => e.as_fn::<extern "win64" fn() -> u64>()(),
+                    }
+                };
+                assert_eq!(got, want, "{name} {conv} {text} returning {host_result:#x}");
+            }
+        }
+    }
+}

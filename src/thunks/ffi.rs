@@ -194,6 +194,19 @@ impl FfiCif {
         }
         let rtype = match sig.ret() {
             None => scalar_type_void(),
+            // A closure's narrow integer result is described to libffi as
+            // 64 bits: the handler writes it extended as its type says, and
+            // libffi then returns all of rax (it would load only the
+            // declared width and zero the upper half; ABI.md, "Who extends
+            // narrow integers"). A call (`ffi_call`) keeps the declared
+            // width: there libffi extends what the callee left.
+            Some(Type::Scalar(s)) if closure && !s.is_float() && s.size() < 8 => {
+                scalar_type(if s.is_signed() {
+                    Scalar::I64
+                } else {
+                    Scalar::U64
+                })
+            }
             Some(ty) => {
                 let t = libffi_type_for(ty, conv, true)?;
                 arena.get(&t)
@@ -424,7 +437,9 @@ fn va_plan(layout: &CallLayout, nfixed: usize) -> VaPlan {
 pub(super) struct FfiBackend {
     /// Per convention, by signature id.
     exits: [IdTable<Arc<FfiCif>>; 2],
-    va_closures: [IdTable<Arc<FfiCif>>; 2],
+    /// Closures whose cif differs from the exit's: declared variadic
+    /// signatures, and narrow integer results (described as 64 bits).
+    closures: [IdTable<Arc<FfiCif>>; 2],
 }
 
 impl FfiBackend {
@@ -455,10 +470,13 @@ impl FfiBackend {
     }
 
     /// The cif a closure of this signature calls through: the exit cif, or
-    /// for a declared variadic signature the one for its fixed part.
+    /// one of its own for a declared variadic signature (its fixed part) or a
+    /// narrow integer result (returned as 64 bits, extended).
     fn entry_cif(&self, reg: &'static Registry, id: SigId, conv: CallConv) -> Result<Arc<FfiCif>> {
-        if reg.signature(id)?.is_variadic() {
-            Self::cached(&self.va_closures, reg, id, conv, true)
+        let sig = reg.signature(id)?;
+        let narrow = matches!(sig.ret(), Some(Type::Scalar(s)) if !s.is_float() && s.size() < 8);
+        if sig.is_variadic() || narrow {
+            Self::cached(&self.closures, reg, id, conv, true)
         } else {
             self.exit_cif(reg, id, conv)
         }
