@@ -17,6 +17,9 @@
 //!   the [`host::Host`] trait and raw dispatcher an entry point calls, and the
 //!   policy that keeps failures and panics from ever unwinding through native
 //!   frames.
+//! - [`native`] — native libraries and their symbols (`dlopen`/`dlsym`),
+//!   with errors that name the library and the symbol: how the crate and
+//!   its users find the C functions they call.
 //! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
 //!   exit stubs (interpreter → native) and entry points (native →
 //!   interpreter) through one of two backends behind one API: x86-64 code
@@ -65,6 +68,7 @@ pub mod abi;
 mod code;
 pub mod host;
 pub mod interp;
+pub mod native;
 mod sys;
 mod table;
 pub mod thunks;

@@ -78,9 +78,9 @@ pub enum WasmError {
     /// wasmi refused a definition.
     #[error("wasmi: {0}")]
     Wasmi(String),
-    /// A shared library or symbol could not be loaded.
-    #[error("loading native code: {0}")]
-    Load(String),
+    /// A library or symbol lookup failed (it names both).
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeError),
 }
 
 /// How one wasm value travels as one C value.
@@ -367,37 +367,9 @@ impl NativeFn {
     }
 }
 
-/// A loaded shared library (`dlopen`), kept alive while its functions are used.
-#[derive(Debug)]
-pub struct NativeLibrary(libloading::Library);
-
-impl NativeLibrary {
-    /// Opens a shared library by path or name (`"libm.so.6"`).
-    ///
-    /// # Safety
-    /// Loading a library runs its initialisers.
-    ///
-    /// # Errors
-    /// [`WasmError::Load`] if it cannot be loaded.
-    pub unsafe fn open(name: &str) -> Result<NativeLibrary, WasmError> {
-        // SAFETY: forwarded contract.
-        unsafe { libloading::Library::new(name) }
-            .map(NativeLibrary)
-            .map_err(|e| WasmError::Load(format!("{name}: {e}")))
-    }
-
-    /// The address of `symbol` (`dlsym`).
-    ///
-    /// # Errors
-    /// [`WasmError::Load`] if there is no such symbol.
-    pub fn symbol(&self, symbol: &str) -> Result<*const c_void, WasmError> {
-        let name = format!("{symbol}\0");
-        // SAFETY: the symbol is only read as an address.
-        unsafe { self.0.get::<*const c_void>(name.as_bytes()) }
-            .map(|s| *s)
-            .map_err(|e| WasmError::Load(format!("{symbol}: {e}")))
-    }
-}
+/// Native libraries and symbol lookup are the core crate's
+/// ([`crate::native`]), re-exported here for the embedding's users.
+pub use crate::native::NativeLibrary;
 
 /// Connects wasmi modules to native code through a [`Bridge`].
 #[derive(Clone, Debug)]

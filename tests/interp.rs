@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tierbridge::host::FailurePolicy;
 use tierbridge::interp::{InterpError, Runtime, parse_program};
+use tierbridge::native::NativeLibrary;
 use tierbridge::thunks::Bridge;
 use tierbridge::tier::TierConfig;
 
@@ -141,19 +142,18 @@ fn trunc(x: f64) -> i64
 end
 "#;
 
-/// Makes libm's symbols visible to `dlsym(RTLD_DEFAULT, …)` (the test binary
-/// itself need not link it).
-fn load_libm() {
-    // SAFETY: dlopen of the system math library; the handle is kept for the process.
-    let h = unsafe { libc::dlopen(c"libm.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    assert!(!h.is_null(), "libm.so.6 could not be loaded");
+/// The C math library (the test binary itself need not link it), opened
+/// once and kept for the process.
+fn libm() -> &'static NativeLibrary {
+    static LIBM: OnceLock<NativeLibrary> = OnceLock::new();
+    // SAFETY: loading the system math library runs only its own initialisers.
+    LIBM.get_or_init(|| unsafe { NativeLibrary::open("libm.so.6") }.expect("libm.so.6 loads"))
 }
 
 /// The program interpreted on every backend, then tiered (compiled at the
 /// first call, OSR at the first back-edge) and with every guard forced to
 /// deoptimize: every test checks the same results all five ways.
 fn runtimes() -> Vec<(String, Runtime)> {
-    load_libm();
     let program = parse_program(PROGRAM).expect("the program verifies");
     let hot = TierConfig {
         call_threshold: 1,
@@ -186,8 +186,10 @@ fn runtimes() -> Vec<(String, Runtime)> {
                 // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
                 unsafe { Runtime::with_tiers(program.clone(), Arc::new(b), FailurePolicy::Report, config) }
                     .unwrap();
-            // SAFETY: abs, pow and qsort from the C library have the declared signatures.
-            unsafe { rt.bind_natives_from_process() }.unwrap();
+            let process = NativeLibrary::this_process().unwrap();
+            // SAFETY: pow from libm, abs and qsort from the C library have the
+            // declared signatures.
+            unsafe { rt.bind_natives_from(&[libm(), &process]) }.unwrap();
             (name, rt)
         })
         .collect()
@@ -270,10 +272,13 @@ fn traps_and_bad_calls_are_errors() {
     }
     .unwrap();
     // SAFETY: nothing is bound: the symbol does not exist.
-    assert!(matches!(
-        unsafe { rt.bind_natives_from_process() },
-        Err(InterpError::Unbound(_))
-    ));
+    let e = unsafe { rt.bind_natives_from_process() }.unwrap_err();
+    assert!(matches!(e, InterpError::Native(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("nosuchsymbol_tierbridge") && text.contains("this process"),
+        "the error names the symbol and where it was looked for: {text}"
+    );
     assert!(matches!(rt.call("f", &[]), Err(InterpError::Unbound(_))));
 }
 

@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use super::{InterpError, Op, Program};
 use crate::abi::{CallConv, Type};
 use crate::host::{EntryError, FailurePolicy, FuncId, HostError};
+use crate::native::NativeLibrary;
 use crate::thunks::{Bridge, ExitStub, ThunkError};
 use crate::tier::{
     FnDecl, FrameState, Interpreter, OsrOutcome, TierCall, TierConfig, TierError, TierStats,
@@ -245,26 +246,43 @@ impl Runtime {
             .map_err(|_| InterpError::Call(format!("native {name} is already bound")))
     }
 
-    /// Binds every unbound native by looking its name up in the process's
-    /// loaded libraries (`dlsym(RTLD_DEFAULT, name)`).
+    /// Binds every unbound native by looking its name up among the process's
+    /// own symbols ([`NativeLibrary::this_process`]: the program and the
+    /// libraries loaded with it).
     ///
     /// # Safety
     /// Each symbol found must be a function with the declared signature.
     ///
     /// # Errors
-    /// [`InterpError::Unbound`] for a symbol that is not found.
+    /// [`InterpError::Native`] for a symbol that is not found (it names the
+    /// symbol, and says that a library the program does not link has to be
+    /// opened: [`Runtime::bind_natives_from`]).
     pub unsafe fn bind_natives_from_process(&self) -> Result<(), InterpError> {
+        let process = NativeLibrary::this_process()?;
+        // SAFETY: forwarded contract.
+        unsafe { self.bind_natives_from(&[&process]) }
+    }
+
+    /// Binds every unbound native to the symbol of its name in the first of
+    /// `libraries` that has it (for example a `libm` opened with
+    /// [`NativeLibrary::open`], then [`NativeLibrary::this_process`]). The
+    /// libraries must stay loaded while the runtime is used.
+    ///
+    /// # Safety
+    /// Each symbol found must be a function with the declared signature.
+    ///
+    /// # Errors
+    /// [`InterpError::Native`] naming the symbol and every library searched;
+    /// nothing is bound after the first native that is not found.
+    pub unsafe fn bind_natives_from(
+        &self,
+        libraries: &[&NativeLibrary],
+    ) -> Result<(), InterpError> {
         for (i, n) in self.inner.program.natives.iter().enumerate() {
             if self.inner.natives[i].get().is_some() {
                 continue;
             }
-            let name = std::ffi::CString::new(n.name.clone())
-                .map_err(|_| InterpError::Unbound(n.name.clone()))?;
-            // SAFETY: dlsym with a valid NUL-terminated name; the result is only an address.
-            let addr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            if addr.is_null() {
-                return Err(InterpError::Unbound(n.name.clone()));
-            }
+            let addr = NativeLibrary::find(libraries, &n.name)?;
             // SAFETY: forwarded contract.
             unsafe { self.bind_native(&n.name, addr) }?;
         }

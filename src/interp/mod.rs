@@ -80,8 +80,14 @@ pub enum InterpError {
     #[error("{0}")]
     Call(String),
     /// A native function that is not bound.
-    #[error("native function {0} has no address (bind it or resolve it with dlsym)")]
+    #[error(
+        "native function {0} has no address (bind it with Runtime::bind_native or look it up with Runtime::bind_natives_from)"
+    )]
     Unbound(String),
+    /// A native function's symbol was not found (the error names it and
+    /// every library searched).
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeError),
     /// The bridge refused something.
     #[error(transparent)]
     Thunk(#[from] crate::thunks::ThunkError),
