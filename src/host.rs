@@ -8,6 +8,10 @@
 //! - implement [`Host`] (any `Fn(EntryCall) -> Result<(), HostError>` does) and
 //!   use [`Dispatcher::from_host`]: panics and errors are caught at the
 //!   boundary;
+//! - for a single-threaded interpreter (`Rc`, `RefCell`: not `Send`/`Sync`),
+//!   implement [`LocalHost`] (any such closure does) and use
+//!   [`Dispatcher::from_local_host`]: calls on the thread that bound it run
+//!   it, calls from other threads are refused ([`STATUS_WRONG_THREAD`]);
 //! - register a raw `extern "C"` [`RawDispatch`] with [`Dispatcher::from_raw`].
 //!
 //! A failing call never unwinds through native frames. What happens instead
@@ -39,6 +43,9 @@ pub const STATUS_OK: u32 = 0;
 pub const STATUS_ERROR: u32 = 1;
 /// Status: the host panicked.
 pub const STATUS_PANIC: u32 = 2;
+/// Status: a host bound with [`Dispatcher::from_local_host`] was called from
+/// a thread other than its own, and did not run.
+pub const STATUS_WRONG_THREAD: u32 = 3;
 
 /// The error type a [`Host`] returns.
 pub type HostError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -111,6 +118,69 @@ where
     }
 }
 
+/// A host that lives on one thread: an interpreter built on `Rc`, `Cell`,
+/// `RefCell` (anything not `Send`/`Sync`). Bind it with
+/// [`Dispatcher::from_local_host`]: calls made on the thread that bound it
+/// run it, calls from any other thread are refused.
+pub trait LocalHost: 'static {
+    /// Runs `call.func` with `call.args`, writing `call.ret`; always on the
+    /// host's own thread.
+    ///
+    /// # Errors
+    /// Any error; it travels as described in the [module docs](self).
+    fn call(&self, call: EntryCall<'_>) -> Result<(), HostError>;
+}
+
+impl<F> LocalHost for F
+where
+    F: Fn(EntryCall<'_>) -> Result<(), HostError> + 'static,
+{
+    fn call(&self, call: EntryCall<'_>) -> Result<(), HostError> {
+        self(call)
+    }
+}
+
+/// This thread's serial number: unique for the process's whole run (never
+/// reused when a thread exits, unlike a thread-local's address).
+fn thread_serial() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SERIAL: Cell<u64> = const { Cell::new(0) };
+    }
+    SERIAL.with(|s| {
+        if s.get() == 0 {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        s.get()
+    })
+}
+
+/// A [`LocalHost`] with the thread it belongs to.
+struct Local<H> {
+    owner: u64,
+    host: std::mem::ManuallyDrop<H>,
+}
+
+// SAFETY: `host` is only ever touched on the thread whose serial is `owner`:
+// `dispatch_local` calls it only after checking the caller's serial, and
+// `Drop` drops it only there (elsewhere it is leaked). Other threads only
+// read `owner`, a plain integer fixed at construction.
+unsafe impl<H> Send for Local<H> {}
+// SAFETY: as for Send.
+unsafe impl<H> Sync for Local<H> {}
+
+impl<H> Drop for Local<H> {
+    fn drop(&mut self) {
+        if thread_serial() == self.owner {
+            // SAFETY: dropped once, here, on the host's own thread.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.host) };
+        }
+        // Elsewhere the host is leaked: dropping it there could race with
+        // its own thread (an `Rc`'s count is not atomic).
+    }
+}
+
 /// What to do when the host fails a call that came from native code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum FailurePolicy {
@@ -154,6 +224,31 @@ impl Dispatcher {
             ctx,
             policy,
             _keep: Some(host),
+        }
+    }
+
+    /// A dispatcher for a host that is not `Send`/`Sync` (an `Rc<RefCell<..>>`
+    /// interpreter), owned by the calling thread. A call through an entry
+    /// point bound with it runs `host` when it is made on this thread; from
+    /// any other thread it does not run, and the call fails with
+    /// [`STATUS_WRONG_THREAD`] ([`EntryError::WrongThread`]) under `policy`:
+    /// a zeroed result and the failure kept for the calling thread
+    /// (`Report`), or an abort (`Abort`).
+    ///
+    /// The host is dropped when the last entry point and dispatcher that
+    /// hold it are gone, if that happens on its thread; if the last one is
+    /// dropped on another thread, the host is leaked instead (never dropped
+    /// there).
+    pub fn from_local_host<H: LocalHost>(host: H, policy: FailurePolicy) -> Dispatcher {
+        let local = Arc::new(Local {
+            owner: thread_serial(),
+            host: std::mem::ManuallyDrop::new(host),
+        });
+        Dispatcher {
+            dispatch: dispatch_local::<H>,
+            ctx: Arc::as_ptr(&local) as *mut c_void,
+            policy,
+            _keep: Some(local),
         }
     }
 
@@ -209,6 +304,13 @@ pub enum EntryError {
         /// The panic message, when it was a string.
         message: String,
     },
+    /// A host bound with [`Dispatcher::from_local_host`] was called from a
+    /// thread other than its own; it did not run.
+    #[error("host function {func} belongs to another thread; a call from this one was refused")]
+    WrongThread {
+        /// The bound function id.
+        func: u64,
+    },
     /// A raw dispatcher returned a failure status.
     #[error("host function {func} returned status {status}")]
     Status {
@@ -224,6 +326,7 @@ impl EntryError {
         match self {
             EntryError::Host { .. } => STATUS_ERROR,
             EntryError::Panic { .. } => STATUS_PANIC,
+            EntryError::WrongThread { .. } => STATUS_WRONG_THREAD,
             EntryError::Status { status, .. } => *status,
         }
     }
@@ -345,6 +448,46 @@ unsafe extern "C" fn dispatch_host<H: Host>(
     let b = unsafe { &*binding };
     // SAFETY: as above.
     let host = unsafe { &*(b.ctx as *const H) };
+    // SAFETY: forwarded contract.
+    unsafe { run_host(b, args, ret, va, |call| host.call(call)) }
+}
+
+/// [`RawDispatch`] for a [`Local`] host: the host runs only on its thread.
+///
+/// # Safety
+/// As `dispatch_host`, with `binding.ctx` the `Local<H>` of a live
+/// [`Dispatcher::from_local_host`].
+unsafe extern "C" fn dispatch_local<H: LocalHost>(
+    binding: *const RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+) -> u32 {
+    // SAFETY: by this function's contract.
+    let b = unsafe { &*binding };
+    // SAFETY: as above; only `owner` is read before the thread check.
+    let local = unsafe { &*(b.ctx as *const Local<H>) };
+    if thread_serial() != local.owner {
+        return wrong_thread(b.func);
+    }
+    // SAFETY: forwarded contract; this is the host's own thread.
+    unsafe { run_host(b, args, ret, va, |call| local.host.call(call)) }
+}
+
+/// What both dispatchers do once they have their host: the call made of the
+/// binding and the slots, its panic caught, its failure recorded.
+///
+/// # Safety
+/// The slot pointers are valid for the binding's counts; a non-null `va`
+/// points to a cursor filled for this call.
+#[inline(always)]
+unsafe fn run_host(
+    b: &RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+    host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
+) -> u32 {
     // SAFETY: backends pass non-null slot pointers valid for the counts.
     let args = unsafe { std::slice::from_raw_parts(args, b.nargs as usize) };
     // SAFETY: as above; the result slots are not aliased during the call.
@@ -352,7 +495,7 @@ unsafe extern "C" fn dispatch_host<H: Host>(
     // SAFETY: a non-null `va` points to a cursor filled by the backend for this call.
     let varargs = unsafe { va.as_mut() }.map(VaArgs::new);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        host.call(EntryCall {
+        host(EntryCall {
             func: FuncId(b.func),
             args,
             ret,
@@ -385,6 +528,14 @@ pub(crate) fn guarded_call(
     };
     after_dispatch(status, func, policy, ret);
     status
+}
+
+/// Records a call refused for being on the wrong thread; returns its status.
+#[cold]
+#[inline(never)]
+fn wrong_thread(func: u64) -> u32 {
+    record_failure(EntryError::WrongThread { func });
+    STATUS_WRONG_THREAD
 }
 
 /// Records a host error; returns its status.
