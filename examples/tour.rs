@@ -183,6 +183,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         secs * 1e3,
         calls / secs / 1e6
     );
+    // The same comparator in a tiered runtime: qsort's calls through its
+    // native pointer count, and after 1000 of them it runs compiled code.
+    // SAFETY: as above.
+    let tiered_rt = unsafe {
+        Runtime::with_tiers(
+            parse_program(PROGRAM)?,
+            bridge.clone(),
+            FailurePolicy::Report,
+            TierConfig::default(),
+        )
+    }?;
+    // SAFETY: as above.
+    unsafe { tiered_rt.bind_natives_from_process() }?;
+    let mut big2: Vec<i32> = (0..n)
+        .map(|i| ((i as i64 * 2_654_435_761) % 1_000_003) as i32)
+        .collect();
+    let t = Instant::now();
+    tiered_rt.call("sort", &[big2.as_mut_ptr() as u64, n as u64])?;
+    let tiered_secs = t.elapsed().as_secs_f64();
+    assert_eq!(big, big2);
+    println!(
+        "  the same, tiered: {:.0} ms ({:.1}x; the comparator was compiled after 1000 of C's calls: {} compiled)",
+        tiered_secs * 1e3,
+        secs / tiered_secs,
+        tiered_rt.tier_stats().compiled
+    );
 
     section("4. tier-up: a hot interpreted loop moves into compiled code (OSR)");
     let iters = 3_000_000u64;
@@ -225,10 +251,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", measure::markdown(&table));
     let (r1, r2, r3, r4) = measure::summary(&table);
     println!(
-        "summary: exit_ratio={r1:.2} entry_ratio={r2:.2} exit_vs_libffi={r3:.1} entry_vs_libffi={r4:.1}"
+        "  in short: on the shapes of up to 8 scalar arguments a generated exit costs at most \
+         {r1:.1}x and an entry at most {r2:.1}x a direct call; libffi is at least {r3:.1}x (exits) \
+         and {r4:.1}x (entries) slower than the generated path."
     );
     println!(
-        "(cargo run --release --example overhead for the full report; cargo bench for criterion)"
+        "  (a quick estimate: 3 rounds of 50 000 calls; `cargo run --release --example overhead` \
+         measures 9 rounds of 10^6, and `cargo bench` runs criterion)"
     );
     println!("\ntour done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

@@ -133,8 +133,9 @@ impl Signature {
         SignatureBuilder::default()
     }
 
-    /// Parses the text grammar of `shared/conformance/FORMAT.md` (spaces around
-    /// tokens allowed), plus variadic call-site types after `...`.
+    /// Parses a signature in the text grammar written in the
+    /// [module docs](crate::abi#the-signature-text) (spaces around tokens
+    /// allowed; variadic call-site types may follow `...`).
     ///
     /// # Errors
     /// [`AbiError::Parse`] with the byte offset and what was expected there, or
