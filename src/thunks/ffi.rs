@@ -18,8 +18,8 @@ use smallvec::SmallVec;
 
 use super::{BackendKind, Result, ThunkError};
 use crate::abi::{
-    ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, Type,
-    sysv_eightbytes,
+    ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, StructType,
+    Type, sysv_eightbytes,
 };
 use crate::code::RawFn;
 use crate::host::{
@@ -108,11 +108,27 @@ fn has_packed(ty: &Type) -> bool {
 }
 
 /// libffi describes structs by their natural layout only. A packed struct is
-/// expressible when that layout puts every scalar where the packed one does and
-/// the copies libffi makes cannot run past the caller's memory (ABI.md, "libffi").
+/// expressible where the convention passes it as plain bytes (described as
+/// an array of bytes), or when its natural layout puts every scalar where the
+/// packed one does and the copies libffi makes cannot run past the caller's
+/// memory (ABI.md, "libffi").
 fn libffi_type_for(ty: &Type, conv: CallConv, is_ret: bool) -> Result<Type> {
     if !has_packed(ty) {
         return Ok(ty.clone());
+    }
+    // Where the convention treats the aggregate as plain bytes, its fields do
+    // not matter, and an array of as many bytes gives the same call: on Win64
+    // every aggregate travels by its size alone (1, 2, 4 or 8 bytes in a
+    // register, anything else by reference), and on SysV one of more than
+    // 16 bytes is MEMORY class whatever its fields (psABI 3.2.3).
+    let bytes = match conv {
+        CallConv::Win64 => true,
+        CallConv::SysV => ty.size() > 16,
+    };
+    if bytes {
+        return Ok(
+            StructType::new(vec![(Type::Scalar(Scalar::U8), Some(ty.size()))], false)?.into(),
+        );
     }
     let natural = ty.unpacked()?;
     for ((at, s), (nat_at, _)) in ty.flatten().into_iter().zip(natural.flatten()) {
@@ -676,15 +692,43 @@ mod tests {
     }
 
     #[test]
-    fn packed_struct_with_natural_offsets_is_expressible_on_sysv_only_when_sizes_allow() {
-        let pk6 = sig("(packed{u32,u16})->void").params()[0].clone();
-        assert!(libffi_type_for(&pk6, CallConv::SysV, false).is_ok());
-        assert!(libffi_type_for(&pk6, CallConv::Win64, false).is_err());
-        let pk7 = sig("(packed{u16,u8,u32})->void").params()[0].clone();
+    fn packed_structs_libffi_can_describe_are_plain_bytes_or_naturally_laid_out() {
+        let ty = |s: &str| sig(&format!("({s})->void")).params()[0].clone();
+        let bytes = |n: u32| {
+            Type::from(StructType::new(vec![(Type::Scalar(Scalar::U8), Some(n))], false).unwrap())
+        };
+        // SysV, at most 16 bytes: only a natural layout (same offsets) will do.
+        let pk6 = ty("packed{u32,u16}");
+        assert_eq!(
+            libffi_type_for(&pk6, CallConv::SysV, false).unwrap(),
+            pk6.unpacked().unwrap()
+        );
+        let pk7 = ty("packed{u16,u8,u32}");
         let err = libffi_type_for(&pk7, CallConv::SysV, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("offset 3"), "{err}");
+        // SysV, more than 16 bytes: memory whatever the fields, as bytes.
+        let pk17 = ty("packed{u8,i64,i64}");
+        for is_ret in [false, true] {
+            assert_eq!(
+                libffi_type_for(&pk17, CallConv::SysV, is_ret).unwrap(),
+                bytes(17)
+            );
+        }
+        // Win64: any aggregate goes by its size alone.
+        for (t, n) in [
+            (pk6, 6),
+            (pk7, 7),
+            (ty("packed{u8,u16,u8}"), 4),
+            (ty("{u8,packed{u32}}"), 5),
+        ] {
+            assert_eq!(
+                libffi_type_for(&t, CallConv::Win64, false).unwrap(),
+                bytes(n),
+                "{t}"
+            );
+        }
     }
 
     #[test]
