@@ -34,6 +34,9 @@
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end (natives through exit stubs, interpreted functions as C
 //!   function pointers), with a baseline JIT: one client of [`tier`].
+//! - `cranelift` (feature `cranelift`) — Cranelift code calling C: the
+//!   Cranelift signature of a C signature (struct eightbytes, sret,
+//!   extension) and a call lowered from slots, from the classification.
 //! - `wasm` (feature `wasmi`) — the embedding in the wasmi interpreter:
 //!   native imports through exit stubs, exports as C function pointers.
 //! - Internal modules, each with unsafe code of its own: `table` (the
@@ -66,6 +69,8 @@
 
 pub mod abi;
 mod code;
+#[cfg(feature = "cranelift")]
+pub mod cranelift;
 pub mod host;
 pub mod interp;
 pub mod native;
