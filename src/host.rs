@@ -403,6 +403,31 @@ pub extern "C" fn pending_entry_status() -> u32 {
         .unwrap_or(STATUS_ERROR)
 }
 
+/// For compiled code around each call it makes to code that may fail (an
+/// interpreted function through its cell, a C function that calls back):
+/// before the call, `call_guard_begin()` notes whether a failure was already
+/// pending on this thread and clears the flag; after it,
+/// `call_guard_end(before)` returns 1 if the call left a failure pending
+/// (compiled code should then stop as the interpreter would, and the
+/// failure reaches the exit call that led into it), else 0, putting back
+/// the earlier pending state.
+pub extern "C" fn call_guard_begin() -> u32 {
+    let was = HAS_PENDING.with(Cell::get);
+    HAS_PENDING.with(|h| h.set(false));
+    u32::from(was)
+}
+
+/// See [`call_guard_begin`].
+pub extern "C" fn call_guard_end(before: u32) -> u32 {
+    if HAS_PENDING.with(Cell::get) {
+        return 1;
+    }
+    if before != 0 {
+        HAS_PENDING.with(|h| h.set(true));
+    }
+    0
+}
+
 /// Called by every backend after the dispatcher returned `status` for `func`.
 /// Under `Report` records the failure (if the dispatcher did not already) and
 /// zeroes `ret`; under `Abort` never returns.

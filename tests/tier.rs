@@ -732,6 +732,7 @@ fn random_programs_agree_interpreted_tiered_and_deoptimized() {
     let cases = support::cases(200) as u64;
     let seed = support::seed();
     let mut compiled = 0;
+    let (mut osr, mut deopts) = (0, 0);
     for k in 0..cases {
         let text = random_program(seed.wrapping_add(k));
         let program = parse_program(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -756,6 +757,11 @@ fn random_programs_agree_interpreted_tiered_and_deoptimized() {
                 .call("r", &[5, buf.as_mut_ptr() as u64])
                 .map_err(|e| e.to_string());
             compiled += rt.tier_stats().compiled;
+            match name {
+                "osr" => osr += rt.tier_stats().osr_entries,
+                "forced deopt" => deopts += rt.tier_stats().deopts,
+                _ => {}
+            }
             results.push((name, r, again, buf));
         }
         for w in &results[1..] {
@@ -771,6 +777,12 @@ fn random_programs_agree_interpreted_tiered_and_deoptimized() {
     assert!(
         compiled >= cases,
         "compiled {compiled} times over {cases} programs"
+    );
+    // Every program loops: each enters compiled code by OSR in the "osr"
+    // way, and every program's adds deoptimize in the forced way.
+    assert!(
+        osr >= cases && deopts >= cases,
+        "osr {osr}, deopts {deopts} over {cases} programs"
     );
 }
 
@@ -812,4 +824,94 @@ fn a_comparator_called_from_c_tiers_up_from_its_calls() {
     let f = tierbridge::host::FuncId(rt.program().function("cmp_slow").unwrap() as u64);
     let st = t.fn_stats(f).unwrap();
     assert!(st.compiled && st.calls == 10, "{st:?}");
+}
+
+const STOPS_AT_A_TRAP: &str = r#"
+# stores i through p, then calls a function that divides by i - 3
+fn store_then_call(p: ptr, n: i64) -> i64
+  local i: i64
+top:
+  local.get i
+  local.get n
+  i64.ge_s
+  br_if done
+  local.get p
+  local.get i
+  i64.store
+  local.get i
+  call fails_at_3
+  drop
+  local.get i
+  i64.const 1
+  i64.add
+  local.set i
+  br top
+done:
+  i64.const 0
+  return
+end
+
+fn fails_at_3(i: i64) -> i64
+  i64.const 12
+  local.get i
+  i64.const 3
+  i64.sub
+  i64.div_s
+  return
+end
+"#;
+
+#[test]
+fn compiled_code_stops_where_the_interpreter_traps_in_a_callee() {
+    let hot = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        ..TierConfig::default()
+    };
+    for (name, config) in [
+        ("interpreter", TierConfig::interpreter_only()),
+        ("tiered", hot),
+        (
+            "forced deopt",
+            TierConfig {
+                force_deopt: true,
+                ..hot
+            },
+        ),
+    ] {
+        // SAFETY: the program stores only through the pointer it is given.
+        let rt = unsafe {
+            Runtime::with_tiers(
+                parse_program(STOPS_AT_A_TRAP).unwrap(),
+                Arc::new(support::generated()),
+                FailurePolicy::Report,
+                config,
+            )
+        }
+        .unwrap();
+        // Warm up (compiled from the first call on, tiered).
+        let mut cell = 0i64;
+        assert_eq!(
+            rt.call("store_then_call", &[&mut cell as *mut i64 as u64, 3])
+                .unwrap(),
+            0
+        );
+        let e = rt
+            .call("store_then_call", &[&mut cell as *mut i64 as u64, 100])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("division by zero") && e.contains("fails_at_3"),
+            "{name}: {e}"
+        );
+        // The loop stopped at the trap (i = 3), in every tier.
+        assert_eq!(cell, 3, "{name}: the loop ran on after the trap");
+        if name != "interpreter" {
+            assert!(
+                rt.tier_stats().compiled >= 2,
+                "{name}: {:?}",
+                rt.tier_stats()
+            );
+        }
+    }
 }

@@ -251,6 +251,15 @@ fn a_thread_calling_through_the_cell_while_another_publishes_and_reverts_gets_eq
     }
     assert_eq!(caller.join().unwrap(), 0, "a call gave a wrong result");
     assert!(flips > 0);
+    // Some of the 20 000 calls from the other thread ran compiled code (they
+    // did not reach the interpreter), and some ran interpreted.
+    let interpreted = tiered
+        .interpreted_from_native
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        interpreted > 0 && interpreted < 20_000,
+        "{interpreted} of 20 000 calls interpreted over {flips} publish/revert pairs"
+    );
     // Every compiled version is still kept: a call may still be inside one.
     assert_eq!(t.fn_stats(f).unwrap().code_kept, flips);
     assert_eq!(t.stats().reverts, flips as u64);
@@ -680,13 +689,20 @@ fn code_memory_places_named_and_position_dependent_code_on_both_strategies() {
         assert_eq!(g(), seen);
         assert!(here.contains(here.addr().cast()));
         assert!(here.ptr_at(11).is_err());
-        // A writer that fails gives the reservation back and says why.
+        // Nothing is writable and executable while the writer writes; a
+        // writer that fails gives the reservation back (the next code of
+        // the same size gets it) and says why.
+        let mut reserved = 0;
         let e = mem
-            .install_with("broken", 64, |_, _| {
+            .install_with("broken", 64, |base, _| {
+                assert_eq!(support::wx_mappings(), Vec::<String>::new());
+                reserved = base;
                 Err(TierError::Code("the writer gave up".into()))
             })
             .unwrap_err();
         assert!(e.to_string().contains("gave up"), "{e}");
+        let again = mem.install("same size", &[0xc3; 64]).unwrap();
+        assert_eq!(again.addr() as usize, reserved, "{strategy}: reused");
         // Code larger than a slab gets one of its own.
         let big = vec![0xc3u8; 1 << 20];
         let big = mem.install("a megabyte of ret", &big).unwrap();
@@ -695,4 +711,92 @@ fn code_memory_places_named_and_position_dependent_code_on_both_strategies() {
         r();
         assert_eq!(support::wx_mappings(), Vec::<String>::new());
     }
+}
+
+/// A compiler that counts its calls, returns code without a function entry
+/// or OSR entries (`ret`), and, when asked, reverts the function while it
+/// compiles.
+struct Counting {
+    calls: std::sync::atomic::AtomicU32,
+    revert_meanwhile: bool,
+}
+
+// SAFETY: it returns no entry and no OSR entry: nothing of its code is ever
+// called.
+unsafe impl Compiler for Counting {
+    fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.revert_meanwhile {
+            req.table.revert(req.func)?;
+        }
+        Ok(Compiled {
+            code: req.memory.install(req.name, &[0xc3])?,
+            entry: None,
+            osr: Vec::new(),
+        })
+    }
+}
+
+fn counting_table(revert_meanwhile: bool) -> (Arc<TierTable>, FuncId, Arc<Counting>) {
+    let compiler = Arc::new(Counting {
+        calls: std::sync::atomic::AtomicU32::new(0),
+        revert_meanwhile,
+    });
+    struct Shared(Arc<Counting>);
+    // SAFETY: as Counting's.
+    unsafe impl Compiler for Shared {
+        fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
+            self.0.compile(req)
+        }
+    }
+    let t = TierTable::new(
+        bridge(),
+        CallConv::SysV,
+        TierConfig {
+            max_compiles: 100,
+            ..TierConfig::eager()
+        },
+        FailurePolicy::Report,
+        Arc::new(PlusOne),
+        Some(Box::new(Shared(compiler.clone()))),
+    );
+    let f = t
+        .add(FnDecl::new("plus_one", Signature::parse("(i64)->i64").unwrap()).loop_headers([3]))
+        .unwrap();
+    (t, f, compiler)
+}
+
+#[test]
+fn code_without_entries_is_asked_for_once_not_at_every_call_or_back_edge() {
+    let (t, f, compiler) = counting_table(false);
+    let mut ret = [0];
+    for _ in 0..1000 {
+        assert_eq!(t.call(f, &[1], &mut ret).unwrap(), TierCall::Interpret);
+    }
+    assert_eq!(ret[0], 0, "the table does not run the interpreter itself");
+    let calls = compiler.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(calls, 1, "one compilation for the hot calls");
+    // The compiled code gave the loop no OSR entry: it is not offered again.
+    assert!(!(0..1000).any(|_| t.back_edge(f, 3)));
+    assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A revert starts over: hot again, asked again (once).
+    t.revert(f).unwrap();
+    for _ in 0..100 {
+        let _ = t.call(f, &[1], &mut ret).unwrap();
+    }
+    assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn code_compiled_across_a_revert_is_dropped_not_published() {
+    let (t, f, _) = counting_table(true);
+    let e = t.compile_now(f).unwrap_err();
+    assert!(e.to_string().contains("reverted while"), "{e}");
+    assert!(!t.is_compiled(f).unwrap());
+    assert_eq!(
+        t.fn_stats(f).unwrap().code_kept,
+        0,
+        "the stale code was dropped"
+    );
 }

@@ -264,6 +264,8 @@ impl std::error::Error for Trap {}
 pub struct Vm {
     pub funcs: Vec<Func>,
     pub table: Arc<TierTable>,
+    /// Calls that arrived from native code and ran interpreted.
+    pub interpreted_from_native: std::sync::atomic::AtomicU64,
 }
 
 impl Vm {
@@ -292,7 +294,11 @@ impl Vm {
                     .add(decl)
                     .expect("the VM's signatures are plain scalars");
             }
-            Vm { funcs, table }
+            Vm {
+                funcs,
+                table,
+                interpreted_from_native: std::sync::atomic::AtomicU64::new(0),
+            }
         })
     }
 
@@ -427,6 +433,8 @@ impl Vm {
 
 impl Interpreter for Vm {
     fn interpret(&self, func: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
+        self.interpreted_from_native
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = &self.funcs[func.0 as usize];
         let mut locals = vec![0i64; f.locals as usize];
         for (l, a) in locals.iter_mut().zip(args) {
@@ -518,6 +526,9 @@ impl Env<'_> {
         let labels: Vec<DynamicLabel> =
             (0..f.code.len()).map(|_| ops.new_dynamic_label()).collect();
         let done = ops.new_dynamic_label();
+        // After a callee failed: a zero result (or, in an OSR entry, a
+        // completed call with result 0; the failure is what counts).
+        let failed = ops.new_dynamic_label();
         // Pushes: rbp, rbx, r12, r13 (then rsp is 8 off 16; the frame
         // adds 8 more to make it 16 again).
         dynasm!(ops ; .arch x64
@@ -596,6 +607,14 @@ impl Env<'_> {
                     // (its interpreter entry point, or its compiled code).
                     let n = self.vm.funcs[g as usize].params;
                     let first = d - n;
+                    // A callee that fails (an interpreter trap) leaves its
+                    // failure pending: stop there, as the interpreter would
+                    // (r13, saved, keeps the pending state before the call).
+                    let (begin, end) = (
+                        tierbridge::host::call_guard_begin as *const () as i64,
+                        tierbridge::host::call_guard_end as *const () as i64,
+                    );
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD begin ; call rax ; mov r13d, eax);
                     for i in 0..n {
                         dynasm!(ops ; .arch x64 ; mov Rq(ARG_REGS[i as usize]), QWORD [rbx + slot(first + i)]);
                     }
@@ -604,7 +623,11 @@ impl Env<'_> {
                     if self.vm.funcs[g as usize].sig.ret() == Some(&Type::Scalar(Scalar::I32)) {
                         dynasm!(ops ; .arch x64 ; movsxd rax, eax);
                     }
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rbx + slot(first)], rax);
+                    dynasm!(ops ; .arch x64
+                        ; mov QWORD [rbx + slot(first)], rax
+                        ; mov edi, r13d ; mov rax, QWORD end ; call rax
+                        ; test eax, eax ; jnz =>failed
+                    );
                 }
                 Op::Div => unreachable!("refused above"),
                 Op::Ret => {
@@ -649,6 +672,10 @@ impl Env<'_> {
                     dynasm!(ops ; .arch x64 ; mov eax, OSR_DEOPT as i32 ; jmp =>done);
                 }
             }
+        }
+        dynasm!(ops ; .arch x64 ; =>failed ; xor eax, eax);
+        if osr.is_some() {
+            dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + 24] ; mov QWORD [rcx], rax);
         }
         dynasm!(ops ; .arch x64
             ; =>done

@@ -110,6 +110,8 @@ unsafe impl Compiler for BaselineJit {
             deopt: deopt as usize,
             ctx: ctx as usize,
             force_deopt: req.config.force_deopt,
+            guard_begin: crate::host::call_guard_begin as *const () as usize,
+            guard_end: crate::host::call_guard_end as *const () as usize,
         };
         let code = compile(program, fi, &env);
         Ok(Compiled {
@@ -154,6 +156,10 @@ pub(crate) struct JitEnv<'a> {
     pub ctx: usize,
     /// Make every guard fail (testing deoptimization).
     pub force_deopt: bool,
+    /// `call_guard_begin` and `call_guard_end` (host): whether a callee
+    /// failed.
+    pub guard_begin: usize,
+    pub guard_end: usize,
 }
 
 /// Compiled code: the function at offset 0, an OSR entry per loop header.
@@ -182,6 +188,8 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
     let mut ops = Asm::new(0);
     let labels: Vec<DynamicLabel> = (0..f.code.len()).map(|_| ops.new_dynamic_label()).collect();
     let epilogue = ops.new_dynamic_label();
+    // Leaving after a callee failed: a zero result.
+    let bail = ops.new_dynamic_label();
 
     // Three pushes after the return address: rsp is 16-byte aligned, and so
     // it stays (the frame is a multiple of 16).
@@ -544,6 +552,11 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             }
             Op::Call(i) | Op::CallNative(i) => {
                 flush!();
+                // r12 (saved by the prologue) keeps whether a failure was
+                // pending before the call.
+                dynasm!(ops ; .arch x64
+                    ; mov rax, QWORD env.guard_begin as i64 ; call rax ; mov r12d, eax
+                );
                 let (sig, stub) = match *op {
                     Op::Call(_) => (
                         &program.functions[i as usize].sig,
@@ -555,7 +568,9 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                     ),
                 };
                 // The arguments are consecutive slots; the result replaces the first.
-                let first = slot(d - sig.params().len() as u32);
+                // (Unreachable code has depth 0: wrap instead of panicking;
+                // it never runs.)
+                let first = slot(d.wrapping_sub(sig.params().len() as u32));
                 // The target goes where the stub takes it: rdx for the slot
                 // stub (args, ret, target, errno), rsi for the register stub
                 // (args, target, ret).
@@ -602,6 +617,14 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
                         }
                     }
                 }
+                // A callee that failed (a trap in the interpreter it ran, a
+                // host error) left its failure pending: stop here as the
+                // interpreter would, returning a zero result; the failure
+                // reaches the exit call that led into this code.
+                dynasm!(ops ; .arch x64
+                    ; mov edi, r12d ; mov rax, QWORD env.guard_end as i64 ; call rax
+                    ; test eax, eax ; jnz =>bail
+                );
             }
             Op::Return => {
                 match (ret_scalar, tos) {
@@ -626,6 +649,8 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         deopt_at(&mut ops, pc);
     }
     dynasm!(ops ; .arch x64
+        ; =>bail
+        ; xor eax, eax ; xorps xmm0, xmm0
         ; =>epilogue
         ; lea rsp, [rbp - 16] ; pop r12 ; pop rbx ; pop rbp ; ret
     );

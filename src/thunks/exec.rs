@@ -250,19 +250,24 @@ impl ExecMemory {
     /// Copies `code` into executable memory and returns it, published
     /// read+execute. Never maps anything writable and executable at once.
     pub(crate) fn install(self: &Arc<Self>, code: &[u8]) -> Result<ExecCode> {
-        self.install_with(code.len(), |_, buf| buf.copy_from_slice(code))
+        self.install_with(code.len(), |_, buf| {
+            buf.copy_from_slice(code);
+            true
+        })
     }
 
     /// Reserves `len` bytes of executable memory, lets `write` fill them
     /// through a writable view (given the final executable address first,
     /// for position-dependent code; the bytes start as `int3`), then
-    /// publishes them read+execute. Never maps anything writable and
-    /// executable at once. If `write` panics, the allocation is given back
-    /// (and left non-executable or unreachable).
+    /// publishes them read+execute — unless `write` returns false (or
+    /// panics): then the allocation is given back without being made
+    /// executable (write-then-protect) or handed out (dual mapping), and the
+    /// result is [`ThunkError::Internal`]. Never maps anything writable and
+    /// executable at once.
     pub(crate) fn install_with(
         self: &Arc<Self>,
         len: usize,
-        write: impl FnOnce(NonNull<u8>, &mut [u8]),
+        write: impl FnOnce(NonNull<u8>, &mut [u8]) -> bool,
     ) -> Result<ExecCode> {
         let size = len.max(1).next_multiple_of(self.granule());
         // Only the allocation happens under the lock; the writing (and, for
@@ -325,7 +330,10 @@ impl ExecMemory {
         // call inside); the slice ends before `write` returns.
         let buf = unsafe { std::slice::from_raw_parts_mut(write_at, size) };
         buf.fill(0xcc);
-        write(addr, &mut buf[..len]);
+        if !write(addr, &mut buf[..len]) {
+            // `installed` drops: the allocation goes back to the free list.
+            return Err(ThunkError::Internal("the code's writer gave up".into()));
+        }
         if self.strategy == ExecStrategy::WriteThenProtect {
             // SAFETY: as above: these pages are this allocation's alone.
             unsafe { os::protect(write_at, size, true) }

@@ -88,7 +88,9 @@ impl CodeMemory {
     /// address and a writable buffer of exactly `len` bytes (filled with
     /// `int3` to begin with), for position-dependent code: absolute
     /// addresses inside the code, relocations resolved against `base`. The
-    /// memory becomes executable only after `write` returns `Ok`.
+    /// code is published (made executable, or for dual mapping handed out)
+    /// only after `write` returns `Ok`; after an `Err` the reservation is
+    /// given back unpublished.
     ///
     /// # Errors
     /// The error `write` returns (converted), or [`TierError::Code`] when
@@ -103,22 +105,24 @@ impl CodeMemory {
     where
         TierError: From<E>,
     {
-        let mut outcome = None;
-        let exec = self
-            .mem
-            .install_with(len, |base, buf| {
-                outcome = Some(write(base.as_ptr() as usize, buf));
-            })
-            .map_err(|e| TierError::Code(e.to_string()))?;
-        match outcome {
-            Some(Ok(())) => Ok(Code {
+        let mut failure = None;
+        let exec =
+            self.mem
+                .install_with(len, |base, buf| match write(base.as_ptr() as usize, buf) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                });
+        match (exec, failure) {
+            (_, Some(e)) => Err(e.into()),
+            (Ok(exec), None) => Ok(Code {
                 exec,
                 len,
                 name: name.into(),
             }),
-            // `exec` drops here: the memory goes back to the free list.
-            Some(Err(e)) => Err(e.into()),
-            None => Err(TierError::Code("the writer was not called".into())),
+            (Err(e), None) => Err(TierError::Code(e.to_string())),
         }
     }
 }

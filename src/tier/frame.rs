@@ -96,6 +96,9 @@ impl FrameState {
     /// Takes back what compiled code wrote into `raw` (made by
     /// [`FrameState::raw`] from this frame), checking it.
     pub(crate) fn take_raw(&mut self, raw: &RawFrame) -> Result<(), String> {
+        if raw.slots != self.slots.as_mut_ptr() {
+            return Err("compiled code changed the frame's slot pointer".into());
+        }
         if raw.len > raw.cap || raw.locals > raw.len || raw.cap as usize != self.slots.len() {
             return Err(format!(
                 "compiled code left a frame of {} slots ({} locals) in a buffer of {}",

@@ -112,7 +112,9 @@ pub struct Compiled {
 /// Code it returns must be what [`Compiled`] says: at `entry`, a function of
 /// exactly the request's signature and convention that runs the function
 /// (C and the interpreter call it); at each OSR offset an [`OsrEntryFn`]
-/// that follows [`RawFrame`]'s contract. Anything else is undefined
+/// that follows [`RawFrame`]'s contract for any frame the interpreter may
+/// hand over (at most the declared `frame_slots`, which [`TierTable::osr`]
+/// checks, in a buffer of at least that many). Anything else is undefined
 /// behaviour the moment a caller enters it.
 pub unsafe trait Compiler: Send + Sync + 'static {
     /// Compiles `request.func`.
@@ -126,7 +128,8 @@ pub unsafe trait Compiler: Send + Sync + 'static {
 /// The table's deoptimization helper, for compiled code:
 /// `helper(table, func, frame)` resumes the interpreter with the frame
 /// `frame` describes and writes the function's result slots to
-/// `frame.ret`; it returns [`STATUS_OK`](crate::host::STATUS_OK), or another
+/// `frame.ret` (which must overlap neither `frame.slots[..len]` nor the
+/// frame); it returns [`STATUS_OK`](crate::host::STATUS_OK), or another
 /// status when the interpreter failed (the failure is kept for the host and
 /// the result slots are zero, as for an entry point under
 /// [`FailurePolicy::Report`]).
@@ -218,7 +221,9 @@ struct Loop {
     count: AtomicU32,
     /// Its OSR entry, 0 for none.
     entry: AtomicUsize,
-    failed: AtomicBool,
+    /// No more compile requests for this loop (failed, refused, or a
+    /// compile gave it no entry) until the function is reverted.
+    off: AtomicBool,
 }
 
 /// One function of the table.
@@ -239,7 +244,11 @@ struct FnState {
     compiles: AtomicU32,
     deopts: AtomicU32,
     busy: AtomicBool,
-    failed: AtomicBool,
+    /// No more compile requests for calls (one succeeded, failed, or was
+    /// refused) until the function is reverted.
+    calls_off: AtomicBool,
+    /// Bumped by every revert: code compiled before it is not published.
+    generation: AtomicU64,
     /// Every piece of code published for it, kept alive (ABI.md, "Tiers").
     code: Mutex<Vec<Code>>,
     last_error: Mutex<Option<String>>,
@@ -252,6 +261,18 @@ impl FnState {
             .ok()
             .map(|i| &self.loops[i])
     }
+}
+
+/// Why a compile request did not publish code.
+enum Refusal {
+    /// No code memory or no compiler.
+    NoCompiler,
+    /// `max_compiles` reached.
+    Exhausted,
+    /// Another compilation of the function is under way.
+    Busy,
+    /// The compiler failed, or what it returned could not be published.
+    Failed(TierError),
 }
 
 /// Functions are kept in blocks of this many, each with its cells and
@@ -403,7 +424,7 @@ impl TierTable {
                 header,
                 count: AtomicU32::new(0),
                 entry: AtomicUsize::new(0),
-                failed: AtomicBool::new(false),
+                off: AtomicBool::new(false),
             })
             .collect();
         let state = FnState {
@@ -420,7 +441,8 @@ impl TierTable {
             compiles: AtomicU32::new(0),
             deopts: AtomicU32::new(0),
             busy: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
+            calls_off: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             code: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
         };
@@ -604,11 +626,11 @@ impl TierTable {
     /// it called or deoptimized into, failed (the error it reported).
     #[inline]
     pub fn call(&self, f: FuncId, args: &[u64], ret: &mut [u64]) -> Result<TierCall> {
-        let state = self.get(f)?;
+        let (b, k) = self.slot(f).ok_or(TierError::UnknownFunction(f.0))?;
+        let state = b.fns[k].get().ok_or(TierError::UnknownFunction(f.0))?;
         if args.len() != state.arg_slots || ret.len() < state.ret_slots {
             return Err(bad_call(state, args.len(), ret.len()));
         }
-        let (b, k) = self.slot(f).expect("checked above");
         let code = b.cells[k].load(Ordering::Acquire);
         if code != state.interp_ptr {
             // SAFETY: the cell holds code published for this function, which
@@ -631,7 +653,7 @@ impl TierTable {
         // tier-up, and a plain store costs no locked instruction per call.
         let n = state.calls.load(Ordering::Relaxed).saturating_add(1);
         state.calls.store(n, Ordering::Relaxed);
-        if n >= self.config.call_threshold && !state.failed.load(Ordering::Relaxed) {
+        if n >= self.config.call_threshold && !state.calls_off.load(Ordering::Relaxed) {
             self.hot(f, state, CompileReason::Calls);
         }
     }
@@ -661,7 +683,7 @@ impl TierTable {
         l.count.store(n, Ordering::Relaxed);
         n >= self.config.loop_threshold
             && (l.entry.load(Ordering::Acquire) != 0
-                || (self.can_compile() && !l.failed.load(Ordering::Relaxed)))
+                || (self.can_compile() && !l.off.load(Ordering::Relaxed)))
     }
 
     /// On-stack replacement: moves an interpreter frame of `f` at loop
@@ -697,7 +719,7 @@ impl TierTable {
             return Ok(OsrOutcome::NotReady);
         };
         let mut entry = l.entry.load(Ordering::Acquire);
-        if entry == 0 && !l.failed.load(Ordering::Relaxed) {
+        if entry == 0 && !l.off.load(Ordering::Relaxed) {
             let _ = self.try_compile(f, state, CompileReason::Loop { header });
             entry = l.entry.load(Ordering::Acquire);
         }
@@ -705,6 +727,15 @@ impl TierTable {
             return Ok(OsrOutcome::NotReady);
         }
         let len = locals.len() + stack.len();
+        if state.frame_slots != 0 && len > state.frame_slots as usize {
+            return Err(TierError::BadFrame {
+                func: f.0,
+                reason: format!(
+                    "a frame of {len} slots, more than the {} declared",
+                    state.frame_slots
+                ),
+            });
+        }
         let mut frame = FrameState::with_capacity(len.max(state.frame_slots as usize));
         frame.set(header, locals, stack);
         let mut raw = frame.raw(state.frame_slots as usize, ret.as_mut_ptr());
@@ -757,25 +788,55 @@ impl TierTable {
             });
         }
         self.try_compile(f, state, CompileReason::Explicit)
+            .map_err(|r| match r {
+                Refusal::NoCompiler => TierError::NoCodeMemory {
+                    reason: "no code memory or no compiler".into(),
+                },
+                Refusal::Exhausted => TierError::Compile {
+                    name: state.name.to_string(),
+                    message: format!(
+                        "compiled {} times, as often as max_compiles allows",
+                        self.config.max_compiles
+                    ),
+                },
+                Refusal::Busy => TierError::Compile {
+                    name: state.name.to_string(),
+                    message: "another compilation of it is under way".into(),
+                },
+                Refusal::Failed(e) => e,
+            })
     }
 
     /// Asks the compiler for `f` (one compilation of a function at a time;
-    /// at most `max_compiles`), and publishes what it returns.
-    fn try_compile(&self, f: FuncId, state: &FnState, reason: CompileReason) -> Result<()> {
+    /// at most `max_compiles`), and publishes what it returns. Automatic
+    /// requests ignore the outcome, so a refusal builds nothing (no message):
+    /// [`TierTable::compile_now`] turns it into an error.
+    fn try_compile(
+        &self,
+        f: FuncId,
+        state: &FnState,
+        reason: CompileReason,
+    ) -> std::result::Result<(), Refusal> {
         let (Some(memory), Some(compiler)) = (&self.memory, &self.compiler) else {
-            return Err(TierError::NoCodeMemory {
-                reason: "no code memory or no compiler".into(),
-            });
+            return Err(Refusal::NoCompiler);
         };
-        let refuse = |message: &str| TierError::Compile {
-            name: state.name.to_string(),
-            message: message.into(),
+        // After a refusal for good or a failure, the same request is not
+        // made again until a revert.
+        let turn_off = || match reason {
+            CompileReason::Loop { header } => {
+                if let Some(l) = state.find_loop(header) {
+                    l.off.store(true, Ordering::Relaxed);
+                }
+            }
+            _ => state.calls_off.store(true, Ordering::Relaxed),
         };
-        if state.compiles.load(Ordering::Relaxed) >= self.config.max_compiles {
-            return Err(refuse("compiled as often as the configuration allows"));
+        let exhausted = || state.compiles.load(Ordering::Relaxed) >= self.config.max_compiles;
+        if exhausted() {
+            turn_off();
+            return Err(Refusal::Exhausted);
         }
         if state.busy.swap(true, Ordering::Acquire) {
-            return Err(refuse("another compilation of it is under way"));
+            return Err(Refusal::Busy);
         }
         struct Idle<'a>(&'a AtomicBool);
         impl Drop for Idle<'_> {
@@ -784,7 +845,13 @@ impl TierTable {
             }
         }
         let _idle = Idle(&state.busy);
+        // Again under the flag: another thread may have compiled meanwhile.
+        if exhausted() {
+            turn_off();
+            return Err(Refusal::Exhausted);
+        }
         state.compiles.fetch_add(1, Ordering::Relaxed);
+        let generation = state.generation.load(Ordering::Acquire);
         let request = CompileRequest {
             func: f,
             name: &state.name,
@@ -796,28 +863,36 @@ impl TierTable {
             memory,
             table: self,
         };
-        let outcome = match catch_unwind(AssertUnwindSafe(|| compiler.compile(&request))) {
-            Ok(Ok(compiled)) => {
-                // SAFETY: the compiler's contract (an unsafe trait) is
-                // `publish`'s.
-                unsafe { self.publish(f, compiled) }
-            }
-            Ok(Err(e)) => Err(refuse(&e.to_string())),
-            Err(_) => Err(refuse("the compiler panicked")),
+        let refuse = |message: String| TierError::Compile {
+            name: state.name.to_string(),
+            message,
         };
-        if let Err(e) = &outcome {
-            self.compile_failures.fetch_add(1, Ordering::Relaxed);
-            *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            match reason {
-                CompileReason::Loop { header } => {
-                    if let Some(l) = state.find_loop(header) {
-                        l.failed.store(true, Ordering::Relaxed);
+        let outcome = match catch_unwind(AssertUnwindSafe(|| compiler.compile(&request))) {
+            // SAFETY: the compiler's contract (an unsafe trait) is
+            // `publish`'s.
+            Ok(Ok(compiled)) => unsafe { self.install(f, compiled, Some(generation)) },
+            Ok(Err(e)) => Err(refuse(e.to_string())),
+            Err(_) => Err(refuse("the compiler panicked".into())),
+        };
+        match outcome {
+            Ok(()) => {
+                // Calls have their code (or the compiler gives none); loops
+                // it gave no entry will not get one from asking again.
+                state.calls_off.store(true, Ordering::Relaxed);
+                for l in state.loops.iter() {
+                    if l.entry.load(Ordering::Acquire) == 0 {
+                        l.off.store(true, Ordering::Relaxed);
                     }
                 }
-                _ => state.failed.store(true, Ordering::Relaxed),
+                Ok(())
+            }
+            Err(e) => {
+                self.compile_failures.fetch_add(1, Ordering::Relaxed);
+                *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                turn_off();
+                Err(Refusal::Failed(e))
             }
         }
-        outcome
     }
 
     /// Publishes compiled code of `f`: its OSR entries at once, then its
@@ -837,6 +912,17 @@ impl TierTable {
     /// `f`'s signature in the table's convention, at each OSR offset an
     /// [`OsrEntryFn`].
     pub unsafe fn publish(&self, f: FuncId, compiled: Compiled) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.install(f, compiled, None) }
+    }
+
+    /// [`TierTable::publish`]; with `generation`, only if `f` was not
+    /// reverted since that generation (code compiled before a revert is
+    /// dropped, not published).
+    ///
+    /// # Safety
+    /// As [`TierTable::publish`].
+    unsafe fn install(&self, f: FuncId, compiled: Compiled, generation: Option<u64>) -> Result<()> {
         let state = self.get(f)?;
         let cell = self.cell(f)?;
         let Compiled { code, entry, osr } = compiled;
@@ -850,6 +936,12 @@ impl TierTable {
             osr_ptrs.push((l, code.ptr_at(off)?));
         }
         let mut kept = state.code.lock().unwrap_or_else(|e| e.into_inner());
+        if generation.is_some_and(|g| g != state.generation.load(Ordering::Acquire)) {
+            return Err(TierError::Compile {
+                name: state.name.to_string(),
+                message: "reverted while it was being compiled; the code was dropped".into(),
+            });
+        }
         kept.push(code);
         for (l, p) in osr_ptrs {
             l.entry.store(p as usize, Ordering::Release);
@@ -872,15 +964,16 @@ impl TierTable {
     pub fn revert(&self, f: FuncId) -> Result<()> {
         let state = self.get(f)?;
         let _kept = state.code.lock().unwrap_or_else(|e| e.into_inner());
+        state.generation.fetch_add(1, Ordering::AcqRel);
         self.cell(f)?.store(state.interp_ptr, Ordering::Release);
         for l in state.loops.iter() {
             l.entry.store(0, Ordering::Release);
             l.count.store(0, Ordering::Relaxed);
-            l.failed.store(false, Ordering::Relaxed);
+            l.off.store(false, Ordering::Relaxed);
         }
         state.calls.store(0, Ordering::Relaxed);
         state.deopts.store(0, Ordering::Relaxed);
-        state.failed.store(false, Ordering::Relaxed);
+        state.calls_off.store(false, Ordering::Relaxed);
         self.reverts.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -989,7 +1082,8 @@ fn failed() -> TierError {
 /// # Safety
 /// `table` is [`TierTable::deopt_helper`]'s context (a live table); `frame`
 /// points to a [`RawFrame`] whose `slots` hold `len` readable slots and
-/// whose `ret` has room for `func`'s result slots.
+/// whose `ret` has room for `func`'s result slots, overlapping neither the
+/// slots nor the frame.
 unsafe extern "C" fn deopt_helper(table: *const c_void, func: u32, frame: *mut RawFrame) -> u32 {
     // SAFETY: by this function's contract.
     let (table, raw) = unsafe { (&*(table as *const TierTable), &*frame) };
@@ -1001,15 +1095,18 @@ unsafe extern "C" fn deopt_helper(table: *const c_void, func: u32, frame: *mut R
         std::process::abort();
     };
     table.count_deopt(f, state);
+    // The frame is copied out before the result slots are borrowed, so that
+    // no reference to the slots is alive while `ret` is written.
+    // SAFETY: `slots` holds `len` readable slots (contract).
+    let frame = unsafe { FrameState::from_raw(raw) };
     let ret = if state.ret_slots == 0 {
         &mut [][..]
     } else {
-        // SAFETY: `ret` has room for the function's result slots (contract).
+        // SAFETY: `ret` has room for the function's result slots and
+        // overlaps neither the slots nor the frame (contract).
         unsafe { std::slice::from_raw_parts_mut(raw.ret, state.ret_slots) }
     };
     crate::host::guarded_call(u64::from(func), table.policy, ret, |ret| {
-        // SAFETY: `slots` holds `len` readable slots (contract).
-        let frame = unsafe { FrameState::from_raw(raw) }?;
-        table.interp.resume(f, &frame, ret)
+        table.interp.resume(f, &frame?, ret)
     })
 }
