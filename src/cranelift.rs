@@ -11,17 +11,27 @@
 //!   its arguments read from tierbridge slots in memory and its result
 //!   written back as slots (ABI.md, "Slots") — an exit stub in Cranelift IR.
 //!
+//! - [`exit_function`]: that call compiled on its own, an
+//!   `extern "C" fn(target, args, ret)` placed in tierbridge's executable
+//!   memory — the same contract as an exit stub's slot call;
+//! - [`host_isa`] and [`compile`]: Cranelift for this machine, and a function
+//!   to machine code that needs no relocation (place it with
+//!   [`CodeMemory::install`](crate::tier::CodeMemory::install)).
+//!
 //! Variadic signatures are refused (Cranelift cannot set SysV's `%al` nor
 //! duplicate Win64's variadic floating-point registers).
 
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{
     self, AbiParam, ArgumentPurpose, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, types,
 };
-use cranelift_codegen::isa::CallConv as ClifConv;
-use cranelift_frontend::FunctionBuilder;
+use cranelift_codegen::isa::{CallConv as ClifConv, OwnedTargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use thiserror::Error;
 
 use crate::abi::{ArgPass, CallConv, Part, PartKind, RetPass, Scalar, Signature, classify};
+use crate::tier::{Code, CodeMemory, TierError};
 
 /// Errors of the Cranelift adapter.
 #[derive(Debug, Error)]
@@ -35,6 +45,112 @@ pub enum CraneliftError {
         /// Why.
         reason: String,
     },
+    /// Cranelift has no code generator for this machine, or refused a setting.
+    #[error("cranelift: no code generator here: {0}")]
+    Isa(String),
+    /// Cranelift refused the function (a verifier error, an unsupported
+    /// instruction), or its code needs relocations.
+    #[error("cranelift: {0}")]
+    Compile(String),
+    /// Placing the code failed.
+    #[error(transparent)]
+    Code(#[from] TierError),
+}
+
+/// Cranelift for the machine this runs on, optimizing for speed.
+///
+/// # Errors
+/// [`CraneliftError::Isa`] where Cranelift has no backend for this CPU.
+pub fn host_isa() -> Result<OwnedTargetIsa, CraneliftError> {
+    let mut flags = settings::builder();
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| CraneliftError::Isa(e.to_string()))?;
+    cranelift_native::builder()
+        .map_err(|e| CraneliftError::Isa(e.to_string()))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| CraneliftError::Isa(e.to_string()))
+}
+
+/// Compiles `func` for `isa` to machine code ready for
+/// [`CodeMemory::install`]: other code is called by address (as
+/// [`call_from_slots`] does), and the only relocations Cranelift may leave
+/// — absolute addresses of the C library's `memcpy`, `memset`, `memmove`
+/// and `memcmp`, which it calls to copy structs — are resolved here.
+///
+/// # Errors
+/// [`CraneliftError::Compile`] when Cranelift refuses the function or the
+/// code needs another relocation.
+pub fn compile(isa: &OwnedTargetIsa, func: ir::Function) -> Result<Vec<u8>, CraneliftError> {
+    use cranelift_codegen::FinalizedRelocTarget;
+    use cranelift_codegen::binemit::Reloc;
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    let code = ctx
+        .compile(&**isa, &mut ControlPlane::default())
+        .map_err(|e| CraneliftError::Compile(format!("{:?}", e.inner)))?;
+    let mut bytes = code.code_buffer().to_vec();
+    for r in code.buffer.relocs() {
+        let symbol = match (&r.kind, &r.target) {
+            (Reloc::Abs8, FinalizedRelocTarget::ExternalName(ir::ExternalName::LibCall(lc))) => {
+                match lc {
+                    ir::LibCall::Memcpy => "memcpy",
+                    ir::LibCall::Memset => "memset",
+                    ir::LibCall::Memmove => "memmove",
+                    ir::LibCall::Memcmp => "memcmp",
+                    other => {
+                        return Err(CraneliftError::Compile(format!(
+                            "the code calls the library function {other:?}, which this adapter does not provide"
+                        )));
+                    }
+                }
+            }
+            (kind, target) => {
+                return Err(CraneliftError::Compile(format!(
+                    "the code needs a {kind:?} relocation to {target:?}; call other code by address"
+                )));
+            }
+        };
+        let addr = crate::native::NativeLibrary::this_process()
+            .and_then(|l| l.symbol(symbol))
+            .map_err(|e| CraneliftError::Compile(e.to_string()))?;
+        let value = (addr as i64).wrapping_add(r.addend) as u64;
+        let at = r.offset as usize;
+        bytes
+            .get_mut(at..at + 8)
+            .ok_or_else(|| CraneliftError::Compile("a relocation past the code's end".into()))?
+            .copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(bytes)
+}
+
+/// A call of a C function of `sig` in `conv`, compiled by Cranelift on its
+/// own: `extern "C" fn(target: *const c_void, args: *const u64, ret: *mut
+/// u64)` (the host convention), reading the arguments from slots and
+/// writing the result slots as an exit stub does, placed in `memory`.
+///
+/// # Errors
+/// As [`signature`], [`host_isa`] and [`compile`].
+pub fn exit_function(
+    sig: &Signature,
+    conv: CallConv,
+    memory: &CodeMemory,
+) -> Result<Code, CraneliftError> {
+    let isa = host_isa()?;
+    let mut outer = ir::Signature::new(isa.default_call_conv());
+    outer.params.extend([AbiParam::new(types::I64); 3]);
+    let mut func = ir::Function::with_name_signature(ir::UserFuncName::user(0, 0), outer);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    b.seal_block(block);
+    let p = b.block_params(block).to_vec();
+    call_from_slots(&mut b, sig, conv, p[0], p[1], p[2])?;
+    b.ins().return_(&[]);
+    b.finalize(isa.frontend_config());
+    let bytes = compile(&isa, func)?;
+    Ok(memory.install(&format!("cranelift exit {sig} {conv}"), &bytes)?)
 }
 
 /// Cranelift's name for a convention.

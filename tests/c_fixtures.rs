@@ -108,6 +108,42 @@ fn case_of(rng: &mut fastrand::Rng, sig: Signature) -> Case {
     Case { sig, args, ret }
 }
 
+/// A case's arguments as slots.
+fn case_slots(case: &Case) -> Vec<u64> {
+    case.sig
+        .params()
+        .iter()
+        .zip(&case.args)
+        .flat_map(|(t, v)| value_slots(t, v))
+        .collect()
+}
+
+/// Compares what a recording C callee received (`rec`, each argument at the
+/// next multiple of 8) and what the call returned (`ret` slots) with the
+/// case's values.
+fn check_received(who: &str, case: &Case, rec: &[u8], ret: &[u64], failures: &mut Vec<String>) {
+    let mut off = 0usize;
+    for (i, (t, v)) in case.sig.params().iter().zip(&case.args).enumerate() {
+        if let Err(e) = same_value(t, v, &rec[off..][..t.size() as usize]) {
+            failures.push(format!("{who} {} arg {i}: {e}", case.sig));
+        }
+        off += t.size().next_multiple_of(8) as usize;
+    }
+    if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret) {
+        if let Err(e) = same_value(t, v, &slots_bytes(ret)) {
+            failures.push(format!("{who} {} result: {e}", case.sig));
+        }
+        if let Type::Scalar(s) = t {
+            assert_eq!(
+                ret[0],
+                s.to_slot(ret[0]),
+                "result slot of {} not extended",
+                case.sig
+            );
+        }
+    }
+}
+
 /// Packed structs that every backend must take, libffi included, because the
 /// convention passes them as plain bytes: on Win64 every aggregate goes by
 /// its size alone (1/2/4/8 bytes in a register, else by reference), on SysV
@@ -517,36 +553,11 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
                 }
                 Err(e) => panic!("{}: {e}", case.sig),
             };
-            let slots: Vec<u64> = case
-                .sig
-                .params()
-                .iter()
-                .zip(&case.args)
-                .flat_map(|(t, v)| value_slots(t, v))
-                .collect();
+            let slots = case_slots(case);
             let mut ret = vec![0u64; case.sig.ret_slots()];
             // SAFETY: recv_k has exactly this signature and convention.
             unsafe { stub.call(lib.addr(&format!("recv_{k}")), &slots, &mut ret) }.unwrap();
-            let mut off = 0usize;
-            for (i, (t, v)) in case.sig.params().iter().zip(&case.args).enumerate() {
-                if let Err(e) = same_value(t, v, &rec[off..][..t.size() as usize]) {
-                    failures.push(format!("{name} {conv} {} arg {i}: {e}", case.sig));
-                }
-                off += t.size().next_multiple_of(8) as usize;
-            }
-            if let (Some(t), Some(v)) = (case.sig.ret(), &case.ret) {
-                if let Err(e) = same_value(t, v, &slots_bytes(&ret)) {
-                    failures.push(format!("{name} {conv} {} result: {e}", case.sig));
-                }
-                if let Type::Scalar(s) = t {
-                    assert_eq!(
-                        ret[0],
-                        s.to_slot(ret[0]),
-                        "result slot of {} not extended",
-                        case.sig
-                    );
-                }
-            }
+            check_received(&format!("{name} {conv}"), case, rec, &ret, &mut failures);
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         // Only libffi may refuse (packed structs); generated code takes every case.
@@ -561,6 +572,49 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
         );
         eprintln!(
             "{name} {conv}: {unsupported} of {} cases refused",
+            cases.len()
+        );
+    }
+    // Cranelift code calling the same callees through the call that
+    // tierbridge::cranelift lowers from the classification: what they
+    // receive and return must be what the exit stubs gave (every
+    // non-variadic case).
+    #[cfg(feature = "cranelift")]
+    {
+        let mem = tierbridge::tier::CodeMemory::of(&support::generated()).unwrap();
+        // SAFETY: rec_area is `void *rec_area(void)`.
+        let area: extern "C" fn() -> *const u8 =
+            unsafe { std::mem::transmute(lib.addr("rec_area")) };
+        // SAFETY: rec is a static 8192-byte array.
+        let rec = unsafe { std::slice::from_raw_parts(area(), 8192) };
+        let (mut failures, mut lowered) = (Vec::new(), 0);
+        for (k, case) in cases.iter().enumerate() {
+            if case.sig.is_variadic() {
+                continue;
+            }
+            let code = tierbridge::cranelift::exit_function(&case.sig, conv, &mem)
+                .unwrap_or_else(|e| panic!("{conv} {}: {e}", case.sig));
+            // SAFETY: exit_function's code is `extern "C" fn(target, args, ret)`.
+            let call: extern "C" fn(*const c_void, *const u64, *mut u64) = unsafe { code.as_fn(0) };
+            let slots = case_slots(case);
+            let mut ret = vec![0u64; case.sig.ret_slots().max(1)];
+            call(
+                lib.addr(&format!("recv_{k}")),
+                slots.as_ptr(),
+                ret.as_mut_ptr(),
+            );
+            ret.truncate(case.sig.ret_slots());
+            check_received(&format!("cranelift {conv}"), case, rec, &ret, &mut failures);
+            lowered += 1;
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(
+            lowered > cases.len() / 2,
+            "{lowered} of {} cases lowered",
+            cases.len()
+        );
+        eprintln!(
+            "cranelift {conv}: {lowered} of {} cases called",
             cases.len()
         );
     }

@@ -25,10 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, MemFlagsData, UserFuncName, types};
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{FailurePolicy, FuncId, HostError};
@@ -289,9 +287,7 @@ pub fn compile_program(p: &Program, io: Io) -> Result<Vec<u8>, CompileError> {
         )
         .into());
     }
-    let mut flags = settings::builder();
-    flags.set("opt_level", "speed")?;
-    let isa = cranelift_native::builder()?.finish(settings::Flags::new(flags))?;
+    let isa = tierbridge::cranelift::host_isa()?;
     let ptr = isa.pointer_type();
     let mut sig = cranelift_codegen::ir::Signature::new(isa.default_call_conv());
     sig.params.push(AbiParam::new(ptr));
@@ -401,14 +397,7 @@ pub fn compile_program(p: &Program, io: Io) -> Result<Vec<u8>, CompileError> {
     b.seal_all_blocks();
     b.finalize(isa.frontend_config());
 
-    let mut ctx = cranelift_codegen::Context::for_function(func);
-    let compiled = ctx
-        .compile(&*isa, &mut ControlPlane::default())
-        .map_err(|e| format!("cranelift: {:?}", e.inner))?;
-    if !compiled.buffer.relocs().is_empty() {
-        return Err("the code has relocations; this JIT places code without any".into());
-    }
-    Ok(compiled.code_buffer().to_vec())
+    Ok(tierbridge::cranelift::compile(&isa, func)?)
 }
 
 /// A program ready to run, with its tier table (function 0 is the program).
