@@ -51,6 +51,8 @@ pub enum Op {
     JmpZ(u32),
     /// `]`: if the cell is not zero, go to this instruction (after the `[`).
     JmpNz(u32),
+    /// `[-]` or `[+]`: the cell becomes zero.
+    Clear,
 }
 
 /// A decoded program: instructions, each one's byte offset in the source,
@@ -143,12 +145,20 @@ pub fn parse(src: &[u8]) -> Result<Program, BfError> {
                 offsets.push(at);
             }
             b']' => {
-                let Some((o, _)) = open.pop() else {
+                let Some((o, open_at)) = open.pop() else {
                     return Err(BfError::Unbalanced {
                         offset: at,
                         what: "`]` without a matching `[`",
                     });
                 };
+                if ops.len() == o + 2 && matches!(ops[o + 1], Op::Add(1 | 255)) {
+                    // A clear loop: one instruction, no loop.
+                    ops.truncate(o);
+                    offsets.truncate(o);
+                    ops.push(Op::Clear);
+                    offsets.push(open_at);
+                    continue;
+                }
                 let here = ops.len() as u32;
                 ops.push(Op::JmpNz(o as u32 + 1));
                 offsets.push(at);
@@ -276,6 +286,35 @@ unsafe impl Compiler for BfJit {
     }
 }
 
+/// (lowest offset, highest offset, (offset, added per iteration) of each
+/// other cell) of a multiply loop.
+type MultiplyLoop = (i64, i64, Vec<(i64, u8)>);
+
+/// A loop body of `+`/`-` and moves only that ends where it began and takes
+/// one from the starting cell each time: (lowest and highest offset it
+/// touches, and what it adds to each other cell per iteration).
+fn multiply_loop(body: &[Op]) -> Option<MultiplyLoop> {
+    let (mut at, mut adds) = (0i64, Vec::<(i64, u8)>::new());
+    for op in body {
+        match *op {
+            Op::Move(n) => at += n,
+            Op::Add(k) => match adds.iter_mut().find(|(o, _)| *o == at) {
+                Some((_, sum)) => *sum = sum.wrapping_add(k),
+                None => adds.push((at, k)),
+            },
+            _ => return None,
+        }
+    }
+    let origin = adds.iter().position(|(o, _)| *o == 0)?;
+    if at != 0 || adds[origin].1 != 255 {
+        return None;
+    }
+    adds.remove(origin);
+    let lo = adds.iter().map(|(o, _)| *o).min().unwrap_or(0).min(0);
+    let hi = adds.iter().map(|(o, _)| *o).max().unwrap_or(0).max(0);
+    Some((lo, hi, adds))
+}
+
 /// The whole program as one Cranelift function `fn(frame: *mut RawFrame) ->
 /// u32`, machine code without relocations (C functions are called by
 /// address).
@@ -381,9 +420,46 @@ pub fn compile_program(p: &Program, io: Io) -> Result<Vec<u8>, CompileError> {
                 b.ins().istore8(flags, c, cell, 0);
                 b.ins().jump(next, &[]);
             }
+            Op::Clear => {
+                let zero = b.ins().iconst(types::I8, 0);
+                b.ins().store(flags, zero, cell, 0);
+                b.ins().jump(next, &[]);
+            }
             Op::JmpZ(t) => {
                 let v = b.ins().load(types::I8, flags, cell, 0);
-                b.ins().brif(v, next, &[], blocks[t as usize], &[]);
+                match multiply_loop(&p.ops[k + 1..t as usize - 1]) {
+                    // A loop that moves the cell's value into others, k
+                    // times each (`[->++>+<<]`): done in one step when every
+                    // cell it touches is on the tape; else the loop as it is.
+                    Some((lo, hi, adds)) => {
+                        let once = b.create_block();
+                        let in_bounds = b.create_block();
+                        b.ins().brif(v, once, &[], blocks[t as usize], &[]);
+                        b.switch_to_block(once);
+                        let lo_ok = b.ins().iadd_imm_s(cur, lo);
+                        let lo_ok = b
+                            .ins()
+                            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, lo_ok, 0);
+                        let hi_p = b.ins().iadd_imm_s(cur, hi);
+                        let hi_ok = b.ins().icmp(IntCC::SignedLessThan, hi_p, len);
+                        let ok = b.ins().band(lo_ok, hi_ok);
+                        b.ins().brif(ok, in_bounds, &[], next, &[]);
+                        b.switch_to_block(in_bounds);
+                        let v = b.ins().load(types::I8, flags, cell, 0);
+                        for (off, k) in adds {
+                            let d = b.ins().imul_imm_s(v, i64::from(k as i8));
+                            let c = b.ins().load(types::I8, flags, cell, off as i32);
+                            let c = b.ins().iadd(c, d);
+                            b.ins().store(flags, c, cell, off as i32);
+                        }
+                        let zero = b.ins().iconst(types::I8, 0);
+                        b.ins().store(flags, zero, cell, 0);
+                        b.ins().jump(blocks[t as usize], &[]);
+                    }
+                    None => {
+                        b.ins().brif(v, next, &[], blocks[t as usize], &[]);
+                    }
+                }
             }
             Op::JmpNz(t) => {
                 let v = b.ins().load(types::I8, flags, cell, 0);
@@ -528,6 +604,7 @@ impl Bf {
         while pc < ops.len() {
             match ops[pc] {
                 Op::Add(n) => tape[p] = tape[p].wrapping_add(n),
+                Op::Clear => tape[p] = 0,
                 Op::Move(n) => {
                     let np = p as i64 + n;
                     if np < 0 {
