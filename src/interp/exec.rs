@@ -116,7 +116,7 @@ impl Runtime {
                 conv,
                 config,
                 policy,
-                Arc::new(weak.clone()),
+                Arc::new(RuntimeInterp(weak.clone())),
                 compiler,
             );
             for f in &program.functions {
@@ -338,10 +338,14 @@ fn from_tier(e: TierError) -> InterpError {
 }
 
 /// The tier table's view of this interpreter: calls from C and compiled
-/// code, and frames that compiled code deoptimized.
-impl Interpreter for Inner {
+/// code, and frames that compiled code deoptimized. A `Weak` (the runtime
+/// owns the table), upgraded and run in one step on the call path.
+struct RuntimeInterp(Weak<Inner>);
+
+impl Interpreter for RuntimeInterp {
     fn interpret(&self, func: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
-        let r = self.run(func.0 as u32, args, 0)?;
+        let inner = self.0.upgrade().ok_or("the runtime is gone")?;
+        let r = inner.run(func.0 as u32, args, 0)?;
         if let Some(slot) = ret.first_mut() {
             *slot = r;
         }
@@ -349,9 +353,10 @@ impl Interpreter for Inner {
     }
 
     fn resume(&self, func: FuncId, frame: &FrameState, ret: &mut [u64]) -> Result<(), HostError> {
+        let inner = self.0.upgrade().ok_or("the runtime is gone")?;
         // No OSR from a resumed frame: a forced deopt would otherwise re-enter
         // compiled code and deopt again, growing the native stack.
-        let r = self.run_from(
+        let r = inner.run_from(
             func.0 as u32,
             frame.pc() as usize,
             SmallVec::from_slice(frame.locals()),
@@ -394,8 +399,10 @@ impl Inner {
 
     /// Offers the frame at loop header `header` to the tier table's OSR;
     /// the function's result if compiled code finished the call, or the
-    /// frame to continue with if it deoptimized.
+    /// frame to continue with if it deoptimized. Out of line: the
+    /// interpreter's loop keeps its registers.
     #[allow(clippy::type_complexity)]
+    #[inline(never)]
     fn osr(
         &self,
         fi: u32,

@@ -303,8 +303,11 @@ impl Host for TableHost {
     fn call(&self, call: EntryCall<'_>) -> Result<(), HostError> {
         // SAFETY: see the Send impl: the table outlives calls into it.
         let table = unsafe { &*self.0 };
-        let f = table.get(call.func)?;
-        table.count_call(call.func, f);
+        // Only a table that counts calls looks the function up.
+        if table.config.call_threshold != u32::MAX {
+            let f = table.get(call.func)?;
+            table.count_call(call.func, f);
+        }
         table.interp.interpret(call.func, call.args, call.ret)
     }
 }
@@ -496,7 +499,7 @@ impl TierTable {
     fn get(&self, f: FuncId) -> Result<&FnState> {
         self.slot(f)
             .and_then(|(b, k)| b.fns[k].get())
-            .ok_or(TierError::UnknownFunction(f.0))
+            .ok_or_else(|| unknown(f))
     }
 
     #[inline]
@@ -626,8 +629,8 @@ impl TierTable {
     /// it called or deoptimized into, failed (the error it reported).
     #[inline]
     pub fn call(&self, f: FuncId, args: &[u64], ret: &mut [u64]) -> Result<TierCall> {
-        let (b, k) = self.slot(f).ok_or(TierError::UnknownFunction(f.0))?;
-        let state = b.fns[k].get().ok_or(TierError::UnknownFunction(f.0))?;
+        let (b, k) = self.slot(f).ok_or_else(|| unknown(f))?;
+        let state = b.fns[k].get().ok_or_else(|| unknown(f))?;
         if args.len() != state.arg_slots || ret.len() < state.ret_slots {
             return Err(bad_call(state, args.len(), ret.len()));
         }
@@ -1044,6 +1047,14 @@ impl TierTable {
                 .clone(),
         })
     }
+}
+
+/// The error of an id the table never gave out (built only when needed:
+/// an error built eagerly and dropped costs every call).
+#[cold]
+#[inline(never)]
+fn unknown(f: FuncId) -> TierError {
+    TierError::UnknownFunction(f.0)
 }
 
 /// The error of a call with the wrong slot counts (the exit stub's own).
