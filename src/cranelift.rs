@@ -63,9 +63,17 @@ pub enum CraneliftError {
 /// [`CraneliftError::Isa`] where Cranelift has no backend for this CPU.
 pub fn host_isa() -> Result<OwnedTargetIsa, CraneliftError> {
     let mut flags = settings::builder();
-    flags
-        .set("opt_level", "speed")
-        .map_err(|e| CraneliftError::Isa(e.to_string()))?;
+    // Stack probes inline: a call with large structs in memory grows the
+    // frame past a guard page, which must be touched page by page.
+    for (name, value) in [
+        ("opt_level", "speed"),
+        ("enable_probestack", "true"),
+        ("probestack_strategy", "inline"),
+    ] {
+        flags
+            .set(name, value)
+            .map_err(|e| CraneliftError::Isa(format!("{name}={value}: {e}")))?;
+    }
     cranelift_native::builder()
         .map_err(|e| CraneliftError::Isa(e.to_string()))?
         .finish(settings::Flags::new(flags))
@@ -198,15 +206,6 @@ fn unsupported(sig: &Signature, reason: &str) -> CraneliftError {
     }
 }
 
-/// Whether an argument's parts go to the stack (a struct that did not fit in
-/// the registers left: C passes it whole in memory, and later arguments may
-/// still take registers; Cranelift must see it as one in-memory argument).
-fn in_memory(parts: &[Part]) -> bool {
-    parts
-        .iter()
-        .any(|p| matches!(p.loc, crate::abi::Loc::Stack(_)))
-}
-
 /// The Cranelift signature of `sig` in `conv` (`ptr` is the target's
 /// pointer type): what a `call_indirect` of a C function of that signature
 /// takes. Struct arguments in registers become one parameter per eightbyte,
@@ -236,12 +235,6 @@ pub fn signature(
     for a in &layout.args {
         match &a.pass {
             ArgPass::ByRef { .. } => out.params.push(AbiParam::new(ptr)),
-            ArgPass::Direct(parts) if parts.len() > 1 && in_memory(parts) => {
-                out.params.push(AbiParam::special(
-                    ptr,
-                    ArgumentPurpose::StructArgument(a.ty.size().next_multiple_of(8)),
-                ))
-            }
             ArgPass::Direct(parts) => out.params.extend(parts.iter().map(|p| part_param(p, ptr))),
         }
     }
@@ -295,13 +288,13 @@ pub fn call_from_slots(
             }
             ArgPass::Direct(parts) => {
                 for p in parts.iter() {
-                    let Some(param) = params.next() else { break };
+                    let Some(param) = params.next() else {
+                        debug_assert!(false, "one parameter per part");
+                        break;
+                    };
                     if let ArgumentPurpose::StructArgument(_) = param.purpose {
                         // Its bytes, from the slots (Cranelift copies them).
                         vals.push(b.ins().iadd_imm_s(base, i64::from(p.offset)));
-                        if parts.len() > 1 && in_memory(parts) {
-                            break; // one parameter for the whole struct
-                        }
                         continue;
                     }
                     let v = b.ins().load(param.value_type, flags, base, p.offset as i32);

@@ -200,8 +200,10 @@ pub struct Dispatcher {
     _keep: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-// SAFETY: `ctx` is either an `Arc<H: Host>` (Send + Sync) kept alive by `_keep`,
-// or a raw context whose thread-safety the caller of `from_raw` vouched for.
+// SAFETY: `ctx` is an `Arc<H: Host>` (Send + Sync) or an `Arc<Local<H>>`
+// (whose host is only touched on its own thread, see `Local`), either kept
+// alive by `_keep`, or a raw context whose thread-safety the caller of
+// `from_raw` vouched for.
 unsafe impl Send for Dispatcher {}
 // SAFETY: as for Send; the dispatcher is only ever read.
 unsafe impl Sync for Dispatcher {}

@@ -790,13 +790,23 @@ fn code_without_entries_is_asked_for_once_not_at_every_call_or_back_edge() {
 
 #[test]
 fn code_compiled_across_a_revert_is_dropped_not_published() {
-    let (t, f, _) = counting_table(true);
+    let (t, f, compiler) = counting_table(true);
     let e = t.compile_now(f).unwrap_err();
     assert!(e.to_string().contains("reverted while"), "{e}");
-    assert!(!t.is_compiled(f).unwrap());
     assert_eq!(
         t.fn_stats(f).unwrap().code_kept,
         0,
         "the stale code was dropped"
+    );
+    // Not a failure, and nothing is turned off: hot calls ask again (this
+    // compiler reverts every time, so until max_compiles, 100).
+    assert_eq!(t.stats().compile_failures, 0);
+    let mut ret = [0];
+    for _ in 0..300 {
+        let _ = t.call(f, &[1], &mut ret).unwrap();
+    }
+    assert_eq!(
+        compiler.calls.load(std::sync::atomic::Ordering::Relaxed),
+        100
     );
 }

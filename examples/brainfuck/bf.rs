@@ -123,8 +123,12 @@ pub fn parse(src: &[u8]) -> Result<Program, BfError> {
                 }
             }
             b'>' | b'<' => {
+                // Only runs of one direction fold: `<>` must still fail at
+                // cell 0, and `><` at the tape's end.
                 let d = if c == b'>' { 1 } else { -1 };
-                if let Some(Op::Move(k)) = ops.last_mut() {
+                if let Some(Op::Move(k)) = ops.last_mut()
+                    && (*k > 0) == (d > 0)
+                {
                     *k += d;
                 } else {
                     ops.push(Op::Move(d));

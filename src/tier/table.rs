@@ -61,7 +61,9 @@ pub enum CompileReason {
     /// The function was called [`TierConfig::call_threshold`] times.
     Calls,
     /// A loop at this header took [`TierConfig::loop_threshold`] back
-    /// edges; the running frame waits for an OSR entry there.
+    /// edges; the running frame waits for an OSR entry there. Give every
+    /// OSR entry you can: after a successful compilation, loops without one
+    /// are not offered again until the function is reverted.
     Loop {
         /// The loop header.
         header: u32,
@@ -271,6 +273,9 @@ enum Refusal {
     Exhausted,
     /// Another compilation of the function is under way.
     Busy,
+    /// The function was reverted while it compiled: the code was dropped
+    /// (not a failure; nothing is turned off).
+    Reverted,
     /// The compiler failed, or what it returned could not be published.
     Failed(TierError),
 }
@@ -806,6 +811,10 @@ impl TierTable {
                     name: state.name.to_string(),
                     message: "another compilation of it is under way".into(),
                 },
+                Refusal::Reverted => TierError::Compile {
+                    name: state.name.to_string(),
+                    message: "reverted while it was being compiled; the code was dropped".into(),
+                },
                 Refusal::Failed(e) => e,
             })
     }
@@ -820,9 +829,6 @@ impl TierTable {
         state: &FnState,
         reason: CompileReason,
     ) -> std::result::Result<(), Refusal> {
-        let (Some(memory), Some(compiler)) = (&self.memory, &self.compiler) else {
-            return Err(Refusal::NoCompiler);
-        };
         // After a refusal for good or a failure, the same request is not
         // made again until a revert.
         let turn_off = || match reason {
@@ -832,6 +838,10 @@ impl TierTable {
                 }
             }
             _ => state.calls_off.store(true, Ordering::Relaxed),
+        };
+        let (Some(memory), Some(compiler)) = (&self.memory, &self.compiler) else {
+            turn_off();
+            return Err(Refusal::NoCompiler);
         };
         let exhausted = || state.compiles.load(Ordering::Relaxed) >= self.config.max_compiles;
         if exhausted() {
@@ -874,28 +884,15 @@ impl TierTable {
             // SAFETY: the compiler's contract (an unsafe trait) is
             // `publish`'s.
             Ok(Ok(compiled)) => unsafe { self.install(f, compiled, Some(generation)) },
-            Ok(Err(e)) => Err(refuse(e.to_string())),
-            Err(_) => Err(refuse("the compiler panicked".into())),
+            Ok(Err(e)) => Err(Refusal::Failed(refuse(e.to_string()))),
+            Err(_) => Err(Refusal::Failed(refuse("the compiler panicked".into()))),
         };
-        match outcome {
-            Ok(()) => {
-                // Calls have their code (or the compiler gives none); loops
-                // it gave no entry will not get one from asking again.
-                state.calls_off.store(true, Ordering::Relaxed);
-                for l in state.loops.iter() {
-                    if l.entry.load(Ordering::Acquire) == 0 {
-                        l.off.store(true, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.compile_failures.fetch_add(1, Ordering::Relaxed);
-                *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                turn_off();
-                Err(Refusal::Failed(e))
-            }
+        if let Err(Refusal::Failed(e)) = &outcome {
+            self.compile_failures.fetch_add(1, Ordering::Relaxed);
+            *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            turn_off();
         }
+        outcome
     }
 
     /// Publishes compiled code of `f`: its OSR entries at once, then its
@@ -916,34 +913,49 @@ impl TierTable {
     /// [`OsrEntryFn`].
     pub unsafe fn publish(&self, f: FuncId, compiled: Compiled) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.install(f, compiled, None) }
+        unsafe { self.install(f, compiled, None) }.map_err(|r| match r {
+            Refusal::Failed(e) => e,
+            _ => TierError::Internal("publish without a generation was refused".into()),
+        })
     }
 
-    /// [`TierTable::publish`]; with `generation`, only if `f` was not
-    /// reverted since that generation (code compiled before a revert is
-    /// dropped, not published).
+    /// [`TierTable::publish`]; with `generation` (a compilation's), only if
+    /// `f` was not reverted since (code compiled before a revert is dropped:
+    /// [`Refusal::Reverted`]), and then, under the same lock, the requests
+    /// this compilation answered are turned off: calls (they have their code,
+    /// or the compiler gives none) and every loop it gave no OSR entry.
     ///
     /// # Safety
     /// As [`TierTable::publish`].
-    unsafe fn install(&self, f: FuncId, compiled: Compiled, generation: Option<u64>) -> Result<()> {
-        let state = self.get(f)?;
-        let cell = self.cell(f)?;
+    unsafe fn install(
+        &self,
+        f: FuncId,
+        compiled: Compiled,
+        generation: Option<u64>,
+    ) -> std::result::Result<(), Refusal> {
+        let failed = Refusal::Failed;
+        let state = self.get(f).map_err(failed)?;
+        let cell = self.cell(f).map_err(failed)?;
         let Compiled { code, entry, osr } = compiled;
-        let entry = entry.map(|off| code.ptr_at(off)).transpose()?;
+        let entry = entry
+            .map(|off| code.ptr_at(off))
+            .transpose()
+            .map_err(failed)?;
         let mut osr_ptrs = Vec::with_capacity(osr.len());
         for (header, off) in osr {
-            let l = state.find_loop(header).ok_or_else(|| TierError::BadDecl {
-                name: state.name.to_string(),
-                reason: format!("an OSR entry at {header}, which is not a declared loop header"),
+            let l = state.find_loop(header).ok_or_else(|| {
+                failed(TierError::BadDecl {
+                    name: state.name.to_string(),
+                    reason: format!(
+                        "an OSR entry at {header}, which is not a declared loop header"
+                    ),
+                })
             })?;
-            osr_ptrs.push((l, code.ptr_at(off)?));
+            osr_ptrs.push((l, code.ptr_at(off).map_err(failed)?));
         }
         let mut kept = state.code.lock().unwrap_or_else(|e| e.into_inner());
         if generation.is_some_and(|g| g != state.generation.load(Ordering::Acquire)) {
-            return Err(TierError::Compile {
-                name: state.name.to_string(),
-                message: "reverted while it was being compiled; the code was dropped".into(),
-            });
+            return Err(Refusal::Reverted);
         }
         kept.push(code);
         for (l, p) in osr_ptrs {
@@ -951,6 +963,14 @@ impl TierTable {
         }
         if let Some(p) = entry {
             cell.store(p as usize, Ordering::Release);
+        }
+        if generation.is_some() {
+            state.calls_off.store(true, Ordering::Relaxed);
+            for l in state.loops.iter() {
+                if l.entry.load(Ordering::Acquire) == 0 {
+                    l.off.store(true, Ordering::Relaxed);
+                }
+            }
         }
         state.deopts.store(0, Ordering::Relaxed);
         self.compiled.fetch_add(1, Ordering::Relaxed);
