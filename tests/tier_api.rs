@@ -810,3 +810,54 @@ fn code_compiled_across_a_revert_is_dropped_not_published() {
         100
     );
 }
+
+#[test]
+fn frames_larger_than_the_stack_buffer_go_through_the_pooled_frames() {
+    // 70 locals: more than TierTable::osr keeps on its stack (64), so the
+    // frame is a pooled FrameState, in both outcomes.
+    let text = "
+fn wide (i64)->i64 70
+top:
+  get 1
+  get 0
+  lt
+  jz done
+  get 69
+  get 1
+  add
+  set 69
+  get 1
+  const 1
+  add
+  set 1
+  jmp top
+done:
+  get 69
+  ret
+end
+";
+    let loops = TierConfig {
+        call_threshold: u32::MAX,
+        loop_threshold: 1,
+        ..TierConfig::default()
+    };
+    for force_deopt in [false, true] {
+        let v = vm::Vm::new(
+            vm::parse(text).unwrap(),
+            bridge(),
+            TierConfig {
+                force_deopt,
+                ..loops
+            },
+            true,
+        );
+        assert_eq!(
+            v.call("wide", &[1000]).unwrap(),
+            tri(1000),
+            "force_deopt {force_deopt}"
+        );
+        let s = v.table.stats();
+        assert!(s.osr_entries >= 1, "{s:?}");
+        assert_eq!(s.deopts >= 1, force_deopt, "{s:?}");
+    }
+}

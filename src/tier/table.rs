@@ -280,6 +280,10 @@ enum Refusal {
     Failed(TierError),
 }
 
+/// Frames of at most this many slots are handed to OSR entries from the
+/// stack of [`TierTable::osr`]; larger ones from the per-thread pool.
+const STACK_FRAME_SLOTS: usize = 64;
+
 /// Functions are kept in blocks of this many, each with its cells and
 /// their `jmp [cell]` stubs.
 const BLOCK: usize = 64;
@@ -744,37 +748,90 @@ impl TierTable {
                 ),
             });
         }
-        let mut frame = FrameState::with_capacity(len.max(state.frame_slots as usize));
+        let entry = std::ptr::NonNull::new(entry as *mut c_void).expect("checked non-zero");
+        let cap = len.max(state.frame_slots as usize);
+        let bad = |reason: String| TierError::BadFrame { func: f.0, reason };
+        if cap <= STACK_FRAME_SLOTS {
+            // Small frames (the usual case) live on this stack for the call:
+            // no pool, no thread-local; a frame is made only on a deopt.
+            // Only the `cap` slots handed over are written (no 512-byte
+            // clear per transfer): the frame, then zeros up to `cap`.
+            let mut buf = [std::mem::MaybeUninit::<u64>::uninit(); STACK_FRAME_SLOTS];
+            let slots = buf.as_mut_ptr().cast::<u64>();
+            // SAFETY: `buf` has room for `cap` >= `len` slots, `locals` and
+            // `stack` are `len` slots apart from it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(locals.as_ptr(), slots, locals.len());
+                std::ptr::copy_nonoverlapping(stack.as_ptr(), slots.add(locals.len()), stack.len());
+                std::ptr::write_bytes(slots.add(len), 0, cap - len);
+            }
+            let mut raw = RawFrame {
+                pc: header,
+                locals: locals.len() as u32,
+                len: len as u32,
+                cap: cap as u32,
+                slots,
+                ret: ret.as_mut_ptr(),
+            };
+            // SAFETY: `raw` describes `buf` (cap slots) and `ret` (checked).
+            let status = unsafe { self.enter_osr(entry, &mut raw) }?;
+            return match status {
+                OSR_COMPLETED => Ok(OsrOutcome::Completed),
+                OSR_DEOPT => {
+                    if raw.slots != slots || raw.len > raw.cap || raw.cap as usize != cap {
+                        return Err(bad(format!(
+                            "compiled code left a frame of {} slots in a buffer of {cap}",
+                            raw.len
+                        )));
+                    }
+                    // SAFETY: `slots` is `buf` and `len` is within `cap`, all
+                    // of whose slots were written (above, or by the entry).
+                    let frame = unsafe { FrameState::from_raw(&raw) }.map_err(bad)?;
+                    self.count_deopt(f, state);
+                    Ok(OsrOutcome::Deopt(frame))
+                }
+                s => Err(bad(format!("an OSR entry returned status {s}"))),
+            };
+        }
+        let mut frame = FrameState::with_capacity(cap);
         frame.set(header, locals, stack);
         let mut raw = frame.raw(state.frame_slots as usize, ret.as_mut_ptr());
+        // SAFETY: `raw` describes the frame's buffer and `ret` (checked).
+        let status = unsafe { self.enter_osr(entry, &mut raw) }?;
+        match status {
+            OSR_COMPLETED => Ok(OsrOutcome::Completed),
+            OSR_DEOPT => {
+                frame.take_raw(&raw).map_err(bad)?;
+                self.count_deopt(f, state);
+                Ok(OsrOutcome::Deopt(frame))
+            }
+            s => Err(bad(format!("an OSR entry returned status {s}"))),
+        }
+    }
+
+    /// Runs an OSR entry on `raw`: its status, or the failure a callback
+    /// recorded while it ran.
+    ///
+    /// # Safety
+    /// `entry` is an OSR entry published for the function (`Compiler`'s and
+    /// `publish`'s contracts), kept alive by the table; `raw` describes a
+    /// live buffer of `cap` slots and `ret` room for the result slots.
+    unsafe fn enter_osr(
+        &self,
+        entry: std::ptr::NonNull<c_void>,
+        raw: &mut RawFrame,
+    ) -> Result<u32> {
         self.osr_entries.fetch_add(1, Ordering::Relaxed);
         crate::host::clear_entry_error();
-        let entry = std::ptr::NonNull::new(entry as *mut c_void).expect("checked non-zero");
-        // SAFETY: `entry` is an OSR entry published for this function
-        // (`Compiler`'s and `publish`'s contracts), kept alive by the table;
-        // `raw` describes a live buffer of `cap` slots and `ret` has room
-        // for the function's result slots (checked above).
+        // SAFETY: by this function's contract.
         let status = unsafe {
             let osr: OsrEntryFn = crate::code::callable_as(entry);
-            osr(&mut raw)
+            osr(raw)
         };
         if crate::host::entry_failure_pending() {
             return Err(failed());
         }
-        match status {
-            OSR_COMPLETED => Ok(OsrOutcome::Completed),
-            OSR_DEOPT => {
-                frame
-                    .take_raw(&raw)
-                    .map_err(|reason| TierError::BadFrame { func: f.0, reason })?;
-                self.count_deopt(f, state);
-                Ok(OsrOutcome::Deopt(frame))
-            }
-            s => Err(TierError::BadFrame {
-                func: f.0,
-                reason: format!("an OSR entry returned status {s}"),
-            }),
-        }
+        Ok(status)
     }
 
     /// Compiles `f` now (whatever its counters say) and publishes the code.
