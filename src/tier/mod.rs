@@ -30,7 +30,8 @@
 //!   locals, operand stack) to [`TierTable::osr`]; the OSR entry runs the
 //!   call to its end ([`OsrOutcome::Completed`]) or deoptimizes and hands a
 //!   position and a frame back ([`OsrOutcome::Deopt`]). The frame buffers
-//!   are the library's, reused from a per-thread pool.
+//!   are the library's: on its stack for small frames, else reused from a
+//!   per-thread pool.
 //! - **Deoptimization**: compiled code leaves by describing its live state
 //!   as slots in a [`RawFrame`] and calling the table's helper
 //!   ([`TierTable::deopt_helper`]): your [`Interpreter::resume`] continues
