@@ -103,9 +103,10 @@ impl std::fmt::Display for BfError {
     }
 }
 
-/// Decodes `src`: run-length folding of `+-` and `<>`, brackets matched with
-/// an explicit stack (no recursion, whatever the nesting), every other byte
-/// ignored.
+/// Decodes `src`: runs of `+-` folded, and runs of `>` or of `<` (one
+/// direction only), `[-]` and `[+]` as one instruction, brackets matched
+/// with an explicit stack (no recursion, whatever the nesting), every other
+/// byte ignored.
 pub fn parse(src: &[u8]) -> Result<Program, BfError> {
     let mut ops: Vec<Op> = Vec::new();
     let mut offsets = Vec::new();
