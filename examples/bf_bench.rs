@@ -9,6 +9,8 @@
 
 #[path = "brainfuck/bf.rs"]
 mod bf;
+#[path = "common/measure.rs"]
+mod measure;
 
 use std::ffi::c_void;
 use std::io::Write as _;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use measure::median;
 use tierbridge::native::NativeLibrary;
 use tierbridge::thunks::{BackendKind, Bridge};
 use tierbridge::tier::TierConfig;
@@ -80,11 +83,6 @@ extern "C" fn sum_put(c: i32) -> i32 {
 
 extern "C" fn no_get() -> i32 {
     -1
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

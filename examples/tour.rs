@@ -83,6 +83,27 @@ fn section(title: &str) {
     );
 }
 
+/// The tour's program on `bridge`, tiered as `config` says, with its
+/// natives (libc's `qsort`) bound.
+fn runtime(
+    bridge: &Arc<Bridge>,
+    config: TierConfig,
+) -> Result<Runtime, Box<dyn std::error::Error>> {
+    // SAFETY: this file's own program: its loads, stores and native calls are
+    // valid for every call made here.
+    let rt = unsafe {
+        Runtime::with_tiers(
+            parse_program(PROGRAM)?,
+            bridge.clone(),
+            FailurePolicy::Report,
+            config,
+        )
+    }?;
+    // SAFETY: qsort from the C library has the declared signature.
+    unsafe { rt.bind_natives_from_process() }?;
+    Ok(rt)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let conv = CallConv::host()?;
@@ -155,17 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     section("3. C calls the interpreter (entry points), a callback-heavy loop");
-    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
-    let rt = unsafe {
-        Runtime::with_tiers(
-            parse_program(PROGRAM)?,
-            bridge.clone(),
-            FailurePolicy::Report,
-            TierConfig::interpreter_only(),
-        )
-    }?;
-    // SAFETY: qsort from the C library has the declared signature.
-    unsafe { rt.bind_natives_from_process() }?;
+    let rt = runtime(&bridge, TierConfig::interpreter_only())?;
     let mut small: Vec<i32> = vec![42, -7, 19, 0, -23, 8];
     rt.call("sort", &[small.as_mut_ptr() as u64, small.len() as u64])?;
     println!("  qsort with an interpreted comparator: {small:?}");
@@ -185,17 +196,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // The same comparator in a tiered runtime: qsort's calls through its
     // native pointer count, and after 1000 of them it runs compiled code.
-    // SAFETY: as above.
-    let tiered_rt = unsafe {
-        Runtime::with_tiers(
-            parse_program(PROGRAM)?,
-            bridge.clone(),
-            FailurePolicy::Report,
-            TierConfig::default(),
-        )
-    }?;
-    // SAFETY: as above.
-    unsafe { tiered_rt.bind_natives_from_process() }?;
+    let tiered_rt = runtime(&bridge, TierConfig::default())?;
     let mut big2: Vec<i32> = (0..n)
         .map(|i| ((i as i64 * 2_654_435_761) % 1_000_003) as i32)
         .collect();
@@ -212,26 +213,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     section("4. tier-up: a hot interpreted loop moves into compiled code (OSR)");
     let iters = 3_000_000u64;
-    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
-    let plain = unsafe {
-        Runtime::new(
-            parse_program(PROGRAM)?,
-            bridge.clone(),
-            FailurePolicy::Report,
-        )
-    }?;
+    let plain = runtime(&bridge, TierConfig::interpreter_only())?;
     let t = Instant::now();
     let a = plain.call("hot", &[iters])?;
     let interp_ms = t.elapsed().as_secs_f64() * 1e3;
-    // SAFETY: this file's own program: its loads, stores and native calls are valid for every call made here.
-    let tiered = unsafe {
-        Runtime::with_tiers(
-            parse_program(PROGRAM)?,
-            bridge.clone(),
-            FailurePolicy::Report,
-            TierConfig::default(),
-        )
-    }?;
+    let tiered = runtime(&bridge, TierConfig::default())?;
     let t = Instant::now();
     let b = tiered.call("hot", &[iters])?;
     let tiered_ms = t.elapsed().as_secs_f64() * 1e3;

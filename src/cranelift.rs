@@ -97,6 +97,8 @@ pub fn compile(isa: &OwnedTargetIsa, func: ir::Function) -> Result<Vec<u8>, Cran
         .compile(&**isa, &mut ControlPlane::default())
         .map_err(|e| CraneliftError::Compile(format!("{:?}", e.inner)))?;
     let mut bytes = code.code_buffer().to_vec();
+    // The C library, opened at the first relocation (most code has none).
+    let mut libc = None;
     for r in code.buffer.relocs() {
         let symbol = match (&r.kind, &r.target) {
             (Reloc::Abs8, FinalizedRelocTarget::ExternalName(ir::ExternalName::LibCall(lc))) => {
@@ -118,8 +120,15 @@ pub fn compile(isa: &OwnedTargetIsa, func: ir::Function) -> Result<Vec<u8>, Cran
                 )));
             }
         };
-        let addr = crate::native::NativeLibrary::this_process()
-            .and_then(|l| l.symbol(symbol))
+        let libc = match &libc {
+            Some(l) => l,
+            None => libc.insert(
+                crate::native::NativeLibrary::this_process()
+                    .map_err(|e| CraneliftError::Compile(e.to_string()))?,
+            ),
+        };
+        let addr = libc
+            .symbol(symbol)
             .map_err(|e| CraneliftError::Compile(e.to_string()))?;
         let value = (addr as i64).wrapping_add(r.addend) as u64;
         let at = r.offset as usize;

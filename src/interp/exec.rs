@@ -106,9 +106,13 @@ impl Runtime {
         let wants = config.call_threshold != u32::MAX || config.loop_threshold != u32::MAX;
         let mut failure = None;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let compiler = if wants {
-                super::jit::compiler(weak.clone())
-            } else {
+            // The baseline JIT emits x86-64; elsewhere everything is
+            // interpreted.
+            #[cfg(target_arch = "x86_64")]
+            let compiler = wants.then(|| super::jit::compiler(weak.clone()));
+            #[cfg(not(target_arch = "x86_64"))]
+            let compiler: Option<Box<dyn crate::tier::Compiler>> = {
+                let _ = wants;
                 None
             };
             let table = TierTable::new(
@@ -197,9 +201,7 @@ impl Runtime {
         if !self.inner.tiering {
             return Ok(None);
         }
-        self.inner
-            .osr(fi, header as u32, locals, &[], 0)
-            .map(|r| r.map(|(v, _)| v))
+        self.inner.osr(fi, header as u32, locals, &[], 0)
     }
 
     /// Compiles function `name` now and publishes it in its entry cell
@@ -397,11 +399,10 @@ impl Inner {
         self.run(i, args, depth)
     }
 
-    /// Offers the frame at loop header `header` to the tier table's OSR;
-    /// the function's result if compiled code finished the call, or the
-    /// frame to continue with if it deoptimized. Out of line: the
-    /// interpreter's loop keeps its registers.
-    #[allow(clippy::type_complexity)]
+    /// Offers the frame at loop header `header` to the tier table's OSR:
+    /// the function's result when compiled code ran the call to its end, or
+    /// interpreted on from where it deoptimized; `None` when there is no
+    /// OSR entry. Out of line: the interpreter's loop keeps its registers.
     #[inline(never)]
     fn osr(
         &self,
@@ -410,7 +411,7 @@ impl Inner {
         locals: &[u64],
         st: &[u64],
         depth: u32,
-    ) -> Result<Option<(u64, Option<FrameState>)>, InterpError> {
+    ) -> Result<Option<u64>, InterpError> {
         let mut ret = [0u64; 1];
         let nret = self.program.functions[fi as usize].sig.ret_slots();
         match self
@@ -419,7 +420,7 @@ impl Inner {
             .map_err(from_tier)?
         {
             OsrOutcome::NotReady => Ok(None),
-            OsrOutcome::Completed => Ok(Some((ret[0], None))),
+            OsrOutcome::Completed => Ok(Some(ret[0])),
             OsrOutcome::Deopt(frame) => {
                 let r = self.run_from(
                     fi,
@@ -429,7 +430,7 @@ impl Inner {
                     depth,
                     false,
                 )?;
-                Ok(Some((r, Some(frame))))
+                Ok(Some(r))
             }
         }
     }
@@ -593,7 +594,7 @@ impl Inner {
                         if backward
                             && osr_allowed
                             && self.table.back_edge(FuncId(u64::from(fi)), pc as u32)
-                            && let Some((r, _)) = self.osr(fi, pc as u32, &locals, &st, depth)?
+                            && let Some(r) = self.osr(fi, pc as u32, &locals, &st, depth)?
                         {
                             return Ok(r);
                         }

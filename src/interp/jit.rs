@@ -44,8 +44,8 @@ struct BaselineJit {
 }
 
 /// The compiler of a runtime, for its tier table.
-pub(super) fn compiler(rt: Weak<Inner>) -> Option<Box<dyn Compiler>> {
-    Some(Box::new(BaselineJit { rt }))
+pub(super) fn compiler(rt: Weak<Inner>) -> Box<dyn Compiler> {
+    Box::new(BaselineJit { rt })
 }
 
 // SAFETY: `compile` returns code of `jit::compile`, whose function entry at

@@ -100,6 +100,12 @@ impl TypeArena {
     }
 }
 
+/// An integer result narrower than a register: a closure returns it widened
+/// to 64 bits (a cif of its own describes it so).
+fn narrow_int(s: Scalar) -> bool {
+    !s.is_float() && s.size() < 8
+}
+
 fn has_packed(ty: &Type) -> bool {
     match ty {
         Type::Scalar(_) => false,
@@ -216,13 +222,11 @@ impl FfiCif {
             // declared width and zero the upper half; ABI.md, "Who extends
             // narrow integers"). A call (`ffi_call`) keeps the declared
             // width: there libffi extends what the callee left.
-            Some(Type::Scalar(s)) if closure && !s.is_float() && s.size() < 8 => {
-                scalar_type(if s.is_signed() {
-                    Scalar::I64
-                } else {
-                    Scalar::U64
-                })
-            }
+            Some(Type::Scalar(s)) if closure && narrow_int(*s) => scalar_type(if s.is_signed() {
+                Scalar::I64
+            } else {
+                Scalar::U64
+            }),
             Some(ty) => {
                 let t = libffi_type_for(ty, conv, true)?;
                 arena.get(&t)
@@ -490,7 +494,7 @@ impl FfiBackend {
     /// narrow integer result (returned as 64 bits, extended).
     fn entry_cif(&self, reg: &'static Registry, id: SigId, conv: CallConv) -> Result<Arc<FfiCif>> {
         let sig = reg.signature(id)?;
-        let narrow = matches!(sig.ret(), Some(Type::Scalar(s)) if !s.is_float() && s.size() < 8);
+        let narrow = matches!(sig.ret(), Some(Type::Scalar(s)) if narrow_int(*s));
         if sig.is_variadic() || narrow {
             Self::cached(&self.closures, reg, id, conv, true)
         } else {

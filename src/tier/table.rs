@@ -504,18 +504,23 @@ impl TierTable {
         Some((block, i as usize % BLOCK))
     }
 
+    /// A function's state, its block and its index there: one lookup.
     #[inline]
-    fn get(&self, f: FuncId) -> Result<&FnState> {
-        self.slot(f)
-            .and_then(|(b, k)| b.fns[k].get())
-            .ok_or_else(|| unknown(f))
+    fn entry(&self, f: FuncId) -> Result<(&FnState, &Block, usize)> {
+        let (b, k) = self.slot(f).ok_or_else(|| unknown(f))?;
+        let state = b.fns[k].get().ok_or_else(|| unknown(f))?;
+        Ok((state, b, k))
     }
 
     #[inline]
-    fn cell(&self, f: FuncId) -> Result<&AtomicUsize> {
-        self.get(f)?;
-        let (b, k) = self.slot(f).expect("checked above");
-        Ok(&b.cells[k])
+    fn get(&self, f: FuncId) -> Result<&FnState> {
+        self.entry(f).map(|(state, ..)| state)
+    }
+
+    /// A function's state and its entry cell.
+    #[inline]
+    fn with_cell(&self, f: FuncId) -> Result<(&FnState, &AtomicUsize)> {
+        self.entry(f).map(|(state, b, k)| (state, &b.cells[k]))
     }
 
     /// The bridge.
@@ -577,8 +582,7 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub fn native_ptr(&self, f: FuncId) -> Result<*const c_void> {
-        let state = self.get(f)?;
-        let (b, k) = self.slot(f).expect("checked above");
+        let (state, b, k) = self.entry(f)?;
         Ok(match &b.jumps {
             Some(j) => j.addr().as_ptr().wrapping_add(JUMP_BYTES * k).cast(),
             None => state.interp_ptr as *const c_void,
@@ -593,7 +597,7 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub fn cell_addr(&self, f: FuncId) -> Result<*const c_void> {
-        Ok(self.cell(f)?.as_ptr() as *const c_void)
+        Ok(self.with_cell(f)?.1.as_ptr() as *const c_void)
     }
 
     /// The code the cell holds now.
@@ -601,7 +605,7 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub fn current(&self, f: FuncId) -> Result<*const c_void> {
-        Ok(self.cell(f)?.load(Ordering::Acquire) as *const c_void)
+        Ok(self.with_cell(f)?.1.load(Ordering::Acquire) as *const c_void)
     }
 
     /// The function's interpreter entry point (the cell's first value).
@@ -617,8 +621,8 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub fn is_compiled(&self, f: FuncId) -> Result<bool> {
-        let state = self.get(f)?;
-        Ok(self.cell(f)?.load(Ordering::Acquire) != state.interp_ptr)
+        let (state, cell) = self.with_cell(f)?;
+        Ok(cell.load(Ordering::Acquire) != state.interp_ptr)
     }
 
     /// The deoptimization helper and its first argument, for compiled code
@@ -638,8 +642,7 @@ impl TierTable {
     /// it called or deoptimized into, failed (the error it reported).
     #[inline]
     pub fn call(&self, f: FuncId, args: &[u64], ret: &mut [u64]) -> Result<TierCall> {
-        let (b, k) = self.slot(f).ok_or_else(|| unknown(f))?;
-        let state = b.fns[k].get().ok_or_else(|| unknown(f))?;
+        let (state, b, k) = self.entry(f)?;
         if args.len() != state.arg_slots || ret.len() < state.ret_slots {
             return Err(bad_call(state, args.len(), ret.len()));
         }
@@ -991,8 +994,7 @@ impl TierTable {
         generation: Option<u64>,
     ) -> std::result::Result<(), Refusal> {
         let failed = Refusal::Failed;
-        let state = self.get(f).map_err(failed)?;
-        let cell = self.cell(f).map_err(failed)?;
+        let (state, cell) = self.with_cell(f).map_err(failed)?;
         let Compiled { code, entry, osr } = compiled;
         let entry = entry
             .map(|off| code.ptr_at(off))
@@ -1042,10 +1044,10 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub fn revert(&self, f: FuncId) -> Result<()> {
-        let state = self.get(f)?;
+        let (state, cell) = self.with_cell(f)?;
         let _kept = state.code.lock().unwrap_or_else(|e| e.into_inner());
         state.generation.fetch_add(1, Ordering::AcqRel);
-        self.cell(f)?.store(state.interp_ptr, Ordering::Release);
+        cell.store(state.interp_ptr, Ordering::Release);
         for l in state.loops.iter() {
             l.entry.store(0, Ordering::Release);
             l.count.store(0, Ordering::Relaxed);
@@ -1070,8 +1072,7 @@ impl TierTable {
     /// # Errors
     /// [`TierError::UnknownFunction`].
     pub unsafe fn release_retired(&self, f: FuncId) -> Result<usize> {
-        let state = self.get(f)?;
-        let cell = self.cell(f)?;
+        let (state, cell) = self.with_cell(f)?;
         let mut kept = state.code.lock().unwrap_or_else(|e| e.into_inner());
         let live = |c: &Code| {
             c.contains(cell.load(Ordering::Acquire) as *const c_void)

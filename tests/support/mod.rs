@@ -386,24 +386,17 @@ fn build_sample() -> (PathBuf, PathBuf) {
     (so, dir.join("sample.json"))
 }
 
-/// A loaded library and symbol lookup.
-pub struct Lib(pub libloading::Library);
+/// A loaded test library (the crate's own symbol lookup, unwrapped).
+pub struct Lib(pub tierbridge::native::NativeLibrary);
 
 impl Lib {
     pub fn open(path: &Path) -> Lib {
         // SAFETY: test fixtures built above; their initializers are trivial.
-        Lib(unsafe { libloading::Library::new(path) }.unwrap())
+        Lib(unsafe { tierbridge::native::NativeLibrary::open(path.to_str().unwrap()) }.unwrap())
     }
 
     pub fn addr(&self, name: &str) -> *const std::ffi::c_void {
-        let sym = format!("{name}\0");
-        // SAFETY: used only as an address.
-        unsafe {
-            *self
-                .0
-                .get::<*const std::ffi::c_void>(sym.as_bytes())
-                .unwrap()
-        }
+        self.0.symbol(name).unwrap()
     }
 }
 
