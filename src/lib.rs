@@ -20,6 +20,10 @@
 //! - [`native`] — native libraries and their symbols (`dlopen`/`dlsym`),
 //!   with errors that name the library and the symbol: how the crate and
 //!   its users find the C functions they call.
+//! - [`stack`] — the native stack every tier shares: each thread's limit,
+//!   checked by entries from C, by the reference interpreter, by compiled
+//!   code's call guards and by exit calls with large arguments, so running
+//!   out is a typed error instead of a crash.
 //! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
 //!   exit stubs (interpreter → native) and entry points (native →
 //!   interpreter) through one of two backends behind one API: x86-64 code
@@ -74,6 +78,7 @@ pub mod cranelift;
 pub mod host;
 pub mod interp;
 pub mod native;
+pub mod stack;
 mod sys;
 mod table;
 pub mod thunks;

@@ -125,6 +125,22 @@ fn quot (i64,i64)->i64 2
   ret
 end
 
+# down(n) = n == 0 ? 0 : down(n - 1) + 1, recursing through its cell
+fn down (i64)->i64 1
+  get 0
+  jz zero
+  get 0
+  const 1
+  sub
+  call down
+  const 1
+  add
+  ret
+zero:
+  const 0
+  ret
+end
+
 # loads through its argument: a null pointer traps in the interpreter
 fn deref (ptr)->i64 1
   get 0
@@ -487,6 +503,29 @@ fn reverted_code_is_kept_until_released_and_then_freed() {
         unsafe { std::mem::transmute(t.native_ptr(f).unwrap()) };
     assert_eq!(from_c(10), 45, "interpreted again");
     assert_eq!(tiered.call("sum_to", &[10]).unwrap(), 45);
+}
+
+#[test]
+fn running_out_of_stack_is_an_error_in_both_tiers_of_a_foreign_vm() {
+    // The VM's interpreter checks `tierbridge::stack` at each activation,
+    // its JIT's code asks `call_guard_begin` before each call: the same
+    // limit, so deep recursion ends in an error in both tiers, never in a
+    // crash, and what fits gives the same result.
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(|| {
+            let (interp, tiered) = vms(eager());
+            for vm in [&interp, &tiered] {
+                assert_eq!(vm.call("down", &[3000]).unwrap(), 3000);
+                let e = vm.call("down", &[100_000_000]).unwrap_err();
+                assert!(e.to_string().contains("native stack exhausted"), "{e}");
+                assert_eq!(vm.call("down", &[10]).unwrap(), 10);
+            }
+            assert!(tiered.table.is_compiled(tiered.id("down")).unwrap());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 #[test]

@@ -342,6 +342,9 @@ impl Vm {
         mut st: Vec<i64>,
         osr: bool,
     ) -> Result<i64, HostError> {
+        // The stack limit every tier obeys (compiled code's call guards
+        // check the same one): running out is an error, not a crash.
+        tierbridge::stack::check(0)?;
         let func = &self.funcs[f.0 as usize];
         loop {
             let op = func.code[pc];
@@ -610,11 +613,14 @@ impl Env<'_> {
                     // A callee that fails (an interpreter trap) leaves its
                     // failure pending: stop there, as the interpreter would
                     // (r13, saved, keeps the pending state before the call).
+                    // No stack left for the call (`CALL_GUARD_NO_STACK`, -1):
+                    // the same, without calling.
                     let (begin, end) = (
                         tierbridge::host::call_guard_begin as *const () as i64,
                         tierbridge::host::call_guard_end as *const () as i64,
                     );
-                    dynasm!(ops ; .arch x64 ; mov rax, QWORD begin ; call rax ; mov r13d, eax);
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD begin ; call rax ; mov r13d, eax
+                        ; cmp eax, -1 ; je =>failed);
                     for i in 0..n {
                         dynasm!(ops ; .arch x64 ; mov Rq(ARG_REGS[i as usize]), QWORD [rbx + slot(first + i)]);
                     }

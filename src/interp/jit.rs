@@ -553,9 +553,12 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Op::Call(i) | Op::CallNative(i) => {
                 flush!();
                 // r12 (saved by the prologue) keeps whether a failure was
-                // pending before the call.
+                // pending before the call. No stack left for the call (the
+                // guard's answer is `CALL_GUARD_NO_STACK`, -1): leave as
+                // after a failed callee, the failure pending.
                 dynasm!(ops ; .arch x64
                     ; mov rax, QWORD env.guard_begin as i64 ; call rax ; mov r12d, eax
+                    ; cmp eax, -1 ; je =>bail
                 );
                 let (sig, stub) = match *op {
                     Op::Call(_) => (

@@ -190,6 +190,9 @@ pub(super) struct FfiCif {
     /// Win64 by-reference arguments: (argument index, copy offset, size).
     byref: Box<[(usize, usize, usize)]>,
     va: Option<VaPlan>,
+    /// Native stack a call takes beyond this frame: the arguments, libffi's
+    /// register block and our scratch copies (see `FfiCif::call`).
+    stack_need: usize,
 }
 
 // SAFETY: an FfiCif is immutable after construction; its raw pointers point into
@@ -288,6 +291,7 @@ impl FfiCif {
             sig,
             layout,
             va,
+            stack_need: super::call_stack_bytes(layout) as usize + 1024,
         })
     }
 
@@ -378,6 +382,12 @@ impl FfiCif {
             ret,
         )?;
         let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
+        if self.stack_need > crate::stack::UNCHECKED_FRAME {
+            // libffi copies the arguments below this frame (`alloca`):
+            // enough stack for them, touched a page at a time.
+            super::reserve_call_stack(self.stack_need)?;
+            crate::stack::probe(self.stack_need);
+        }
         let mut avalue = [MaybeUninit::<*mut c_void>::uninit(); MAX_PARAMS];
         for (p, slot) in avalue.iter_mut().zip(self.arg_slot.iter()) {
             p.write(args[*slot as usize..].as_ptr() as *mut c_void);

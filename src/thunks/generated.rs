@@ -58,9 +58,14 @@ struct SlotStubs {
     f_errno: ExitFn,
 }
 
+/// The largest stub installed: room for the copies of
+/// [`MAX_CALL_STACK_BYTES`](super::MAX_CALL_STACK_BYTES) of arguments (under
+/// 2 bytes of code per byte copied) and the rest of the stub.
+const MAX_STUB_BYTES: usize = 3 * super::MAX_CALL_STACK_BYTES as usize;
+
 /// Installs `code`, refusing sizes no sane signature produces.
 fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
-    if code.len() > 64 * 1024 {
+    if code.len() > MAX_STUB_BYTES {
         return Err(too_big(code.len()));
     }
     mem.install(code)
@@ -91,6 +96,8 @@ impl SlotStubs {
 struct ExitCode {
     /// Where the slot stubs go when they are made later.
     mem: Arc<ExecMemory>,
+    /// Native stack the shape's arguments take (`call_stack_bytes`).
+    stack_need: u32,
     fast: Option<(ExecCode, FastRet)>,
     slots: OnceLock<SlotStubs>,
 }
@@ -119,6 +126,9 @@ pub(super) struct GenExit {
     nargs: u32,
     nret: u32,
     conv: CallConv,
+    /// Native stack its arguments take; a call checks for it first when it
+    /// is more than a page (`stack::UNCHECKED_FRAME`).
+    stack_need: u32,
 }
 
 /// A backend's exits, per convention and by signature id, and the exit code
@@ -237,6 +247,9 @@ impl GenExitRef {
             args,
             ret,
         )?;
+        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
+            super::reserve_call_stack(self.stack_need as usize)?;
+        }
         clear_entry_error();
         if let Some(v) = errno_before {
             // SAFETY: forwarded contract; the counts were checked above.
@@ -332,6 +345,7 @@ impl GenExit {
             nargs: sig.arg_slots() as u32,
             nret: sig.ret_slots() as u32,
             conv,
+            stack_need: code.stack_need,
         }
     }
 
@@ -369,6 +383,14 @@ impl GenExit {
         args: *const u64,
         ret: *mut u64,
     ) {
+        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME
+            && let Err(ThunkError::StackExhausted(error)) =
+                super::reserve_call_stack(self.stack_need as usize)
+        {
+            // SAFETY: `ret` points to the stub's `nret` slots (contract).
+            let ret = unsafe { std::slice::from_raw_parts_mut(ret, self.nret as usize) };
+            return super::no_stack_for_call(error, ret);
+        }
         // SAFETY: forwarded contract.
         unsafe { self.run(target, args, ret) }
     }
@@ -879,6 +901,7 @@ impl GenBackend {
             let code = table
                 .code
                 .get_or_make(self.reg(), (id, conv), exit_key, |layout| {
+                    super::check_call_stack(sig, layout)?;
                     let mut space = CodeSpace::new();
                     let fast = match emit_fast_exit(&mut space, layout) {
                         Some((bytes, kind)) => Some((self.install(bytes)?, kind)),
@@ -891,6 +914,7 @@ impl GenBackend {
                     }
                     Ok(ExitCode {
                         mem: self.mem.clone(),
+                        stack_need: super::call_stack_bytes(layout) as u32,
                         fast,
                         slots,
                     })

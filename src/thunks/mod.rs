@@ -92,6 +92,26 @@ pub enum ThunkError {
     /// Out of memory for a closure or stub.
     #[error("out of memory for {0}")]
     OutOfMemory(&'static str),
+    /// The arguments of a call of this signature would take more native
+    /// stack than [`MAX_CALL_STACK_BYTES`] (large structs by value): refused
+    /// when the exit stub is made, on every backend.
+    #[error(
+        "a call of {sig} ({conv}) would put {bytes} bytes of arguments on the native stack; the limit is {limit}"
+    )]
+    CallStackTooLarge {
+        /// The signature.
+        sig: String,
+        /// The convention.
+        conv: CallConv,
+        /// Bytes its arguments would take (stack area and by-reference copies).
+        bytes: u64,
+        /// [`MAX_CALL_STACK_BYTES`].
+        limit: u32,
+    },
+    /// Too little native stack was left on this thread for the call's
+    /// arguments ([`crate::stack`]); the call was not made.
+    #[error("no stack left for the call: {0}")]
+    StackExhausted(crate::stack::StackExhausted),
     /// libffi refused a prepared signature (a bug, or a libffi limit).
     #[error("internal error: {0}")]
     Internal(String),
@@ -146,6 +166,54 @@ fn bad_exit_call<'a>(
             got: got_ret,
         }
     }
+}
+
+/// The most native stack the arguments of one exit call may take (its
+/// outgoing stack area, Win64's by-reference copies included): two structs
+/// of the largest size ([`MAX_STRUCT_SIZE`](crate::abi::MAX_STRUCT_SIZE)) by
+/// value. A signature past it is refused when its exit stub is made
+/// ([`ThunkError::CallStackTooLarge`]), on both backends alike. A call whose
+/// arguments take more than a page checks the thread's stack first
+/// ([`crate::stack`]; [`ThunkError::StackExhausted`]), and touches its pages
+/// in order, so a copy never jumps past the guard page.
+pub const MAX_CALL_STACK_BYTES: u32 = 128 * 1024;
+
+/// The native stack an exit call of `layout` takes for its arguments.
+fn call_stack_bytes(layout: &CallLayout) -> u64 {
+    u64::from(layout.stack_bytes) + u64::from(layout.copy_bytes)
+}
+
+/// Refuses a layout whose arguments would take more than
+/// [`MAX_CALL_STACK_BYTES`] of stack (both backends, when an exit is made).
+fn check_call_stack(sig: &Signature, layout: &CallLayout) -> Result<()> {
+    let bytes = call_stack_bytes(layout);
+    if bytes > u64::from(MAX_CALL_STACK_BYTES) {
+        return Err(ThunkError::CallStackTooLarge {
+            sig: sig.to_string(),
+            conv: layout.conv,
+            bytes,
+            limit: MAX_CALL_STACK_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Before an exit call whose arguments take `need` bytes (more than a
+/// page): whether the thread's stack has them.
+#[cold]
+#[inline(never)]
+fn reserve_call_stack(need: usize) -> Result<()> {
+    crate::stack::check(need).map_err(ThunkError::StackExhausted)
+}
+
+/// [`ExitStub::call_unchecked`] had too little stack for its arguments: the
+/// call was not made; its failure stays pending, as a callback's would, and
+/// the results are zero.
+#[cold]
+#[inline(never)]
+fn no_stack_for_call(error: crate::stack::StackExhausted, ret: &mut [u64]) {
+    crate::host::record_failure(EntryError::StackExhausted { func: None, error });
+    ret.fill(0);
 }
 
 /// After an exit call, on either backend: the failure of a callback that ran
@@ -346,7 +414,9 @@ impl Bridge {
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when the backend cannot express the signature
-    /// (libffi: packed structs whose layout differs from the natural one). A
+    /// (libffi: packed structs whose layout differs from the natural one),
+    /// [`ThunkError::CallStackTooLarge`] when its arguments would take more
+    /// than [`MAX_CALL_STACK_BYTES`] of stack. A
     /// declared variadic signature is the call site that passes no variadic
     /// argument.
     pub fn exit_stub(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
@@ -367,6 +437,7 @@ impl Bridge {
             });
         }
         let cif = self.ffi.exit_cif(self.registry, id, conv)?;
+        check_call_stack(cif.sig, cif.layout)?;
         Ok(ExitStub {
             imp: ExitImpl::Ffi(cif),
             id,
@@ -547,8 +618,11 @@ impl ExitStub {
     ///
     /// # Errors
     /// [`ThunkError::NullTarget`], [`ThunkError::ArgCount`],
-    /// [`ThunkError::RetSlots`], and [`ThunkError::Callback`] when a callback
-    /// failed while native code ran (the result slots are still written).
+    /// [`ThunkError::RetSlots`], [`ThunkError::StackExhausted`] when the
+    /// arguments take more than a page of stack and this thread has not that
+    /// much left ([`crate::stack`]), and [`ThunkError::Callback`] when a
+    /// callback failed while native code ran (the result slots are still
+    /// written).
     ///
     /// # Safety
     /// `target` must be a function with exactly this signature and convention,
@@ -588,7 +662,10 @@ impl ExitStub {
     /// the call is well formed (an interpreter whose verifier checked the call
     /// site, generated code): no slot-count or null check, and a callback
     /// failure is not turned into an error here — it stays pending for
-    /// [`take_entry_error`](crate::host::take_entry_error).
+    /// [`take_entry_error`](crate::host::take_entry_error). The stack is
+    /// still checked when the arguments take more than a page: without room,
+    /// the call is not made, the results are zero and
+    /// [`EntryError::StackExhausted`] is pending.
     ///
     /// # Safety
     /// As [`ExitStub::call`], and: `target` is not null, `args` points to
@@ -601,8 +678,13 @@ impl ExitStub {
             ExitImpl::Ffi(c) => unsafe {
                 let args = std::slice::from_raw_parts(args, c.layout.arg_slots as usize);
                 let ret = std::slice::from_raw_parts_mut(ret, c.layout.ret_slots as usize);
-                // Cannot fail: the target is non-null and the counts are the stub's.
-                let _ = c.call(target, args, ret, None, false);
+                // Fails only for want of stack (the target is non-null and
+                // the counts are the stub's): that failure stays pending.
+                if let Err(ThunkError::StackExhausted(error)) =
+                    c.call(target, args, ret, None, false)
+                {
+                    no_stack_for_call(error, ret);
+                }
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: forwarded contract.

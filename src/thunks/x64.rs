@@ -596,7 +596,7 @@ fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout) {
         dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), rdx);
     }
     if calls {
-        dynasm!(ops ; .arch x64 ; sub rsp, frame);
+        sub_rsp_probed(ops, frame);
     }
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
@@ -637,6 +637,20 @@ fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
     }
 }
 
+/// `sub rsp, frame` for an exit stub's outgoing area (eax free): a frame
+/// larger than a page grows a page at a time, each page touched before the
+/// next, so that running out of stack meets the guard page instead of
+/// jumping past it (the arguments are then copied in any order).
+fn sub_rsp_probed(ops: &mut CodeBuf, frame: i32) {
+    const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
+    let mut left = frame;
+    while left > PAGE {
+        dynasm!(ops ; .arch x64 ; sub rsp, PAGE ; mov eax, DWORD [rsp]);
+        left -= PAGE;
+    }
+    dynasm!(ops ; .arch x64 ; sub rsp, left);
+}
+
 /// One exit stub.
 ///
 /// Only `ret` (r12) and, when capturing errno, the `errno` block (r13) must
@@ -653,7 +667,8 @@ fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
             ; mov rax, QWORD [r13] ; mov ecx, DWORD [r13 + 8] ; mov DWORD [rax], ecx
         );
     }
-    dynasm!(ops ; .arch x64 ; sub rsp, frame ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
+    sub_rsp_probed(ops, frame);
+    dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
     // Each part where it travels (rax is the only scratch); a Win64
     // by-reference aggregate is copied and its copy's address passed.
     for a in &l.args {
