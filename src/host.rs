@@ -548,9 +548,48 @@ unsafe fn run_host(
     va: *mut RawVaList,
     host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
 ) -> u32 {
+    if crate::stack::maybe_exhausted() {
+        // Out of line, so the common path keeps nothing live across it.
+        // SAFETY: forwarded contract.
+        return unsafe { run_host_near_limit(b, args, ret, va, host) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { run_host_now(b, args, ret, va, host) }
+}
+
+/// `run_host` when the stack may be at its limit: refused if it is, run
+/// otherwise.
+///
+/// # Safety
+/// As `run_host`.
+#[cold]
+#[inline(never)]
+unsafe fn run_host_near_limit(
+    b: &RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+    host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
+) -> u32 {
     if let Err(error) = crate::stack::check(0) {
         return no_stack_for_entry(b.func, error);
     }
+    // SAFETY: forwarded contract.
+    unsafe { run_host_now(b, args, ret, va, host) }
+}
+
+/// `run_host` once the stack is known to have room.
+///
+/// # Safety
+/// As `run_host`.
+#[inline(always)]
+unsafe fn run_host_now(
+    b: &RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+    host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
+) -> u32 {
     // SAFETY: backends pass non-null slot pointers valid for the counts.
     let args = unsafe { std::slice::from_raw_parts(args, b.nargs as usize) };
     // SAFETY: as above; the result slots are not aliased during the call.

@@ -185,6 +185,15 @@ pub fn check(need: usize) -> Result<(), StackExhausted> {
     Ok(())
 }
 
+/// The fast half of `check(0)`: false means the check passes; true means
+/// `check(0)` must decide (the stack pointer is below the limit, or this
+/// thread has not checked yet). For hot paths that want nothing kept live
+/// across the decision: branch on this, and call `check` out of line.
+#[inline(always)]
+pub(crate) fn maybe_exhausted() -> bool {
+    stack_pointer() < LIMIT.with(Cell::get)
+}
+
 #[cold]
 #[inline(never)]
 fn exhausted(sp: usize, need: usize) -> Result<(), StackExhausted> {

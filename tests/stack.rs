@@ -201,6 +201,20 @@ extern "C" fn weigh_big(b: Big, k: u64) -> u64 {
     })
 }
 
+/// `weigh_big` for a Win64 caller.
+#[cfg(target_arch = "x86_64")]
+extern "win64" fn weigh_big_win64(b: Big, k: u64) -> u64 {
+    weigh_big(b, k)
+}
+
+/// The conventions a call can be made in here, with `weigh_big` in each.
+fn weigh_big_by_conv() -> Vec<(CallConv, *const c_void)> {
+    let mut v = vec![(CallConv::SysV, weigh_big as *const c_void)];
+    #[cfg(target_arch = "x86_64")]
+    v.push((CallConv::Win64, weigh_big_win64 as *const c_void));
+    v
+}
+
 fn big_sig() -> Signature {
     Signature::parse(&format!("({},u64)->u64", bytes_struct(65536))).unwrap()
 }
@@ -260,6 +274,17 @@ fn calls_whose_arguments_exceed_the_stack_limit_are_refused_when_the_stub_is_mad
 fn a_call_with_64_kib_of_arguments_works_and_checks_the_stack_first() {
     let (args, want) = big_args();
     let sig = big_sig();
+    // Both conventions: SysV copies the struct into the stack area, Win64
+    // into a copy whose address it passes.
+    for (conv, f) in weigh_big_by_conv() {
+        for (name, bridge) in support::all_bridges() {
+            let stub = bridge.exit_stub(&sig, conv).unwrap();
+            let mut ret = [0u64];
+            // SAFETY: `f` has this signature in this convention.
+            unsafe { stub.call(f, &args, &mut ret) }.unwrap();
+            assert_eq!(ret[0], want, "{name} {conv}");
+        }
+    }
     let conv = CallConv::host().unwrap();
     for (name, bridge) in support::all_bridges() {
         let stub = bridge.exit_stub(&sig, conv).unwrap();
@@ -348,4 +373,72 @@ fn without_known_bounds_a_large_call_meets_the_guard_page_not_memory_below_it() 
             assert_eq!(out.status.signal(), Some(6), "{backend}: SIGABRT");
         }
     }
+}
+
+#[repr(C)]
+struct Bytes<const N: usize>([u8; N]);
+
+/// a + 3b + 5c + 7k + Σ (i + 1) · s[i], from the callee's own copy.
+extern "C" fn weigh_n<const N: usize>(a: u64, b: u64, c: u64, s: Bytes<N>, k: u64) -> u64 {
+    let sum = s.0.iter().enumerate().fold(0u64, |acc, (i, &x)| {
+        acc.wrapping_add((i as u64 + 1) * u64::from(x))
+    });
+    a + 3 * b + 5 * c + 7 * k + sum
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "win64" fn weigh_n_win64<const N: usize>(
+    a: u64,
+    b: u64,
+    c: u64,
+    s: Bytes<N>,
+    k: u64,
+) -> u64 {
+    weigh_n(a, b, c, s, k)
+}
+
+fn check_weigh_n<const N: usize>() {
+    let bytes: Vec<u8> = (0..N).map(|i| (i * 13 % 256) as u8).collect();
+    let sum = bytes.iter().enumerate().fold(0u64, |acc, (i, &x)| {
+        acc.wrapping_add((i as u64 + 1) * u64::from(x))
+    });
+    let want = 1 + 3 * 2 + 5 * 3 + 7 * 4 + sum;
+    let mut args = vec![1u64, 2, 3];
+    let mut padded = bytes.clone();
+    padded.resize(N.div_ceil(8) * 8, 0xEE);
+    args.extend(
+        padded
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
+    );
+    args.push(4);
+    let sig = Signature::parse(&format!("(u64,u64,u64,{},u64)->u64", bytes_struct(N))).unwrap();
+    let mut fns = vec![(CallConv::SysV, weigh_n::<N> as *const c_void)];
+    #[cfg(target_arch = "x86_64")]
+    fns.push((CallConv::Win64, weigh_n_win64::<N> as *const c_void));
+    for (conv, f) in fns {
+        for (name, bridge) in support::all_bridges() {
+            let stub = bridge.exit_stub(&sig, conv).unwrap();
+            let mut ret = [0u64];
+            // SAFETY: `f` has this signature in this convention.
+            unsafe { stub.call(f, &args, &mut ret) }.unwrap();
+            assert_eq!(ret[0], want, "{name} {conv} N={N}");
+        }
+    }
+}
+
+#[test]
+fn structs_by_value_around_the_copy_loop_threshold_arrive_intact() {
+    // Exit stubs copy arguments of more than 32 quadwords with a loop, around
+    // which the argument registers already loaded are saved: sizes on both
+    // sides of it, odd ones, and past a page, with integers before and after
+    // in registers (the truth: the same sum computed here).
+    check_weigh_n::<17>();
+    check_weigh_n::<255>();
+    check_weigh_n::<256>();
+    check_weigh_n::<257>();
+    check_weigh_n::<263>();
+    check_weigh_n::<1000>();
+    check_weigh_n::<4097>();
+    check_weigh_n::<20000>();
 }

@@ -249,36 +249,50 @@ fn a_thread_calling_through_the_cell_while_another_publishes_and_reverts_gets_eq
     let t = tiered.table.clone();
     let f = tiered.id("sum_to");
     let p = t.native_ptr(f).unwrap() as usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop2, made2) = (stop.clone(), made.clone());
+    // The caller calls until told to stop (and at least 20 000 times), so
+    // the flips below overlap its calls however the threads are scheduled.
     let caller = std::thread::spawn(move || {
         // SAFETY: sum_to's native pointer is an `extern "C" fn(i64) -> i64`,
         // valid while the table (kept by the main thread) lives.
         let g: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(p) };
-        (0..20_000)
-            .map(|k| g(k % 100) - tri(k % 100))
-            .filter(|d| *d != 0)
-            .count()
+        let mut wrong = 0;
+        let mut k = 0i64;
+        while k < 20_000 || !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            wrong += usize::from(g(k % 100) != tri(k % 100));
+            k += 1;
+            made2.store(k as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        wrong
     });
-    let mut flips = 0;
-    while !caller.is_finished() && flips < 2_000 {
+    let mut flips = 0u64;
+    while made.load(std::sync::atomic::Ordering::Relaxed) < 20_000 || flips < 200 {
         t.compile_now(f).unwrap();
         assert!(t.is_compiled(f).unwrap());
+        // Published for a moment: the caller may run on it meanwhile.
+        std::thread::yield_now();
         t.revert(f).unwrap();
+        // Interpreted for a moment too.
+        std::thread::yield_now();
         flips += 1;
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(caller.join().unwrap(), 0, "a call gave a wrong result");
-    assert!(flips > 0);
-    // Some of the 20 000 calls from the other thread ran compiled code (they
-    // did not reach the interpreter), and some ran interpreted.
+    let calls = made.load(std::sync::atomic::Ordering::Relaxed);
+    // Some of the calls from the other thread ran compiled code (they did
+    // not reach the interpreter), and some ran interpreted.
     let interpreted = tiered
         .interpreted_from_native
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        interpreted > 0 && interpreted < 20_000,
-        "{interpreted} of 20 000 calls interpreted over {flips} publish/revert pairs"
+        interpreted > 0 && interpreted < calls,
+        "{interpreted} of {calls} calls interpreted over {flips} publish/revert pairs"
     );
     // Every compiled version is still kept: a call may still be inside one.
-    assert_eq!(t.fn_stats(f).unwrap().code_kept, flips);
-    assert_eq!(t.stats().reverts, flips as u64);
+    assert_eq!(t.fn_stats(f).unwrap().code_kept as u64, flips);
+    assert_eq!(t.stats().reverts, flips);
 }
 
 #[test]

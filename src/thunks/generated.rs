@@ -58,10 +58,10 @@ struct SlotStubs {
     f_errno: ExitFn,
 }
 
-/// The largest stub installed: room for the copies of
-/// [`MAX_CALL_STACK_BYTES`](super::MAX_CALL_STACK_BYTES) of arguments (under
-/// 2 bytes of code per byte copied) and the rest of the stub.
-const MAX_STUB_BYTES: usize = 3 * super::MAX_CALL_STACK_BYTES as usize;
+/// The largest stub installed. No signature within the limits comes near:
+/// large copies are loops (`x64::copy_to_stack`), and 64 parameters take a
+/// few instructions each.
+const MAX_STUB_BYTES: usize = 64 * 1024;
 
 /// Installs `code`, refusing sizes no sane signature produces.
 fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
@@ -247,9 +247,6 @@ impl GenExitRef {
             args,
             ret,
         )?;
-        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
-            super::reserve_call_stack(self.stack_need as usize)?;
-        }
         clear_entry_error();
         if let Some(v) = errno_before {
             // SAFETY: forwarded contract; the counts were checked above.
@@ -277,6 +274,9 @@ impl GenExitRef {
         errno_before: i32,
     ) -> Result<Option<i32>> {
         let f_errno = self.slot_stubs(id)?.f_errno;
+        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
+            super::reserve_call_stack(self.stack_need as usize)?;
+        }
         let mut io = ErrnoIo {
             loc: crate::sys::errno_location(),
             value: errno_before,
@@ -383,14 +383,6 @@ impl GenExit {
         args: *const u64,
         ret: *mut u64,
     ) {
-        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME
-            && let Err(ThunkError::StackExhausted(error)) =
-                super::reserve_call_stack(self.stack_need as usize)
-        {
-            // SAFETY: `ret` points to the stub's `nret` slots (contract).
-            let ret = unsafe { std::slice::from_raw_parts_mut(ret, self.nret as usize) };
-            return super::no_stack_for_call(error, ret);
-        }
         // SAFETY: forwarded contract.
         unsafe { self.run(target, args, ret) }
     }
@@ -427,6 +419,12 @@ impl GenExit {
                 unsafe { (*ret, *ret.add(1)) = (first, second) };
             }
         } else {
+            // Only a slot stub's arguments can take more than a page (no
+            // register stub is made for them).
+            if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
+                // SAFETY: forwarded contract.
+                return unsafe { self.run_big(target, args, ret) };
+            }
             let f = self
                 .code()
                 .slots
@@ -436,6 +434,32 @@ impl GenExit {
             // SAFETY: by this function's contract.
             unsafe { f(args, ret, target, null_mut()) }
         }
+    }
+}
+
+impl GenExit {
+    /// `run` for a slot stub whose arguments take more than a page of
+    /// stack: enough stack first, or the call is not made, the results are
+    /// zero and the failure is pending.
+    ///
+    /// # Safety
+    /// As `run`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn run_big(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
+        if let Err(error) = crate::stack::check(self.stack_need as usize) {
+            // SAFETY: `ret` points to the stub's `nret` slots (contract).
+            let ret = unsafe { std::slice::from_raw_parts_mut(ret, self.nret as usize) };
+            return super::no_stack_for_call(error, ret);
+        }
+        let f = self
+            .code()
+            .slots
+            .get()
+            .expect("made with the stub when there is no register stub")
+            .f;
+        // SAFETY: by this function's contract.
+        unsafe { f(args, ret, target, null_mut()) }
     }
 }
 
@@ -903,7 +927,11 @@ impl GenBackend {
                 .get_or_make(self.reg(), (id, conv), exit_key, |layout| {
                     super::check_call_stack(sig, layout)?;
                     let mut space = CodeSpace::new();
-                    let fast = match emit_fast_exit(&mut space, layout) {
+                    // Arguments past a page of stack: no register stub, so
+                    // that only the slot stub's path checks the stack.
+                    let big =
+                        super::call_stack_bytes(layout) > crate::stack::UNCHECKED_FRAME as u64;
+                    let fast = match emit_fast_exit(&mut space, layout).filter(|_| !big) {
                         Some((bytes, kind)) => Some((self.install(bytes)?, kind)),
                         None => None,
                     };

@@ -230,6 +230,11 @@ fn callback_failure() -> Result<()> {
 #[inline(never)]
 fn callback_failed() -> ThunkError {
     match crate::host::take_entry_error() {
+        // The call itself found too little stack (or compiled code in a
+        // callback did): not a callback's own failure.
+        Some(EntryError::StackExhausted { func: None, error }) => {
+            ThunkError::StackExhausted(error)
+        }
         Some(e) => ThunkError::Callback(e),
         None => ThunkError::Internal(
             "a callback failed, but its error could not be kept (the thread's locals were being destroyed)"

@@ -444,6 +444,26 @@ fn copy_qwords(ops: &mut CodeBuf, src: u8, s: i32, dst: u8, t: i32, size: u32) {
     }
 }
 
+/// An exit stub's copy of `size` bytes of argument slots at `[r11 + s]` to
+/// its outgoing area at `[rsp + t]` (as `copy_qwords`). Past 32 quadwords, a
+/// `rep movsq` instead of a move pair per quadword, so that the code stays
+/// small for large structs by value: rdi, rsi and rcx (which may hold
+/// arguments already) are pushed around it, 24 bytes under the outgoing
+/// area, and the direction flag is clear at any call (both conventions).
+#[inline(always)]
+fn copy_to_stack(ops: &mut CodeBuf, s: i32, t: i32, size: u32) {
+    let qwords = size.div_ceil(8);
+    if qwords <= 32 {
+        return copy_qwords(ops, R11, s, RSP, t, size);
+    }
+    dynasm!(ops ; .arch x64
+        ; push rdi ; push rsi ; push rcx
+        ; lea rsi, [r11 + s] ; lea rdi, [rsp + t + 24] ; mov ecx, qwords as i32
+        ; rep movsq
+        ; pop rcx ; pop rsi ; pop rdi
+    );
+}
+
 /// rax = the scalar in register `g`, extended as its type says.
 #[inline(always)]
 pub(crate) fn extend_reg<A: DynasmApi>(ops: &mut A, s: Scalar, g: u8) {
@@ -633,7 +653,7 @@ fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
         Loc::XmmAndGpr(n, g) => {
             dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
         }
-        Loc::Stack(off) => copy_qwords(ops, R11, src, RSP, d(off), p.size),
+        Loc::Stack(off) => copy_to_stack(ops, src, d(off), p.size),
     }
 }
 
@@ -681,7 +701,7 @@ fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
             }
             ArgPass::ByRef { ptr, copy } => {
                 let at = d(l.stack_bytes + copy);
-                copy_qwords(ops, R11, slot, RSP, at, a.ty.size());
+                copy_to_stack(ops, slot, at, a.ty.size());
                 match ptr {
                     Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + at]),
                     Loc::Stack(off) => {
