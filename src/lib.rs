@@ -83,6 +83,7 @@ mod sys;
 mod table;
 pub mod thunks;
 pub mod tier;
+pub mod visibility;
 #[cfg(feature = "wasmi")]
 pub mod wasm;
 

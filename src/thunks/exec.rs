@@ -134,6 +134,10 @@ pub struct ExecCode {
     offset: usize,
     size: usize,
     addr: NonNull<u8>,
+    /// Bytes of code (the rest of `size` is padding).
+    len: usize,
+    /// Its name and unwind rows as tools see them, once published.
+    published: Option<crate::visibility::Published>,
 }
 
 // SAFETY: an ExecCode is an address of read+execute memory that nothing writes
@@ -147,6 +151,17 @@ impl ExecCode {
     pub(crate) fn addr(&self) -> NonNull<u8> {
         self.addr
     }
+
+    /// Publishes the code to profilers, debuggers and the unwinder
+    /// (`crate::visibility`) under `name`, until it is dropped.
+    pub(crate) fn publish(&mut self, name: &str, unwind: &crate::visibility::Unwind) {
+        self.published = Some(crate::visibility::publish(&crate::visibility::Region {
+            name,
+            addr: self.addr.as_ptr() as usize,
+            len: self.len,
+            unwind,
+        }));
+    }
 }
 
 impl fmt::Debug for ExecCode {
@@ -157,6 +172,8 @@ impl fmt::Debug for ExecCode {
 
 impl Drop for ExecCode {
     fn drop(&mut self) {
+        // Unpublished first: the memory may be handed out again below.
+        drop(self.published.take());
         let mut inner = self.mem.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner
             .free
@@ -315,6 +332,8 @@ impl ExecMemory {
             offset,
             size,
             addr,
+            len,
+            published: None,
         };
         if self.strategy == ExecStrategy::WriteThenProtect {
             // SAFETY: [offset, offset+size) are whole pages of this slab that

@@ -39,6 +39,8 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 
+use crate::visibility::Unwind;
+
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
 /// A register stub (`x64::emit_fast_exit`): arguments from the slots,
@@ -71,11 +73,26 @@ fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
     mem.install(code)
 }
 
+/// `install`, then published to tools (`crate::visibility`) as
+/// `tierbridge <what> <signature> <convention>`.
+fn install_named(
+    mem: &Arc<ExecMemory>,
+    code: &[u8],
+    what: &str,
+    sig: &Signature,
+    conv: CallConv,
+    unwind: &Unwind,
+) -> Result<ExecCode> {
+    let mut c = install(mem, code)?;
+    c.publish(&format!("tierbridge {what} {sig} {conv}"), unwind);
+    Ok(c)
+}
+
 impl SlotStubs {
-    fn new(mem: &Arc<ExecMemory>, layout: &CallLayout) -> Result<SlotStubs> {
+    fn new(mem: &Arc<ExecMemory>, sig: &Signature, layout: &CallLayout) -> Result<SlotStubs> {
         let mut space = CodeSpace::new();
-        let (bytes, errno_at) = emit_slot_exits(&mut space, layout);
-        let code = install(mem, bytes)?;
+        let (bytes, errno_at, unwind) = emit_slot_exits(&mut space, layout);
+        let code = install_named(mem, bytes, "exit", sig, layout.conv, &unwind)?;
         // SAFETY: both slot stubs were emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
         // SAFETY: as above; the errno variant starts `errno_at` bytes in.
@@ -295,7 +312,7 @@ impl GenExitRef {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&code.mem, self.layout(id))?;
+        let fresh = SlotStubs::new(&code.mem, self.signature(id), self.layout(id))?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(code.slots.get_or_init(|| fresh))
     }
@@ -932,13 +949,23 @@ impl GenBackend {
                     let big =
                         super::call_stack_bytes(layout) > crate::stack::UNCHECKED_FRAME as u64;
                     let fast = match emit_fast_exit(&mut space, layout).filter(|_| !big) {
-                        Some((bytes, kind)) => Some((self.install(bytes)?, kind)),
+                        Some((bytes, kind, unwind)) => Some((
+                            install_named(
+                                &self.mem,
+                                bytes,
+                                "exit (registers)",
+                                sig,
+                                conv,
+                                &unwind,
+                            )?,
+                            kind,
+                        )),
                         None => None,
                     };
                     let slots = OnceLock::new();
                     if fast.is_none() {
                         // The slot stub is the call path: make it now.
-                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                        let _ = slots.set(SlotStubs::new(&self.mem, sig, layout)?);
                     }
                     Ok(ExitCode {
                         mem: self.mem.clone(),
@@ -992,12 +1019,13 @@ impl GenBackend {
                 |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
                 |layout| {
                     let mut space = CodeSpace::new();
-                    let code = self.install(emit_entry(
+                    let (bytes, unwind) = emit_entry(
                         &mut space,
                         layout,
                         variadic,
                         entry_failed as *const () as usize,
-                    ))?;
+                    );
+                    let code = install_named(&self.mem, bytes, "entry", sig, conv, &unwind)?;
                     // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
                     let entry = unsafe { callable(code.addr().cast()) };
                     Ok(GenThunk {
@@ -1024,7 +1052,9 @@ impl GenBackend {
             .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
             .collect();
         let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
-        let code = self.install(&emit_trampolines(&addrs))?;
+        let mut code = self.install(&emit_trampolines(&addrs))?;
+        // Each trampoline only jumps: the return address stays at [rsp].
+        code.publish("tierbridge trampolines", &Unwind::Leaf);
         let slots = (0..BLOCK)
             .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
             .collect();

@@ -1,0 +1,174 @@
+//! Generated code that tools can see through: backtraces taken inside host
+//! functions that C called through entry thunks continue below the thunk
+//! and below the C code, down to this test's own frames, on both memory
+//! strategies; and the `.eh_frame` registered for stubs and thunks
+//! describes them.
+
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+mod support;
+
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use tierbridge::abi::{CallConv, Signature};
+use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use tierbridge::interp::{Runtime, parse_program};
+use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions, ExecStrategy};
+use tierbridge::tier::TierConfig;
+
+unsafe extern "C" {
+    fn qsort(
+        base: *mut c_void,
+        n: usize,
+        size: usize,
+        cmp: unsafe extern "C" fn(*const c_void, *const c_void) -> i32,
+    );
+}
+
+fn bridge(exec: ExecStrategy) -> Option<Bridge> {
+    let b = Bridge::with_options(BridgeOptions {
+        backend: BackendKind::Generated,
+        exec: Some(exec),
+    })
+    .ok()?;
+    (b.kind() == BackendKind::Generated).then_some(b)
+}
+
+/// Sorts through an exit stub for `qsort` whose comparator is an entry
+/// point; the host captures a backtrace at its first call and returns it.
+#[inline(never)]
+fn sort_through_the_bridge(bridge: &Bridge) -> String {
+    let seen = Arc::new(Mutex::new(None::<String>));
+    let seen2 = seen.clone();
+    let host = move |call: EntryCall<'_>| -> Result<(), HostError> {
+        let mut s = seen2.lock().unwrap();
+        if s.is_none() {
+            *s = Some(std::backtrace::Backtrace::force_capture().to_string());
+        }
+        // SAFETY: qsort passes pointers to two i32s of the array.
+        let (a, b) = unsafe { (*(call.args[0] as *const i32), *(call.args[1] as *const i32)) };
+        call.ret[0] = (a.cmp(&b) as i32) as u32 as u64;
+        Ok(())
+    };
+    let d = Dispatcher::from_host(Arc::new(host), FailurePolicy::Report);
+    let conv = CallConv::host().unwrap();
+    let cmp = bridge
+        .entry_point(&Signature::parse("(ptr,ptr)->i32").unwrap(), conv, &d, 0)
+        .unwrap();
+    let stub = bridge
+        .exit_stub(&Signature::parse("(ptr,u64,u64,ptr)->void").unwrap(), conv)
+        .unwrap();
+    let mut v: Vec<i32> = (0..64).map(|i| (i * 37) % 64).collect();
+    let args = [
+        v.as_mut_ptr() as u64,
+        v.len() as u64,
+        4,
+        cmp.code_ptr() as u64,
+    ];
+    // SAFETY: qsort has this signature; the comparator is an entry point of
+    // the comparator's signature, alive during the call.
+    unsafe { stub.call(qsort as *const c_void, &args, &mut []) }.unwrap();
+    assert!(v.windows(2).all(|w| w[0] <= w[1]));
+    seen.lock().unwrap().take().expect("the comparator ran")
+}
+
+#[test]
+fn a_backtrace_in_a_callback_from_c_reaches_the_frames_below_c() {
+    for exec in [ExecStrategy::WriteThenProtect, ExecStrategy::DualMapping] {
+        let Some(b) = bridge(exec) else {
+            println!("skipped {exec}: no generated backend here");
+            continue;
+        };
+        let bt = sort_through_the_bridge(&b);
+        // Below the entry thunk: C's qsort, then the exit stub, then the
+        // Rust frames that called it (without unwind information for the
+        // thunk, the unwinder stopped at the thunk).
+        assert!(bt.contains("qsort"), "{exec}: {bt}");
+        assert!(bt.contains("sort_through_the_bridge"), "{exec}: {bt}");
+        assert!(
+            bt.contains("a_backtrace_in_a_callback_from_c_reaches_the_frames_below_c"),
+            "{exec}: {bt}"
+        );
+    }
+}
+
+const PROGRAM: &str = r#"
+extern qsort "(ptr,u64,u64,ptr)->void"
+extern probe "()->void"
+
+# qsort's comparator over int32_t, which calls probe() once per comparison
+fn cmp(a: ptr, b: ptr) -> i32
+  call probe
+  local.get a
+  i64.load32_s
+  local.get b
+  i64.load32_s
+  i64.sub
+  return
+end
+
+fn sort(base: ptr, n: i64) -> i64
+  local.get base
+  local.get n
+  i64.const 4
+  ref.func cmp
+  call qsort
+  i64.const 0
+  return
+end
+"#;
+
+static PROBED: Mutex<Option<String>> = Mutex::new(None);
+
+extern "C" fn probe() {
+    let mut s = PROBED.lock().unwrap();
+    if s.is_none() {
+        *s = Some(std::backtrace::Backtrace::force_capture().to_string());
+    }
+}
+
+#[inline(never)]
+fn sort_interpreted(rt: &Runtime) {
+    let mut v: Vec<i32> = (0..32).map(|i| (i * 11) % 32).collect();
+    rt.call("sort", &[v.as_mut_ptr() as u64, v.len() as u64])
+        .unwrap();
+    assert!(v.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort() {
+    // Rust → interpreter → exit stub → qsort → entry point → interpreter
+    // (the comparator) → exit stub → probe, which takes the backtrace.
+    for exec in [ExecStrategy::WriteThenProtect, ExecStrategy::DualMapping] {
+        let Some(b) = bridge(exec) else {
+            println!("skipped {exec}: no generated backend here");
+            continue;
+        };
+        let program = parse_program(PROGRAM).unwrap();
+        // SAFETY: the program loads only through the pointers qsort gives
+        // its comparator, and calls qsort and probe as declared.
+        let rt = unsafe {
+            Runtime::with_tiers(
+                program,
+                Arc::new(b),
+                FailurePolicy::Report,
+                TierConfig::interpreter_only(),
+            )
+        }
+        .unwrap();
+        // SAFETY: probe has the declared signature.
+        unsafe { rt.bind_native("probe", probe as *const c_void) }.unwrap();
+        // SAFETY: qsort from the C library has the declared signature.
+        unsafe { rt.bind_natives_from_process() }.unwrap();
+        *PROBED.lock().unwrap() = None;
+        sort_interpreted(&rt);
+        let bt = PROBED.lock().unwrap().take().expect("probe ran");
+        assert!(bt.contains("qsort"), "{exec}: {bt}");
+        assert!(bt.contains("sort_interpreted"), "{exec}: {bt}");
+        assert!(
+            bt.contains("a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort"),
+            "{exec}: {bt}"
+        );
+    }
+}
