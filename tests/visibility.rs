@@ -140,6 +140,24 @@ fn sort_interpreted(rt: &Runtime) {
 fn a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort() {
     // Rust → interpreter → exit stub → qsort → entry point → interpreter
     // (the comparator) → exit stub → probe, which takes the backtrace.
+    backtrace_through_the_runtime(TierConfig::interpreter_only(), "interpreted");
+}
+
+#[test]
+fn a_backtrace_inside_a_compiled_comparator_reaches_below_qsort() {
+    // The same with both functions compiled by the reference JIT at once:
+    // Rust → exit stub → compiled sort → exit stub → qsort → cell jump →
+    // compiled comparator → exit stub → probe.
+    let eager = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        force_deopt: false,
+        ..TierConfig::default()
+    };
+    backtrace_through_the_runtime(eager, "compiled");
+}
+
+fn backtrace_through_the_runtime(config: TierConfig, what: &str) {
     for exec in [ExecStrategy::WriteThenProtect, ExecStrategy::DualMapping] {
         let Some(b) = bridge(exec) else {
             println!("skipped {exec}: no generated backend here");
@@ -148,27 +166,30 @@ fn a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort() {
         let program = parse_program(PROGRAM).unwrap();
         // SAFETY: the program loads only through the pointers qsort gives
         // its comparator, and calls qsort and probe as declared.
-        let rt = unsafe {
-            Runtime::with_tiers(
-                program,
-                Arc::new(b),
-                FailurePolicy::Report,
-                TierConfig::interpreter_only(),
-            )
-        }
-        .unwrap();
+        let rt =
+            unsafe { Runtime::with_tiers(program, Arc::new(b), FailurePolicy::Report, config) }
+                .unwrap();
         // SAFETY: probe has the declared signature.
         unsafe { rt.bind_native("probe", probe as *const c_void) }.unwrap();
         // SAFETY: qsort from the C library has the declared signature.
         unsafe { rt.bind_natives_from_process() }.unwrap();
+        // Twice: the first call makes the code hot (and compiles it).
+        sort_interpreted(&rt);
+        let _guard = PROBE_LOCK.lock().unwrap();
         *PROBED.lock().unwrap() = None;
         sort_interpreted(&rt);
         let bt = PROBED.lock().unwrap().take().expect("probe ran");
-        assert!(bt.contains("qsort"), "{exec}: {bt}");
-        assert!(bt.contains("sort_interpreted"), "{exec}: {bt}");
+        if what == "compiled" {
+            assert!(rt.tier_stats().compiled >= 2, "{exec}: both compiled");
+        }
+        assert!(bt.contains("qsort"), "{what} {exec}: {bt}");
+        assert!(bt.contains("sort_interpreted"), "{what} {exec}: {bt}");
         assert!(
-            bt.contains("a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort"),
-            "{exec}: {bt}"
+            bt.contains("backtrace_through_the_runtime"),
+            "{what} {exec}: {bt}"
         );
     }
 }
+
+/// One test at a time uses `PROBED`.
+static PROBE_LOCK: Mutex<()> = Mutex::new(());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::{Result, TierError};
 use crate::thunks::exec::{ExecCode, ExecMemory};
 use crate::thunks::{Bridge, ExecStrategy};
+use crate::visibility::Unwind;
 
 /// A source of executable memory, shared (cheap to clone).
 ///
@@ -84,6 +85,21 @@ impl CodeMemory {
         })
     }
 
+    /// [`CodeMemory::install`], with how to unwind through the code: its
+    /// frame layout ([`Unwind`]) goes to the unwinder (backtraces, panics),
+    /// debuggers and profilers while the code lives ([`crate::visibility`]).
+    /// Code installed without it is named for tools, and unwinding stops
+    /// at it.
+    ///
+    /// # Errors
+    /// As [`CodeMemory::install`].
+    pub fn install_with_unwind(&self, name: &str, bytes: &[u8], unwind: &Unwind) -> Result<Code> {
+        self.install_inner(name, bytes.len(), unwind, |_, buf| {
+            buf.copy_from_slice(bytes);
+            Ok::<(), TierError>(())
+        })
+    }
+
     /// Reserves `len` bytes, then calls `write` with their final executable
     /// address and a writable buffer of exactly `len` bytes (filled with
     /// `int3` to begin with), for position-dependent code: absolute
@@ -105,6 +121,21 @@ impl CodeMemory {
     where
         TierError: From<E>,
     {
+        self.install_inner(name, len, &Unwind::Unknown, write)
+    }
+
+    /// `install_with` with unwind rows (the crate's Cranelift code, which
+    /// is position-dependent and describes its own frames).
+    pub(crate) fn install_inner<E>(
+        &self,
+        name: &str,
+        len: usize,
+        unwind: &Unwind,
+        write: impl FnOnce(usize, &mut [u8]) -> std::result::Result<(), E>,
+    ) -> Result<Code>
+    where
+        TierError: From<E>,
+    {
         let mut failure = None;
         let exec =
             self.mem
@@ -117,11 +148,14 @@ impl CodeMemory {
                 });
         match (exec, failure) {
             (_, Some(e)) => Err(e.into()),
-            (Ok(exec), None) => Ok(Code {
-                exec,
-                len,
-                name: name.into(),
-            }),
+            (Ok(mut exec), None) => {
+                exec.publish(name, unwind);
+                Ok(Code {
+                    exec,
+                    len,
+                    name: name.into(),
+                })
+            }
             (Err(e), None) => Err(TierError::Code(e.to_string())),
         }
     }

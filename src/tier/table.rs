@@ -478,11 +478,13 @@ impl TierTable {
             let cells: Vec<usize> = block.cells.iter().map(|c| c.as_ptr() as usize).collect();
             let code = crate::thunks::x64::emit_cell_jumps(&cells);
             debug_assert_eq!(code.len(), JUMP_BYTES * BLOCK);
-            block.jumps = Some(
-                mem.exec()
-                    .install(&code)
-                    .map_err(|e| TierError::Code(e.to_string()))?,
-            );
+            let mut jumps = mem
+                .exec()
+                .install(&code)
+                .map_err(|e| TierError::Code(e.to_string()))?;
+            // Each cell's stub only jumps: the return address stays at [rsp].
+            jumps.publish("tierbridge cell jumps", &crate::visibility::Unwind::Leaf);
+            block.jumps = Some(jumps);
         }
         Ok(block)
     }
