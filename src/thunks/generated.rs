@@ -481,12 +481,14 @@ unsafe extern "C" fn dead_entry() {
 /// What a dropped entry point's slot holds while its trampoline is in
 /// quarantine: a binding head whose thunk is the signature's own (so a
 /// stale call is taken apart as a call of the signature, as it is one) and
-/// whose dispatcher aborts, naming the function and signature kept here.
-/// Written over the binding's slot, so it must fit there.
+/// whose dispatcher aborts, naming the function and the signature kept here
+/// (looked up only then). Written over the binding's slot, so it must fit
+/// there.
 #[repr(C)]
 struct Tombstone {
     head: BindingHead,
-    sig: &'static Signature,
+    reg: &'static Registry,
+    id: SigId,
     conv: CallConv,
 }
 
@@ -511,7 +513,14 @@ unsafe extern "C" fn tombstone_dispatch(
     // SAFETY: by the contract above, `binding` is `at` bytes into a live
     // tombstone (its slot is kept while the trampoline is in quarantine).
     let t = unsafe { &*binding.byte_sub(at).cast::<Tombstone>() };
-    super::dropped_entry_called(t.head.raw.func, t.sig, t.conv)
+    match t.reg.signature(t.id) {
+        Ok(sig) => super::dropped_entry_called(t.head.raw.func, sig, t.conv),
+        // Not reachable: the id was the binding's, from this registry.
+        Err(_) => super::abort_with(format_args!(
+            "called a dropped entry point (fn id {}, {})",
+            t.head.raw.func, t.id
+        )),
+    }
 }
 
 /// Never called (the dead binding's code aborts first); present so the dead
@@ -592,6 +601,8 @@ struct PoolKeeper {
     pool: Mutex<Pool>,
     /// Kept for the bindings, which run its thunks.
     _entries: Arc<Entries>,
+    /// Where its bindings' signature ids are from (for a tombstone's message).
+    reg: &'static Registry,
 }
 
 /// A backend's entry thunks, each signature's and their shared code.
@@ -616,7 +627,7 @@ pub(super) struct GenEntry {
     /// The pool its trampoline is from.
     pool: Arc<Padded<PoolKeeper>>,
     /// For its tombstone's message.
-    sig: &'static Signature,
+    id: SigId,
     conv: CallConv,
 }
 
@@ -660,7 +671,8 @@ impl Drop for GenEntry {
                         ..binding.head.raw
                     },
                 },
-                sig: self.sig,
+                reg: self.pool.reg,
+                id: self.id,
                 conv: self.conv,
             };
             // SAFETY: the slot is this entry's alone (see above), and a
@@ -916,6 +928,7 @@ impl GenBackend {
                         quarantine: VecDeque::new(),
                     }),
                     _entries: entries.clone(),
+                    reg,
                 }))
             }),
             entries,
@@ -1101,7 +1114,6 @@ impl GenBackend {
         func: u64,
     ) -> Result<GenEntry> {
         let thunk = self.thunk(id, conv)?;
-        let sig = self.reg().signature(id)?;
         let binding = GenBinding {
             head: BindingHead {
                 thunk: thunk.entry,
@@ -1151,7 +1163,7 @@ impl GenBackend {
             at: (b, i),
             code,
             pool: keeper.clone(),
-            sig,
+            id,
             conv,
         })
     }

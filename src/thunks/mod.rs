@@ -194,8 +194,8 @@ fn callback_failed() -> ThunkError {
 /// 1024: more than the functions a module or an instance usually exports
 /// or takes as callbacks, so that tearing one down and calling one of its
 /// pointers late, even after hundreds of new bindings, is still caught; a
-/// quarantined entry point costs about 120 bytes on the generated backend
-/// and about 170 on libffi (ABI.md, "Bindings and trampolines"), so a full
+/// quarantined entry point costs 120 bytes on the generated backend and
+/// 176 on libffi (ABI.md, "Bindings and trampolines"), so a full
 /// quarantine is well under 200 KiB.
 pub const ENTRY_QUARANTINE: usize = 1024;
 
@@ -597,6 +597,7 @@ impl Bridge {
         self.exit_stub_admitted(id, conv)
     }
 
+    #[inline]
     fn exit_stub_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
@@ -639,6 +640,7 @@ impl Bridge {
         self.prepare_admitted(id, conv)
     }
 
+    #[inline]
     fn prepare_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
@@ -689,6 +691,7 @@ impl Bridge {
         self.entry_point_admitted(id, conv, dispatcher, func)
     }
 
+    #[inline(always)]
     fn entry_point_admitted(
         &self,
         id: SigId,
