@@ -634,8 +634,9 @@ fn exit_stubs_and_entry_points_outlive_their_bridge() {
 #[test]
 fn dropped_entry_points_release_their_host_and_their_trampolines_are_reused_correctly() {
     // 300 bindings span several blocks of trampolines (128 each on the
-    // generated backend); after dropping them all, 300 more reuse the same
-    // trampolines and binding slots, each reaching its own function.
+    // generated backend); after dropping them all (into quarantine), 300
+    // more are bound, each reaching its own function. (Trampolines are
+    // bound again once out of quarantine: tests/quarantine.rs.)
     for (name, b) in support::all_bridges() {
         let s = sig("(i64)->i64");
         let exit = b.exit_stub(&s, CallConv::SysV).unwrap();

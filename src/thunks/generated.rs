@@ -1148,7 +1148,8 @@ impl GenBackend {
         let block = &pool.blocks[b];
         let slot: *mut GenBinding = block.slots[i].get().cast();
         // SAFETY: the slot was on the free list, so no entry point owns it
-        // (its last binding, if any, was dropped before it went back), and
+        // (its last binding, if any, was moved out before it went into
+        // quarantine, and the tombstone written there owns nothing), and
         // the pool's lock is held; its memory lives as long as the pool.
         unsafe { slot.write(binding) };
         let head = slot.cast::<BindingHead>(); // `head` is first (`repr(C)`).
