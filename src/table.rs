@@ -58,6 +58,16 @@ impl<S> Default for Chunks<S> {
 }
 
 impl<S> Chunks<S> {
+    /// Bytes of the chunks allocated so far (whether or not their pages
+    /// were touched yet).
+    fn allocated_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|c| c.len() * size_of::<S>())
+            .sum()
+    }
+
     /// The slot at `index` (its chunk allocated if need be) and how many
     /// slots of its chunk follow it.
     ///
@@ -142,6 +152,12 @@ impl<T> Slot<T> {
 }
 
 impl<T> IdTable<T> {
+    /// Bytes of the table's chunks allocated so far (its values' own heap
+    /// memory not included).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.chunks.allocated_bytes()
+    }
+
     /// The slot at `index` (its chunk allocated if need be) and how many
     /// slots of its chunk follow it.
     fn slot(&self, index: u32) -> (&Slot<T>, usize) {
@@ -291,6 +307,17 @@ impl<T> Default for Arena<T> {
 }
 
 impl<T> Arena<T> {
+    /// No index at or above it was handed out yet.
+    pub(crate) fn bound(&self) -> u32 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the arena's chunks allocated so far (its values' own heap
+    /// memory not included).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.table.allocated_bytes()
+    }
+
     /// Appends `value`; its index and the entry.
     pub(crate) fn push(&self, value: T) -> (u32, &T) {
         let block = &self.blocks[thread_number()];

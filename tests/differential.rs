@@ -183,6 +183,7 @@ fn generated(exec: ExecStrategy) -> Bridge {
     Bridge::with_options(BridgeOptions {
         backend: BackendKind::Generated,
         exec: Some(exec),
+        ..BridgeOptions::default()
     })
     .unwrap()
 }

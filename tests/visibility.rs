@@ -30,6 +30,7 @@ fn bridge(exec: ExecStrategy) -> Option<Bridge> {
     let b = Bridge::with_options(BridgeOptions {
         backend: BackendKind::Generated,
         exec: Some(exec),
+        ..BridgeOptions::default()
     })
     .ok()?;
     (b.kind() == BackendKind::Generated).then_some(b)

@@ -22,12 +22,13 @@ pub(crate) mod x64;
 
 use std::ffi::c_void;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use crate::abi::{AbiError, CallConv, CallLayout, Registry, SigId, Signature};
+use crate::abi::{AbiError, CallConv, CallLayout, Registry, RegistryStats, SigId, Signature};
 use crate::host::{Dispatcher, EntryError};
+use crate::table::IdTable;
 
 pub use exec::ExecStrategy;
 pub use value::Value;
@@ -112,6 +113,18 @@ pub enum ThunkError {
     /// arguments ([`crate::stack`]); the call was not made.
     #[error("no stack left for the call: {0}")]
     StackExhausted(crate::stack::StackExhausted),
+    /// A signature new to a bridge that already has code for as many
+    /// signatures as [`BridgeOptions::max_signatures`] allows (given as a
+    /// signature, it was not interned either).
+    #[error(
+        "signature {sig} refused: the bridge already has code for {limit} signatures, the most its options allow"
+    )]
+    TooManySignatures {
+        /// The bridge's limit.
+        limit: usize,
+        /// The signature refused.
+        sig: String,
+    },
     /// libffi refused a prepared signature (a bug, or a libffi limit).
     #[error("internal error: {0}")]
     Internal(String),
@@ -243,6 +256,41 @@ fn callback_failed() -> ThunkError {
     }
 }
 
+/// How many dropped entry points a bridge keeps in quarantine, per pool of
+/// trampolines on the generated backend and per bridge on libffi: a dropped
+/// [`EntryPoint`]'s code is not handed to another binding, nor freed, until
+/// this many more entry points were dropped after it, and while it is kept
+/// a call of it aborts the process with a message naming the function and
+/// its signature (see [`EntryPoint`]'s documentation for exactly what is
+/// promised).
+///
+/// 1024: more than the functions a module or an instance usually exports
+/// or takes as callbacks, so that tearing one down and calling one of its
+/// pointers late, even after hundreds of new bindings, is still caught; a
+/// quarantined entry point costs 120 bytes on the generated backend and
+/// 176 on libffi (ABI.md, "Bindings and trampolines"), so a full
+/// quarantine is well under 200 KiB.
+pub const ENTRY_QUARANTINE: usize = 1024;
+
+/// Prints `tierbridge: {what}; aborting` to stderr and aborts the process:
+/// the end of a call of a dropped entry point (no unwinding, no panic).
+#[cold]
+pub(crate) fn abort_with(what: fmt::Arguments<'_>) -> ! {
+    use std::io::Write;
+    // A failed write changes nothing: the process aborts either way.
+    let _ = writeln!(std::io::stderr(), "tierbridge: {what}; aborting");
+    std::process::abort()
+}
+
+/// Where a call of a dropped entry point in quarantine ends, on either
+/// backend: the message names the function, its signature and convention.
+#[cold]
+pub(crate) fn dropped_entry_called(func: u64, sig: &Signature, conv: CallConv) -> ! {
+    abort_with(format_args!(
+        "called a dropped entry point (fn id {func}, signature {sig}, {conv})"
+    ))
+}
+
 /// Which machinery makes stubs and entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
@@ -274,7 +322,8 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// How to build a [`Bridge`].
+/// How to build a [`Bridge`]. The default: the generated backend, the
+/// probed memory strategy, no limit on signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BridgeOptions {
     /// The backend wanted.
@@ -283,9 +332,70 @@ pub struct BridgeOptions {
     /// probe, dual mapping first). Also settable with the environment variable
     /// `TIERBRIDGE_EXEC=write-then-protect|dual-mapping`.
     pub exec: Option<ExecStrategy>,
+    /// The most distinct signatures the bridge makes code for (exit stubs,
+    /// entry points, [`Bridge::prepare`]; `None`: no limit). Past it, a
+    /// signature new to the bridge is refused with
+    /// [`ThunkError::TooManySignatures`] — given as a [`Signature`], before
+    /// it is interned, so that neither the registry nor the bridge grows —
+    /// while every signature it has code for keeps working.
+    ///
+    /// For long-running embedders that make signatures from untrusted
+    /// input: the registry and the bridge keep every signature and its code
+    /// for their lives (see [`Bridge::stats`]), so without a limit such input
+    /// can grow them without bound.
+    pub max_signatures: Option<usize>,
 }
 
-/// The entry to everything in this layer: a backend plus the signature registry.
+impl Default for BridgeOptions {
+    fn default() -> BridgeOptions {
+        BridgeOptions {
+            backend: BackendKind::Generated,
+            exec: None,
+            max_signatures: None,
+        }
+    }
+}
+
+/// What a [`Bridge`] holds ([`Bridge::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeStats {
+    /// Distinct signatures the bridge was asked to make code for (exit
+    /// stubs, entry points, [`Bridge::prepare`]), those the backend then
+    /// refused included; what [`BridgeOptions::max_signatures`] bounds.
+    pub signatures: usize,
+    /// Bytes of executable memory in use on the generated backend: exit
+    /// stubs, entry thunks, blocks of trampolines, and code a tier table
+    /// placed through the bridge (allocations rounded to 16 bytes with dual
+    /// mapping, to pages with write-then-protect); 0 on libffi.
+    pub code_bytes: usize,
+    /// Bytes of executable memory mapped for that (whole slabs, kept while
+    /// the bridge or any of its code lives); 0 on libffi.
+    pub code_mapped_bytes: usize,
+    /// Dropped entry points in quarantine (at most [`ENTRY_QUARANTINE`] per
+    /// pool of trampolines, of which there are 8, on the generated backend;
+    /// at most [`ENTRY_QUARANTINE`] on libffi).
+    pub quarantined: usize,
+    /// Bytes they keep from reuse: on the generated backend trampolines
+    /// (also counted in `code_bytes`), cells, binding slots; on libffi
+    /// closures and their tombstones.
+    pub quarantine_bytes: usize,
+    /// The registry's (shared by every bridge in the process).
+    pub registry: RegistryStats,
+}
+
+/// The entry to everything in this layer: a backend plus the signature
+/// registry.
+///
+/// Every signature a bridge sees is interned in the process-wide
+/// [`Registry`] and kept there for the process's life; the code made for
+/// it (an exit stub and an entry thunk per machine shape, shared by the
+/// signatures of that shape, and a few dozen bytes per signature to find
+/// them) is kept for the bridge's. That is what makes asking again a
+/// lookup, and a program's signatures are usually a few hundred shapes; a
+/// program that makes signatures from untrusted input should bound them
+/// with [`BridgeOptions::max_signatures`] and can watch them with
+/// [`Bridge::stats`].
 pub struct Bridge {
     kind: BackendKind,
     registry: &'static Registry,
@@ -293,6 +403,17 @@ pub struct Bridge {
     #[cfg(target_arch = "x86_64")]
     generated: Option<generated::GenBackend>,
     fallback: Option<String>,
+    admitted: Admitted,
+}
+
+/// The signatures a bridge was asked to make code for, and its limit.
+#[derive(Default)]
+struct Admitted {
+    limit: Option<usize>,
+    /// Set for each id admitted (read without a lock).
+    known: IdTable<()>,
+    /// How many are set; taken to admit a new one.
+    count: Mutex<usize>,
 }
 
 impl fmt::Debug for Bridge {
@@ -324,6 +445,7 @@ impl Bridge {
         Bridge::with_options(BridgeOptions {
             backend: kind,
             exec,
+            max_signatures: None,
         })
     }
 
@@ -334,6 +456,7 @@ impl Bridge {
     /// does not work here.
     pub fn with_options(options: BridgeOptions) -> Result<Bridge> {
         let mut bridge = Bridge::libffi();
+        bridge.admitted.limit = options.max_signatures;
         if options.backend == BackendKind::Libffi {
             return Ok(bridge);
         }
@@ -370,6 +493,7 @@ impl Bridge {
             #[cfg(target_arch = "x86_64")]
             generated: None,
             fallback: None,
+            admitted: Admitted::default(),
         }
     }
 
@@ -413,6 +537,115 @@ impl Bridge {
         self.registry
     }
 
+    /// What the bridge and its registry hold: signatures, their code, and
+    /// dropped entry points in quarantine. Walks the registry
+    /// ([`Registry::stats`]): for monitoring, not for hot paths.
+    pub fn stats(&self) -> BridgeStats {
+        let signatures = *self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (quarantined, per) = match self.generated_backend() {
+            #[cfg(target_arch = "x86_64")]
+            Some(g) => (g.quarantined(), generated::QUARANTINED_BYTES),
+            _ => (self.ffi.quarantined(), ffi::QUARANTINED_BYTES),
+        };
+        let (code_bytes, code_mapped_bytes) = self.exec_memory().map_or((0, 0), |m| m.usage());
+        BridgeStats {
+            signatures,
+            code_bytes,
+            code_mapped_bytes,
+            quarantined,
+            quarantine_bytes: quarantined * per,
+            registry: self.registry.stats(),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn generated_backend(&self) -> Option<&generated::GenBackend> {
+        self.generated.as_ref()
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn generated_backend(&self) -> Option<std::convert::Infallible> {
+        None
+    }
+
+    /// `sig`'s id, admitted (see [`Bridge::admit`]); with a limit, a
+    /// signature new to the registry is interned only if the bridge may
+    /// admit it.
+    fn intern(&self, sig: &Signature) -> Result<SigId> {
+        let Some(limit) = self.admitted.limit else {
+            let id = self.registry.intern(sig);
+            self.admit(id)?;
+            return Ok(id);
+        };
+        let found = self.registry.find(sig);
+        if let Some(id) = found
+            && self.admitted.known.get(id.index()).is_some()
+        {
+            return Ok(id);
+        }
+        let mut count = self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let id = match found.or_else(|| self.registry.find(sig)) {
+            Some(id) => id,
+            None if *count >= limit => {
+                return Err(ThunkError::TooManySignatures {
+                    limit,
+                    sig: sig.to_string(),
+                });
+            }
+            None => self.registry.intern(sig),
+        };
+        self.admit_locked(&mut count, id)
+    }
+
+    /// Counts `id` among the signatures this bridge makes code for, unless
+    /// it is there already; refuses it past the bridge's limit. A lookup
+    /// without a lock for an id admitted before.
+    #[inline]
+    fn admit(&self, id: SigId) -> Result<()> {
+        if self.admitted.known.get(id.index()).is_some() {
+            return Ok(());
+        }
+        self.admit_new(id)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_new(&self, id: SigId) -> Result<()> {
+        // Checked first: an id from another registry is refused, not counted.
+        self.registry.signature(id)?;
+        let mut count = self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.admit_locked(&mut count, id).map(|_| ())
+    }
+
+    fn admit_locked(&self, count: &mut usize, id: SigId) -> Result<SigId> {
+        if self.admitted.known.get(id.index()).is_some() {
+            return Ok(id);
+        }
+        if let Some(limit) = self.admitted.limit
+            && *count >= limit
+        {
+            return Err(ThunkError::TooManySignatures {
+                limit,
+                sig: self.registry.signature(id)?.to_string(),
+            });
+        }
+        self.admitted.known.get_or_insert(id.index(), ());
+        *count += 1;
+        Ok(id)
+    }
+
     /// The exit stub for a signature and convention. For a variadic function,
     /// pass the call-site signature ([`Signature::with_varargs`]). Stubs are
     /// cached per signature shape: asking again is a lookup.
@@ -423,10 +656,11 @@ impl Bridge {
     /// [`ThunkError::CallStackTooLarge`] when its arguments would take more
     /// than [`MAX_CALL_STACK_BYTES`] of stack. A
     /// declared variadic signature is the call site that passes no variadic
-    /// argument.
+    /// argument. [`ThunkError::TooManySignatures`] for a signature new to a
+    /// bridge at its [`BridgeOptions::max_signatures`].
     pub fn exit_stub(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
-        let id = self.registry.intern(sig);
-        self.exit_stub_by_id(id, conv)
+        let id = self.intern(sig)?;
+        self.exit_stub_admitted(id, conv)
     }
 
     /// [`Bridge::exit_stub`] for an already interned signature: no hashing.
@@ -434,6 +668,12 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::exit_stub`], plus [`AbiError::UnknownSigId`].
     pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        self.admit(id)?;
+        self.exit_stub_admitted(id, conv)
+    }
+
+    #[inline]
+    fn exit_stub_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
@@ -464,7 +704,7 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::exit_stub`] and [`Bridge::entry_point`].
     pub fn prepare(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
-        self.prepare_by_id(self.registry.intern(sig), conv)
+        self.prepare_admitted(self.intern(sig)?, conv)
     }
 
     /// [`Bridge::prepare`] for an already interned signature: no hashing.
@@ -472,6 +712,12 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::prepare`], plus [`AbiError::UnknownSigId`].
     pub fn prepare_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        self.admit(id)?;
+        self.prepare_admitted(id, conv)
+    }
+
+    #[inline]
+    fn prepare_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
@@ -479,7 +725,7 @@ impl Bridge {
                 id,
             });
         }
-        let stub = self.exit_stub_by_id(id, conv)?;
+        let stub = self.exit_stub_admitted(id, conv)?;
         if !stub.signature().has_call_varargs() {
             self.ffi.prepare_entry(self.registry, id, conv)?;
         }
@@ -493,7 +739,9 @@ impl Bridge {
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when the backend cannot express the
-    /// signature, [`ThunkError::OutOfMemory`] when no closure can be allocated.
+    /// signature, [`ThunkError::OutOfMemory`] when no closure can be
+    /// allocated, [`ThunkError::TooManySignatures`] for a signature new to a
+    /// bridge at its [`BridgeOptions::max_signatures`].
     pub fn entry_point(
         &self,
         sig: &Signature,
@@ -501,7 +749,7 @@ impl Bridge {
         dispatcher: &Dispatcher,
         func: u64,
     ) -> Result<EntryPoint> {
-        self.entry_point_by_id(self.registry.intern(sig), conv, dispatcher, func)
+        self.entry_point_admitted(self.intern(sig)?, conv, dispatcher, func)
     }
 
     /// [`Bridge::entry_point`] for an already interned signature: no hashing.
@@ -509,6 +757,18 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::entry_point`], plus [`AbiError::UnknownSigId`].
     pub fn entry_point_by_id(
+        &self,
+        id: SigId,
+        conv: CallConv,
+        dispatcher: &Dispatcher,
+        func: u64,
+    ) -> Result<EntryPoint> {
+        self.admit(id)?;
+        self.entry_point_admitted(id, conv, dispatcher, func)
+    }
+
+    #[inline(always)]
+    fn entry_point_admitted(
         &self,
         id: SigId,
         conv: CallConv,
@@ -759,10 +1019,36 @@ impl ExitStub {
 }
 
 /// A native function pointer that runs a bound host function. The pointer is
-/// valid while this handle lives; dropping the handle frees it.
+/// valid while this handle lives.
 ///
 /// Drop it only when no native code can still call the pointer, and never
-/// from inside a call through it: the memory is released at once.
+/// from inside a call through it (or while another thread may be inside
+/// it): dropping releases the binding (and the dispatcher's host with it)
+/// at once.
+///
+/// # A call after the drop
+///
+/// Calling the pointer after the handle is dropped is a bug in the caller,
+/// but a bridge keeps the last [`ENTRY_QUARANTINE`] dropped entry points in
+/// quarantine (per pool of trampolines on the generated backend, which only
+/// makes it more), so that such a call is caught:
+///
+/// - **while the dropped entry point is among the last [`ENTRY_QUARANTINE`]
+///   dropped on its bridge** (and the bridge or another of its entry points
+///   or stubs is still alive), its code and memory are kept, not given to
+///   another binding nor freed, and a call of it aborts the process with
+///   `tierbridge: called a dropped entry point (fn id F, signature S,
+///   conv); aborting` on stderr: never running freed memory, another
+///   binding, or the dropped host;
+/// - **after that**, its trampoline (generated) may be bound to another
+///   function, whose binding the stale call then runs as if it were its
+///   own, or its closure (libffi) freed and reused by libffi: the call's
+///   behaviour is undefined. The same holds once the bridge and everything
+///   made from it are dropped (the quarantine goes with them).
+///
+/// Either way the call is taken apart as a call of the entry point's
+/// signature before it aborts, so a call with a wrong signature is
+/// undefined too.
 pub struct EntryPoint {
     imp: EntryImpl,
     id: SigId,

@@ -409,6 +409,7 @@ pub fn all_bridges() -> Vec<(String, tierbridge::thunks::Bridge)> {
         let b = Bridge::with_options(BridgeOptions {
             backend: BackendKind::Generated,
             exec: Some(exec),
+            ..BridgeOptions::default()
         })
         .expect("the generated backend works on this machine");
         assert_eq!(b.kind(), BackendKind::Generated);
