@@ -194,3 +194,48 @@ fn backtrace_through_the_runtime(config: TierConfig, what: &str) {
 
 /// One test at a time uses `PROBED`.
 static PROBE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Resident memory in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn publishing_and_unpublishing_100_000_regions_leaks_nothing_and_stays_linear() {
+    let Some(b) = bridge(ExecStrategy::DualMapping) else {
+        println!("skipped: no generated backend here");
+        return;
+    };
+    let memory = tierbridge::tier::CodeMemory::of(&b).unwrap();
+    // `ret`: its frame is the caller's return address alone.
+    let code = [0xc3u8];
+    let leaf = tierbridge::visibility::Unwind::Leaf;
+    let round = |n: usize| {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            // Installed (an FDE built and registered), then dropped
+            // (deregistered, memory back to the allocator).
+            let c = memory.install_with_unwind("leaf", &code, &leaf).unwrap();
+            // SAFETY: `ret` is a valid `extern "C" fn()`.
+            let f: extern "C" fn() = unsafe { std::mem::transmute(c.addr()) };
+            f();
+        }
+        t.elapsed()
+    };
+    round(10_000);
+    let before = rss_kib();
+    let small = round(10_000);
+    let large = round(100_000);
+    let after = rss_kib();
+    println!("10 000: {small:?}, 100 000: {large:?}, RSS {before} -> {after} KiB");
+    // Linear: ten times the regions take about ten times as long (a loose
+    // bound for a shared machine; quadratic would be a hundred times).
+    assert!(large < small * 40, "10 000: {small:?}, 100 000: {large:?}");
+    // Nothing kept per region: 100 000 leaked FDEs would be megabytes.
+    assert!(after < before + 2048, "RSS {before} -> {after} KiB");
+}

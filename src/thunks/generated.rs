@@ -86,7 +86,14 @@ fn install_named(
     unwind: &Unwind,
 ) -> Result<ExecCode> {
     let mut c = install(mem, code)?;
-    c.publish(&format!("tierbridge {what} {sig} {conv}"), unwind);
+    // The name only for the sinks that read it (formatting it costs about
+    // as much as the rest of the publication).
+    let name = if crate::visibility::names_wanted() {
+        format!("tierbridge {what} {sig} {conv}")
+    } else {
+        String::new()
+    };
+    c.publish(&name, unwind);
     Ok(c)
 }
 

@@ -187,6 +187,12 @@ pub fn enable_profiler(p: Profiler) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether any sink on reads regions' names (else a name need not be
+/// made: the unwinder needs none).
+pub(crate) fn names_wanted() -> bool {
+    sinks() & (PERF_MAP | JIT_DUMP | GDB) != 0
+}
+
 /// A region as the sinks see it.
 pub(crate) struct Region<'a> {
     pub(crate) name: &'a str,
