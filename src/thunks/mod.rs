@@ -10,14 +10,14 @@
 //! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod code;
 pub(crate) mod exec;
 mod ffi;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod generated;
 mod value;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 pub(crate) mod x64;
 
 use std::ffi::c_void;
@@ -217,7 +217,7 @@ pub struct Bridge {
     kind: BackendKind,
     registry: &'static Registry,
     ffi: ffi::FfiBackend,
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     generated: Option<generated::GenBackend>,
     fallback: Option<String>,
 }
@@ -234,9 +234,9 @@ impl fmt::Debug for Bridge {
 
 impl Bridge {
     /// A bridge on the given backend. Asking for [`BackendKind::Generated`]
-    /// where code cannot be generated (not x86-64, or no executable-memory
-    /// strategy works) gives a libffi bridge that says why in
-    /// [`Bridge::fallback_reason`].
+    /// where code cannot be generated (not x86-64, a build with
+    /// `--cfg tierbridge_no_codegen`, or no executable-memory strategy works)
+    /// gives a libffi bridge that says why in [`Bridge::fallback_reason`].
     ///
     /// # Errors
     /// Only with a forced strategy (`TIERBRIDGE_EXEC`) that does not work.
@@ -264,7 +264,7 @@ impl Bridge {
         if options.backend == BackendKind::Libffi {
             return Ok(bridge);
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             let mem = match options.exec {
                 Some(s) => Ok(exec::ExecMemory::new(s)?),
@@ -280,10 +280,14 @@ impl Bridge {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
-            bridge.fallback =
-                Some("the generated backend needs an x86-64 CPU; using libffi".into());
+            bridge.fallback = Some(if cfg!(target_arch = "x86_64") {
+                "the generated backend is compiled out (--cfg tierbridge_no_codegen); using libffi"
+                    .into()
+            } else {
+                "the generated backend needs an x86-64 CPU; using libffi".into()
+            });
         }
         Ok(bridge)
     }
@@ -294,7 +298,7 @@ impl Bridge {
             kind: BackendKind::Libffi,
             registry: Registry::global(),
             ffi: ffi::FfiBackend::default(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             generated: None,
             fallback: None,
         }
@@ -312,11 +316,11 @@ impl Bridge {
 
     /// The executable-memory strategy of the generated backend.
     pub fn exec_strategy(&self) -> Option<ExecStrategy> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().strategy())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -325,11 +329,11 @@ impl Bridge {
     /// The generated backend's executable memory (for the tier layer's
     /// [`CodeMemory`](crate::tier::CodeMemory)); `None` on libffi.
     pub(crate) fn exec_memory(&self) -> Option<Arc<exec::ExecMemory>> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().clone())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -359,7 +363,7 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::exit_stub`], plus [`AbiError::UnknownSigId`].
     pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.exit(id, conv)?),
@@ -396,7 +400,7 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::prepare`], plus [`AbiError::UnknownSigId`].
     pub fn prepare_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.prepare(id, conv)?),
@@ -448,7 +452,7 @@ impl Bridge {
                 ),
             });
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             let e = g.bind(id, conv, dispatcher.clone(), func)?;
             return Ok(EntryPoint {
@@ -469,13 +473,13 @@ impl Bridge {
 #[derive(Clone)]
 enum ExitImpl {
     Ffi(Arc<ffi::FfiCif>),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenExitRef),
 }
 
 enum EntryImpl {
     Ffi(ffi::FfiEntry),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenEntry),
 }
 
@@ -500,7 +504,7 @@ impl ExitStub {
     pub fn signature(&self) -> &Signature {
         match &self.imp {
             ExitImpl::Ffi(c) => c.sig,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.signature(self.id),
         }
     }
@@ -516,7 +520,7 @@ impl ExitStub {
     pub fn layout(&self) -> &CallLayout {
         match &self.imp {
             ExitImpl::Ffi(c) => c.layout,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.layout(self.id),
         }
     }
@@ -535,7 +539,7 @@ impl ExitStub {
         unsafe {
             match &self.imp {
                 ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before, true),
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(tierbridge_codegen)]
                 ExitImpl::Gen(g) => g.call(self.id, target, args, ret, errno_before),
             }
         }
@@ -563,7 +567,7 @@ impl ExitStub {
     /// The generated stub itself, `extern "C" fn(args, ret, target, errno)`
     /// (for generated code that calls it directly); `None` on libffi, or when
     /// no executable memory is left to make it.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fn(&self) -> Option<usize> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fn(self.id),
@@ -576,7 +580,7 @@ impl ExitStub {
     /// generated code that calls it directly); `None` on libffi, when the
     /// signature has none, or when its result is two slots or in memory
     /// (ABI.md, "Exit stubs").
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fast(),
@@ -604,7 +608,7 @@ impl ExitStub {
                 // Cannot fail: the target is non-null and the counts are the stub's.
                 let _ = c.call(target, args, ret, None, false);
             },
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             // SAFETY: forwarded contract.
             ExitImpl::Gen(g) => unsafe { g.call_unchecked(target, args, ret) },
         }
@@ -695,7 +699,7 @@ impl EntryPoint {
     pub fn code_ptr(&self) -> *const c_void {
         match &self.imp {
             EntryImpl::Ffi(e) => e.code_ptr(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             EntryImpl::Gen(e) => e.code_ptr(),
         }
     }
