@@ -246,6 +246,9 @@ fn main() {
         return create_phases(kind, n);
     }
     let b = Bridge::new(kind).unwrap();
+    if let Some(why) = b.fallback_reason() {
+        eprintln!("note: {why}");
+    }
     let sig = "(i64,i64)->i64".parse().unwrap();
     let acc: u64;
     let t0 = std::time::Instant::now();

@@ -21,9 +21,12 @@
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
+#[cfg(tierbridge_codegen)]
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(tierbridge_codegen)]
+use std::sync::atomic::AtomicPtr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -403,10 +406,13 @@ impl<T> Drop for IdTable<T> {
 /// tables where whatever two threads racing to set one index would store
 /// does the same (the same value, or equal ones kept as long as the table's
 /// readers), so either may win. Its chunks and bound are an [`IdTable`]'s.
+/// Only the generated backend keeps one, so it is compiled with it alone.
+#[cfg(tierbridge_codegen)]
 pub(crate) struct PtrTable<T> {
     chunks: Chunks<AtomicPtr<T>>,
 }
 
+#[cfg(tierbridge_codegen)]
 impl<T> Default for PtrTable<T> {
     fn default() -> Self {
         PtrTable {
@@ -419,10 +425,13 @@ impl<T> Default for PtrTable<T> {
 // drops what they point to) and every slot is an atomic; `T: Sync` because
 // the pointers it hands out are read through from any thread, as shared
 // references would be.
+#[cfg(tierbridge_codegen)]
 unsafe impl<T: Sync> Sync for PtrTable<T> {}
 // SAFETY: as for Sync.
+#[cfg(tierbridge_codegen)]
 unsafe impl<T: Sync> Send for PtrTable<T> {}
 
+#[cfg(tierbridge_codegen)]
 impl<T> PtrTable<T> {
     /// The pointer at `index`, if one was set. Acquire: what the setter
     /// wrote before it set the pointer is visible through it.
@@ -512,6 +521,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(tierbridge_codegen)]
     fn pointers_set_are_read_back_and_unset_ones_are_none() {
         let values: Vec<u64> = (0..5).collect();
         let t: PtrTable<u64> = PtrTable::default();
@@ -534,6 +544,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(tierbridge_codegen)]
     fn threads_setting_the_same_pointers_all_read_them() {
         // Eight threads set the same 2000 indices to the same pointers, out of
         // order, and each then reads every index it set back.

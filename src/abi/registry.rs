@@ -271,6 +271,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn with_layout<R>(
         &self,
         id: SigId,
@@ -284,7 +285,7 @@ impl Registry {
     }
 
     /// Whether the registry keeps a layout of this id for this convention.
-    #[cfg(test)]
+    #[cfg(all(test, tierbridge_codegen))]
     pub(crate) fn keeps_layout(&self, id: SigId, conv: CallConv) -> bool {
         self.layouts[conv as usize].get(id.0).is_some()
     }

@@ -213,6 +213,7 @@ impl ExecMemory {
     }
 
     /// The first strategy that works: dual mapping, then write-then-protect.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn probe() -> std::result::Result<Arc<ExecMemory>, String> {
         let mut why = Vec::new();
         for s in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {

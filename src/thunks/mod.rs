@@ -10,14 +10,14 @@
 //! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod code;
 pub(crate) mod exec;
 mod ffi;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod generated;
 mod value;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 pub(crate) mod x64;
 
 use std::ffi::c_void;
@@ -400,7 +400,7 @@ pub struct Bridge {
     kind: BackendKind,
     registry: &'static Registry,
     ffi: ffi::FfiBackend,
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     generated: Option<generated::GenBackend>,
     fallback: Option<String>,
     admitted: Admitted,
@@ -428,9 +428,9 @@ impl fmt::Debug for Bridge {
 
 impl Bridge {
     /// A bridge on the given backend. Asking for [`BackendKind::Generated`]
-    /// where code cannot be generated (not x86-64, or no executable-memory
-    /// strategy works) gives a libffi bridge that says why in
-    /// [`Bridge::fallback_reason`].
+    /// where code cannot be generated (not x86-64, a build with
+    /// `--cfg tierbridge_no_codegen`, or no executable-memory strategy works)
+    /// gives a libffi bridge that says why in [`Bridge::fallback_reason`].
     ///
     /// # Errors
     /// Only with a forced strategy (`TIERBRIDGE_EXEC`) that does not work.
@@ -460,7 +460,7 @@ impl Bridge {
         if options.backend == BackendKind::Libffi {
             return Ok(bridge);
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             let mem = match options.exec {
                 Some(s) => Ok(exec::ExecMemory::new(s)?),
@@ -476,10 +476,14 @@ impl Bridge {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
-            bridge.fallback =
-                Some("the generated backend needs an x86-64 CPU; using libffi".into());
+            bridge.fallback = Some(if cfg!(target_arch = "x86_64") {
+                "the generated backend is compiled out (--cfg tierbridge_no_codegen); using libffi"
+                    .into()
+            } else {
+                "the generated backend needs an x86-64 CPU; using libffi".into()
+            });
         }
         Ok(bridge)
     }
@@ -490,7 +494,7 @@ impl Bridge {
             kind: BackendKind::Libffi,
             registry: Registry::global(),
             ffi: ffi::FfiBackend::default(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             generated: None,
             fallback: None,
             admitted: Admitted::default(),
@@ -509,11 +513,11 @@ impl Bridge {
 
     /// The executable-memory strategy of the generated backend.
     pub fn exec_strategy(&self) -> Option<ExecStrategy> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().strategy())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -522,11 +526,11 @@ impl Bridge {
     /// The generated backend's executable memory (for the tier layer's
     /// [`CodeMemory`](crate::tier::CodeMemory)); `None` on libffi.
     pub(crate) fn exec_memory(&self) -> Option<Arc<exec::ExecMemory>> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().clone())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -547,7 +551,7 @@ impl Bridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let (quarantined, per) = match self.generated_backend() {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             Some(g) => (g.quarantined(), generated::QUARANTINED_BYTES),
             _ => (self.ffi.quarantined(), ffi::QUARANTINED_BYTES),
         };
@@ -562,12 +566,12 @@ impl Bridge {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     fn generated_backend(&self) -> Option<&generated::GenBackend> {
         self.generated.as_ref()
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(tierbridge_codegen))]
     fn generated_backend(&self) -> Option<std::convert::Infallible> {
         None
     }
@@ -674,7 +678,7 @@ impl Bridge {
 
     #[inline]
     fn exit_stub_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.exit(id, conv)?),
@@ -718,7 +722,7 @@ impl Bridge {
 
     #[inline]
     fn prepare_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.prepare(id, conv)?),
@@ -784,7 +788,7 @@ impl Bridge {
                 ),
             });
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             let e = g.bind(id, conv, dispatcher.clone(), func)?;
             return Ok(EntryPoint {
@@ -805,13 +809,13 @@ impl Bridge {
 #[derive(Clone)]
 enum ExitImpl {
     Ffi(Arc<ffi::FfiCif>),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenExitRef),
 }
 
 enum EntryImpl {
     Ffi(ffi::FfiEntry),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenEntry),
 }
 
@@ -836,7 +840,7 @@ impl ExitStub {
     pub fn signature(&self) -> &Signature {
         match &self.imp {
             ExitImpl::Ffi(c) => c.sig,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.signature(self.id),
         }
     }
@@ -852,7 +856,7 @@ impl ExitStub {
     pub fn layout(&self) -> &CallLayout {
         match &self.imp {
             ExitImpl::Ffi(c) => c.layout,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.layout(self.id),
         }
     }
@@ -871,7 +875,7 @@ impl ExitStub {
         unsafe {
             match &self.imp {
                 ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before, true),
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(tierbridge_codegen)]
                 ExitImpl::Gen(g) => g.call(self.id, target, args, ret, errno_before),
             }
         }
@@ -902,7 +906,7 @@ impl ExitStub {
     /// The generated stub itself, `extern "C" fn(args, ret, target, errno)`
     /// (for generated code that calls it directly); `None` on libffi, or when
     /// no executable memory is left to make it.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fn(&self) -> Option<usize> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fn(self.id),
@@ -915,7 +919,7 @@ impl ExitStub {
     /// generated code that calls it directly); `None` on libffi, when the
     /// signature has none, or when its result is two slots or in memory
     /// (ABI.md, "Exit stubs").
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fast(),
@@ -951,7 +955,7 @@ impl ExitStub {
                     no_stack_for_call(error, ret);
                 }
             },
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             // SAFETY: forwarded contract.
             ExitImpl::Gen(g) => unsafe { g.call_unchecked(target, args, ret) },
         }
@@ -1068,7 +1072,7 @@ impl EntryPoint {
     pub fn code_ptr(&self) -> *const c_void {
         match &self.imp {
             EntryImpl::Ffi(e) => e.code_ptr(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             EntryImpl::Gen(e) => e.code_ptr(),
         }
     }

@@ -37,7 +37,8 @@ impl CodeMemory {
     ///
     /// # Errors
     /// [`TierError::NoCodeMemory`] on a libffi bridge (no code generation
-    /// here: another CPU, or no strategy works).
+    /// here: another CPU, a build with `--cfg tierbridge_no_codegen`, or no
+    /// strategy works).
     pub fn of(bridge: &Bridge) -> Result<CodeMemory> {
         bridge
             .exec_memory()
@@ -64,6 +65,7 @@ impl CodeMemory {
     }
 
     /// The allocator behind it.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn exec(&self) -> &Arc<ExecMemory> {
         &self.mem
     }

@@ -468,12 +468,13 @@ impl TierTable {
     }
 
     fn new_block(&self) -> Result<Box<Block>> {
+        #[cfg_attr(not(tierbridge_codegen), expect(unused_mut))]
         let mut block = Box::new(Block {
             cells: std::array::from_fn(|_| AtomicUsize::new(0)),
             fns: std::array::from_fn(|_| OnceLock::new()),
             jumps: None,
         });
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(mem) = &self.memory {
             let cells: Vec<usize> = block.cells.iter().map(|c| c.as_ptr() as usize).collect();
             let code = crate::thunks::x64::emit_cell_jumps(&cells);
