@@ -25,7 +25,13 @@ const CODE: [u8; 6] = [0xb8, 0x2a, 0, 0, 0, 0xc3];
 /// stub, an entry point and a piece of tier code, then print what it knows
 /// of their addresses.
 fn child() -> ! {
-    let bridge = support::generated();
+    // The perf map through the bridge's option, jitdump through the
+    // environment (the parent sets `TIERBRIDGE_PROFILE=jitdump`).
+    let bridge = tierbridge::thunks::Bridge::with_options(tierbridge::thunks::BridgeOptions {
+        profiler: Some(tierbridge::visibility::Profiler::PerfMap),
+        ..Default::default()
+    })
+    .unwrap();
     let conv = CallConv::host().unwrap();
     let d = Dispatcher::from_host(
         Arc::new(|c: EntryCall<'_>| -> Result<(), HostError> {
@@ -48,8 +54,9 @@ fn child() -> ! {
     std::process::exit(0)
 }
 
-/// Runs the child with `TIERBRIDGE_PROFILE=perfmap,jitdump`, jitdump into
-/// `dir`; returns its pid and standard output.
+/// Runs the child with `TIERBRIDGE_PROFILE=jitdump` (the child asks for the
+/// perf map itself), jitdump into `dir`; returns its pid and standard
+/// output.
 fn run_child(dir: &Path) -> (u32, String) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -58,7 +65,7 @@ fn run_child(dir: &Path) -> (u32, String) {
             "--nocapture",
         ])
         .env("TIERBRIDGE_PROFILING_CHILD", "1")
-        .env("TIERBRIDGE_PROFILE", "perfmap,jitdump")
+        .env("TIERBRIDGE_PROFILE", "jitdump")
         .env("JITDUMPDIR", dir)
         .output()
         .unwrap();

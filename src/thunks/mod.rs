@@ -125,6 +125,10 @@ pub enum ThunkError {
         /// The signature refused.
         sig: String,
     },
+    /// The profiler output [`BridgeOptions::profiler`] asked for could not
+    /// be opened.
+    #[error("cannot open the profiler's output: {0}")]
+    Profiler(std::io::Error),
     /// libffi refused a prepared signature (a bug, or a libffi limit).
     #[error("internal error: {0}")]
     Internal(String),
@@ -344,6 +348,10 @@ pub struct BridgeOptions {
     /// for their lives (see [`Bridge::stats`]), so without a limit such input
     /// can grow them without bound.
     pub max_signatures: Option<usize>,
+    /// Turn a profiler's output on ([`crate::visibility::enable_profiler`]:
+    /// process-wide, for code made from then on). Also settable with the
+    /// environment variable `TIERBRIDGE_PROFILE=perfmap|jitdump`.
+    pub profiler: Option<crate::visibility::Profiler>,
 }
 
 impl Default for BridgeOptions {
@@ -352,6 +360,7 @@ impl Default for BridgeOptions {
             backend: BackendKind::Generated,
             exec: None,
             max_signatures: None,
+            profiler: None,
         }
     }
 }
@@ -445,7 +454,7 @@ impl Bridge {
         Bridge::with_options(BridgeOptions {
             backend: kind,
             exec,
-            max_signatures: None,
+            ..BridgeOptions::default()
         })
     }
 
@@ -453,8 +462,12 @@ impl Bridge {
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when `options.exec` forces a strategy that
-    /// does not work here.
+    /// does not work here, [`ThunkError::Profiler`] when `options.profiler`'s
+    /// file cannot be opened.
     pub fn with_options(options: BridgeOptions) -> Result<Bridge> {
+        if let Some(p) = options.profiler {
+            crate::visibility::enable_profiler(p).map_err(ThunkError::Profiler)?;
+        }
         let mut bridge = Bridge::libffi();
         bridge.admitted.limit = options.max_signatures;
         if options.backend == BackendKind::Libffi {
