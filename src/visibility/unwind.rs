@@ -40,6 +40,10 @@ unsafe impl Sync for Registered {}
 fn libunwind() -> bool {
     static LIBUNWIND: OnceLock<bool> = OnceLock::new();
     *LIBUNWIND.get_or_init(|| {
+        // macOS's unwinder is libunwind, whatever the symbol table says.
+        if cfg!(target_vendor = "apple") {
+            return true;
+        }
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
         // looks a symbol up.
         !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__unw_add_dynamic_fde".as_ptr()) }.is_null()
@@ -116,6 +120,11 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
 
 /// Builds and registers `region`'s frame information.
 pub(super) fn register(region: &Region<'_>) -> Option<Registered> {
+    // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
+    // would need that CPU's CIE): elsewhere nothing is registered.
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
     let (bytes, fde_at) = eh_frame(region)?;
     let r = Registered {
         eh_frame: bytes.into_boxed_slice(),
