@@ -189,6 +189,7 @@ pub fn enable_profiler(p: Profiler) -> std::io::Result<()> {
 
 /// Whether any sink on reads regions' names (else a name need not be
 /// made: the unwinder needs none).
+#[cfg(tierbridge_codegen)]
 pub(crate) fn names_wanted() -> bool {
     sinks() & (PERF_MAP | JIT_DUMP | GDB) != 0
 }
