@@ -117,11 +117,16 @@ impl CodeMemory {
                 });
         match (exec, failure) {
             (_, Some(e)) => Err(e.into()),
-            (Ok(exec), None) => Ok(Code {
-                exec,
-                len,
-                name: name.into(),
-            }),
+            (Ok(mut exec), None) => {
+                // Named for tools (perf, gdb); no unwind rows are known for
+                // code from elsewhere.
+                exec.publish(name, &crate::visibility::Unwind::Unknown);
+                Ok(Code {
+                    exec,
+                    len,
+                    name: name.into(),
+                })
+            }
             (Err(e), None) => Err(TierError::Code(e.to_string())),
         }
     }

@@ -169,6 +169,36 @@ pub fn enable_profiler(p: Profiler) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Registers generated code with gdb, through gdb's JIT interface, for the
+/// rest of the process: code made from now on (what exists already is not
+/// registered). Also `TIERBRIDGE_GDB=1`, for programs that cannot change
+/// code. Off by default.
+///
+/// Each region (exit stub, entry thunk, trampoline block, code installed
+/// through [`CodeMemory`](crate::tier::CodeMemory)) then gets a small ELF
+/// object in memory, naming it with its symbol (`tierbridge exit
+/// (i64,i64)->i64 sysv`, …) and carrying its unwind information, linked
+/// into the list that gdb reads from `__jit_debug_descriptor`; gdb (attached
+/// from the start or later) names the frames in generated code and unwinds
+/// through them, so `bt` inside a host function that C called through an
+/// entry thunk reaches `main`.
+///
+/// What it costs: without a debugger, building the object and linking it,
+/// about a microsecond per region made and a few hundred bytes held while it
+/// lives (PERF.md has the measurements); removal is constant time. Under gdb,
+/// every region made or dropped stops the process while gdb reads the
+/// object, which costs far more (and gdb's own lookups slow down with many
+/// thousands of objects), so keep it for debugging sessions.
+///
+/// The program must keep its symbol table (not stripped), where gdb finds
+/// `__jit_debug_register_code` and `__jit_debug_descriptor`; tierbridge
+/// defines both, so it cannot be linked with another library that defines
+/// them too.
+pub fn enable_gdb() {
+    sinks();
+    SINKS.fetch_or(GDB, Ordering::AcqRel);
+}
+
 /// A region as the sinks see it.
 pub(crate) struct Region<'a> {
     pub(crate) name: &'a str,
@@ -199,8 +229,15 @@ pub(crate) fn publish(region: &Region<'_>) -> Published {
     if s & (PERF_MAP | JIT_DUMP) != 0 {
         perf::code_loaded(region, s & PERF_MAP != 0, s & JIT_DUMP != 0);
     }
+    // Made once: the unwinder and gdb's object file take the same bytes.
+    let frames = unwind::eh_frame(region);
+    let gdb = if s & GDB != 0 {
+        gdb::register(region, frames.as_ref().map(|(bytes, _)| &bytes[..]))
+    } else {
+        None
+    };
     Published {
-        unwind: unwind::register(region),
-        gdb: (s & GDB != 0).then(|| gdb::register(region)).flatten(),
+        unwind: frames.map(unwind::register),
+        gdb,
     }
 }

@@ -110,9 +110,9 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
     Some((bytes, cie_len))
 }
 
-/// Builds and registers `region`'s frame information.
-pub(super) fn register(region: &Region<'_>) -> Option<Registered> {
-    let (bytes, fde_at) = eh_frame(region)?;
+/// Registers frame information made by [`eh_frame`] (its bytes and the
+/// FDE's offset in them).
+pub(super) fn register((bytes, fde_at): (Vec<u8>, usize)) -> Registered {
     let r = Registered {
         eh_frame: bytes.into_boxed_slice(),
         fde_at,
@@ -121,7 +121,7 @@ pub(super) fn register(region: &Region<'_>) -> Option<Registered> {
     // code that stays mapped while `r` lives, and stay put (boxed) until
     // `Drop` deregisters them.
     unsafe { __register_frame(r.start()) };
-    Some(r)
+    r
 }
 
 impl Registered {
