@@ -13,8 +13,9 @@
 //! - **perf map and jitdump** (off by default; [`Profiler`]): the lines of
 //!   `/tmp/perf-<pid>.map`, or the code-load records of a jitdump file, so
 //!   `perf report` names the regions;
-//! - **the GDB JIT interface** (off by default): an in-memory ELF object per
-//!   region, so gdb names frames in generated code.
+//! - **the GDB JIT interface** (off by default; [`enable_gdb`]): an
+//!   in-memory ELF object per region, with its symbol and its `.eh_frame`,
+//!   so gdb names frames in generated code and unwinds through them.
 //!
 //! A region is unpublished (its FDE deregistered, its GDB entry removed)
 //! before its memory can be reused.
