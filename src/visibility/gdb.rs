@@ -26,8 +26,6 @@ use std::ptr::{NonNull, null_mut};
 use std::sync::Mutex;
 
 use object::elf;
-use object::write::elf::{FileHeader, SectionHeader, Sym, Writer};
-use object::{Endianness, write::StringId};
 
 use super::Region;
 
@@ -106,8 +104,8 @@ unsafe impl Sync for Registered {}
 /// Builds `region`'s object file and registers it with gdb. `eh_frame` is
 /// the region's `.eh_frame` section (a CIE, an FDE with absolute addresses,
 /// a zero terminator), when it has unwind rows.
-pub(super) fn register(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Option<Registered> {
-    let symfile = symfile(region, eh_frame)?;
+pub(super) fn register(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Registered {
+    let symfile = symfile(region, eh_frame);
     let entry = Box::into_raw(Box::new(JitCodeEntry {
         next: null_mut(),
         prev: null_mut(),
@@ -131,11 +129,11 @@ pub(super) fn register(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Option<R
         std::ptr::write_volatile(&raw mut (*d).action_flag, JIT_REGISTER_FN);
     }
     __jit_debug_register_code();
-    Some(Registered {
+    Registered {
         // SAFETY: from `Box::into_raw`, never null.
         entry: unsafe { NonNull::new_unchecked(entry) },
         symfile,
-    })
+    }
 }
 
 impl Drop for Registered {
@@ -177,93 +175,149 @@ impl Drop for Registered {
     }
 }
 
+/// The section names, in `.shstrtab` order, and their offsets in it.
+const SHSTRTAB: &[u8] = b"\0.text\0.eh_frame\0.symtab\0.strtab\0.shstrtab\0";
+const NAME_TEXT: u32 = 1;
+const NAME_EH_FRAME: u32 = 7;
+const NAME_SYMTAB: u32 = 17;
+const NAME_STRTAB: u32 = 25;
+const NAME_SHSTRTAB: u32 = 33;
+
 /// `region`'s object file: an ELF64 x86-64 relocatable file with `.text`
 /// (`SHT_NOBITS` at the region's address), `.eh_frame` (when given),
-/// `.symtab` with one function symbol, `.strtab` and `.shstrtab`. `None`
-/// only if the writer fails (it cannot for these sizes).
-pub(crate) fn symfile(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Option<Box<[u8]>> {
-    let mut out = Vec::new();
-    let mut w = Writer::new(Endianness::Little, true, &mut out);
-    // Phase one: every range of the file, in the order it is written.
-    w.reserve_file_header();
-    let text_name = w.add_section_name(b".text");
-    let text = w.reserve_section_index();
-    let eh = eh_frame.map(|bytes| {
-        let name: StringId = w.add_section_name(b".eh_frame");
-        w.reserve_section_index();
-        let offset = w.reserve(bytes.len() as u64, 8);
-        (name, offset, bytes)
-    });
-    let sym_name = w.add_string(region.name.as_bytes());
-    w.reserve_symbol_index(Some(text));
-    w.reserve_symtab_section_index();
-    w.reserve_symtab();
-    w.reserve_strtab_section_index();
-    w.reserve_strtab().ok()?;
-    w.reserve_shstrtab_section_index();
-    w.reserve_shstrtab().ok()?;
-    w.reserve_section_headers();
-    // Phase two: the same ranges, written.
-    w.write_file_header(&FileHeader {
-        os_abi: elf::ELFOSABI_NONE,
-        abi_version: 0,
-        e_type: elf::ET_REL,
-        e_machine: elf::EM_X86_64,
-        e_entry: 0,
-        e_flags: elf::FileFlags(0),
-    })
-    .ok()?;
-    if let Some((_, _, bytes)) = eh {
-        w.write_align(8);
-        w.write(bytes);
-    }
-    w.write_null_symbol();
-    w.write_symbol(&Sym {
-        section: Some(text.0),
-        st_name: w.string_offset(Some(sym_name)),
+/// `.symtab` with one global function symbol, `.strtab` and `.shstrtab`.
+///
+/// The layout is fixed, so it is written directly with the `object` crate's
+/// ELF structures (one allocation, no string tables to build): the header,
+/// the `.eh_frame` bytes, the symbols, the two string tables, then the
+/// section headers.
+pub(crate) fn symfile(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Box<[u8]> {
+    use object::LittleEndian as LE;
+    use object::U16;
+    use object::elf::{FileHeader64, Ident, SectionHeader64, Sym64};
+    use object::pod::bytes_of;
+    type U32 = object::U32<LE>;
+    type U64 = object::U64<LE>;
+
+    const HEADER: usize = size_of::<FileHeader64<LE>>();
+    const SYM: usize = size_of::<Sym64<LE>>();
+    const SHDR: usize = size_of::<SectionHeader64<LE>>();
+    let eh = eh_frame.unwrap_or(&[]);
+    let name = region.name.as_bytes();
+    // Offsets: the header (64 bytes, so what follows is 8-aligned), the
+    // .eh_frame, the symbols (8-aligned), .strtab, .shstrtab, the section
+    // headers (8-aligned).
+    let eh_at = HEADER;
+    let symtab_at = (eh_at + eh.len()).next_multiple_of(8);
+    let strtab_at = symtab_at + 2 * SYM;
+    let strtab_len = 1 + name.len() + 1;
+    let shstrtab_at = strtab_at + strtab_len;
+    let shdrs_at = (shstrtab_at + SHSTRTAB.len()).next_multiple_of(8);
+    // null, .text, [.eh_frame], .symtab, .strtab, .shstrtab
+    let with_eh = eh_frame.is_some();
+    let sections = if with_eh { 6 } else { 5 };
+    let strtab = if with_eh { 4 } else { 3 };
+    let text = 1u16;
+    let total = shdrs_at + sections * SHDR;
+
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(bytes_of(&FileHeader64::<LE> {
+        e_ident: Ident {
+            magic: elf::ELFMAG,
+            class: elf::ELFCLASS64,
+            data: elf::ELFDATA2LSB,
+            version: elf::EV_CURRENT,
+            os_abi: elf::ELFOSABI_NONE,
+            abi_version: 0,
+            padding: [0; 7],
+        },
+        e_type: U16::new(LE, elf::ET_REL),
+        e_machine: U16::new(LE, elf::EM_X86_64),
+        e_version: U32::new(LE, u32::from(elf::EV_CURRENT.0)),
+        e_entry: U64::new(LE, 0),
+        e_phoff: U64::new(LE, 0),
+        e_shoff: U64::new(LE, shdrs_at as u64),
+        e_flags: object::U32::new(LE, elf::FileFlags(0)),
+        e_ehsize: U16::new(LE, HEADER as u16),
+        e_phentsize: U16::new(LE, 0),
+        e_phnum: U16::new(LE, 0),
+        e_shentsize: U16::new(LE, SHDR as u16),
+        e_shnum: U16::new(LE, sections as u16),
+        e_shstrndx: U16::new(LE, elf::SymbolSection(sections as u16 - 1)),
+    }));
+    out.extend_from_slice(eh);
+    out.resize(symtab_at, 0);
+    out.extend_from_slice(&[0; SYM]);
+    out.extend_from_slice(bytes_of(&Sym64::<LE> {
+        st_name: U32::new(LE, 1),
         st_info: elf::SymbolInfo::new(elf::STB_GLOBAL, elf::STT_FUNC),
         st_other: elf::SymbolOther(elf::STV_DEFAULT.0),
-        st_shndx: elf::SymbolSection(0),
-        // An offset in `.text` (a relocatable file's convention).
-        st_value: 0,
-        st_size: region.len as u64,
-    });
-    w.write_strtab();
-    w.write_shstrtab();
-    w.write_null_section_header();
-    w.write_section_header(&SectionHeader {
-        sh_name: w.section_name_offset(Some(text_name)),
-        sh_type: elf::SHT_NOBITS,
-        sh_flags: elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_EXECINSTR.0),
-        sh_addr: region.addr as u64,
-        sh_offset: 0,
-        sh_size: region.len as u64,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 16,
-        sh_entsize: 0,
-    });
-    if let Some((name, offset, bytes)) = eh {
-        w.write_section_header(&SectionHeader {
-            sh_name: w.section_name_offset(Some(name)),
-            sh_type: elf::SHT_PROGBITS,
-            // Not SHF_ALLOC: gdb reads it as a file section; allocating it
-            // would place it at address 0 in every object.
-            sh_flags: elf::SectionFlags(0),
-            sh_addr: 0,
-            sh_offset: offset,
-            sh_size: bytes.len() as u64,
-            sh_link: 0,
-            sh_info: 0,
-            sh_addralign: 8,
-            sh_entsize: 0,
-        });
+        st_shndx: U16::new(LE, elf::SymbolSection(text)),
+        // An offset in `.text` (a relocatable file's convention: the
+        // section's address places it).
+        st_value: U64::new(LE, 0),
+        st_size: U64::new(LE, region.len as u64),
+    }));
+    out.push(0);
+    out.extend_from_slice(name);
+    out.push(0);
+    out.extend_from_slice(SHSTRTAB);
+    out.resize(shdrs_at, 0);
+    let w32 = |n: u32| U32::new(LE, n);
+    let w64 = |n: usize| U64::new(LE, n as u64);
+    // A section header with nothing special in it: the rest filled in below.
+    let plain = |name: u32, ty: elf::SectionType, (at, len): (usize, usize)| SectionHeader64 {
+        sh_name: w32(name),
+        sh_type: object::U32::new(LE, ty),
+        sh_flags: object::U64::new(LE, elf::SectionFlags(0)),
+        sh_addr: w64(0),
+        sh_offset: w64(at),
+        sh_size: w64(len),
+        sh_link: w32(0),
+        sh_info: w32(0),
+        sh_addralign: w64(1),
+        sh_entsize: w64(0),
+    };
+    out.extend_from_slice(&[0; SHDR]);
+    // No bytes in the file: the code is in the process already.
+    out.extend_from_slice(bytes_of(&SectionHeader64 {
+        sh_flags: object::U64::new(
+            LE,
+            elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_EXECINSTR.0),
+        ),
+        sh_addr: w64(region.addr),
+        sh_addralign: w64(16),
+        ..plain(NAME_TEXT, elf::SHT_NOBITS, (0, region.len))
+    }));
+    if with_eh {
+        // Not SHF_ALLOC: gdb reads it as a file section (its FDE's
+        // addresses are absolute); allocating it would place it at address
+        // 0 in every object.
+        out.extend_from_slice(bytes_of(&SectionHeader64 {
+            sh_addralign: w64(8),
+            ..plain(NAME_EH_FRAME, elf::SHT_PROGBITS, (eh_at, eh.len()))
+        }));
     }
-    w.write_symtab_section_header(1);
-    w.write_strtab_section_header();
-    w.write_shstrtab_section_header();
-    debug_assert_eq!(w.reserved_len(), w.len());
-    Some(out.into_boxed_slice())
+    out.extend_from_slice(bytes_of(&SectionHeader64 {
+        sh_link: w32(strtab),
+        // The index of the first global symbol (after the null one).
+        sh_info: w32(1),
+        sh_addralign: w64(8),
+        sh_entsize: w64(SYM),
+        ..plain(NAME_SYMTAB, elf::SHT_SYMTAB, (symtab_at, 2 * SYM))
+    }));
+    out.extend_from_slice(bytes_of(&plain(
+        NAME_STRTAB,
+        elf::SHT_STRTAB,
+        (strtab_at, strtab_len),
+    )));
+    out.extend_from_slice(bytes_of(&plain(
+        NAME_SHSTRTAB,
+        elf::SHT_STRTAB,
+        (shstrtab_at, SHSTRTAB.len()),
+    )));
+    debug_assert_eq!(out.len(), total);
+    out.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -337,7 +391,7 @@ mod tests {
         let r = region("tierbridge exit (i64,i64)->i64 sysv", addr, &rows);
         let (eh, _) = super::super::unwind::eh_frame(&r).unwrap();
         for with_eh in [true, false] {
-            let bytes = symfile(&r, with_eh.then_some(&eh[..])).unwrap();
+            let bytes = symfile(&r, with_eh.then_some(&eh[..]));
             let file = ElfFile64::<object::Endianness>::parse(&*bytes).unwrap();
             let h = file.elf_header();
             let e = file.endian();
@@ -391,7 +445,7 @@ mod tests {
         let mut regs: Vec<Option<Registered>> = names
             .iter()
             .enumerate()
-            .map(|(i, n)| register(&region(n, 0x1000 * (i + 1), &leaf), None))
+            .map(|(i, n)| Some(register(&region(n, 0x1000 * (i + 1), &leaf), None)))
             .collect();
         // Newest first (other tests' entries may sit between).
         assert_eq!(ours(&regs), [2, 1, 0]);

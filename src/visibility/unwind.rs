@@ -57,6 +57,9 @@ fn cfa(c: Cfa) -> (Register, i32) {
 /// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
 /// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
 pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
+    if *region.unwind == Unwind::Unknown {
+        return None;
+    }
     let encoding = Encoding {
         format: Format::Dwarf32,
         version: 1,
@@ -71,8 +74,7 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
         u32::try_from(region.len).ok()?,
     );
     match region.unwind {
-        Unwind::Unknown => return None,
-        Unwind::Leaf => {}
+        Unwind::Unknown | Unwind::Leaf => {}
         Unwind::Rows(rows) => {
             let mut saved: Vec<(u16, i32)> = Vec::new();
             let mut rule = (X86_64::RSP, 8);
