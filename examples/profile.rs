@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases|code> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr, and for the
 //! `create` modes page faults per signature; `PROFILE_PREFAULT=1` makes the
 //! `create` modes run on heap memory already faulted in, to show what the
@@ -9,7 +9,12 @@
 //! entry thunk with `Bridge::prepare`, binding nothing; `PROFILE_THREADS=k`
 //! makes the `create` modes share the signatures among k threads on one
 //! bridge and print wall time per signature; `create-phases`
-//! prints where a new signature's time goes, see below).
+//! prints where a new signature's time goes, see below). `code` installs
+//! `calls` one-instruction pieces of code through `CodeMemory` (each
+//! published: named for tools, and registered with gdb under
+//! `TIERBRIDGE_GDB=1`), keeps them all, then drops them oldest first: the
+//! cost of a region made and dropped, its time per region with
+//! `PROFILE_TIME=1`.
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -370,6 +375,18 @@ fn main() {
             acc = call10_loop(unsafe { ep.as_fn() }, n);
         }
         "direct10" => acc = call10_loop(measure::ten_i64, n),
+        "code" => {
+            let mem = tierbridge::tier::CodeMemory::of(&b).unwrap();
+            let mut codes = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                codes.push(mem.install("profile code", &[0xc3]).unwrap());
+            }
+            acc = codes
+                .iter()
+                .map(|c| c.addr() as u64)
+                .fold(0, u64::wrapping_add);
+            drop(codes);
+        }
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
             let d = unsafe {
