@@ -271,11 +271,12 @@ fn the_list_holds_one_object_per_live_region_and_empties_in_linear_time() {
     // Everything comes back: a leak of even the list entries alone (32
     // bytes each) would be 3.2 MB here, of the objects tens of megabytes.
     assert!(grown < 1 << 20, "grew {grown} bytes over 100 000 regions");
-    // Linear: the same time per region at ten times the number (a list
-    // searched on removal would take about ten times as long per region
-    // here). Loose, for a shared machine.
+    // Linear: about the same time per region at ten times the number. A
+    // list searched on removal takes about ten times as long per region at
+    // 100 000 (measured: 44 µs and 492 µs per region, against 7.1 and 7.7
+    // µs); the bound is loose for a shared machine.
     assert!(
-        per(large, 100_000) < 10.0 * per(small, 10_000) + 20_000.0,
+        per(large, 100_000) < 4.0 * per(small, 10_000) + 5_000.0,
         "10 000: {small:?}, 100 000: {large:?}"
     );
 }
