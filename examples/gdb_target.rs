@@ -106,7 +106,7 @@ fn sort(bridge: &Bridge, v: &mut [i32]) {
 fn main() {
     let bridge = Bridge::with_options(BridgeOptions {
         backend: BackendKind::Generated,
-        exec: None,
+        ..BridgeOptions::default()
     })
     .expect("a bridge");
     if bridge.kind() != BackendKind::Generated {

@@ -285,6 +285,7 @@ impl Dispatcher {
     /// What keeps the context alive (the host of [`Dispatcher::from_host`]),
     /// for a binding that keeps the dispatch function, context and policy
     /// elsewhere.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn into_keep(self) -> Option<Arc<dyn Any + Send + Sync>> {
         self._keep
     }

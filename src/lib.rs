@@ -35,6 +35,9 @@
 //!   with stable native pointers, hotness counted from the interpreter and
 //!   from C, a [`tier::Compiler`] the user plugs in, and the OSR and
 //!   deoptimization protocols ([`tier::TierTable`]).
+//! - [`visibility`] — what tools see of generated code: a name and unwind
+//!   rows for every region, an `.eh_frame` registered with the unwinder
+//!   while the code lives, perf map and jitdump output.
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end (natives through exit stubs, interpreted functions as C
 //!   function pointers), with a baseline JIT: one client of [`tier`].

@@ -285,8 +285,9 @@ mod tests {
                 let at = &here as *const u8 as usize;
                 assert!(low < at && at < high);
                 assert!(high - low >= 1 << 20);
+                // (The C library may hand out a larger cached stack.)
                 let left = remaining().unwrap();
-                assert!(left < 1 << 20 && left > 512 * 1024, "{left}");
+                assert!(left < high - low && left > (high - low) / 2, "{left}");
                 assert!(check(left / 2).is_ok());
                 let e = check(left + 4096).unwrap_err();
                 assert_eq!(e.need, left + 4096);

@@ -4,7 +4,8 @@
 //! strategies; and the `.eh_frame` registered for stubs and thunks
 //! describes them.
 
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+// Generated code is what these tests look at.
+#![cfg(all(tierbridge_codegen, target_os = "linux"))]
 
 mod support;
 
@@ -30,6 +31,7 @@ fn bridge(exec: ExecStrategy) -> Option<Bridge> {
     let b = Bridge::with_options(BridgeOptions {
         backend: BackendKind::Generated,
         exec: Some(exec),
+        ..BridgeOptions::default()
     })
     .ok()?;
     (b.kind() == BackendKind::Generated).then_some(b)
@@ -140,6 +142,24 @@ fn sort_interpreted(rt: &Runtime) {
 fn a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort() {
     // Rust → interpreter → exit stub → qsort → entry point → interpreter
     // (the comparator) → exit stub → probe, which takes the backtrace.
+    backtrace_through_the_runtime(TierConfig::interpreter_only(), "interpreted");
+}
+
+#[test]
+fn a_backtrace_inside_a_compiled_comparator_reaches_below_qsort() {
+    // The same with both functions compiled by the reference JIT at once:
+    // Rust → exit stub → compiled sort → exit stub → qsort → cell jump →
+    // compiled comparator → exit stub → probe.
+    let eager = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        force_deopt: false,
+        ..TierConfig::default()
+    };
+    backtrace_through_the_runtime(eager, "compiled");
+}
+
+fn backtrace_through_the_runtime(config: TierConfig, what: &str) {
     for exec in [ExecStrategy::WriteThenProtect, ExecStrategy::DualMapping] {
         let Some(b) = bridge(exec) else {
             println!("skipped {exec}: no generated backend here");
@@ -148,27 +168,75 @@ fn a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort() {
         let program = parse_program(PROGRAM).unwrap();
         // SAFETY: the program loads only through the pointers qsort gives
         // its comparator, and calls qsort and probe as declared.
-        let rt = unsafe {
-            Runtime::with_tiers(
-                program,
-                Arc::new(b),
-                FailurePolicy::Report,
-                TierConfig::interpreter_only(),
-            )
-        }
-        .unwrap();
+        let rt =
+            unsafe { Runtime::with_tiers(program, Arc::new(b), FailurePolicy::Report, config) }
+                .unwrap();
         // SAFETY: probe has the declared signature.
         unsafe { rt.bind_native("probe", probe as *const c_void) }.unwrap();
         // SAFETY: qsort from the C library has the declared signature.
         unsafe { rt.bind_natives_from_process() }.unwrap();
+        // Twice: the first call makes the code hot (and compiles it).
+        sort_interpreted(&rt);
+        let _guard = PROBE_LOCK.lock().unwrap();
         *PROBED.lock().unwrap() = None;
         sort_interpreted(&rt);
         let bt = PROBED.lock().unwrap().take().expect("probe ran");
-        assert!(bt.contains("qsort"), "{exec}: {bt}");
-        assert!(bt.contains("sort_interpreted"), "{exec}: {bt}");
+        if what == "compiled" {
+            assert!(rt.tier_stats().compiled >= 2, "{exec}: both compiled");
+        }
+        assert!(bt.contains("qsort"), "{what} {exec}: {bt}");
+        assert!(bt.contains("sort_interpreted"), "{what} {exec}: {bt}");
         assert!(
-            bt.contains("a_backtrace_inside_an_interpreted_comparator_reaches_below_qsort"),
-            "{exec}: {bt}"
+            bt.contains("backtrace_through_the_runtime"),
+            "{what} {exec}: {bt}"
         );
     }
+}
+
+/// One test at a time uses `PROBED`.
+static PROBE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Resident memory in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn publishing_and_unpublishing_100_000_regions_leaks_nothing_and_stays_linear() {
+    let Some(b) = bridge(ExecStrategy::DualMapping) else {
+        println!("skipped: no generated backend here");
+        return;
+    };
+    let memory = tierbridge::tier::CodeMemory::of(&b).unwrap();
+    // `ret`: its frame is the caller's return address alone.
+    let code = [0xc3u8];
+    let leaf = tierbridge::visibility::Unwind::Leaf;
+    let round = |n: usize| {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            // Installed (an FDE built and registered), then dropped
+            // (deregistered, memory back to the allocator).
+            let c = memory.install_with_unwind("leaf", &code, &leaf).unwrap();
+            // SAFETY: `ret` is a valid `extern "C" fn()`.
+            let f: extern "C" fn() = unsafe { std::mem::transmute(c.addr()) };
+            f();
+        }
+        t.elapsed()
+    };
+    round(10_000);
+    let before = rss_kib();
+    let small = round(10_000);
+    let large = round(100_000);
+    let after = rss_kib();
+    println!("10 000: {small:?}, 100 000: {large:?}, RSS {before} -> {after} KiB");
+    // Linear: ten times the regions take about ten times as long (a loose
+    // bound for a shared machine; quadratic would be a hundred times).
+    assert!(large < small * 40, "10 000: {small:?}, 100 000: {large:?}");
+    // Nothing kept per region: 100 000 leaked FDEs would be megabytes.
+    assert!(after < before + 2048, "RSS {before} -> {after} KiB");
 }

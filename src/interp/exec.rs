@@ -103,11 +103,12 @@ impl Runtime {
         let wants = config.call_threshold != u32::MAX || config.loop_threshold != u32::MAX;
         let mut failure = None;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            // The baseline JIT emits x86-64; elsewhere everything is
+            // The baseline JIT emits x86-64 (and is compiled out with
+            // `--cfg tierbridge_no_codegen`); elsewhere everything is
             // interpreted.
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             let compiler = wants.then(|| super::jit::compiler(weak.clone()));
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(not(tierbridge_codegen))]
             let compiler: Option<Box<dyn crate::tier::Compiler>> = {
                 let _ = wants;
                 None

@@ -111,6 +111,9 @@ struct Inner {
     used: usize,
     /// Freed allocations by rounded size: (slab index, offset).
     free: BTreeMap<usize, Vec<(usize, usize)>>,
+    /// Bytes of the slabs, and of the allocations in use (rounded sizes).
+    mapped_bytes: usize,
+    used_bytes: usize,
 }
 
 /// A slab allocator of executable memory.
@@ -175,6 +178,7 @@ impl Drop for ExecCode {
         // Unpublished first: the memory may be handed out again below.
         drop(self.published.take());
         let mut inner = self.mem.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.used_bytes -= self.size;
         inner
             .free
             .entry(self.size)
@@ -200,6 +204,8 @@ impl ExecMemory {
                 current: None,
                 used: 0,
                 free: BTreeMap::new(),
+                mapped_bytes: 0,
+                used_bytes: 0,
             }),
         });
         mem.self_test()?;
@@ -207,6 +213,7 @@ impl ExecMemory {
     }
 
     /// The first strategy that works: dual mapping, then write-then-protect.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn probe() -> std::result::Result<Arc<ExecMemory>, String> {
         let mut why = Vec::new();
         for s in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {
@@ -220,6 +227,14 @@ impl ExecMemory {
 
     pub(crate) fn strategy(&self) -> ExecStrategy {
         self.strategy
+    }
+
+    /// Bytes of executable memory in use (allocations, rounded to the
+    /// strategy's granule) and mapped (every slab, none ever unmapped while
+    /// the allocator lives).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.used_bytes, inner.mapped_bytes)
     }
 
     fn self_test(self: &Arc<Self>) -> Result<()> {
@@ -297,14 +312,17 @@ impl ExecMemory {
             None if size > SLAB_BYTES => {
                 // A slab of its own, rounded to whole pages; the bump slab
                 // stays the one it was.
-                let s = self.new_slab(0, size.next_multiple_of(self.page))?;
+                let bytes = size.next_multiple_of(self.page);
+                let s = self.new_slab(0, bytes)?;
                 inner.slabs.push(s);
+                inner.mapped_bytes += bytes;
                 (inner.slabs.len() - 1, 0)
             }
             None => {
                 if inner.current.is_none() || inner.used + size > SLAB_BYTES {
                     let s = self.new_slab(next_slab_hint(), SLAB_BYTES)?;
                     inner.slabs.push(s);
+                    inner.mapped_bytes += SLAB_BYTES;
                     inner.current = Some(inner.slabs.len() - 1);
                     inner.used = 0;
                 }
@@ -314,6 +332,7 @@ impl ExecMemory {
                 at
             }
         };
+        inner.used_bytes += size;
         // Addresses inside the mappings, which stay put while `self` lives
         // (the `Slab` values may move when the vector grows; their pages do not).
         let (write_at, exec_at) = match &mut inner.slabs[slab] {

@@ -7,11 +7,13 @@
 //! and one binding slot: trampolines are generated a block at a time, each
 //! reading its binding from its own cell, and the block keeps a slot per
 //! trampoline for the binding itself, so binding a function writes no code
-//! and allocates nothing. When an entry point is dropped its cell is pointed
-//! at a dead binding whose code aborts with a message (a stale call never runs
-//! freed memory), its binding is moved out of its slot (and dropped once the
-//! pool's lock is released), and the trampoline goes to the back of a FIFO
-//! free list.
+//! and allocates nothing. When an entry point is dropped its binding is
+//! moved out of its slot (and dropped once the pool's lock is released), a
+//! tombstone takes its place (the same thunk, a dispatcher that aborts with
+//! a message naming the function and its signature), and the trampoline goes
+//! to the back of the pool's quarantine; only when [`ENTRY_QUARANTINE`] more
+//! entry points of the pool were dropped after it does it move on to the
+//! free list, to be bound again (ABI.md, "Bindings and trampolines").
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -28,7 +30,7 @@ use super::x64::{
     BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, SigKeys, TRAMPOLINE_BYTES, emit_entry,
     emit_fast_exit, emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_keys,
 };
-use super::{BackendKind, Result, ThunkError};
+use super::{BackendKind, ENTRY_QUARANTINE, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
@@ -84,7 +86,14 @@ fn install_named(
     unwind: &Unwind,
 ) -> Result<ExecCode> {
     let mut c = install(mem, code)?;
-    c.publish(&format!("tierbridge {what} {sig} {conv}"), unwind);
+    // The name only for the sinks that read it (formatting it costs about
+    // as much as the rest of the publication).
+    let name = if crate::visibility::names_wanted() {
+        format!("tierbridge {what} {sig} {conv}")
+    } else {
+        String::new()
+    };
+    c.publish(&name, unwind);
     Ok(c)
 }
 
@@ -514,7 +523,8 @@ struct DeadHead(BindingHead);
 // SAFETY: immutable, and its pointers are to functions or null.
 unsafe impl Sync for DeadHead {}
 
-/// Where a dropped entry point's trampoline leads.
+/// What a trampoline's cell points to before its first binding, and for the
+/// moment between a binding's removal and its tombstone's arrival.
 static DEAD: DeadHead = DeadHead(BindingHead {
     thunk: dead_entry,
     dispatch: dead_dispatch,
@@ -526,14 +536,61 @@ static DEAD: DeadHead = DeadHead(BindingHead {
     },
 });
 
-/// Reached (by a jump from a trampoline) when native code calls an entry point
-/// after it was dropped.
+/// Reached (by a jump from a trampoline) when native code calls a trampoline
+/// with no binding and no tombstone: never bound, or called while its entry
+/// point was being dropped.
 ///
 /// # Safety
 /// Only ever jumped to by a trampoline; it never returns.
 unsafe extern "C" fn dead_entry() {
-    eprintln!("tierbridge: an entry point was called after its EntryPoint was dropped; aborting");
-    std::process::abort();
+    super::abort_with(format_args!(
+        "called an entry point while it was being dropped (or one never bound)"
+    ));
+}
+
+/// What a dropped entry point's slot holds while its trampoline is in
+/// quarantine: a binding head whose thunk is the signature's own (so a
+/// stale call is taken apart as a call of the signature, as it is one) and
+/// whose dispatcher aborts, naming the function and the signature kept here
+/// (looked up only then). Written over the binding's slot, so it must fit
+/// there.
+#[repr(C)]
+struct Tombstone {
+    head: BindingHead,
+    reg: &'static Registry,
+    id: SigId,
+    conv: CallConv,
+}
+
+const _: () = {
+    assert!(size_of::<Tombstone>() <= size_of::<GenBinding>());
+    assert!(align_of::<Tombstone>() <= align_of::<GenBinding>());
+};
+
+/// A tombstone's dispatcher: reached through the signature's thunk when
+/// native code calls a dropped entry point still in quarantine.
+///
+/// # Safety
+/// `binding` is the `raw` field of a [`Tombstone`]'s head (as a tombstone's
+/// thunk passes it); it never returns.
+unsafe extern "C" fn tombstone_dispatch(
+    binding: *const RawBinding,
+    _: *const u64,
+    _: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
+    let at = std::mem::offset_of!(Tombstone, head) + std::mem::offset_of!(BindingHead, raw);
+    // SAFETY: by the contract above, `binding` is `at` bytes into a live
+    // tombstone (its slot is kept while the trampoline is in quarantine).
+    let t = unsafe { &*binding.byte_sub(at).cast::<Tombstone>() };
+    match t.reg.signature(t.id) {
+        Ok(sig) => super::dropped_entry_called(t.head.raw.func, sig, t.conv),
+        // Not reachable: the id was the binding's, from this registry.
+        Err(_) => super::abort_with(format_args!(
+            "called a dropped entry point (fn id {}, {})",
+            t.head.raw.func, t.id
+        )),
+    }
 }
 
 /// Never called (the dead binding's code aborts first); present so the dead
@@ -572,6 +629,14 @@ unsafe extern "C" fn entry_failed(
 
 const BLOCK: usize = 128;
 
+/// Bytes a quarantined entry point keeps from reuse on this backend: its
+/// trampoline, its cell, its binding slot (the tombstone), and its place in
+/// the queue.
+pub(super) const QUARANTINED_BYTES: usize = TRAMPOLINE_BYTES
+    + size_of::<AtomicPtr<BindingHead>>()
+    + size_of::<BindingSlot>()
+    + size_of::<(usize, usize)>();
+
 /// Where a binding lives: a slot of its trampoline's block, written when a
 /// function is bound to the trampoline and moved out when the entry point is
 /// dropped (so binding allocates nothing). The slot's memory lives as long
@@ -587,7 +652,12 @@ struct Block {
 
 struct Pool {
     blocks: Vec<Block>,
+    /// Trampolines no binding or tombstone holds, taken from the front.
     free: VecDeque<(usize, usize)>,
+    /// Dropped entry points' trampolines, each with its tombstone, oldest
+    /// first: at most [`ENTRY_QUARANTINE`], the oldest moving to the back of
+    /// `free` when one more arrives.
+    quarantine: VecDeque<(usize, usize)>,
 }
 
 /// One of a backend's pools of trampolines with their bindings, one per
@@ -601,6 +671,8 @@ struct PoolKeeper {
     pool: Mutex<Pool>,
     /// Kept for the bindings, which run its thunks.
     _entries: Arc<Entries>,
+    /// Where its bindings' signature ids are from (for a tombstone's message).
+    reg: &'static Registry,
 }
 
 /// A backend's entry thunks, each signature's and their shared code.
@@ -624,6 +696,9 @@ pub(super) struct GenEntry {
     code: *const c_void,
     /// The pool its trampoline is from.
     pool: Arc<Padded<PoolKeeper>>,
+    /// For its tombstone's message.
+    id: SigId,
+    conv: CallConv,
 }
 
 // SAFETY: its one raw pointer is its trampoline's address (code, never
@@ -645,17 +720,42 @@ impl Drop for GenEntry {
             let mut pool = self.pool.pool.lock().unwrap_or_else(|e| e.into_inner());
             let (b, i) = self.at;
             let block = &pool.blocks[b];
+            // Away from the slot while it is rewritten (a call racing the
+            // drop is the caller's bug, but then it aborts here too).
             block.cells[i].store(
                 (&DEAD.0 as *const BindingHead).cast_mut(),
                 Ordering::Release,
             );
+            let slot = block.slots[i].get();
             // SAFETY: `bind` wrote the binding into this slot and only this
             // entry owns it; it is moved out once, here, before the slot goes
-            // back to the free list (under the same lock), and the cell no
-            // longer points at it.
-            let binding = unsafe { block.slots[i].get().cast::<GenBinding>().read() };
-            // To the back: the slot is reused as late as possible.
-            pool.free.push_back(self.at);
+            // into quarantine (under the same lock), and the cell no longer
+            // points at it.
+            let binding = unsafe { slot.cast::<GenBinding>().read() };
+            let tombstone = Tombstone {
+                head: BindingHead {
+                    thunk: binding.head.thunk,
+                    dispatch: tombstone_dispatch,
+                    raw: RawBinding {
+                        ctx: null_mut(),
+                        ..binding.head.raw
+                    },
+                },
+                reg: self.pool.reg,
+                id: self.id,
+                conv: self.conv,
+            };
+            // SAFETY: the slot is this entry's alone (see above), and a
+            // tombstone fits in it (checked where `Tombstone` is defined);
+            // it owns nothing, so `bind` may write over it later.
+            unsafe { slot.cast::<Tombstone>().write(tombstone) };
+            block.cells[i].store(slot.cast::<BindingHead>(), Ordering::Release);
+            pool.quarantine.push_back(self.at);
+            if pool.quarantine.len() > ENTRY_QUARANTINE {
+                let oldest = pool.quarantine.pop_front().expect("longer than the depth");
+                // To the back: the slot is reused as late as possible.
+                pool.free.push_back(oldest);
+            }
             binding
         };
         // Dropped outside the pool's lock: dropping the dispatcher may drop
@@ -895,8 +995,10 @@ impl GenBackend {
                     pool: Mutex::new(Pool {
                         blocks: Vec::new(),
                         free: VecDeque::new(),
+                        quarantine: VecDeque::new(),
                     }),
                     _entries: entries.clone(),
+                    reg,
                 }))
             }),
             entries,
@@ -905,6 +1007,17 @@ impl GenBackend {
 
     pub(super) fn exec(&self) -> &Arc<ExecMemory> {
         &self.mem
+    }
+
+    /// How many dropped entry points are in quarantine, in all pools.
+    pub(super) fn quarantined(&self) -> usize {
+        self.pools
+            .iter()
+            .map(|k| {
+                let pool = k.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.quarantine.len()
+            })
+            .sum()
     }
 
     fn install(&self, code: &[u8]) -> Result<ExecCode> {
@@ -1124,7 +1237,8 @@ impl GenBackend {
         let block = &pool.blocks[b];
         let slot: *mut GenBinding = block.slots[i].get().cast();
         // SAFETY: the slot was on the free list, so no entry point owns it
-        // (its last binding, if any, was dropped before it went back), and
+        // (its last binding, if any, was moved out before it went into
+        // quarantine, and the tombstone written there owns nothing), and
         // the pool's lock is held; its memory lives as long as the pool.
         unsafe { slot.write(binding) };
         let head = slot.cast::<BindingHead>(); // `head` is first (`repr(C)`).
@@ -1139,6 +1253,8 @@ impl GenBackend {
             at: (b, i),
             code,
             pool: keeper.clone(),
+            id,
+            conv,
         })
     }
 }
@@ -1215,7 +1331,8 @@ mod tests {
     }
 
     /// An entry point is bound from its thread's pool, keeps that pool,
-    /// and gives its trampoline back to it when dropped on another thread;
+    /// and gives its trampoline back to it (to its quarantine) when dropped
+    /// on another thread;
     /// a stub keeps the exits through its thread's keeper.
     #[test]
     fn an_entry_point_goes_back_to_the_pool_of_the_thread_that_bound_it() {
@@ -1229,20 +1346,20 @@ mod tests {
         );
         let (sig, conv): (Signature, _) = ("(i32)->i32".parse().unwrap(), CallConv::SysV);
         let mine = crate::table::thread_number();
-        let free = |k: usize| g.pools[k].pool.lock().unwrap().free.len();
+        let quarantined = |k: usize| g.pools[k].pool.lock().unwrap().quarantine.len();
         let entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
         let EntryImpl::Gen(e) = &entry.imp else {
             unreachable!("a generated bridge binds generated entry points")
         };
         assert!(Arc::ptr_eq(&e.pool, &g.pools[mine]));
-        let left = free(mine);
+        let before = quarantined(mine);
         let stub = bridge.exit_stub(&sig, conv).unwrap();
         let crate::thunks::ExitImpl::Gen(r) = &stub.imp else {
             unreachable!("a generated bridge makes generated stubs")
         };
         assert!(Arc::ptr_eq(&r.table, &g.keepers[mine]));
         std::thread::scope(|s| s.spawn(move || drop((entry, stub))).join().unwrap());
-        assert_eq!(free(mine), left + 1);
+        assert_eq!(quarantined(mine), before + 1);
     }
 
     fn place(k: &SigKey) -> u64 {

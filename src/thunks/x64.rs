@@ -60,35 +60,74 @@ macro_rules! by_size {
 /// emitted: after each instruction that moves `rsp` or saves a register, the
 /// frame as it is from there on (`crate::visibility::Unwind::Rows`).
 #[derive(Default)]
-pub(super) struct Cfi {
+pub(crate) struct Cfi {
     rows: Vec<UnwindRow>,
-    /// CFA = rsp + `cfa` now.
+    /// CFA = rsp + `cfa` now (the bytes pushed and reserved since the call).
     cfa: u32,
+    /// Whether `rbp` is the frame pointer now (CFA = rbp + 16).
+    fp: bool,
     saved: Vec<(Reg, i32)>,
 }
 
 impl Cfi {
     /// At a function's first instruction: CFA = rsp + 8, nothing saved.
-    pub(super) fn new() -> Cfi {
+    pub(crate) fn new() -> Cfi {
         Cfi {
             rows: Vec::new(),
             cfa: 8,
+            fp: false,
             saved: Vec::new(),
         }
     }
 
     fn row(&mut self, at: usize) {
-        self.rows.push(UnwindRow {
+        let cfa = if self.fp {
+            Cfa::Rbp(16)
+        } else {
+            Cfa::Rsp(self.cfa)
+        };
+        let row = UnwindRow {
             at: at as u32,
-            cfa: Cfa::Rsp(self.cfa),
+            cfa,
             saved: self.saved.clone(),
-        });
+        };
+        // A later row at the same offset replaces the earlier one.
+        match self.rows.last_mut() {
+            Some(last) if last.at == row.at => *last = row,
+            _ => self.rows.push(row),
+        }
     }
 
     /// A function starts at `at` (a second one in the same code).
-    fn start(&mut self, at: usize) {
+    pub(crate) fn start(&mut self, at: usize) {
         self.cfa = 8;
+        self.fp = false;
         self.saved.clear();
+        self.row(at);
+    }
+
+    /// `mov rbp, rsp` ended at `at`: from here the frame is found from rbp.
+    pub(crate) fn frame_pointer(&mut self, at: usize) {
+        self.fp = true;
+        self.row(at);
+    }
+
+    /// `pop rbp` ended at `at`: the frame is found from rsp again.
+    pub(crate) fn pop_frame_pointer(&mut self, at: usize) {
+        self.fp = false;
+        self.cfa -= 8;
+        self.saved.retain(|(r, _)| *r != Reg::Rbp);
+        self.row(at);
+    }
+
+    /// The current frame (for `restore`).
+    pub(crate) fn frame(&self) -> (u32, bool, Vec<(Reg, i32)>) {
+        (self.cfa, self.fp, self.saved.clone())
+    }
+
+    /// Code from `at` on runs in `frame` (taken earlier with `frame`).
+    pub(crate) fn resume(&mut self, at: usize, frame: (u32, bool, Vec<(Reg, i32)>)) {
+        (self.cfa, self.fp, self.saved) = frame;
         self.row(at);
     }
 
@@ -99,7 +138,7 @@ impl Cfi {
     }
 
     /// `push reg` ended at `at`.
-    fn push(&mut self, at: usize, reg: Reg) {
+    pub(crate) fn push(&mut self, at: usize, reg: Reg) {
         self.cfa += 8;
         self.saved.push((reg, -(self.cfa as i32)));
         self.row(at);
@@ -112,7 +151,7 @@ impl Cfi {
     }
 
     /// `pop reg` ended at `at`.
-    fn pop(&mut self, at: usize, reg: Reg) {
+    pub(crate) fn pop(&mut self, at: usize, reg: Reg) {
         self.cfa -= 8;
         self.saved.retain(|(r, _)| *r != reg);
         self.row(at);
@@ -126,7 +165,8 @@ impl Cfi {
         self.row(at);
     }
 
-    pub(super) fn finish(self) -> Unwind {
+    /// The rows recorded.
+    pub(crate) fn finish(self) -> Unwind {
         Unwind::Rows(self.rows)
     }
 }

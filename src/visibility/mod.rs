@@ -41,6 +41,10 @@ pub enum Unwind {
     /// canonical frame address (the stack pointer before the call that
     /// entered the region) is, and where registers were saved.
     Rows(Vec<UnwindRow>),
+    /// The frames as Cranelift describes the code it compiled
+    /// ([`crate::cranelift::compile_with_unwind`]).
+    #[cfg(feature = "cranelift")]
+    Cranelift(cranelift_codegen::isa::unwind::systemv::UnwindInfo),
 }
 
 /// One row of an [`Unwind::Rows`] table.
@@ -145,6 +149,20 @@ fn sinks() -> u8 {
     if std::env::var_os("TIERBRIDGE_GDB").is_some_and(|v| v != "0") {
         add |= GDB;
     }
+    // The files asked for by the environment are opened now; one that
+    // cannot be stays off (said once on stderr: the program asked for it).
+    if add & PERF_MAP != 0
+        && let Err(e) = perf::open_perf_map()
+    {
+        eprintln!("tierbridge: TIERBRIDGE_PROFILE=perfmap: {e}; no perf map");
+        add &= !PERF_MAP;
+    }
+    if add & JIT_DUMP != 0
+        && let Err(e) = perf::open_jitdump()
+    {
+        eprintln!("tierbridge: TIERBRIDGE_PROFILE=jitdump: {e}; no jitdump");
+        add &= !JIT_DUMP;
+    }
     SINKS.fetch_or(add, Ordering::AcqRel) | add
 }
 
@@ -200,6 +218,12 @@ pub fn enable_profiler(p: Profiler) -> std::io::Result<()> {
 pub fn enable_gdb() {
     sinks();
     SINKS.fetch_or(GDB, Ordering::AcqRel);
+}
+
+/// Whether any sink on reads regions' names (else a name need not be
+/// made: the unwinder needs none).
+pub(crate) fn names_wanted() -> bool {
+    sinks() & (PERF_MAP | JIT_DUMP | GDB) != 0
 }
 
 /// A region as the sinks see it.

@@ -57,7 +57,7 @@ fn cfa(c: Cfa) -> (Register, i32) {
 /// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
 /// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
 pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
-    if *region.unwind == Unwind::Unknown {
+    if matches!(region.unwind, Unwind::Unknown) {
         return None;
     }
     let encoding = Encoding {
@@ -75,6 +75,10 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
     );
     match region.unwind {
         Unwind::Unknown | Unwind::Leaf => {}
+        // Cranelift's rows assume the same CIE (CFA = rsp + 8, code
+        // alignment 1, data alignment -8).
+        #[cfg(feature = "cranelift")]
+        Unwind::Cranelift(info) => fde = info.to_fde(Address::Constant(region.addr as u64)),
         Unwind::Rows(rows) => {
             let mut saved: Vec<(u16, i32)> = Vec::new();
             let mut rule = (X86_64::RSP, 8);
