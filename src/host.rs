@@ -637,6 +637,9 @@ pub(crate) fn guarded_call(
 #[cold]
 #[inline(never)]
 fn no_stack_for_call(error: crate::stack::StackExhausted) -> u32 {
+    // The failure compiled code leaves with is this one, not one that was
+    // pending before (which the guard would have put back after the call).
+    HAS_PENDING.with(|h| h.set(false));
     record_failure(EntryError::StackExhausted { func: None, error });
     CALL_GUARD_NO_STACK
 }

@@ -135,7 +135,12 @@ fn stack_pointer() -> usize {
 fn limits_for(bounds: Option<(usize, usize)>, reserve: usize) -> Limits {
     match bounds {
         Some((low, high)) => Limits {
-            limit: low.saturating_add(reserve),
+            // A small stack (a C thread's, musl's 128 KiB default) keeps at
+            // most a quarter of itself in reserve, so that calls can run
+            // on it at all; `usize::MAX` is the unset mark, never a limit.
+            limit: low
+                .saturating_add(reserve.min((high - low) / 4))
+                .min(usize::MAX - 1),
             high,
             low,
             reserve,
@@ -236,7 +241,9 @@ pub fn set_bounds(bounds: Option<(usize, usize)>) {
 }
 
 /// Sets this thread's reserve (bytes no check hands out; see the module
-/// docs), for example larger for C code with deep recursion of its own.
+/// docs), for example larger for C code with deep recursion of its own. On
+/// a stack smaller than four times the reserve, a quarter of the stack is
+/// kept instead.
 pub fn set_reserve(bytes: usize) {
     let l = limits();
     let bounds = (l.high != usize::MAX).then_some((l.low, l.high));
@@ -293,9 +300,16 @@ mod tests {
                 assert_eq!(e.need, left + 4096);
                 assert_eq!(e.reserve, DEFAULT_RESERVE);
                 // A larger reserve leaves less.
-                set_reserve(DEFAULT_RESERVE + 256 * 1024);
+                // (At most a quarter of the stack is kept.)
+                set_reserve(DEFAULT_RESERVE + 64 * 1024);
                 let less = remaining().unwrap();
-                assert!(less + 256 * 1024 <= left + 4096 && less + 256 * 1024 + 4096 >= left);
+                assert!(less + 64 * 1024 <= left + 4096 && less + 64 * 1024 + 4096 >= left);
+                set_reserve(usize::MAX);
+                let quarter = remaining().unwrap();
+                let kept = (high - low) / 4;
+                assert!(quarter + kept <= left + DEFAULT_RESERVE + 4096, "{quarter}");
+                assert!(quarter + kept + 4096 >= left + DEFAULT_RESERVE, "{quarter}");
+                assert_eq!(reserve(), usize::MAX, "kept, not reset by the next check");
                 // Another stack: checks pass; no bounds: checks pass.
                 set_bounds(Some((0x1000, 0x2000)));
                 assert!(check(usize::MAX / 4).is_ok());

@@ -168,18 +168,23 @@ fn compiled_code_out_of_stack_leaves_a_typed_failure_for_the_caller() {
     // Compiled code asks `call_guard_begin` before each call; with no stack
     // left it gets `CALL_GUARD_NO_STACK` and the failure is pending.
     on_stack(1 << 20, || {
-        stack::set_reserve(usize::MAX / 4);
+        // This thread declares a stack that ends 1000 bytes below here: a
+        // quarter of it is kept in reserve, so no call may start.
+        let here = 0u8;
+        let sp = std::hint::black_box(&here) as *const u8 as usize;
+        let real = stack::bounds();
+        stack::set_bounds(Some((sp - 1000, sp + 100_000)));
         assert_eq!(
             tierbridge::host::call_guard_begin(),
             tierbridge::host::CALL_GUARD_NO_STACK
         );
         match take_entry_error() {
             Some(EntryError::StackExhausted { func: None, error }) => {
-                assert_eq!(error.reserve, usize::MAX / 4);
+                assert_eq!(error.available, 0);
             }
             other => panic!("{other:?}"),
         }
-        stack::set_reserve(stack::DEFAULT_RESERVE);
+        stack::set_bounds(real);
         let before = tierbridge::host::call_guard_begin();
         assert_eq!(before, 0);
         assert_eq!(tierbridge::host::call_guard_end(before), 0);
@@ -299,7 +304,14 @@ fn a_call_with_64_kib_of_arguments_works_and_checks_the_stack_first() {
         let stub2 = stub.clone();
         let args2 = args.clone();
         let name2 = name.clone();
-        on_stack(stack::DEFAULT_RESERVE + 48 * 1024, move || {
+        on_stack(1 << 20, move || {
+            // This thread's stack, as the checks see it, has 32 KiB left
+            // above its limit (declared bounds: the real stack has room,
+            // so a check that failed to refuse would be seen, not crash).
+            let here = 0u8;
+            let sp = std::hint::black_box(&here) as *const u8 as usize;
+            let low = sp - 32 * 1024 - stack::DEFAULT_RESERVE;
+            stack::set_bounds(Some((low, low + (4 << 20))));
             let mut ret = [7u64];
             // SAFETY: as above.
             let r = unsafe { stub2.call(weigh_big as *const c_void, &args2, &mut ret) };
@@ -441,4 +453,77 @@ fn structs_by_value_around_the_copy_loop_threshold_arrive_intact() {
     check_weigh_n::<1000>();
     check_weigh_n::<4097>();
     check_weigh_n::<20000>();
+}
+
+#[test]
+fn a_thread_with_a_small_stack_can_still_call_in() {
+    // 128 KiB of stack (musl's default for threads), no more than the
+    // default reserve: a quarter of it is kept instead, so calls from native
+    // code into a host still run there.
+    for (name, bridge) in support::all_bridges() {
+        let d = tierbridge::host::Dispatcher::from_host(
+            Arc::new(
+                |c: tierbridge::host::EntryCall<'_>| -> Result<(), tierbridge::host::HostError> {
+                    c.ret[0] = c.args[0] * 2;
+                    Ok(())
+                },
+            ),
+            FailurePolicy::Report,
+        );
+        let sig = Signature::parse("(u64)->u64").unwrap();
+        let conv = CallConv::host().unwrap();
+        let e = bridge.entry_point(&sig, conv, &d, 0).unwrap();
+        let stub = bridge.exit_stub(&sig, conv).unwrap();
+        let p = e.code_ptr() as usize;
+        let r = on_stack(128 * 1024, move || {
+            let mut ret = [0u64];
+            // SAFETY: the entry point has this signature, and lives (`e`)
+            // until the thread is joined.
+            let r = unsafe { stub.call(p as *const c_void, &[21], &mut ret) };
+            r.map(|()| ret[0]).map_err(|e| e.to_string())
+        });
+        assert_eq!(r, Ok(42), "{name}");
+        drop(e);
+    }
+}
+
+#[test]
+fn an_entry_point_taking_16_kib_by_value_gets_every_byte() {
+    // The entry thunk's frame holds the struct's slots (16 KiB, grown a
+    // page at a time); the host sums what it got, against the same sum
+    // worked out here. Every exit backend into every entry backend.
+    const N: usize = 16 * 1024;
+    let bytes: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
+    let want = bytes.iter().enumerate().fold(5u64, |acc, (i, &x)| {
+        acc.wrapping_add((i as u64 + 1) * u64::from(x))
+    });
+    let mut args: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    args.push(5);
+    let sig = Signature::parse(&format!("({},u64)->u64", bytes_struct(N))).unwrap();
+    let conv = CallConv::host().unwrap();
+    for (exit_name, exit_bridge) in support::all_bridges() {
+        for (entry_name, entry_bridge) in support::all_bridges() {
+            let d = tierbridge::host::Dispatcher::from_host(
+                Arc::new(
+                    |c: tierbridge::host::EntryCall<'_>| -> Result<(), tierbridge::host::HostError> {
+                        let bytes = c.args[..N / 8].iter().flat_map(|s| s.to_le_bytes());
+                        c.ret[0] = bytes.enumerate().fold(c.args[N / 8], |acc, (i, x)| {
+                            acc.wrapping_add((i as u64 + 1) * u64::from(x))
+                        });
+                        Ok(())
+                    },
+                ),
+                FailurePolicy::Report,
+            );
+            let e = entry_bridge.entry_point(&sig, conv, &d, 0).unwrap();
+            let stub = exit_bridge.exit_stub(&sig, conv).unwrap();
+            let mut ret = [0u64];
+            // SAFETY: the entry point has this signature.
+            unsafe { stub.call(e.code_ptr(), &args, &mut ret) }.unwrap();
+            assert_eq!(ret[0], want, "{exit_name} into {entry_name}");
+        }
+    }
 }

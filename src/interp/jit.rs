@@ -176,6 +176,9 @@ pub(crate) struct JitCode {
 
 const RBP: u8 = Gpr::Rbp as u8;
 
+/// A page of stack: frames larger than this are probed.
+const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
+
 /// A register holding the top of the operand stack when a guard fails, and
 /// the frame offset of its slot (the deopt path stores it there).
 type Spill = (u8, i32);
@@ -211,7 +214,15 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             cfi.push(ops.offset().0, Reg::Rbx);
             dynasm!(ops ; .arch x64 ; push r12);
             cfi.push(ops.offset().0, Reg::R12);
-            dynasm!(ops ; .arch x64 ; sub rsp, frame ; mov rbx, rsp);
+            // A frame past a page (many locals) grows a page at a time, each
+            // touched, so that it meets the guard page (rax is free; the
+            // frame is found from rbp, so no rows change).
+            let mut left = frame;
+            while left > PAGE {
+                dynasm!(ops ; .arch x64 ; sub rsp, PAGE ; mov eax, DWORD [rsp]);
+                left -= PAGE;
+            }
+            dynasm!(ops ; .arch x64 ; sub rsp, left ; mov rbx, rsp);
         };
     }
 

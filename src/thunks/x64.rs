@@ -53,13 +53,9 @@ macro_rules! by_size {
     };
 }
 
-/// The code an emitter assembled. Its labels are all local and defined by
-/// the emitter itself, and its jumps have 32-bit displacements, so a failure
-/// is a bug here.
 /// The unwind rows of one piece of generated code, recorded as it is
 /// emitted: after each instruction that moves `rsp` or saves a register, the
 /// frame as it is from there on (`crate::visibility::Unwind::Rows`).
-#[derive(Default)]
 pub(crate) struct Cfi {
     rows: Vec<UnwindRow>,
     /// CFA = rsp + `cfa` now (the bytes pushed and reserved since the call).
@@ -171,6 +167,9 @@ impl Cfi {
     }
 }
 
+/// The code an emitter assembled. Its labels are all local and defined by
+/// the emitter itself, and its jumps have 32-bit displacements, so a failure
+/// is a bug here.
 fn finished(ops: CodeBuf<'_>) -> &[u8] {
     match ops.code() {
         Ok(code) => code,
@@ -563,9 +562,11 @@ fn copy_qwords(ops: &mut CodeBuf, src: u8, s: i32, dst: u8, t: i32, size: u32) {
 /// An exit stub's copy of `size` bytes of argument slots at `[r11 + s]` to
 /// its outgoing area at `[rsp + t]` (as `copy_qwords`). Past 32 quadwords, a
 /// `rep movsq` instead of a move pair per quadword, so that the code stays
-/// small for large structs by value: rdi, rsi and rcx (which may hold
-/// arguments already) are pushed around it, 24 bytes under the outgoing
-/// area, and the direction flag is clear at any call (both conventions).
+/// small for large structs by value. rdi, rsi and rcx (which may hold
+/// arguments already) wait in xmm13–xmm15 meanwhile: no argument travels
+/// there in either convention, and the stub's own caller (the host's SysV
+/// code) keeps nothing in them; `rsp` does not move, so the unwind rows stay
+/// as they are. The direction flag is clear at any call (both conventions).
 #[inline(always)]
 fn copy_to_stack(ops: &mut CodeBuf, s: i32, t: i32, size: u32) {
     let qwords = size.div_ceil(8);
@@ -573,10 +574,10 @@ fn copy_to_stack(ops: &mut CodeBuf, s: i32, t: i32, size: u32) {
         return copy_qwords(ops, R11, s, RSP, t, size);
     }
     dynasm!(ops ; .arch x64
-        ; push rdi ; push rsi ; push rcx
-        ; lea rsi, [r11 + s] ; lea rdi, [rsp + t + 24] ; mov ecx, qwords as i32
+        ; movq xmm13, rdi ; movq xmm14, rsi ; movq xmm15, rcx
+        ; lea rsi, [r11 + s] ; lea rdi, [rsp + t] ; mov ecx, qwords as i32
         ; rep movsq
-        ; pop rcx ; pop rsi ; pop rdi
+        ; movq rcx, xmm15 ; movq rsi, xmm14 ; movq rdi, xmm13
     );
 }
 
@@ -967,8 +968,14 @@ pub(super) fn emit_entry<'a>(
         dynasm!(ops ; .arch x64 ; push rsi);
         cfi.push(ops.offset().0, Reg::Rsi);
     }
-    by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
-    cfi.grow(ops.offset().0, f.size as u32);
+    if f.size as usize > crate::stack::UNCHECKED_FRAME {
+        // A frame past a page (large structs by value): a page at a time,
+        // each touched, so that it meets the guard page (rax is free).
+        sub_rsp_probed(ops, f.size, &mut cfi);
+    } else {
+        by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
+        cfi.grow(ops.offset().0, f.size as u32);
+    }
     let body = (cfi.cfa, cfi.saved.clone());
     store(ops, f.binding, Gpr::R10 as u8);
     if let RetPass::Sret { ptr } = l.ret {

@@ -91,7 +91,9 @@ impl CodeMemory {
     /// frame layout ([`Unwind`]) goes to the unwinder (backtraces, panics),
     /// debuggers and profilers while the code lives ([`crate::visibility`]).
     /// Code installed without it is named for tools, and unwinding stops
-    /// at it.
+    /// at it. The rows must describe the code: wrong rows cannot affect the
+    /// code itself, but an unwinder walking through it (a backtrace, a
+    /// panic, a profiler) reads the stack where they say, and may fault.
     ///
     /// # Errors
     /// As [`CodeMemory::install`].

@@ -183,7 +183,7 @@ const NAME_SYMTAB: u32 = 17;
 const NAME_STRTAB: u32 = 25;
 const NAME_SHSTRTAB: u32 = 33;
 
-/// `region`'s object file: an ELF64 x86-64 relocatable file with `.text`
+/// `region`'s object file: an ELF64 relocatable file for this CPU with `.text`
 /// (`SHT_NOBITS` at the region's address), `.eh_frame` (when given),
 /// `.symtab` with one global function symbol, `.strtab` and `.shstrtab`.
 ///
@@ -232,7 +232,7 @@ pub(crate) fn symfile(region: &Region<'_>, eh_frame: Option<&[u8]>) -> Box<[u8]>
             padding: [0; 7],
         },
         e_type: U16::new(LE, elf::ET_REL),
-        e_machine: U16::new(LE, elf::EM_X86_64),
+        e_machine: U16::new(LE, elf::Machine(super::perf::ELF_MACHINE as u16)),
         e_version: U32::new(LE, u32::from(elf::EV_CURRENT.0)),
         e_entry: U64::new(LE, 0),
         e_phoff: U64::new(LE, 0),
@@ -374,6 +374,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_object_reads_back_with_the_region_address_symbol_and_eh_frame() {
         let rows = Unwind::Rows(vec![
             UnwindRow {

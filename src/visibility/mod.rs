@@ -222,6 +222,7 @@ pub fn enable_gdb() {
 
 /// Whether any sink on reads regions' names (else a name need not be
 /// made: the unwinder needs none).
+#[cfg_attr(not(tierbridge_codegen), allow(dead_code))]
 pub(crate) fn names_wanted() -> bool {
     sinks() & (PERF_MAP | JIT_DUMP | GDB) != 0
 }

@@ -73,8 +73,12 @@ fn timestamp() -> u64 {
 pub(crate) const JITDUMP_MAGIC: u32 = 0x4A69_5444;
 /// The record id of a code load.
 pub(crate) const JIT_CODE_LOAD: u32 = 0;
-/// ELF machine number of x86-64.
-const EM_X86_64: u32 = 62;
+/// The ELF machine number of this CPU (x86-64 62, AArch64 183).
+pub(super) const ELF_MACHINE: u32 = if cfg!(target_arch = "aarch64") {
+    183
+} else {
+    62
+};
 
 /// Creates the jitdump file, writes its header and maps it executable.
 pub(super) fn open_jitdump() -> io::Result<()> {
@@ -93,7 +97,7 @@ pub(super) fn open_jitdump() -> io::Result<()> {
     h.extend(JITDUMP_MAGIC.to_le_bytes());
     h.extend(1u32.to_le_bytes()); // version
     h.extend(40u32.to_le_bytes()); // header size
-    h.extend(EM_X86_64.to_le_bytes());
+    h.extend(ELF_MACHINE.to_le_bytes());
     h.extend(0u32.to_le_bytes()); // padding
     h.extend(std::process::id().to_le_bytes());
     h.extend(timestamp().to_le_bytes());

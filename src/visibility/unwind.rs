@@ -40,6 +40,10 @@ unsafe impl Sync for Registered {}
 fn libunwind() -> bool {
     static LIBUNWIND: OnceLock<bool> = OnceLock::new();
     *LIBUNWIND.get_or_init(|| {
+        // macOS's unwinder is libunwind, whatever the symbol table says.
+        if cfg!(target_vendor = "apple") {
+            return true;
+        }
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
         // looks a symbol up.
         !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__unw_add_dynamic_fde".as_ptr()) }.is_null()
@@ -57,7 +61,10 @@ fn cfa(c: Cfa) -> (Register, i32) {
 /// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
 /// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
 pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
-    if matches!(region.unwind, Unwind::Unknown) {
+    // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
+    // would need that CPU's CIE): elsewhere there are none, for the unwinder
+    // or for gdb.
+    if !cfg!(target_arch = "x86_64") || matches!(region.unwind, Unwind::Unknown) {
         return None;
     }
     let encoding = Encoding {
