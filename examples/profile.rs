@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases|bind-drop> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases|bind-drop|code> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr, and for the
 //! `create` modes page faults per signature; `PROFILE_PREFAULT=1` makes the
 //! `create` modes run on heap memory already faulted in, to show what the
@@ -12,7 +12,12 @@
 //! prints where a new signature's time goes, see below; `bind-drop` binds
 //! a function of a known signature and drops its entry point, `calls`
 //! times, after as many cycles untimed, so that a quarantine of dropped
-//! entry points is full and steady).
+//! entry points is full and steady). `code` installs
+//! `calls` one-instruction pieces of code through `CodeMemory` (each
+//! published: named for tools, and registered with gdb under
+//! `TIERBRIDGE_GDB=1`), keeps them all, then drops them oldest first: the
+//! cost of a region made and dropped, its time per region with
+//! `PROFILE_TIME=1`.
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -397,6 +402,18 @@ fn main() {
             acc = call10_loop(unsafe { ep.as_fn() }, n);
         }
         "direct10" => acc = call10_loop(measure::ten_i64, n),
+        "code" => {
+            let mem = tierbridge::tier::CodeMemory::of(&b).expect("code memory");
+            let mut codes = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                codes.push(mem.install("profile code", &[0xc3]).unwrap());
+            }
+            acc = codes
+                .iter()
+                .map(|c| c.addr() as u64)
+                .fold(0, u64::wrapping_add);
+            drop(codes);
+        }
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
             let d = unsafe {

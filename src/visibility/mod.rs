@@ -13,8 +13,9 @@
 //! - **perf map and jitdump** (off by default; [`Profiler`]): the lines of
 //!   `/tmp/perf-<pid>.map`, or the code-load records of a jitdump file, so
 //!   `perf report` names the regions;
-//! - **the GDB JIT interface** (off by default): an in-memory ELF object per
-//!   region, so gdb names frames in generated code.
+//! - **the GDB JIT interface** (off by default; [`enable_gdb`]): an
+//!   in-memory ELF object per region, with its symbol and its `.eh_frame`,
+//!   so gdb names frames in generated code and unwinds through them.
 //!
 //! A region is unpublished (its FDE deregistered, its GDB entry removed)
 //! before its memory can be reused.
@@ -187,6 +188,38 @@ pub fn enable_profiler(p: Profiler) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Registers generated code with gdb, through gdb's JIT interface, for the
+/// rest of the process: code made from now on (what exists already is not
+/// registered). Also `TIERBRIDGE_GDB=1`, for programs that cannot change
+/// code. Off by default.
+///
+/// Each region (exit stub, entry thunk, trampoline block, code installed
+/// through [`CodeMemory`](crate::tier::CodeMemory)) then gets a small ELF
+/// object in memory, naming it with its symbol (`tierbridge exit
+/// (i64,i64)->i64 sysv`, …) and carrying its unwind information, linked
+/// into the list that gdb reads from `__jit_debug_descriptor`; gdb (attached
+/// from the start or later) names the frames in generated code and unwinds
+/// through them, so `bt` inside a host function that C called through an
+/// entry thunk reaches `main`.
+///
+/// What it costs: without a debugger, building the object and linking it,
+/// about 1 100 instructions per region made and dropped, 0.1 µs in a hot
+/// loop and up to about 1 µs when many thousands are alive (memory), and
+/// 500–650 bytes held per region while it lives; adding and removing are
+/// constant time. Under gdb every region made or dropped stops the process
+/// while gdb reads the object, and gdb's own work grows with the number of
+/// objects (milliseconds each past a thousand), so keep it for debugging
+/// sessions. PERF.md has the measurements.
+///
+/// The program must keep its symbol table (not stripped), where gdb finds
+/// `__jit_debug_register_code` and `__jit_debug_descriptor`; tierbridge
+/// defines both, so it cannot be linked with another library that defines
+/// them too.
+pub fn enable_gdb() {
+    sinks();
+    SINKS.fetch_or(GDB, Ordering::AcqRel);
+}
+
 /// Whether any sink on reads regions' names (else a name need not be
 /// made: the unwinder needs none).
 #[cfg(tierbridge_codegen)]
@@ -224,8 +257,12 @@ pub(crate) fn publish(region: &Region<'_>) -> Published {
     if s & (PERF_MAP | JIT_DUMP) != 0 {
         perf::code_loaded(region, s & PERF_MAP != 0, s & JIT_DUMP != 0);
     }
+    // Made once: the unwinder and gdb's object file take the same bytes.
+    let frames = unwind::eh_frame(region);
+    let gdb =
+        (s & GDB != 0).then(|| gdb::register(region, frames.as_ref().map(|(bytes, _)| &bytes[..])));
     Published {
-        unwind: unwind::register(region),
-        gdb: (s & GDB != 0).then(|| gdb::register(region)).flatten(),
+        unwind: frames.map(unwind::register),
+        gdb,
     }
 }

@@ -74,7 +74,7 @@ pub(crate) const JITDUMP_MAGIC: u32 = 0x4A69_5444;
 /// The record id of a code load.
 pub(crate) const JIT_CODE_LOAD: u32 = 0;
 /// The ELF machine number of this CPU (x86-64 62, AArch64 183).
-const ELF_MACHINE: u32 = if cfg!(target_arch = "aarch64") {
+pub(super) const ELF_MACHINE: u32 = if cfg!(target_arch = "aarch64") {
     183
 } else {
     62

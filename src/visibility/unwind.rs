@@ -61,6 +61,12 @@ fn cfa(c: Cfa) -> (Register, i32) {
 /// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
 /// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
 pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
+    // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
+    // would need that CPU's CIE): elsewhere there are none, for the unwinder
+    // or for gdb.
+    if !cfg!(target_arch = "x86_64") || matches!(region.unwind, Unwind::Unknown) {
+        return None;
+    }
     let encoding = Encoding {
         format: Format::Dwarf32,
         version: 1,
@@ -75,8 +81,7 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
         u32::try_from(region.len).ok()?,
     );
     match region.unwind {
-        Unwind::Unknown => return None,
-        Unwind::Leaf => {}
+        Unwind::Unknown | Unwind::Leaf => {}
         // Cranelift's rows assume the same CIE (CFA = rsp + 8, code
         // alignment 1, data alignment -8).
         #[cfg(feature = "cranelift")]
@@ -118,14 +123,9 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
     Some((bytes, cie_len))
 }
 
-/// Builds and registers `region`'s frame information.
-pub(super) fn register(region: &Region<'_>) -> Option<Registered> {
-    // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
-    // would need that CPU's CIE): elsewhere nothing is registered.
-    if !cfg!(target_arch = "x86_64") {
-        return None;
-    }
-    let (bytes, fde_at) = eh_frame(region)?;
+/// Registers frame information made by [`eh_frame`] (its bytes and the
+/// FDE's offset in them).
+pub(super) fn register((bytes, fde_at): (Vec<u8>, usize)) -> Registered {
     let r = Registered {
         eh_frame: bytes.into_boxed_slice(),
         fde_at,
@@ -134,7 +134,7 @@ pub(super) fn register(region: &Region<'_>) -> Option<Registered> {
     // code that stays mapped while `r` lives, and stay put (boxed) until
     // `Drop` deregisters them.
     unsafe { __register_frame(r.start()) };
-    Some(r)
+    r
 }
 
 impl Registered {
