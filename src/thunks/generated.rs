@@ -451,19 +451,23 @@ impl GenExit {
                 // SAFETY: forwarded contract.
                 return unsafe { self.run_big(target, args, ret) };
             }
-            let f = self
-                .code()
-                .slots
-                .get()
-                .expect("made with the stub when there is no register stub")
-                .f;
             // SAFETY: by this function's contract.
-            unsafe { f(args, ret, target, null_mut()) }
+            unsafe { (self.slot_fn())(args, ret, target, null_mut()) }
         }
     }
 }
 
 impl GenExit {
+    /// The plain slot stub, made with the exit when it has no register stub.
+    #[inline(always)]
+    fn slot_fn(&self) -> ExitFn {
+        self.code()
+            .slots
+            .get()
+            .expect("made with the stub when there is no register stub")
+            .f
+    }
+
     /// `run` for a slot stub whose arguments take more than a page of
     /// stack: enough stack first, or the call is not made, the results are
     /// zero and the failure is pending.
@@ -478,14 +482,8 @@ impl GenExit {
             let ret = unsafe { std::slice::from_raw_parts_mut(ret, self.nret as usize) };
             return super::no_stack_for_call(error, ret);
         }
-        let f = self
-            .code()
-            .slots
-            .get()
-            .expect("made with the stub when there is no register stub")
-            .f;
         // SAFETY: by this function's contract.
-        unsafe { f(args, ret, target, null_mut()) }
+        unsafe { (self.slot_fn())(args, ret, target, null_mut()) }
     }
 }
 
