@@ -1,5 +1,5 @@
 //! A fixed number of calls through one path, for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases> [calls] [libffi]`
+//! `valgrind --tool=callgrind target/release/examples/profile <direct|exit|exit-unchecked|exit-struct|exit-wide|exit-complex|entry|entry-raw|direct10|entry10|entry10-scalar|create|create-shapes|create-known|create-phases|bind-drop|code> [calls] [libffi]`
 //! (`PROFILE_TIME=1` also prints nanoseconds per call on stderr, and for the
 //! `create` modes page faults per signature; `PROFILE_PREFAULT=1` makes the
 //! `create` modes run on heap memory already faulted in, to show what the
@@ -9,7 +9,15 @@
 //! entry thunk with `Bridge::prepare`, binding nothing; `PROFILE_THREADS=k`
 //! makes the `create` modes share the signatures among k threads on one
 //! bridge and print wall time per signature; `create-phases`
-//! prints where a new signature's time goes, see below).
+//! prints where a new signature's time goes, see below; `bind-drop` binds
+//! a function of a known signature and drops its entry point, `calls`
+//! times, after as many cycles untimed, so that a quarantine of dropped
+//! entry points is full and steady). `code` installs
+//! `calls` one-instruction pieces of code through `CodeMemory` (each
+//! published: named for tools, and registered with gdb under
+//! `TIERBRIDGE_GDB=1`), keeps them all, then drops them oldest first: the
+//! cost of a region made and dropped, its time per region with
+//! `PROFILE_TIME=1`.
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -243,6 +251,9 @@ fn main() {
         return create_phases(kind, n);
     }
     let b = Bridge::new(kind).unwrap();
+    if let Some(why) = b.fallback_reason() {
+        eprintln!("note: {why}");
+    }
     let sig = "(i64,i64)->i64".parse().unwrap();
     let acc: u64;
     let t0 = std::time::Instant::now();
@@ -319,6 +330,27 @@ fn main() {
             }
             acc = made.iter().map(Made::len).sum::<usize>() as u64;
         }
+        "bind-drop" => {
+            let d = Dispatcher::from_host(
+                Arc::new(|_: EntryCall<'_>| -> Result<(), HostError> { Ok(()) }),
+                FailurePolicy::Report,
+            );
+            let id = b.registry().intern(&sig);
+            let cycle = |i: u64| {
+                let ep = b.entry_point_by_id(id, CallConv::SysV, &d, i).unwrap();
+                black_box(ep.code_ptr());
+            };
+            // Not counted: the first cycles fill the quarantine, make the
+            // trampolines it holds, and grow the queues to their size.
+            (0..n).for_each(cycle);
+            let t = std::time::Instant::now();
+            bind_drop_loop(&cycle, n);
+            if std::env::var_os("PROFILE_TIME").is_some() {
+                let per = t.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                eprintln!("bind-drop: {per:.1} ns per bind and drop");
+            }
+            acc = n;
+        }
         "exit" => {
             let stub = b.exit_stub(&sig, CallConv::SysV).unwrap();
             // SAFETY: add_i64 is `(i64,i64)->i64`.
@@ -370,6 +402,18 @@ fn main() {
             acc = call10_loop(unsafe { ep.as_fn() }, n);
         }
         "direct10" => acc = call10_loop(measure::ten_i64, n),
+        "code" => {
+            let mem = tierbridge::tier::CodeMemory::of(&b).expect("code memory");
+            let mut codes = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                codes.push(mem.install("profile code", &[0xc3]).unwrap());
+            }
+            acc = codes
+                .iter()
+                .map(|c| c.addr() as u64)
+                .fold(0, u64::wrapping_add);
+            drop(codes);
+        }
         "entry-raw" => {
             // SAFETY: add_raw never unwinds and ignores the context.
             let d = unsafe {
@@ -398,6 +442,13 @@ fn main() {
             dt.as_nanos() as f64 / n.max(1) as f64
         );
     }
+}
+
+/// `n` bind+drop cycles (its own function, so that callgrind counts its
+/// instructions apart from the warm-up's).
+#[inline(never)]
+fn bind_drop_loop(cycle: &dyn Fn(u64), n: u64) {
+    (0..n).for_each(cycle);
 }
 
 /// Minor page faults of this process so far.

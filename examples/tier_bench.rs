@@ -19,16 +19,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 use dynasmrt::{DynasmApi, dynasm};
 use measure::median;
 use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, FuncId, HostError};
 use tierbridge::interp::{Runtime, parse_program};
 use tierbridge::thunks::{BackendKind, Bridge};
-use tierbridge::tier::{
-    Compiled, FnDecl, FrameState, Interpreter, OsrOutcome, TierCall, TierConfig, TierTable,
-};
+use tierbridge::tier::{Compiled, TierConfig};
+#[cfg(tierbridge_codegen)]
+use tierbridge::tier::{FnDecl, FrameState, Interpreter, OsrOutcome, TierCall, TierTable};
 
 /// The comparator, branch-free: (x > y) - (x < y).
 const CMP: &str = "
@@ -125,8 +125,10 @@ fn per_iter(n: u32, mut f: impl FnMut()) -> f64 {
 
 /// The smallest interpreter: a function's result is the sum of its
 /// arguments, or of the frame's slots when it resumes one.
+#[cfg(tierbridge_codegen)]
 struct Sum;
 
+#[cfg(tierbridge_codegen)]
 impl Interpreter for Sum {
     fn interpret(&self, _: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
         ret[0] = args.iter().sum();
@@ -145,7 +147,7 @@ impl Interpreter for Sum {
 /// 15 in 16 slots and deoptimizes at once; its OSR entry (header 0) sums
 /// the 16 slots it is given. Returns ns per: OSR, a compiled call that
 /// deoptimizes, a compiled call that does not (`lea rax, [rdi+rsi]`).
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 fn protocol_costs(bridge: &Arc<Bridge>, iters: u32, rounds: usize) -> [f64; 3] {
     let t = TierTable::new(
         bridge.clone(),
@@ -240,8 +242,10 @@ fn protocol_costs(bridge: &Arc<Bridge>, iters: u32, rounds: usize) -> [f64; 3] {
     rows.map(median)
 }
 
-/// Code is written for x86-64 only (and generated there only).
-#[cfg(not(target_arch = "x86_64"))]
+/// Code is written with dynasm for x86-64, which a build without code
+/// generation (another CPU, or `--cfg tierbridge_no_codegen`) does not have;
+/// `main` stops before this is asked for there.
+#[cfg(not(tierbridge_codegen))]
 fn protocol_costs(_: &Arc<Bridge>, _: u32, _: usize) -> [f64; 3] {
     [f64::NAN; 3]
 }

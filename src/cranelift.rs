@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use crate::abi::{ArgPass, CallConv, Part, PartKind, RetPass, Scalar, Signature, classify};
 use crate::tier::{Code, CodeMemory, TierError};
+use crate::visibility::Unwind;
 
 /// Errors of the Cranelift adapter.
 #[derive(Debug, Error)]
@@ -90,12 +91,31 @@ pub fn host_isa() -> Result<OwnedTargetIsa, CraneliftError> {
 /// [`CraneliftError::Compile`] when Cranelift refuses the function or the
 /// code needs another relocation.
 pub fn compile(isa: &OwnedTargetIsa, func: ir::Function) -> Result<Vec<u8>, CraneliftError> {
+    compile_with_unwind(isa, func).map(|(bytes, _)| bytes)
+}
+
+/// [`compile`], with how to unwind through the code (Cranelift's own
+/// description of its frames) for
+/// [`CodeMemory::install_with_unwind`](crate::tier::CodeMemory::install_with_unwind):
+/// backtraces, debuggers and profilers then walk through it.
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_with_unwind(
+    isa: &OwnedTargetIsa,
+    func: ir::Function,
+) -> Result<(Vec<u8>, Unwind), CraneliftError> {
     use cranelift_codegen::FinalizedRelocTarget;
     use cranelift_codegen::binemit::Reloc;
+    use cranelift_codegen::isa::unwind::UnwindInfo;
     let mut ctx = cranelift_codegen::Context::for_function(func);
     let code = ctx
         .compile(&**isa, &mut ControlPlane::default())
         .map_err(|e| CraneliftError::Compile(format!("{:?}", e.inner)))?;
+    let unwind = match code.create_unwind_info(&**isa) {
+        Ok(Some(UnwindInfo::SystemV(info))) => Unwind::Cranelift(info),
+        _ => Unwind::Unknown,
+    };
     let mut bytes = code.code_buffer().to_vec();
     // The C library, opened at the first relocation (most code has none).
     let mut libc = None;
@@ -137,7 +157,7 @@ pub fn compile(isa: &OwnedTargetIsa, func: ir::Function) -> Result<Vec<u8>, Cran
             .ok_or_else(|| CraneliftError::Compile("a relocation past the code's end".into()))?
             .copy_from_slice(&value.to_le_bytes());
     }
-    Ok(bytes)
+    Ok((bytes, unwind))
 }
 
 /// A call of a C function of `sig` in `conv`, compiled by Cranelift on its
@@ -166,8 +186,8 @@ pub fn exit_function(
     call_from_slots(&mut b, sig, conv, p[0], p[1], p[2])?;
     b.ins().return_(&[]);
     b.finalize(isa.frontend_config());
-    let bytes = compile(&isa, func)?;
-    Ok(memory.install(&format!("cranelift exit {sig} {conv}"), &bytes)?)
+    let (bytes, unwind) = compile_with_unwind(&isa, func)?;
+    Ok(memory.install_with_unwind(&format!("cranelift exit {sig} {conv}"), &bytes, &unwind)?)
 }
 
 /// Cranelift's name for a convention.

@@ -46,6 +46,15 @@ pub const STATUS_PANIC: u32 = 2;
 /// Status: a host bound with [`Dispatcher::from_local_host`] was called from
 /// a thread other than its own, and did not run.
 pub const STATUS_WRONG_THREAD: u32 = 3;
+/// Status: the thread's native stack was at its limit ([`crate::stack`]),
+/// and the host did not run.
+pub const STATUS_STACK_EXHAUSTED: u32 = 4;
+
+/// What [`call_guard_begin`] returns when the call it guards must not be
+/// made: the thread's native stack is at its limit, and that failure
+/// ([`EntryError::StackExhausted`]) is now pending. Compiled code leaves as
+/// it does after a failed callee.
+pub const CALL_GUARD_NO_STACK: u32 = u32::MAX;
 
 /// The error type a [`Host`] returns.
 pub type HostError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -276,6 +285,7 @@ impl Dispatcher {
     /// What keeps the context alive (the host of [`Dispatcher::from_host`]),
     /// for a binding that keeps the dispatch function, context and policy
     /// elsewhere.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn into_keep(self) -> Option<Arc<dyn Any + Send + Sync>> {
         self._keep
     }
@@ -321,6 +331,19 @@ pub enum EntryError {
         /// The status.
         status: u32,
     },
+    /// The thread's native stack was at its limit ([`crate::stack`]): a call
+    /// from native code into host function `func` (or, for `None`, a call
+    /// compiled code guarded with [`call_guard_begin`]) was not made.
+    #[error("{}: {error}", match func {
+        Some(f) => format!("no stack left to call host function {f}"),
+        None => "no stack left for a call from compiled code".to_owned(),
+    })]
+    StackExhausted {
+        /// The bound function id, when an entry point was called.
+        func: Option<u64>,
+        /// How much was left.
+        error: crate::stack::StackExhausted,
+    },
 }
 
 impl EntryError {
@@ -330,6 +353,7 @@ impl EntryError {
             EntryError::Panic { .. } => STATUS_PANIC,
             EntryError::WrongThread { .. } => STATUS_WRONG_THREAD,
             EntryError::Status { status, .. } => *status,
+            EntryError::StackExhausted { .. } => STATUS_STACK_EXHAUSTED,
         }
     }
 }
@@ -413,7 +437,17 @@ pub extern "C" fn pending_entry_status() -> u32 {
 /// (compiled code should then stop as the interpreter would, and the
 /// failure reaches the exit call that led into it), else 0, putting back
 /// the earlier pending state.
+///
+/// `call_guard_begin` also checks the thread's native stack
+/// ([`crate::stack`]): at the limit, it records
+/// [`EntryError::StackExhausted`] and returns [`CALL_GUARD_NO_STACK`]; the
+/// call must then not be made (compiled code leaves as after a failed
+/// callee). So recursion through compiled code ends in the same typed
+/// failure as recursion in the interpreter.
 pub extern "C" fn call_guard_begin() -> u32 {
+    if let Err(error) = crate::stack::check(0) {
+        return no_stack_for_call(error);
+    }
     let was = HAS_PENDING.with(Cell::get);
     HAS_PENDING.with(|h| h.set(false));
     u32::from(was)
@@ -515,6 +549,48 @@ unsafe fn run_host(
     va: *mut RawVaList,
     host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
 ) -> u32 {
+    if crate::stack::maybe_exhausted() {
+        // Out of line, so the common path keeps nothing live across it.
+        // SAFETY: forwarded contract.
+        return unsafe { run_host_near_limit(b, args, ret, va, host) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { run_host_now(b, args, ret, va, host) }
+}
+
+/// `run_host` when the stack may be at its limit: refused if it is, run
+/// otherwise.
+///
+/// # Safety
+/// As `run_host`.
+#[cold]
+#[inline(never)]
+unsafe fn run_host_near_limit(
+    b: &RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+    host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
+) -> u32 {
+    if let Err(error) = crate::stack::check(0) {
+        return no_stack_for_entry(b.func, error);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { run_host_now(b, args, ret, va, host) }
+}
+
+/// `run_host` once the stack is known to have room.
+///
+/// # Safety
+/// As `run_host`.
+#[inline(always)]
+unsafe fn run_host_now(
+    b: &RawBinding,
+    args: *const u64,
+    ret: *mut u64,
+    va: *mut RawVaList,
+    host: impl FnOnce(EntryCall<'_>) -> Result<(), HostError>,
+) -> u32 {
     // SAFETY: backends pass non-null slot pointers valid for the counts.
     let args = unsafe { std::slice::from_raw_parts(args, b.nargs as usize) };
     // SAFETY: as above; the result slots are not aliased during the call.
@@ -555,6 +631,28 @@ pub(crate) fn guarded_call(
     };
     after_dispatch(status, func, policy, ret);
     status
+}
+
+/// Records that compiled code had no stack left for a call.
+#[cold]
+#[inline(never)]
+fn no_stack_for_call(error: crate::stack::StackExhausted) -> u32 {
+    // The failure compiled code leaves with is this one, not one that was
+    // pending before (which the guard would have put back after the call).
+    HAS_PENDING.with(|h| h.set(false));
+    record_failure(EntryError::StackExhausted { func: None, error });
+    CALL_GUARD_NO_STACK
+}
+
+/// Records an entry refused for want of stack; returns its status.
+#[cold]
+#[inline(never)]
+fn no_stack_for_entry(func: u64, error: crate::stack::StackExhausted) -> u32 {
+    record_failure(EntryError::StackExhausted {
+        func: Some(func),
+        error,
+    });
+    STATUS_STACK_EXHAUSTED
 }
 
 /// Records a call refused for being on the wrong thread; returns its status.

@@ -20,6 +20,10 @@
 //! - [`native`] — native libraries and their symbols (`dlopen`/`dlsym`),
 //!   with errors that name the library and the symbol: how the crate and
 //!   its users find the C functions they call.
+//! - [`stack`] — the native stack every tier shares: each thread's limit,
+//!   checked by entries from C, by the reference interpreter, by compiled
+//!   code's call guards and by exit calls with large arguments, so running
+//!   out is a typed error instead of a crash.
 //! - [`thunks`] — **where the unsafe code lives.** A [`thunks::Bridge`] makes
 //!   exit stubs (interpreter → native) and entry points (native →
 //!   interpreter) through one of two backends behind one API: x86-64 code
@@ -31,6 +35,9 @@
 //!   with stable native pointers, hotness counted from the interpreter and
 //!   from C, a [`tier::Compiler`] the user plugs in, and the OSR and
 //!   deoptimization protocols ([`tier::TierTable`]).
+//! - [`visibility`] — what tools see of generated code: a name and unwind
+//!   rows for every region, an `.eh_frame` registered with the unwinder
+//!   while the code lives, perf map and jitdump output.
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end (natives through exit stubs, interpreted functions as C
 //!   function pointers), with a baseline JIT: one client of [`tier`].
@@ -74,10 +81,12 @@ pub mod cranelift;
 pub mod host;
 pub mod interp;
 pub mod native;
+pub mod stack;
 mod sys;
 mod table;
 pub mod thunks;
 pub mod tier;
+pub mod visibility;
 #[cfg(feature = "wasmi")]
 pub mod wasm;
 

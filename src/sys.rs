@@ -155,3 +155,53 @@ pub(crate) mod exec {
         ))
     }
 }
+
+/// The calling thread's stack as `(lowest address, highest address)`, when
+/// the operating system tells (Linux: `pthread_getattr_np`, which for the
+/// main thread reads its stack rlimit; macOS: `pthread_get_stackaddr_np`).
+/// The range excludes the guard page of threads made by the C library.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+    // SAFETY: `attr` is written by pthread_getattr_np before it is read, and
+    // destroyed once (only when it was initialised).
+    unsafe {
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        if r != 0 || addr.is_null() || size == 0 {
+            return None;
+        }
+        let low = addr as usize;
+        Some((low, low.checked_add(size)?))
+    }
+}
+
+/// See the Linux version.
+#[cfg(any(target_os = "macos", target_os = "ios"))]
+pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
+    // SAFETY: both functions only read the calling thread's descriptor.
+    let (high, size) = unsafe {
+        let me = libc::pthread_self();
+        (
+            libc::pthread_get_stackaddr_np(me) as usize,
+            libc::pthread_get_stacksize_np(me),
+        )
+    };
+    (high != 0 && size != 0).then(|| (high - size, high))
+}
+
+/// See the Linux version: unknown here, so stack checks pass.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios"
+)))]
+pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
+    None
+}

@@ -21,9 +21,12 @@
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
+#[cfg(tierbridge_codegen)]
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(tierbridge_codegen)]
+use std::sync::atomic::AtomicPtr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 const FIRST: usize = 64;
 const CHUNKS: usize = 27;
@@ -58,6 +61,16 @@ impl<S> Default for Chunks<S> {
 }
 
 impl<S> Chunks<S> {
+    /// Bytes of the chunks allocated so far (whether or not their pages
+    /// were touched yet).
+    fn allocated_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|c| c.len() * size_of::<S>())
+            .sum()
+    }
+
     /// The slot at `index` (its chunk allocated if need be) and how many
     /// slots of its chunk follow it.
     ///
@@ -142,6 +155,12 @@ impl<T> Slot<T> {
 }
 
 impl<T> IdTable<T> {
+    /// Bytes of the table's chunks allocated so far (its values' own heap
+    /// memory not included).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.chunks.allocated_bytes()
+    }
+
     /// The slot at `index` (its chunk allocated if need be) and how many
     /// slots of its chunk follow it.
     fn slot(&self, index: u32) -> (&Slot<T>, usize) {
@@ -291,6 +310,17 @@ impl<T> Default for Arena<T> {
 }
 
 impl<T> Arena<T> {
+    /// No index at or above it was handed out yet.
+    pub(crate) fn bound(&self) -> u32 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the arena's chunks allocated so far (its values' own heap
+    /// memory not included).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.table.allocated_bytes()
+    }
+
     /// Appends `value`; its index and the entry.
     pub(crate) fn push(&self, value: T) -> (u32, &T) {
         let block = &self.blocks[thread_number()];
@@ -376,10 +406,13 @@ impl<T> Drop for IdTable<T> {
 /// tables where whatever two threads racing to set one index would store
 /// does the same (the same value, or equal ones kept as long as the table's
 /// readers), so either may win. Its chunks and bound are an [`IdTable`]'s.
+/// Only the generated backend keeps one, so it is compiled with it alone.
+#[cfg(tierbridge_codegen)]
 pub(crate) struct PtrTable<T> {
     chunks: Chunks<AtomicPtr<T>>,
 }
 
+#[cfg(tierbridge_codegen)]
 impl<T> Default for PtrTable<T> {
     fn default() -> Self {
         PtrTable {
@@ -392,10 +425,13 @@ impl<T> Default for PtrTable<T> {
 // drops what they point to) and every slot is an atomic; `T: Sync` because
 // the pointers it hands out are read through from any thread, as shared
 // references would be.
+#[cfg(tierbridge_codegen)]
 unsafe impl<T: Sync> Sync for PtrTable<T> {}
 // SAFETY: as for Sync.
+#[cfg(tierbridge_codegen)]
 unsafe impl<T: Sync> Send for PtrTable<T> {}
 
+#[cfg(tierbridge_codegen)]
 impl<T> PtrTable<T> {
     /// The pointer at `index`, if one was set. Acquire: what the setter
     /// wrote before it set the pointer is visible through it.
@@ -485,6 +521,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(tierbridge_codegen)]
     fn pointers_set_are_read_back_and_unset_ones_are_none() {
         let values: Vec<u64> = (0..5).collect();
         let t: PtrTable<u64> = PtrTable::default();
@@ -507,6 +544,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(tierbridge_codegen)]
     fn threads_setting_the_same_pointers_all_read_them() {
         // Eight threads set the same 2000 indices to the same pointers, out of
         // order, and each then reads every index it set back.

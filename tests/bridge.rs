@@ -72,6 +72,56 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
 }
 
+/// Asking for the generated backend gives it where this build generates code;
+/// in a build without code generation (`--cfg tierbridge_no_codegen`, as on
+/// another CPU) a working libffi bridge that says why, with any memory
+/// strategy, and no code memory for tier tables.
+#[test]
+fn the_generated_backend_is_given_where_code_is_generated_and_libffi_says_why_elsewhere() {
+    use tierbridge::thunks::{BridgeOptions, ExecStrategy};
+    use tierbridge::tier::{CodeMemory, TierError};
+    let mut bridges = vec![Bridge::new(BackendKind::Generated).unwrap()];
+    for exec in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {
+        let options = BridgeOptions {
+            backend: BackendKind::Generated,
+            exec: Some(exec),
+            ..BridgeOptions::default()
+        };
+        bridges.push(Bridge::with_options(options).unwrap());
+    }
+    for b in bridges {
+        if cfg!(tierbridge_codegen) {
+            assert_eq!(b.kind(), BackendKind::Generated);
+            assert_eq!(b.fallback_reason(), None);
+            assert!(b.exec_strategy().is_some());
+            assert!(CodeMemory::of(&b).is_ok());
+        } else {
+            assert_eq!(b.kind(), BackendKind::Libffi);
+            let why = b.fallback_reason().expect("a reason");
+            let cause = if cfg!(target_arch = "x86_64") {
+                "compiled out (--cfg tierbridge_no_codegen)"
+            } else {
+                "needs an x86-64 CPU"
+            };
+            assert!(why.contains(cause), "{why}");
+            assert_eq!(b.exec_strategy(), None);
+            match CodeMemory::of(&b) {
+                Err(TierError::NoCodeMemory { reason }) => assert_eq!(reason, why),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Either way the bridge calls.
+        let s = b.exit_stub(&sig("(i32,i8)->i64"), CallConv::SysV).unwrap();
+        extern "C" fn add(a: i32, b: i8) -> i64 {
+            i64::from(a) + i64::from(b)
+        }
+        let mut ret = [0u64];
+        // SAFETY: `add` has the stub's signature.
+        unsafe { s.call(add as *const c_void, &[40, (-2i64) as u64], &mut ret) }.unwrap();
+        assert_eq!(ret[0] as i64, 38);
+    }
+}
+
 #[test]
 fn exit_stubs_call_rust_win64_functions_with_integer_aggregates_by_reference_structs_and_sret() {
     for (name, b) in support::all_bridges() {
@@ -370,7 +420,9 @@ fn the_abort_policy_aborts_the_process_on_a_host_error_or_panic() {
     }
 }
 
+/// Needs generated code (the promise is the generated backend's).
 #[test]
+#[cfg(tierbridge_codegen)]
 #[ignore = "run as a child process by a_dropped_generated_entry_point_aborts_instead_of_running_freed_memory"]
 fn child_calls_a_dropped_entry_point() {
     if std::env::var_os("TIERBRIDGE_CHILD").is_none() {
@@ -396,14 +448,15 @@ fn child_calls_a_dropped_entry_point() {
     eprintln!("child survived");
 }
 
-#[cfg(unix)]
+/// Needs generated code (the promise is the generated backend's).
+#[cfg(all(unix, tierbridge_codegen))]
 #[test]
 fn a_dropped_generated_entry_point_aborts_instead_of_running_freed_memory() {
     use std::os::unix::process::ExitStatusExt;
     let (status, stderr) = run_child("child_calls_a_dropped_entry_point", 0);
     assert_eq!(status.signal(), Some(6), "stderr:\n{stderr}");
     assert!(
-        stderr.contains("called after its EntryPoint was dropped"),
+        stderr.contains("called a dropped entry point (fn id 0, signature (i64)->i64, sysv)"),
         "{stderr}"
     );
     assert!(!stderr.contains("child survived"));
@@ -634,8 +687,9 @@ fn exit_stubs_and_entry_points_outlive_their_bridge() {
 #[test]
 fn dropped_entry_points_release_their_host_and_their_trampolines_are_reused_correctly() {
     // 300 bindings span several blocks of trampolines (128 each on the
-    // generated backend); after dropping them all, 300 more reuse the same
-    // trampolines and binding slots, each reaching its own function.
+    // generated backend); after dropping them all (into quarantine), 300
+    // more are bound, each reaching its own function. (Trampolines are
+    // bound again once out of quarantine: tests/quarantine.rs.)
     for (name, b) in support::all_bridges() {
         let s = sig("(i64)->i64");
         let exit = b.exit_stub(&s, CallConv::SysV).unwrap();

@@ -581,7 +581,16 @@ fn check_exit_against_c(conv: CallConv, count: usize) {
     // non-variadic case).
     #[cfg(feature = "cranelift")]
     {
-        let mem = tierbridge::tier::CodeMemory::of(&support::generated()).unwrap();
+        // The generated backend's memory; in a build without it, memory
+        // made here (Cranelift needs no generated backend).
+        let mem = if cfg!(tierbridge_codegen) {
+            tierbridge::tier::CodeMemory::of(&support::generated())
+        } else {
+            tierbridge::tier::CodeMemory::with_strategy(
+                tierbridge::thunks::ExecStrategy::DualMapping,
+            )
+        }
+        .unwrap();
         // SAFETY: rec_area is `void *rec_area(void)`.
         let area: extern "C" fn() -> *const u8 =
             unsafe { std::mem::transmute(lib.addr("rec_area")) };

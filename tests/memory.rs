@@ -222,7 +222,7 @@ fn nothing_is_read_or_written_past_an_argument_or_a_result() {
 /// "Executable memory"). Checked on every memory strategy, for an entry
 /// point, an exit stub, and code made after many slabs' worth of bindings.
 #[test]
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(tierbridge_codegen, target_os = "linux"))]
 fn generated_code_lives_within_2_gib_of_the_library() {
     let lib = tierbridge::host::pending_entry_status as *const () as usize;
     let near = |p: usize, what: &str| {

@@ -5,6 +5,11 @@
 //! operand stack and inside a callback from C, deoptimization storms, compile
 //! failures, freeing reverted code — and every result is compared with the
 //! VM's own interpreter or with values worked out by hand.
+//!
+//! The VM's JIT and the code written here are x86-64. The tests that need
+//! the JIT, or a tier table with code memory (a bridge on the generated
+//! backend), are left out of a build without code generation
+//! (`--cfg tierbridge_no_codegen`); the rest run there too.
 #![cfg(target_arch = "x86_64")]
 
 #[path = "../examples/tier_custom/vm.rs"]
@@ -12,15 +17,20 @@ mod vm;
 
 mod support;
 
+#[cfg(tierbridge_codegen)]
 use std::ffi::c_void;
 use std::sync::Arc;
 
+#[cfg(tierbridge_codegen)]
 use tierbridge::abi::{CallConv, Signature};
+#[cfg(tierbridge_codegen)]
 use tierbridge::host::{FailurePolicy, FuncId, HostError};
 use tierbridge::thunks::{Bridge, ExecStrategy};
+use tierbridge::tier::{CodeMemory, TierConfig, TierError};
+#[cfg(tierbridge_codegen)]
 use tierbridge::tier::{
-    CodeMemory, CompileError, CompileRequest, Compiled, Compiler, FnDecl, FrameState, Interpreter,
-    TierCall, TierConfig, TierError, TierTable,
+    CompileError, CompileRequest, Compiled, Compiler, FnDecl, FrameState, Interpreter, TierCall,
+    TierTable,
 };
 
 const PROGRAM: &str = "
@@ -125,6 +135,22 @@ fn quot (i64,i64)->i64 2
   ret
 end
 
+# down(n) = n == 0 ? 0 : down(n - 1) + 1, recursing through its cell
+fn down (i64)->i64 1
+  get 0
+  jz zero
+  get 0
+  const 1
+  sub
+  call down
+  const 1
+  add
+  ret
+zero:
+  const 0
+  ret
+end
+
 # loads through its argument: a null pointer traps in the interpreter
 fn deref (ptr)->i64 1
   get 0
@@ -133,10 +159,12 @@ fn deref (ptr)->i64 1
 end
 ";
 
+#[cfg(tierbridge_codegen)]
 fn bridge() -> Arc<Bridge> {
     Arc::new(support::generated())
 }
 
+#[cfg(tierbridge_codegen)]
 fn vms(config: TierConfig) -> (Arc<vm::Vm>, Arc<vm::Vm>) {
     let funcs = vm::parse(PROGRAM).unwrap();
     let interp = vm::Vm::new(
@@ -160,18 +188,22 @@ fn tri(n: i64) -> i64 {
     n * (n - 1) / 2
 }
 
+#[cfg(tierbridge_codegen)]
 type Cmp = unsafe extern "C" fn(*const c_void, *const c_void) -> i32;
 
+#[cfg(tierbridge_codegen)]
 unsafe extern "C" {
     fn qsort(base: *mut c_void, n: usize, size: usize, cmp: Cmp);
 }
 
+#[cfg(tierbridge_codegen)]
 fn as_cmp(p: *const c_void) -> Cmp {
     // SAFETY: the callers pass a comparator's native pointer, an
     // `extern "C" fn(ptr, ptr) -> i32` valid while its table lives.
     unsafe { std::mem::transmute::<*const c_void, Cmp>(p) }
 }
 
+#[cfg(tierbridge_codegen)]
 fn sorted_with(cmp: Cmp, n: usize) -> Vec<i32> {
     let mut v: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 1009 - 504).collect();
     // SAFETY: `v` holds `n` i32s; `cmp` compares two of them.
@@ -179,6 +211,7 @@ fn sorted_with(cmp: Cmp, n: usize) -> Vec<i32> {
     v
 }
 
+#[cfg(tierbridge_codegen)]
 fn sorted_by_rust(n: usize) -> Vec<i32> {
     let mut v: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 1009 - 504).collect();
     v.sort_unstable();
@@ -186,6 +219,7 @@ fn sorted_by_rust(n: usize) -> Vec<i32> {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn c_callers_and_the_interpreter_reach_compiled_code_after_tier_up() {
     let (interp, tiered) = vms(TierConfig {
         call_threshold: 10,
@@ -223,6 +257,7 @@ fn c_callers_and_the_interpreter_reach_compiled_code_after_tier_up() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn a_thread_calling_through_the_cell_while_another_publishes_and_reverts_gets_equal_results() {
     let (_, tiered) = vms(TierConfig {
         call_threshold: u32::MAX,
@@ -233,39 +268,54 @@ fn a_thread_calling_through_the_cell_while_another_publishes_and_reverts_gets_eq
     let t = tiered.table.clone();
     let f = tiered.id("sum_to");
     let p = t.native_ptr(f).unwrap() as usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop2, made2) = (stop.clone(), made.clone());
+    // The caller calls until told to stop (and at least 20 000 times), so
+    // the flips below overlap its calls however the threads are scheduled.
     let caller = std::thread::spawn(move || {
         // SAFETY: sum_to's native pointer is an `extern "C" fn(i64) -> i64`,
         // valid while the table (kept by the main thread) lives.
         let g: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(p) };
-        (0..20_000)
-            .map(|k| g(k % 100) - tri(k % 100))
-            .filter(|d| *d != 0)
-            .count()
+        let mut wrong = 0;
+        let mut k = 0i64;
+        while k < 20_000 || !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            wrong += usize::from(g(k % 100) != tri(k % 100));
+            k += 1;
+            made2.store(k as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        wrong
     });
-    let mut flips = 0;
-    while !caller.is_finished() && flips < 2_000 {
+    let mut flips = 0u64;
+    while made.load(std::sync::atomic::Ordering::Relaxed) < 20_000 || flips < 200 {
         t.compile_now(f).unwrap();
         assert!(t.is_compiled(f).unwrap());
+        // Published for a moment: the caller may run on it meanwhile.
+        std::thread::yield_now();
         t.revert(f).unwrap();
+        // Interpreted for a moment too.
+        std::thread::yield_now();
         flips += 1;
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(caller.join().unwrap(), 0, "a call gave a wrong result");
-    assert!(flips > 0);
-    // Some of the 20 000 calls from the other thread ran compiled code (they
-    // did not reach the interpreter), and some ran interpreted.
+    let calls = made.load(std::sync::atomic::Ordering::Relaxed);
+    // Some of the calls from the other thread ran compiled code (they did
+    // not reach the interpreter), and some ran interpreted.
     let interpreted = tiered
         .interpreted_from_native
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        interpreted > 0 && interpreted < 20_000,
-        "{interpreted} of 20 000 calls interpreted over {flips} publish/revert pairs"
+        interpreted > 0 && interpreted < calls,
+        "{interpreted} of {calls} calls interpreted over {flips} publish/revert pairs"
     );
     // Every compiled version is still kept: a call may still be inside one.
-    assert_eq!(t.fn_stats(f).unwrap().code_kept, flips);
-    assert_eq!(t.stats().reverts, flips as u64);
+    assert_eq!(t.fn_stats(f).unwrap().code_kept as u64, flips);
+    assert_eq!(t.stats().reverts, flips);
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn osr_with_a_non_empty_operand_stack_gives_the_interpreters_result() {
     let (interp, tiered) = vms(TierConfig {
         call_threshold: u32::MAX,
@@ -287,6 +337,7 @@ fn osr_with_a_non_empty_operand_stack_gives_the_interpreters_result() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn osr_happens_inside_a_comparator_called_back_from_c() {
     let (_, tiered) = vms(TierConfig {
         call_threshold: u32::MAX,
@@ -305,6 +356,7 @@ fn osr_happens_inside_a_comparator_called_back_from_c() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn a_comparator_tiers_up_while_c_is_still_calling_it() {
     let (_, tiered) = vms(TierConfig {
         call_threshold: 50,
@@ -324,6 +376,7 @@ fn a_comparator_tiers_up_while_c_is_still_calling_it() {
 /// Random loops over random arithmetic: `n` iterations of a body of
 /// statements `l[c] = l[a] OP l[b]` or `l[c] = l[a] OP k`, an accumulator
 /// carried on the operand stack, and the result mixing every local.
+#[cfg(tierbridge_codegen)]
 fn random_program(seed: u64) -> String {
     let mut rng = fastrand::Rng::with_seed(seed);
     let locals = 6; // n, i, and four variables
@@ -355,6 +408,7 @@ fn random_program(seed: u64) -> String {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn random_programs_agree_interpreted_tiered_and_in_deoptimization_storms() {
     let hot = eager();
     let loops = TierConfig {
@@ -408,6 +462,7 @@ fn random_programs_agree_interpreted_tiered_and_in_deoptimization_storms() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn a_deoptimization_storm_reverts_the_function_and_the_result_stays_right() {
     let config = TierConfig {
         force_deopt: true,
@@ -430,6 +485,7 @@ fn a_deoptimization_storm_reverts_the_function_and_the_result_stays_right() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn a_compile_failure_leaves_the_function_interpreted_and_is_counted() {
     let (_, tiered) = vms(eager());
     let t = &tiered.table;
@@ -454,6 +510,7 @@ fn a_compile_failure_leaves_the_function_interpreted_and_is_counted() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn reverted_code_is_kept_until_released_and_then_freed() {
     let (_, tiered) = vms(TierConfig {
         call_threshold: u32::MAX,
@@ -490,6 +547,31 @@ fn reverted_code_is_kept_until_released_and_then_freed() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
+fn running_out_of_stack_is_an_error_in_both_tiers_of_a_foreign_vm() {
+    // The VM's interpreter checks `tierbridge::stack` at each activation,
+    // its JIT's code asks `call_guard_begin` before each call: the same
+    // limit, so deep recursion ends in an error in both tiers, never in a
+    // crash, and what fits gives the same result.
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(|| {
+            let (interp, tiered) = vms(eager());
+            for vm in [&interp, &tiered] {
+                assert_eq!(vm.call("down", &[3000]).unwrap(), 3000);
+                let e = vm.call("down", &[100_000_000]).unwrap_err();
+                assert!(e.to_string().contains("native stack exhausted"), "{e}");
+                assert_eq!(vm.call("down", &[10]).unwrap(), 10);
+            }
+            assert!(tiered.table.is_compiled(tiered.id("down")).unwrap());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+#[cfg(tierbridge_codegen)]
 fn a_guard_that_fails_into_a_trap_reports_the_interpreters_error() {
     let (_, tiered) = vms(eager());
     let t = &tiered.table;
@@ -510,6 +592,7 @@ fn a_guard_that_fails_into_a_trap_reports_the_interpreters_error() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn bad_requests_are_typed_errors() {
     let (_, tiered) = vms(eager());
     let t = &tiered.table;
@@ -568,9 +651,11 @@ fn bad_requests_are_typed_errors() {
 }
 
 /// A compiler that panics: counted as a failure, never a crash.
+#[cfg(tierbridge_codegen)]
 struct Panics;
 
 // SAFETY: it never returns code.
+#[cfg(tierbridge_codegen)]
 unsafe impl Compiler for Panics {
     fn compile(&self, _: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
         panic!("this compiler always panics")
@@ -578,8 +663,10 @@ unsafe impl Compiler for Panics {
 }
 
 /// An interpreter of one function, `(i64)->i64`: x + 1.
+#[cfg(tierbridge_codegen)]
 struct PlusOne;
 
+#[cfg(tierbridge_codegen)]
 impl Interpreter for PlusOne {
     fn interpret(&self, _: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
         ret[0] = args[0] + 1;
@@ -593,6 +680,7 @@ impl Interpreter for PlusOne {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn a_panicking_compiler_is_a_counted_failure() {
     let t = TierTable::new(
         bridge(),
@@ -716,6 +804,7 @@ fn code_memory_places_named_and_position_dependent_code_on_both_strategies() {
 /// A compiler that counts its calls, returns code without a function entry
 /// or OSR entries (`ret`), and, when asked, reverts the function while it
 /// compiles.
+#[cfg(tierbridge_codegen)]
 struct Counting {
     calls: std::sync::atomic::AtomicU32,
     revert_meanwhile: bool,
@@ -723,6 +812,7 @@ struct Counting {
 
 // SAFETY: it returns no entry and no OSR entry: nothing of its code is ever
 // called.
+#[cfg(tierbridge_codegen)]
 unsafe impl Compiler for Counting {
     fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
         self.calls
@@ -738,6 +828,7 @@ unsafe impl Compiler for Counting {
     }
 }
 
+#[cfg(tierbridge_codegen)]
 fn counting_table(revert_meanwhile: bool) -> (Arc<TierTable>, FuncId, Arc<Counting>) {
     let compiler = Arc::new(Counting {
         calls: std::sync::atomic::AtomicU32::new(0),
@@ -768,6 +859,7 @@ fn counting_table(revert_meanwhile: bool) -> (Arc<TierTable>, FuncId, Arc<Counti
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn code_without_entries_is_asked_for_once_not_at_every_call_or_back_edge() {
     let (t, f, compiler) = counting_table(false);
     let mut ret = [0];
@@ -789,6 +881,7 @@ fn code_without_entries_is_asked_for_once_not_at_every_call_or_back_edge() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn code_compiled_across_a_revert_is_dropped_not_published() {
     let (t, f, compiler) = counting_table(true);
     let e = t.compile_now(f).unwrap_err();
@@ -812,6 +905,7 @@ fn code_compiled_across_a_revert_is_dropped_not_published() {
 }
 
 #[test]
+#[cfg(tierbridge_codegen)]
 fn frames_larger_than_the_stack_buffer_go_through_the_pooled_frames() {
     // 70 locals: more than TierTable::osr keeps on its stack (64), so the
     // frame is a pooled FrameState, in both outcomes.

@@ -35,6 +35,7 @@ use tierbridge::tier::{
     CompileError, CompileRequest, Compiled, Compiler, FnDecl, FrameState, Interpreter,
     OSR_COMPLETED, OSR_DEOPT, OsrOutcome, TierConfig, TierTable,
 };
+use tierbridge::visibility::Unwind;
 
 /// One decoded instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,8 +278,12 @@ pub const MAX_COMPILED_OPS: usize = 50_000;
 unsafe impl Compiler for BfJit {
     fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
         let t = Instant::now();
-        let bytes = compile_program(&self.program, self.io)?;
-        let code = req.memory.install("brainfuck program", &bytes)?;
+        let (bytes, unwind) = compile_program(&self.program, self.io)?;
+        // Cranelift's description of its frames goes with the code, so
+        // backtraces and profilers walk through it.
+        let code = req
+            .memory
+            .install_with_unwind("brainfuck program", &bytes, &unwind)?;
         self.times
             .lock()
             .unwrap()
@@ -322,8 +327,8 @@ fn multiply_loop(body: &[Op]) -> Option<MultiplyLoop> {
 
 /// The whole program as one Cranelift function `fn(frame: *mut RawFrame) ->
 /// u32`, machine code without relocations (C functions are called by
-/// address).
-pub fn compile_program(p: &Program, io: Io) -> Result<Vec<u8>, CompileError> {
+/// address), with Cranelift's unwind rows for it.
+pub fn compile_program(p: &Program, io: Io) -> Result<(Vec<u8>, Unwind), CompileError> {
     if p.ops.len() > MAX_COMPILED_OPS {
         return Err(format!(
             "{} instructions: more than this JIT compiles ({MAX_COMPILED_OPS})",
@@ -478,7 +483,7 @@ pub fn compile_program(p: &Program, io: Io) -> Result<Vec<u8>, CompileError> {
     b.seal_all_blocks();
     b.finalize(isa.frontend_config());
 
-    Ok(tierbridge::cranelift::compile(&isa, func)?)
+    Ok(tierbridge::cranelift::compile_with_unwind(&isa, func)?)
 }
 
 /// A program ready to run, with its tier table (function 0 is the program).

@@ -13,10 +13,8 @@
 //! 4. a comparator that C's `qsort` calls tiers up while `qsort` runs, and
 //!    what that does to the sort's time.
 
-#[cfg(target_arch = "x86_64")]
 mod vm;
 
-#[cfg(target_arch = "x86_64")]
 fn main() {
     use std::ffi::c_void;
     use std::sync::Arc;
@@ -205,9 +203,4 @@ end
         t_c.as_secs_f64() * 1e9 / calls,
         t.stats()
     );
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn main() {
-    println!("this example's JIT emits x86-64 code");
 }

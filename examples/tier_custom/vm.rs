@@ -1,6 +1,8 @@
 //! A small stack VM of its own — not tierbridge's reference interpreter —
 //! with a JIT written with dynasm, tiered through tierbridge's public tier
-//! API only. Shared by `examples/tier_custom` and `tests/tier_api.rs`.
+//! API only. Shared by `examples/tier_custom` and `tests/tier_api.rs`. The
+//! JIT is compiled only where tierbridge generates code (x86-64, without
+//! `--cfg tierbridge_no_codegen`); elsewhere the VM interprets.
 //!
 //! Values are `i64`. A function has parameters (its first locals), more
 //! locals, and code in a tiny assembly text:
@@ -26,14 +28,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
+#[cfg(tierbridge_codegen)]
 use dynasmrt::x64::X64Relocation;
+#[cfg(tierbridge_codegen)]
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
-use tierbridge::abi::{CallConv, Scalar, Signature, Type};
+use tierbridge::abi::{CallConv, Signature};
+#[cfg(tierbridge_codegen)]
+use tierbridge::abi::{Scalar, Type};
 use tierbridge::host::{FailurePolicy, FuncId, HostError};
 use tierbridge::thunks::Bridge;
+#[cfg(tierbridge_codegen)]
+use tierbridge::tier::{CompileError, CompileRequest, Compiled, OSR_COMPLETED, OSR_DEOPT};
 use tierbridge::tier::{
-    CompileError, CompileRequest, Compiled, Compiler, FnDecl, FrameState, Interpreter,
-    OSR_COMPLETED, OSR_DEOPT, OsrOutcome, TierCall, TierConfig, TierTable,
+    Compiler, FnDecl, FrameState, Interpreter, OsrOutcome, TierCall, TierConfig, TierTable,
 };
 
 /// One instruction.
@@ -270,12 +277,16 @@ pub struct Vm {
 
 impl Vm {
     /// A VM for `funcs` on `bridge`, tiering as `config` says (with no JIT
-    /// when `jit` is false).
+    /// when `jit` is false, or in a build of tierbridge without code
+    /// generation: its tier table would have no code memory for one).
     pub fn new(funcs: Vec<Func>, bridge: Arc<Bridge>, config: TierConfig, jit: bool) -> Arc<Vm> {
         Arc::new_cyclic(|me: &Weak<Vm>| {
-            let compiler: Option<Box<dyn Compiler>> = if jit {
-                Some(Box::new(Jit { vm: me.clone() }))
-            } else {
+            #[cfg(tierbridge_codegen)]
+            let compiler: Option<Box<dyn Compiler>> =
+                jit.then(|| Box::new(Jit { vm: me.clone() }) as Box<dyn Compiler>);
+            #[cfg(not(tierbridge_codegen))]
+            let compiler: Option<Box<dyn Compiler>> = {
+                let _ = jit;
                 None
             };
             let table = TierTable::new(
@@ -342,6 +353,9 @@ impl Vm {
         mut st: Vec<i64>,
         osr: bool,
     ) -> Result<i64, HostError> {
+        // The stack limit every tier obeys (compiled code's call guards
+        // check the same one): running out is an error, not a crash.
+        tierbridge::stack::check(0)?;
         let func = &self.funcs[f.0 as usize];
         loop {
             let op = func.code[pc];
@@ -451,13 +465,16 @@ impl Interpreter for Vm {
 }
 
 /// The JIT: dynasm, SysV.
+#[cfg(tierbridge_codegen)]
 struct Jit {
     vm: Weak<Vm>,
 }
 
+#[cfg(tierbridge_codegen)]
 type Asm = VecAssembler<X64Relocation>;
 
 /// The SysV integer argument registers, by number (rdi, rsi, rdx, rcx, r8, r9).
+#[cfg(tierbridge_codegen)]
 const ARG_REGS: [u8; 6] = [7, 6, 2, 1, 8, 9];
 
 // SAFETY: the function entry at offset 0 takes the function's parameters
@@ -465,6 +482,7 @@ const ARG_REGS: [u8; 6] = [7, 6, 2, 1, 8, 9];
 // each OSR entry is an `OsrEntryFn` that reads the frame's `len` slots and
 // writes `ret` (returning OSR_COMPLETED) or rewrites the frame within `cap`
 // (returning OSR_DEOPT) — the table gives `cap` >= the declared frame slots.
+#[cfg(tierbridge_codegen)]
 unsafe impl Compiler for Jit {
     fn compile(&self, req: &CompileRequest<'_>) -> Result<Compiled, CompileError> {
         let vm = self.vm.upgrade().ok_or("the VM is gone")?;
@@ -504,6 +522,7 @@ unsafe impl Compiler for Jit {
     }
 }
 
+#[cfg(tierbridge_codegen)]
 struct Env<'a> {
     f: &'a Func,
     fid: i32,
@@ -514,6 +533,7 @@ struct Env<'a> {
     force_deopt: bool,
 }
 
+#[cfg(tierbridge_codegen)]
 impl Env<'_> {
     /// One body: the function entry (`osr` None) or the OSR entry at a
     /// loop header. Frame: rbx = the slots (locals, then operand stack);
@@ -610,11 +630,14 @@ impl Env<'_> {
                     // A callee that fails (an interpreter trap) leaves its
                     // failure pending: stop there, as the interpreter would
                     // (r13, saved, keeps the pending state before the call).
+                    // No stack left for the call (`CALL_GUARD_NO_STACK`, -1):
+                    // the same, without calling.
                     let (begin, end) = (
                         tierbridge::host::call_guard_begin as *const () as i64,
                         tierbridge::host::call_guard_end as *const () as i64,
                     );
-                    dynasm!(ops ; .arch x64 ; mov rax, QWORD begin ; call rax ; mov r13d, eax);
+                    dynasm!(ops ; .arch x64 ; mov rax, QWORD begin ; call rax ; mov r13d, eax
+                        ; cmp eax, -1 ; je =>failed);
                     for i in 0..n {
                         dynasm!(ops ; .arch x64 ; mov Rq(ARG_REGS[i as usize]), QWORD [rbx + slot(first + i)]);
                     }

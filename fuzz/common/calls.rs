@@ -28,6 +28,7 @@ pub(crate) fn bridges() -> &'static [(&'static str, Bridge)] {
             let b = Bridge::with_options(BridgeOptions {
                 backend: BackendKind::Generated,
                 exec: Some(exec),
+                ..BridgeOptions::default()
             })
             .expect("the generated backend works on this machine");
             assert_eq!(b.kind(), BackendKind::Generated);

@@ -168,6 +168,34 @@ pub struct CallLayout {
     pub al: Option<u8>,
 }
 
+impl CallLayout {
+    /// Heap bytes this layout holds (its arguments, and parts lists too long
+    /// to be kept inline; the types are shared with the signature's), for
+    /// the registry's statistics.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let parts = |p: &SmallVec<[Part; 2]>| {
+            if p.spilled() {
+                p.capacity() * size_of::<Part>()
+            } else {
+                0
+            }
+        };
+        let args: usize = self
+            .args
+            .iter()
+            .map(|a| match &a.pass {
+                ArgPass::Direct(p) => parts(p),
+                ArgPass::ByRef { .. } => 0,
+            })
+            .sum();
+        let ret = match &self.ret {
+            RetPass::Direct(p) => parts(p),
+            _ => 0,
+        };
+        self.args.capacity() * size_of::<ArgLayout>() + args + ret
+    }
+}
+
 /// SysV class of one eightbyte (psABI 3.2.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EightbyteClass {

@@ -76,6 +76,6 @@ pub use classify::{
     win64_in_register,
 };
 pub use error::{AbiError, Result};
-pub use registry::{Registry, SigId};
+pub use registry::{Registry, RegistryStats, SigId};
 pub use signature::{MAX_PARAMS, Signature, SignatureBuilder};
 pub use types::{Field, MAX_NESTING, MAX_STRUCT_SIZE, Scalar, SlotExt, StructType, Type};

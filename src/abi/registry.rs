@@ -40,6 +40,25 @@ impl fmt::Display for SigId {
     }
 }
 
+/// What a [`Registry`] holds ([`Registry::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryStats {
+    /// Distinct signatures interned (as [`Registry::len`]).
+    pub signatures: usize,
+    /// Layouts kept (one per signature and convention asked for through
+    /// [`Registry::layout`]: by an exit stub's `layout`, a libffi cif, the
+    /// classification of a call; code made once per machine shape keeps
+    /// none).
+    pub layouts: usize,
+    /// Heap bytes the registry allocated for them: the signatures (each
+    /// one's entry, parameter list and struct descriptions, a struct shared
+    /// by several signatures counted in each), the layouts kept, the tables
+    /// by id (whole chunks, as allocated) and the hash tables that find a
+    /// signature.
+    pub bytes: usize,
+}
+
 const SHARDS: usize = 16;
 
 /// One shard entry: 32 bits of the signature's hash and its id (the
@@ -135,6 +154,59 @@ impl Registry {
             .sum()
     }
 
+    /// What the registry holds and the heap bytes it takes: every signature
+    /// ever interned stays, with its layouts, for the registry's life (the
+    /// process-wide one, [`Registry::global`], for the process's), so a
+    /// program that makes signatures without bound (from untrusted input,
+    /// say) grows it without bound; see `BridgeOptions::max_signatures` for
+    /// a bound. Walks every entry: for monitoring, not for hot paths.
+    pub fn stats(&self) -> RegistryStats {
+        let mut st = RegistryStats::default();
+        for shard in &self.shards {
+            let table = shard.lock().unwrap_or_else(|e| e.into_inner());
+            st.signatures += table.len();
+            // hashbrown: a power-of-two number of buckets, at most 7/8 full,
+            // each an entry and a control byte (and a group of control
+            // bytes more).
+            if table.capacity() > 0 {
+                let buckets = (table.capacity() * 8 / 7).next_power_of_two();
+                st.bytes += buckets * (size_of::<Interned>() + 1) + 16;
+            }
+        }
+        st.bytes += self.entries.allocated_bytes();
+        for id in 0..self.entries.bound() {
+            if let Some(sig) = self.entries.get(id) {
+                st.bytes += sig.heap_bytes();
+            }
+            for table in &self.layouts {
+                if let Some(l) = table.get(id) {
+                    st.layouts += 1;
+                    st.bytes += l.heap_bytes();
+                }
+            }
+        }
+        st.bytes += self
+            .layouts
+            .iter()
+            .map(IdTable::allocated_bytes)
+            .sum::<usize>();
+        st
+    }
+
+    /// The id of `sig`'s shape if it was interned already; never interns.
+    pub fn find(&self, sig: &Signature) -> Option<SigId> {
+        let noted = sig.interned().load(Ordering::Acquire);
+        if self.serial != 0 && noted >> 32 == u64::from(self.serial) {
+            return Some(SigId(noted as u32));
+        }
+        let hash = FxBuildHasher.hash_one(sig);
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        let tag = hash as u32;
+        let same = |e: &Interned| e.0 == tag && self.entries.get(e.1.0).is_some_and(|x| x == sig);
+        let table = shard.lock().unwrap_or_else(|e| e.into_inner());
+        table.find(filed_under(tag), same).map(|e| e.1)
+    }
+
     /// True if nothing was interned yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -199,6 +271,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`AbiError::UnknownSigId`] for an id this registry did not issue.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn with_layout<R>(
         &self,
         id: SigId,
@@ -212,7 +285,7 @@ impl Registry {
     }
 
     /// Whether the registry keeps a layout of this id for this convention.
-    #[cfg(test)]
+    #[cfg(all(test, tierbridge_codegen))]
     pub(crate) fn keeps_layout(&self, id: SigId, conv: CallConv) -> bool {
         self.layouts[conv as usize].get(id.0).is_some()
     }

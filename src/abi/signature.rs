@@ -104,6 +104,19 @@ impl Signature {
         }
     }
 
+    /// Heap bytes this signature holds: its parameter list (shared by its
+    /// clones) and its types' descriptions.
+    pub(super) fn heap_bytes(&self) -> usize {
+        2 * size_of::<usize>()
+            + self.params.len() * size_of::<Type>()
+            + self
+                .params
+                .iter()
+                .chain(&self.ret)
+                .map(Type::heap_bytes)
+                .sum::<usize>()
+    }
+
     /// Where a registry notes the id it gave this signature (`Registry::intern`).
     pub(super) fn interned(&self) -> &AtomicU64 {
         &self.interned

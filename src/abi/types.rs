@@ -164,6 +164,22 @@ pub enum Type {
 }
 
 impl Type {
+    /// Heap bytes this type's description holds (a struct's, its fields'
+    /// and nested structs'; a struct shared by several types is counted in
+    /// each), for the registry's statistics.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Type::Scalar(_) => 0,
+            // The Arc's two counts, the struct, its fields.
+            Type::Struct(st) => {
+                2 * size_of::<usize>()
+                    + size_of::<StructType>()
+                    + st.fields.capacity() * size_of::<Field>()
+                    + st.fields.iter().map(|f| f.ty.heap_bytes()).sum::<usize>()
+            }
+        }
+    }
+
     /// Size in bytes (C `sizeof`).
     pub fn size(&self) -> u32 {
         match self {

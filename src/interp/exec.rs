@@ -15,9 +15,6 @@ use crate::tier::{
     TierTable,
 };
 
-/// Deepest interpreted call nesting before a call traps.
-pub const MAX_CALL_DEPTH: u32 = 4_000;
-
 /// `f64` → `i64` as x86's `cvttsd2si` does it: truncation, and `i64::MIN`
 /// for NaN and out-of-range values (generated code gives the same).
 pub(crate) fn f64_to_i64(x: f64) -> i64 {
@@ -106,11 +103,12 @@ impl Runtime {
         let wants = config.call_threshold != u32::MAX || config.loop_threshold != u32::MAX;
         let mut failure = None;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            // The baseline JIT emits x86-64; elsewhere everything is
+            // The baseline JIT emits x86-64 (and is compiled out with
+            // `--cfg tierbridge_no_codegen`); elsewhere everything is
             // interpreted.
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             let compiler = wants.then(|| super::jit::compiler(weak.clone()));
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(not(tierbridge_codegen))]
             let compiler: Option<Box<dyn crate::tier::Compiler>> = {
                 let _ = wants;
                 None
@@ -201,7 +199,7 @@ impl Runtime {
         if !self.inner.tiering {
             return Ok(None);
         }
-        self.inner.osr(fi, header as u32, locals, &[], 0)
+        self.inner.osr(fi, header as u32, locals, &[])
     }
 
     /// Compiles function `name` now and publishes it in its entry cell
@@ -321,7 +319,7 @@ impl Runtime {
                 args.len()
             )));
         }
-        self.inner.call_function(i, args, 0)
+        self.inner.call_function(i, args)
     }
 }
 
@@ -347,7 +345,7 @@ struct RuntimeInterp(Weak<Inner>);
 impl Interpreter for RuntimeInterp {
     fn interpret(&self, func: FuncId, args: &[u64], ret: &mut [u64]) -> Result<(), HostError> {
         let inner = self.0.upgrade().ok_or("the runtime is gone")?;
-        let r = inner.run(func.0 as u32, args, 0)?;
+        let r = inner.run(func.0 as u32, args)?;
         if let Some(slot) = ret.first_mut() {
             *slot = r;
         }
@@ -363,7 +361,6 @@ impl Interpreter for RuntimeInterp {
             frame.pc() as usize,
             SmallVec::from_slice(frame.locals()),
             SmallVec::from_slice(frame.stack()),
-            0,
             false,
         )?;
         if let Some(slot) = ret.first_mut() {
@@ -383,7 +380,7 @@ impl Inner {
 
     /// A call of function `i` from the interpreter or from Rust: through the
     /// tier table (its compiled code, when it has some), else interpreted here.
-    fn call_function(&self, i: u32, args: &[u64], depth: u32) -> Result<u64, InterpError> {
+    fn call_function(&self, i: u32, args: &[u64]) -> Result<u64, InterpError> {
         if self.tiering {
             let mut ret = [0u64; 1];
             let nret = self.program.functions[i as usize].sig.ret_slots();
@@ -396,7 +393,7 @@ impl Inner {
                 Err(e) => return Err(from_tier(e)),
             }
         }
-        self.run(i, args, depth)
+        self.run(i, args)
     }
 
     /// Offers the frame at loop header `header` to the tier table's OSR:
@@ -410,7 +407,6 @@ impl Inner {
         header: u32,
         locals: &[u64],
         st: &[u64],
-        depth: u32,
     ) -> Result<Option<u64>, InterpError> {
         let mut ret = [0u64; 1];
         let nret = self.program.functions[fi as usize].sig.ret_slots();
@@ -427,7 +423,6 @@ impl Inner {
                     frame.pc() as usize,
                     SmallVec::from_slice(frame.locals()),
                     SmallVec::from_slice(frame.stack()),
-                    depth,
                     false,
                 )?;
                 Ok(Some(r))
@@ -443,7 +438,7 @@ impl Inner {
         })
     }
 
-    fn run(&self, fi: u32, args: &[u64], depth: u32) -> Result<u64, InterpError> {
+    fn run(&self, fi: u32, args: &[u64]) -> Result<u64, InterpError> {
         let f = &self.program.functions[fi as usize];
         let mut locals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, f.locals.len());
         for (slot, (a, t)) in locals.iter_mut().zip(args.iter().zip(f.sig.params())) {
@@ -453,7 +448,7 @@ impl Inner {
                 Type::Struct(_) => *a,
             };
         }
-        self.run_from(fi, 0, locals, SmallVec::new(), depth, true)
+        self.run_from(fi, 0, locals, SmallVec::new(), true)
     }
 
     /// Interprets function `fi` from instruction `pc` with the given frame.
@@ -463,12 +458,13 @@ impl Inner {
         mut pc: usize,
         mut locals: SmallVec<[u64; 16]>,
         mut st: SmallVec<[u64; 16]>,
-        depth: u32,
         allow_osr: bool,
     ) -> Result<u64, InterpError> {
         let f = &self.program.functions[fi as usize];
-        if depth > MAX_CALL_DEPTH {
-            return self.trap(fi, pc, "call depth exceeded");
+        // Every tier's limit: the native stack this call would run on
+        // (`crate::stack`), shared with compiled code and with C.
+        if let Err(e) = crate::stack::check(0) {
+            return self.trap(fi, pc, e.to_string());
         }
         let osr_allowed = allow_osr && self.tiering;
         macro_rules! pop {
@@ -594,7 +590,7 @@ impl Inner {
                         if backward
                             && osr_allowed
                             && self.table.back_edge(FuncId(u64::from(fi)), pc as u32)
-                            && let Some(r) = self.osr(fi, pc as u32, &locals, &st, depth)?
+                            && let Some(r) = self.osr(fi, pc as u32, &locals, &st)?
                         {
                             return Ok(r);
                         }
@@ -604,7 +600,7 @@ impl Inner {
                     let callee = &self.program.functions[i as usize];
                     let n = callee.sig.params().len();
                     let args: SmallVec<[u64; 8]> = st.drain(st.len() - n..).collect();
-                    let r = self.call_function(i, &args, depth + 1)?;
+                    let r = self.call_function(i, &args)?;
                     if callee.sig.ret().is_some() {
                         st.push(r);
                     }

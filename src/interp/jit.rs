@@ -34,8 +34,9 @@ use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
 use crate::host::FuncId;
 use crate::interp::{Op, Program};
 use crate::thunks::ExitStub;
-use crate::thunks::x64::{FastRet, extend_mem, extend_reg};
+use crate::thunks::x64::{Cfi, FastRet, extend_mem, extend_reg};
 use crate::tier::{CompileError, CompileRequest, Compiled, Compiler};
+use crate::visibility::{Reg, Unwind};
 
 /// The baseline JIT as the tier table's compiler (SysV only: the convention
 /// the table of the reference runtime uses on x86-64 Linux).
@@ -115,7 +116,9 @@ unsafe impl Compiler for BaselineJit {
         };
         let code = compile(program, fi, &env);
         Ok(Compiled {
-            code: req.memory.install(req.name, &code.bytes)?,
+            code: req
+                .memory
+                .install_with_unwind(req.name, &code.bytes, &code.unwind)?,
             entry: Some(0),
             osr: code.osr,
         })
@@ -167,9 +170,14 @@ pub(crate) struct JitCode {
     pub bytes: Vec<u8>,
     /// (loop header pc, offset of its [`OsrEntryFn`](crate::tier::OsrEntryFn)).
     pub osr: Vec<(u32, usize)>,
+    /// How to unwind through the code, for tools.
+    pub unwind: Unwind,
 }
 
 const RBP: u8 = Gpr::Rbp as u8;
+
+/// A page of stack: frames larger than this are probed.
+const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
 
 /// A register holding the top of the operand stack when a guard fails, and
 /// the frame offset of its slot (the deopt path stores it there).
@@ -193,17 +201,34 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
 
     // Three pushes after the return address: rsp is 16-byte aligned, and so
     // it stays (the frame is a multiple of 16).
+    // Unwind rows, recorded as the code is emitted: after the prologue the
+    // frame is found from rbp (CFA = rbp + 16) until the epilogue's pops.
+    let mut cfi = Cfi::new();
     macro_rules! prologue {
         () => {
-            dynasm!(ops ; .arch x64
-                ; push rbp ; mov rbp, rsp ; push rbx ; push r12
-                ; sub rsp, frame ; mov rbx, rsp
-            )
+            dynasm!(ops ; .arch x64 ; push rbp);
+            cfi.push(ops.offset().0, Reg::Rbp);
+            dynasm!(ops ; .arch x64 ; mov rbp, rsp);
+            cfi.frame_pointer(ops.offset().0);
+            dynasm!(ops ; .arch x64 ; push rbx);
+            cfi.push(ops.offset().0, Reg::Rbx);
+            dynasm!(ops ; .arch x64 ; push r12);
+            cfi.push(ops.offset().0, Reg::R12);
+            // A frame past a page (many locals) grows a page at a time, each
+            // touched, so that it meets the guard page (rax is free; the
+            // frame is found from rbp, so no rows change).
+            let mut left = frame;
+            while left > PAGE {
+                dynasm!(ops ; .arch x64 ; sub rsp, PAGE ; mov eax, DWORD [rsp]);
+                left -= PAGE;
+            }
+            dynasm!(ops ; .arch x64 ; sub rsp, left ; mov rbx, rsp);
         };
     }
 
     // The function entry: parameters from their registers or stack slots.
     prologue!();
+    let body_frame = cfi.frame();
     for (i, a) in layout.args.iter().enumerate() {
         let ArgPass::Direct(parts) = &a.pass else {
             unreachable!("interpreter parameters are scalars")
@@ -238,8 +263,11 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         }
         let body = ops.new_dynamic_label();
         osr_starts.push((h, ops.offset().0));
+        cfi.start(ops.offset().0);
+        dynasm!(ops ; .arch x64 ; push rbx);
+        cfi.push(ops.offset().0, Reg::Rbx);
         dynasm!(ops ; .arch x64
-            ; push rbx ; mov rbx, rdi
+            ; mov rbx, rdi
             ; mov rdi, QWORD [rbx + 16] // frame.slots
             ; call =>body
             ; mov rcx, QWORD [rbx + 24] // frame.ret
@@ -249,13 +277,18 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Some(Scalar::F64) => dynasm!(ops ; .arch x64 ; movq QWORD [rcx], xmm0),
             Some(_) => dynasm!(ops ; .arch x64 ; mov QWORD [rcx], rax),
         }
-        dynasm!(ops ; .arch x64 ; xor eax, eax ; pop rbx ; ret ; =>body);
+        dynasm!(ops ; .arch x64 ; xor eax, eax ; pop rbx);
+        cfi.pop(ops.offset().0, Reg::Rbx);
+        dynasm!(ops ; .arch x64 ; ret ; =>body);
+        cfi.start(ops.offset().0);
         prologue!();
         for i in 0..f.locals.len() as i32 {
             dynasm!(ops ; .arch x64 ; mov rax, QWORD [rdi + 8 * i] ; mov QWORD [rbx + 8 * i], rax);
         }
         dynasm!(ops ; .arch x64 ; jmp =>labels[h as usize]);
     }
+    // The body: in the function's frame, whichever prologue made it.
+    cfi.resume(ops.offset().0, body_frame.clone());
 
     // A guard failure at `pc`: the interpreter resumes there with this
     // frame. A `RawFrame` (32 bytes) and the result slot (8) below the
@@ -553,9 +586,12 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             Op::Call(i) | Op::CallNative(i) => {
                 flush!();
                 // r12 (saved by the prologue) keeps whether a failure was
-                // pending before the call.
+                // pending before the call. No stack left for the call (the
+                // guard's answer is `CALL_GUARD_NO_STACK`, -1): leave as
+                // after a failed callee, the failure pending.
                 dynasm!(ops ; .arch x64
                     ; mov rax, QWORD env.guard_begin as i64 ; call rax ; mov r12d, eax
+                    ; cmp eax, -1 ; je =>bail
                 );
                 let (sig, stub) = match *op {
                     Op::Call(_) => (
@@ -652,12 +688,19 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         ; =>bail
         ; xor eax, eax ; xorps xmm0, xmm0
         ; =>epilogue
-        ; lea rsp, [rbp - 16] ; pop r12 ; pop rbx ; pop rbp ; ret
+        ; lea rsp, [rbp - 16] ; pop r12
     );
+    cfi.pop(ops.offset().0, Reg::R12);
+    dynasm!(ops ; .arch x64 ; pop rbx);
+    cfi.pop(ops.offset().0, Reg::Rbx);
+    dynasm!(ops ; .arch x64 ; pop rbp);
+    cfi.pop_frame_pointer(ops.offset().0);
+    dynasm!(ops ; .arch x64 ; ret);
     JitCode {
         bytes: ops
             .finalize()
             .expect("JIT code uses no external relocations"),
         osr: osr_starts,
+        unwind: cfi.finish(),
     }
 }

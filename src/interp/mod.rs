@@ -40,7 +40,7 @@
 //! as plain function pointers through entry points.
 
 mod exec;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod jit;
 mod text;
 mod verify;

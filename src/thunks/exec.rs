@@ -111,6 +111,9 @@ struct Inner {
     used: usize,
     /// Freed allocations by rounded size: (slab index, offset).
     free: BTreeMap<usize, Vec<(usize, usize)>>,
+    /// Bytes of the slabs, and of the allocations in use (rounded sizes).
+    mapped_bytes: usize,
+    used_bytes: usize,
 }
 
 /// A slab allocator of executable memory.
@@ -134,6 +137,10 @@ pub struct ExecCode {
     offset: usize,
     size: usize,
     addr: NonNull<u8>,
+    /// Bytes of code (the rest of `size` is padding).
+    len: usize,
+    /// Its name and unwind rows as tools see them, once published.
+    published: Option<crate::visibility::Published>,
 }
 
 // SAFETY: an ExecCode is an address of read+execute memory that nothing writes
@@ -147,6 +154,17 @@ impl ExecCode {
     pub(crate) fn addr(&self) -> NonNull<u8> {
         self.addr
     }
+
+    /// Publishes the code to profilers, debuggers and the unwinder
+    /// (`crate::visibility`) under `name`, until it is dropped.
+    pub(crate) fn publish(&mut self, name: &str, unwind: &crate::visibility::Unwind) {
+        self.published = Some(crate::visibility::publish(&crate::visibility::Region {
+            name,
+            addr: self.addr.as_ptr() as usize,
+            len: self.len,
+            unwind,
+        }));
+    }
 }
 
 impl fmt::Debug for ExecCode {
@@ -157,7 +175,10 @@ impl fmt::Debug for ExecCode {
 
 impl Drop for ExecCode {
     fn drop(&mut self) {
+        // Unpublished first: the memory may be handed out again below.
+        drop(self.published.take());
         let mut inner = self.mem.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.used_bytes -= self.size;
         inner
             .free
             .entry(self.size)
@@ -183,6 +204,8 @@ impl ExecMemory {
                 current: None,
                 used: 0,
                 free: BTreeMap::new(),
+                mapped_bytes: 0,
+                used_bytes: 0,
             }),
         });
         mem.self_test()?;
@@ -190,6 +213,7 @@ impl ExecMemory {
     }
 
     /// The first strategy that works: dual mapping, then write-then-protect.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn probe() -> std::result::Result<Arc<ExecMemory>, String> {
         let mut why = Vec::new();
         for s in [ExecStrategy::DualMapping, ExecStrategy::WriteThenProtect] {
@@ -203,6 +227,14 @@ impl ExecMemory {
 
     pub(crate) fn strategy(&self) -> ExecStrategy {
         self.strategy
+    }
+
+    /// Bytes of executable memory in use (allocations, rounded to the
+    /// strategy's granule) and mapped (every slab, none ever unmapped while
+    /// the allocator lives).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.used_bytes, inner.mapped_bytes)
     }
 
     fn self_test(self: &Arc<Self>) -> Result<()> {
@@ -280,14 +312,17 @@ impl ExecMemory {
             None if size > SLAB_BYTES => {
                 // A slab of its own, rounded to whole pages; the bump slab
                 // stays the one it was.
-                let s = self.new_slab(0, size.next_multiple_of(self.page))?;
+                let bytes = size.next_multiple_of(self.page);
+                let s = self.new_slab(0, bytes)?;
                 inner.slabs.push(s);
+                inner.mapped_bytes += bytes;
                 (inner.slabs.len() - 1, 0)
             }
             None => {
                 if inner.current.is_none() || inner.used + size > SLAB_BYTES {
                     let s = self.new_slab(next_slab_hint(), SLAB_BYTES)?;
                     inner.slabs.push(s);
+                    inner.mapped_bytes += SLAB_BYTES;
                     inner.current = Some(inner.slabs.len() - 1);
                     inner.used = 0;
                 }
@@ -297,6 +332,7 @@ impl ExecMemory {
                 at
             }
         };
+        inner.used_bytes += size;
         // Addresses inside the mappings, which stay put while `self` lives
         // (the `Slab` values may move when the vector grows; their pages do not).
         let (write_at, exec_at) = match &mut inner.slabs[slab] {
@@ -315,6 +351,8 @@ impl ExecMemory {
             offset,
             size,
             addr,
+            len,
+            published: None,
         };
         if self.strategy == ExecStrategy::WriteThenProtect {
             // SAFETY: [offset, offset+size) are whole pages of this slab that

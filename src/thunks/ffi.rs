@@ -4,10 +4,11 @@
 //! [`SigId`]. A call builds its argument pointer array on the stack: no heap
 //! allocation per call.
 
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 use std::ptr::{NonNull, null_mut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use libffi::raw::{
     FFI_TYPE_STRUCT, ffi_abi, ffi_abi_FFI_UNIX64, ffi_abi_FFI_WIN64, ffi_call, ffi_cif,
@@ -16,7 +17,7 @@ use libffi::raw::{
 };
 use smallvec::SmallVec;
 
-use super::{BackendKind, Result, ThunkError};
+use super::{BackendKind, ENTRY_QUARANTINE, Result, ThunkError};
 use crate::abi::{
     ArgPass, CallConv, CallLayout, MAX_PARAMS, Registry, Scalar, SigId, Signature, StructType,
     Type, sysv_eightbytes,
@@ -190,6 +191,9 @@ pub(super) struct FfiCif {
     /// Win64 by-reference arguments: (argument index, copy offset, size).
     byref: Box<[(usize, usize, usize)]>,
     va: Option<VaPlan>,
+    /// Native stack a call takes beyond this frame: the arguments, libffi's
+    /// register block and our scratch copies (see `FfiCif::call`).
+    stack_need: usize,
 }
 
 // SAFETY: an FfiCif is immutable after construction; its raw pointers point into
@@ -288,6 +292,7 @@ impl FfiCif {
             sig,
             layout,
             va,
+            stack_need: super::call_stack_bytes(layout) as usize + 1024,
         })
     }
 
@@ -378,6 +383,12 @@ impl FfiCif {
             ret,
         )?;
         let target = NonNull::new(target as *mut c_void).ok_or(ThunkError::NullTarget)?;
+        if self.stack_need > crate::stack::UNCHECKED_FRAME {
+            // libffi copies the arguments below this frame (`alloca`):
+            // enough stack for them, touched a page at a time.
+            super::reserve_call_stack(self.stack_need)?;
+            crate::stack::probe(self.stack_need);
+        }
         let mut avalue = [MaybeUninit::<*mut c_void>::uninit(); MAX_PARAMS];
         for (p, slot) in avalue.iter_mut().zip(self.arg_slot.iter()) {
             p.write(args[*slot as usize..].as_ptr() as *mut c_void);
@@ -460,6 +471,65 @@ pub(super) struct FfiBackend {
     /// Closures whose cif differs from the exit's: declared variadic
     /// signatures, and narrow integer results (described as 64 bits).
     closures: [IdTable<Arc<FfiCif>>; 2],
+    /// The dropped entry points' closures, shared with every entry point
+    /// bound here (which puts its closure there when dropped).
+    quarantine: Arc<Mutex<Quarantine>>,
+}
+
+/// Dropped entry points' closures, oldest first, at most
+/// [`ENTRY_QUARANTINE`]: each still allocated and prepared, its user data a
+/// tombstone binding (its own, whose dispatcher aborts with a message), so a
+/// call of it is taken apart as a call of its signature and then aborts.
+/// The oldest is freed when one more arrives (outside the lock).
+#[derive(Default)]
+struct Quarantine(VecDeque<Quarantined>);
+
+/// A closure in quarantine and its tombstone, freed together.
+struct Quarantined {
+    closure: *mut ffi_closure,
+    binding: NonNull<Binding>,
+}
+
+// SAFETY: a quarantined closure and its tombstone are owned by the
+// quarantine alone; nothing reads them but libffi's trampoline (a stale call,
+// which only reads), and they are freed once, by whichever thread evicts them.
+unsafe impl Send for Quarantined {}
+
+impl Drop for Quarantined {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ffi_closure_alloc, freed only here; then the
+        // tombstone it pointed to, from `Box::into_raw` in `bind`, which
+        // nothing reaches once the closure is gone.
+        unsafe {
+            ffi_closure_free(self.closure.cast());
+            drop(Box::from_raw(self.binding.as_ptr()));
+        }
+    }
+}
+
+/// Bytes a quarantined entry point keeps allocated on this backend: its
+/// closure (libffi's `ffi_closure`, plus the 32-byte trampoline libffi pairs
+/// with each), its tombstone binding, and its place in the queue. The cif is
+/// the signature's, shared.
+pub(super) const QUARANTINED_BYTES: usize =
+    size_of::<ffi_closure>() + 32 + size_of::<Binding>() + size_of::<Quarantined>();
+
+/// A tombstone's dispatcher: reached through `closure_handler` when native
+/// code calls a dropped entry point still in quarantine.
+///
+/// # Safety
+/// `binding` is the `raw` field of a live [`Binding`] (as `closure_handler`
+/// passes it); it never returns.
+unsafe extern "C" fn tombstone_dispatch(
+    binding: *const RawBinding,
+    _: *const u64,
+    _: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
+    // SAFETY: `raw` is a `Binding`'s first field (`repr(C)`), and the
+    // tombstone is kept as long as its closure.
+    let b = unsafe { &*binding.cast::<Binding>() };
+    super::dropped_entry_called(b.raw.func, b.cif.sig, b.cif.layout.conv)
 }
 
 impl FfiBackend {
@@ -529,7 +599,7 @@ impl FfiBackend {
         if closure.is_null() || code.is_null() {
             return Err(ThunkError::OutOfMemory("a libffi closure"));
         }
-        let binding = Box::new(Binding {
+        let binding = NonNull::from(Box::leak(Box::new(Binding {
             raw: RawBinding {
                 ctx: dispatcher.ctx,
                 func,
@@ -538,22 +608,25 @@ impl FfiBackend {
             },
             cif,
             dispatcher,
-        });
-        let user = (&*binding as *const Binding).cast_mut().cast::<c_void>();
-        // SAFETY: `closure`/`code` come from ffi_closure_alloc; the cif and the
-        // binding outlive the closure (FfiEntry owns both and frees the closure first).
+        })));
+        // SAFETY: `closure`/`code` come from ffi_closure_alloc; the binding
+        // (and the cif it keeps) outlive the closure: the entry point owns
+        // both, then its quarantine does, which frees the closure first.
         let status = unsafe {
             ffi_prep_closure_loc(
                 closure,
-                binding.cif.cif_ptr(),
+                binding.as_ref().cif.cif_ptr(),
                 Some(closure_handler),
-                user,
+                binding.as_ptr().cast(),
                 code,
             )
         };
         if status != ffi_status_FFI_OK {
             // SAFETY: allocated above and never handed out.
-            unsafe { ffi_closure_free(closure.cast()) };
+            unsafe {
+                ffi_closure_free(closure.cast());
+                drop(Box::from_raw(binding.as_ptr()));
+            }
             return Err(ThunkError::Internal(format!(
                 "ffi_prep_closure_loc failed: status {status}"
             )));
@@ -561,11 +634,24 @@ impl FfiBackend {
         Ok(FfiEntry {
             closure,
             code,
-            _binding: binding,
+            binding,
+            quarantine: self.quarantine.clone(),
         })
+    }
+
+    /// How many dropped entry points are in quarantine.
+    pub(super) fn quarantined(&self) -> usize {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .len()
     }
 }
 
+/// A closure's user data: `raw` first (`repr(C)`), so that a tombstone's
+/// dispatcher finds the binding from the pointer it is given.
+#[repr(C)]
 struct Binding {
     /// What the dispatcher receives (its counts are the cif's).
     raw: RawBinding,
@@ -577,7 +663,11 @@ struct Binding {
 pub(super) struct FfiEntry {
     closure: *mut ffi_closure,
     code: *mut c_void,
-    _binding: Box<Binding>,
+    /// The closure's user data, from `Box::into_raw` (the closure reads it
+    /// through this pointer, so it is never reached through a `Box`).
+    binding: NonNull<Binding>,
+    /// Where the closure goes when the entry point is dropped.
+    quarantine: Arc<Mutex<Quarantine>>,
 }
 
 // SAFETY: the closure is immutable once prepared and callable from any thread;
@@ -594,9 +684,33 @@ impl FfiEntry {
 
 impl Drop for FfiEntry {
     fn drop(&mut self) {
-        // SAFETY: allocated by ffi_closure_alloc and freed only here; the owner
-        // promises no call is still inside (EntryPoint's documented contract).
-        unsafe { ffi_closure_free(self.closure.cast()) };
+        let b = self.binding.as_ptr();
+        // The binding becomes its closure's tombstone: its dispatcher one
+        // that aborts, its context gone; the cif stays (libffi reads it to
+        // take a stale call's arguments apart).
+        // SAFETY: the binding is this entry's alone, and the owner promises
+        // no call is inside the closure (EntryPoint's documented contract),
+        // so nothing reads the binding while it is rewritten.
+        let host = unsafe {
+            let policy = (*b).dispatcher.policy;
+            (*b).raw.ctx = null_mut();
+            std::ptr::replace(
+                &raw mut (*b).dispatcher,
+                // SAFETY: never returns, reads no context.
+                Dispatcher::from_raw(tombstone_dispatch, null_mut(), policy),
+            )
+        };
+        let evicted = {
+            let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+            q.0.push_back(Quarantined {
+                closure: self.closure,
+                binding: self.binding,
+            });
+            (q.0.len() > ENTRY_QUARANTINE).then(|| q.0.pop_front())
+        };
+        // Outside the lock: dropping the host may bind or drop entry points.
+        drop(host);
+        drop(evicted);
     }
 }
 
@@ -622,7 +736,9 @@ unsafe extern "C" fn closure_handler(
     args: *mut *mut c_void,
     data: *mut c_void,
 ) {
-    // SAFETY: `data` is the Binding the closure was prepared with, alive while the closure is.
+    // SAFETY: `data` is the Binding the closure was prepared with (or, once
+    // its entry point is dropped, the same binding made a tombstone), alive
+    // while the closure is.
     let b = unsafe { &*(data as *const Binding) };
     let cif = &*b.cif;
     let mut slots: SmallVec<[u64; 32]> = SmallVec::from_elem(0, cif.arg_slots);

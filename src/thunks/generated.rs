@@ -7,11 +7,13 @@
 //! and one binding slot: trampolines are generated a block at a time, each
 //! reading its binding from its own cell, and the block keeps a slot per
 //! trampoline for the binding itself, so binding a function writes no code
-//! and allocates nothing. When an entry point is dropped its cell is pointed
-//! at a dead binding whose code aborts with a message (a stale call never runs
-//! freed memory), its binding is moved out of its slot (and dropped once the
-//! pool's lock is released), and the trampoline goes to the back of a FIFO
-//! free list.
+//! and allocates nothing. When an entry point is dropped its binding is
+//! moved out of its slot (and dropped once the pool's lock is released), a
+//! tombstone takes its place (the same thunk, a dispatcher that aborts with
+//! a message naming the function and its signature), and the trampoline goes
+//! to the back of the pool's quarantine; only when [`ENTRY_QUARANTINE`] more
+//! entry points of the pool were dropped after it does it move on to the
+//! free list, to be bound again (ABI.md, "Bindings and trampolines").
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -28,7 +30,7 @@ use super::x64::{
     BindingHead, CodeKey, ErrnoIo, FastRet, SigKey, SigKeys, TRAMPOLINE_BYTES, emit_entry,
     emit_fast_exit, emit_slot_exits, emit_trampolines, entry_key, exit_key, scalar_sig_keys,
 };
-use super::{BackendKind, Result, ThunkError};
+use super::{BackendKind, ENTRY_QUARANTINE, Result, ThunkError};
 use crate::abi::{CallConv, CallLayout, Registry, SigId, Signature, SlotExt, Type};
 use crate::code::{RawFn, callable, callable_as};
 use crate::host::{
@@ -38,6 +40,8 @@ use crate::table::{Arena, Padded, PtrTable, THREAD_NUMBERS, thread_number};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
+
+use crate::visibility::Unwind;
 
 type ExitFn = unsafe extern "C" fn(*const u64, *mut u64, *const c_void, *mut ErrnoIo);
 
@@ -58,19 +62,46 @@ struct SlotStubs {
     f_errno: ExitFn,
 }
 
+/// The largest stub installed. No signature within the limits comes near:
+/// large copies are loops (`x64::copy_to_stack`), and 64 parameters take a
+/// few instructions each.
+const MAX_STUB_BYTES: usize = 64 * 1024;
+
 /// Installs `code`, refusing sizes no sane signature produces.
 fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
-    if code.len() > 64 * 1024 {
+    if code.len() > MAX_STUB_BYTES {
         return Err(too_big(code.len()));
     }
     mem.install(code)
 }
 
+/// `install`, then published to tools (`crate::visibility`) as
+/// `tierbridge <what> <signature> <convention>`.
+fn install_named(
+    mem: &Arc<ExecMemory>,
+    code: &[u8],
+    what: &str,
+    sig: &Signature,
+    conv: CallConv,
+    unwind: &Unwind,
+) -> Result<ExecCode> {
+    let mut c = install(mem, code)?;
+    // The name only for the sinks that read it (formatting it costs about
+    // as much as the rest of the publication).
+    let name = if crate::visibility::names_wanted() {
+        format!("tierbridge {what} {sig} {conv}")
+    } else {
+        String::new()
+    };
+    c.publish(&name, unwind);
+    Ok(c)
+}
+
 impl SlotStubs {
-    fn new(mem: &Arc<ExecMemory>, layout: &CallLayout) -> Result<SlotStubs> {
+    fn new(mem: &Arc<ExecMemory>, sig: &Signature, layout: &CallLayout) -> Result<SlotStubs> {
         let mut space = CodeSpace::new();
-        let (bytes, errno_at) = emit_slot_exits(&mut space, layout);
-        let code = install(mem, bytes)?;
+        let (bytes, errno_at, unwind) = emit_slot_exits(&mut space, layout);
+        let code = install_named(mem, bytes, "exit", sig, layout.conv, &unwind)?;
         // SAFETY: both slot stubs were emitted as exactly this function type.
         let f: ExitFn = unsafe { callable_as(code.addr().cast()) };
         // SAFETY: as above; the errno variant starts `errno_at` bytes in.
@@ -91,6 +122,8 @@ impl SlotStubs {
 struct ExitCode {
     /// Where the slot stubs go when they are made later.
     mem: Arc<ExecMemory>,
+    /// Native stack the shape's arguments take (`call_stack_bytes`).
+    stack_need: u32,
     fast: Option<(ExecCode, FastRet)>,
     slots: OnceLock<SlotStubs>,
 }
@@ -119,6 +152,9 @@ pub(super) struct GenExit {
     nargs: u32,
     nret: u32,
     conv: CallConv,
+    /// Native stack its arguments take; a call checks for it first when it
+    /// is more than a page (`stack::UNCHECKED_FRAME`).
+    stack_need: u32,
 }
 
 /// A backend's exits, per convention and by signature id, and the exit code
@@ -264,6 +300,9 @@ impl GenExitRef {
         errno_before: i32,
     ) -> Result<Option<i32>> {
         let f_errno = self.slot_stubs(id)?.f_errno;
+        if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
+            super::reserve_call_stack(self.stack_need as usize)?;
+        }
         let mut io = ErrnoIo {
             loc: crate::sys::errno_location(),
             value: errno_before,
@@ -282,7 +321,7 @@ impl GenExitRef {
             return Ok(s);
         }
         // Any signature of the shape makes the same bytes (`exit_key`).
-        let fresh = SlotStubs::new(&code.mem, self.layout(id))?;
+        let fresh = SlotStubs::new(&code.mem, self.signature(id), self.layout(id))?;
         // Another thread may have won the race: its stubs are used, these freed.
         Ok(code.slots.get_or_init(|| fresh))
     }
@@ -332,6 +371,7 @@ impl GenExit {
             nargs: sig.arg_slots() as u32,
             nret: sig.ret_slots() as u32,
             conv,
+            stack_need: code.stack_need,
         }
     }
 
@@ -405,6 +445,12 @@ impl GenExit {
                 unsafe { (*ret, *ret.add(1)) = (first, second) };
             }
         } else {
+            // Only a slot stub's arguments can take more than a page (no
+            // register stub is made for them).
+            if self.stack_need as usize > crate::stack::UNCHECKED_FRAME {
+                // SAFETY: forwarded contract.
+                return unsafe { self.run_big(target, args, ret) };
+            }
             let f = self
                 .code()
                 .slots
@@ -414,6 +460,32 @@ impl GenExit {
             // SAFETY: by this function's contract.
             unsafe { f(args, ret, target, null_mut()) }
         }
+    }
+}
+
+impl GenExit {
+    /// `run` for a slot stub whose arguments take more than a page of
+    /// stack: enough stack first, or the call is not made, the results are
+    /// zero and the failure is pending.
+    ///
+    /// # Safety
+    /// As `run`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn run_big(&self, target: *const c_void, args: *const u64, ret: *mut u64) {
+        if let Err(error) = crate::stack::check(self.stack_need as usize) {
+            // SAFETY: `ret` points to the stub's `nret` slots (contract).
+            let ret = unsafe { std::slice::from_raw_parts_mut(ret, self.nret as usize) };
+            return super::no_stack_for_call(error, ret);
+        }
+        let f = self
+            .code()
+            .slots
+            .get()
+            .expect("made with the stub when there is no register stub")
+            .f;
+        // SAFETY: by this function's contract.
+        unsafe { f(args, ret, target, null_mut()) }
     }
 }
 
@@ -451,7 +523,8 @@ struct DeadHead(BindingHead);
 // SAFETY: immutable, and its pointers are to functions or null.
 unsafe impl Sync for DeadHead {}
 
-/// Where a dropped entry point's trampoline leads.
+/// What a trampoline's cell points to before its first binding, and for the
+/// moment between a binding's removal and its tombstone's arrival.
 static DEAD: DeadHead = DeadHead(BindingHead {
     thunk: dead_entry,
     dispatch: dead_dispatch,
@@ -463,14 +536,61 @@ static DEAD: DeadHead = DeadHead(BindingHead {
     },
 });
 
-/// Reached (by a jump from a trampoline) when native code calls an entry point
-/// after it was dropped.
+/// Reached (by a jump from a trampoline) when native code calls a trampoline
+/// with no binding and no tombstone: never bound, or called while its entry
+/// point was being dropped.
 ///
 /// # Safety
 /// Only ever jumped to by a trampoline; it never returns.
 unsafe extern "C" fn dead_entry() {
-    eprintln!("tierbridge: an entry point was called after its EntryPoint was dropped; aborting");
-    std::process::abort();
+    super::abort_with(format_args!(
+        "called an entry point while it was being dropped (or one never bound)"
+    ));
+}
+
+/// What a dropped entry point's slot holds while its trampoline is in
+/// quarantine: a binding head whose thunk is the signature's own (so a
+/// stale call is taken apart as a call of the signature, as it is one) and
+/// whose dispatcher aborts, naming the function and the signature kept here
+/// (looked up only then). Written over the binding's slot, so it must fit
+/// there.
+#[repr(C)]
+struct Tombstone {
+    head: BindingHead,
+    reg: &'static Registry,
+    id: SigId,
+    conv: CallConv,
+}
+
+const _: () = {
+    assert!(size_of::<Tombstone>() <= size_of::<GenBinding>());
+    assert!(align_of::<Tombstone>() <= align_of::<GenBinding>());
+};
+
+/// A tombstone's dispatcher: reached through the signature's thunk when
+/// native code calls a dropped entry point still in quarantine.
+///
+/// # Safety
+/// `binding` is the `raw` field of a [`Tombstone`]'s head (as a tombstone's
+/// thunk passes it); it never returns.
+unsafe extern "C" fn tombstone_dispatch(
+    binding: *const RawBinding,
+    _: *const u64,
+    _: *mut u64,
+    _: *mut RawVaList,
+) -> u32 {
+    let at = std::mem::offset_of!(Tombstone, head) + std::mem::offset_of!(BindingHead, raw);
+    // SAFETY: by the contract above, `binding` is `at` bytes into a live
+    // tombstone (its slot is kept while the trampoline is in quarantine).
+    let t = unsafe { &*binding.byte_sub(at).cast::<Tombstone>() };
+    match t.reg.signature(t.id) {
+        Ok(sig) => super::dropped_entry_called(t.head.raw.func, sig, t.conv),
+        // Not reachable: the id was the binding's, from this registry.
+        Err(_) => super::abort_with(format_args!(
+            "called a dropped entry point (fn id {}, {})",
+            t.head.raw.func, t.id
+        )),
+    }
 }
 
 /// Never called (the dead binding's code aborts first); present so the dead
@@ -509,6 +629,14 @@ unsafe extern "C" fn entry_failed(
 
 const BLOCK: usize = 128;
 
+/// Bytes a quarantined entry point keeps from reuse on this backend: its
+/// trampoline, its cell, its binding slot (the tombstone), and its place in
+/// the queue.
+pub(super) const QUARANTINED_BYTES: usize = TRAMPOLINE_BYTES
+    + size_of::<AtomicPtr<BindingHead>>()
+    + size_of::<BindingSlot>()
+    + size_of::<(usize, usize)>();
+
 /// Where a binding lives: a slot of its trampoline's block, written when a
 /// function is bound to the trampoline and moved out when the entry point is
 /// dropped (so binding allocates nothing). The slot's memory lives as long
@@ -524,7 +652,12 @@ struct Block {
 
 struct Pool {
     blocks: Vec<Block>,
+    /// Trampolines no binding or tombstone holds, taken from the front.
     free: VecDeque<(usize, usize)>,
+    /// Dropped entry points' trampolines, each with its tombstone, oldest
+    /// first: at most [`ENTRY_QUARANTINE`], the oldest moving to the back of
+    /// `free` when one more arrives.
+    quarantine: VecDeque<(usize, usize)>,
 }
 
 /// One of a backend's pools of trampolines with their bindings, one per
@@ -538,6 +671,8 @@ struct PoolKeeper {
     pool: Mutex<Pool>,
     /// Kept for the bindings, which run its thunks.
     _entries: Arc<Entries>,
+    /// Where its bindings' signature ids are from (for a tombstone's message).
+    reg: &'static Registry,
 }
 
 /// A backend's entry thunks, each signature's and their shared code.
@@ -561,6 +696,9 @@ pub(super) struct GenEntry {
     code: *const c_void,
     /// The pool its trampoline is from.
     pool: Arc<Padded<PoolKeeper>>,
+    /// For its tombstone's message.
+    id: SigId,
+    conv: CallConv,
 }
 
 // SAFETY: its one raw pointer is its trampoline's address (code, never
@@ -582,17 +720,42 @@ impl Drop for GenEntry {
             let mut pool = self.pool.pool.lock().unwrap_or_else(|e| e.into_inner());
             let (b, i) = self.at;
             let block = &pool.blocks[b];
+            // Away from the slot while it is rewritten (a call racing the
+            // drop is the caller's bug, but then it aborts here too).
             block.cells[i].store(
                 (&DEAD.0 as *const BindingHead).cast_mut(),
                 Ordering::Release,
             );
+            let slot = block.slots[i].get();
             // SAFETY: `bind` wrote the binding into this slot and only this
             // entry owns it; it is moved out once, here, before the slot goes
-            // back to the free list (under the same lock), and the cell no
-            // longer points at it.
-            let binding = unsafe { block.slots[i].get().cast::<GenBinding>().read() };
-            // To the back: the slot is reused as late as possible.
-            pool.free.push_back(self.at);
+            // into quarantine (under the same lock), and the cell no longer
+            // points at it.
+            let binding = unsafe { slot.cast::<GenBinding>().read() };
+            let tombstone = Tombstone {
+                head: BindingHead {
+                    thunk: binding.head.thunk,
+                    dispatch: tombstone_dispatch,
+                    raw: RawBinding {
+                        ctx: null_mut(),
+                        ..binding.head.raw
+                    },
+                },
+                reg: self.pool.reg,
+                id: self.id,
+                conv: self.conv,
+            };
+            // SAFETY: the slot is this entry's alone (see above), and a
+            // tombstone fits in it (checked where `Tombstone` is defined);
+            // it owns nothing, so `bind` may write over it later.
+            unsafe { slot.cast::<Tombstone>().write(tombstone) };
+            block.cells[i].store(slot.cast::<BindingHead>(), Ordering::Release);
+            pool.quarantine.push_back(self.at);
+            if pool.quarantine.len() > ENTRY_QUARANTINE {
+                let oldest = pool.quarantine.pop_front().expect("longer than the depth");
+                // To the back: the slot is reused as late as possible.
+                pool.free.push_back(oldest);
+            }
             binding
         };
         // Dropped outside the pool's lock: dropping the dispatcher may drop
@@ -832,8 +995,10 @@ impl GenBackend {
                     pool: Mutex::new(Pool {
                         blocks: Vec::new(),
                         free: VecDeque::new(),
+                        quarantine: VecDeque::new(),
                     }),
                     _entries: entries.clone(),
+                    reg,
                 }))
             }),
             entries,
@@ -842,6 +1007,17 @@ impl GenBackend {
 
     pub(super) fn exec(&self) -> &Arc<ExecMemory> {
         &self.mem
+    }
+
+    /// How many dropped entry points are in quarantine, in all pools.
+    pub(super) fn quarantined(&self) -> usize {
+        self.pools
+            .iter()
+            .map(|k| {
+                let pool = k.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.quarantine.len()
+            })
+            .sum()
     }
 
     fn install(&self, code: &[u8]) -> Result<ExecCode> {
@@ -879,18 +1055,34 @@ impl GenBackend {
             let code = table
                 .code
                 .get_or_make(self.reg(), (id, conv), exit_key, |layout| {
+                    super::check_call_stack(sig, layout)?;
                     let mut space = CodeSpace::new();
-                    let fast = match emit_fast_exit(&mut space, layout) {
-                        Some((bytes, kind)) => Some((self.install(bytes)?, kind)),
+                    // Arguments past a page of stack: no register stub, so
+                    // that only the slot stub's path checks the stack.
+                    let big =
+                        super::call_stack_bytes(layout) > crate::stack::UNCHECKED_FRAME as u64;
+                    let fast = match emit_fast_exit(&mut space, layout).filter(|_| !big) {
+                        Some((bytes, kind, unwind)) => Some((
+                            install_named(
+                                &self.mem,
+                                bytes,
+                                "exit (registers)",
+                                sig,
+                                conv,
+                                &unwind,
+                            )?,
+                            kind,
+                        )),
                         None => None,
                     };
                     let slots = OnceLock::new();
                     if fast.is_none() {
                         // The slot stub is the call path: make it now.
-                        let _ = slots.set(SlotStubs::new(&self.mem, layout)?);
+                        let _ = slots.set(SlotStubs::new(&self.mem, sig, layout)?);
                     }
                     Ok(ExitCode {
                         mem: self.mem.clone(),
+                        stack_need: super::call_stack_bytes(layout) as u32,
                         fast,
                         slots,
                     })
@@ -940,12 +1132,13 @@ impl GenBackend {
                 |layout| (!keyed).then(|| entry_key(layout, variadic)).flatten(),
                 |layout| {
                     let mut space = CodeSpace::new();
-                    let code = self.install(emit_entry(
+                    let (bytes, unwind) = emit_entry(
                         &mut space,
                         layout,
                         variadic,
                         entry_failed as *const () as usize,
-                    ))?;
+                    );
+                    let code = install_named(&self.mem, bytes, "entry", sig, conv, &unwind)?;
                     // SAFETY: the entry thunk is code; it is only ever jumped to by trampolines.
                     let entry = unsafe { callable(code.addr().cast()) };
                     Ok(GenThunk {
@@ -972,7 +1165,9 @@ impl GenBackend {
             .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
             .collect();
         let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
-        let code = self.install(&emit_trampolines(&addrs))?;
+        let mut code = self.install(&emit_trampolines(&addrs))?;
+        // Each trampoline only jumps: the return address stays at [rsp].
+        code.publish("tierbridge trampolines", &Unwind::Leaf);
         let slots = (0..BLOCK)
             .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
             .collect();
@@ -1042,7 +1237,8 @@ impl GenBackend {
         let block = &pool.blocks[b];
         let slot: *mut GenBinding = block.slots[i].get().cast();
         // SAFETY: the slot was on the free list, so no entry point owns it
-        // (its last binding, if any, was dropped before it went back), and
+        // (its last binding, if any, was moved out before it went into
+        // quarantine, and the tombstone written there owns nothing), and
         // the pool's lock is held; its memory lives as long as the pool.
         unsafe { slot.write(binding) };
         let head = slot.cast::<BindingHead>(); // `head` is first (`repr(C)`).
@@ -1057,6 +1253,8 @@ impl GenBackend {
             at: (b, i),
             code,
             pool: keeper.clone(),
+            id,
+            conv,
         })
     }
 }
@@ -1133,7 +1331,8 @@ mod tests {
     }
 
     /// An entry point is bound from its thread's pool, keeps that pool,
-    /// and gives its trampoline back to it when dropped on another thread;
+    /// and gives its trampoline back to it (to its quarantine) when dropped
+    /// on another thread;
     /// a stub keeps the exits through its thread's keeper.
     #[test]
     fn an_entry_point_goes_back_to_the_pool_of_the_thread_that_bound_it() {
@@ -1147,20 +1346,20 @@ mod tests {
         );
         let (sig, conv): (Signature, _) = ("(i32)->i32".parse().unwrap(), CallConv::SysV);
         let mine = crate::table::thread_number();
-        let free = |k: usize| g.pools[k].pool.lock().unwrap().free.len();
+        let quarantined = |k: usize| g.pools[k].pool.lock().unwrap().quarantine.len();
         let entry = bridge.entry_point(&sig, conv, &host, 0).unwrap();
         let EntryImpl::Gen(e) = &entry.imp else {
             unreachable!("a generated bridge binds generated entry points")
         };
         assert!(Arc::ptr_eq(&e.pool, &g.pools[mine]));
-        let left = free(mine);
+        let before = quarantined(mine);
         let stub = bridge.exit_stub(&sig, conv).unwrap();
         let crate::thunks::ExitImpl::Gen(r) = &stub.imp else {
             unreachable!("a generated bridge makes generated stubs")
         };
         assert!(Arc::ptr_eq(&r.table, &g.keepers[mine]));
         std::thread::scope(|s| s.spawn(move || drop((entry, stub))).join().unwrap());
-        assert_eq!(free(mine), left + 1);
+        assert_eq!(quarantined(mine), before + 1);
     }
 
     fn place(k: &SigKey) -> u64 {

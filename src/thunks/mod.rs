@@ -10,24 +10,25 @@
 //! - The libffi backend (`ffi_call` and closures) works wherever libffi does,
 //!   and is what [`Bridge::new`] falls back to when code cannot be generated.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod code;
 pub(crate) mod exec;
 mod ffi;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 mod generated;
 mod value;
-#[cfg(target_arch = "x86_64")]
+#[cfg(tierbridge_codegen)]
 pub(crate) mod x64;
 
 use std::ffi::c_void;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use crate::abi::{AbiError, CallConv, CallLayout, Registry, SigId, Signature};
+use crate::abi::{AbiError, CallConv, CallLayout, Registry, RegistryStats, SigId, Signature};
 use crate::host::{Dispatcher, EntryError};
+use crate::table::IdTable;
 
 pub use exec::ExecStrategy;
 pub use value::Value;
@@ -92,6 +93,42 @@ pub enum ThunkError {
     /// Out of memory for a closure or stub.
     #[error("out of memory for {0}")]
     OutOfMemory(&'static str),
+    /// The arguments of a call of this signature would take more native
+    /// stack than [`MAX_CALL_STACK_BYTES`] (large structs by value): refused
+    /// when the exit stub is made, on every backend.
+    #[error(
+        "a call of {sig} ({conv}) would put {bytes} bytes of arguments on the native stack; the limit is {limit}"
+    )]
+    CallStackTooLarge {
+        /// The signature.
+        sig: String,
+        /// The convention.
+        conv: CallConv,
+        /// Bytes its arguments would take (stack area and by-reference copies).
+        bytes: u64,
+        /// [`MAX_CALL_STACK_BYTES`].
+        limit: u32,
+    },
+    /// Too little native stack was left on this thread for the call's
+    /// arguments ([`crate::stack`]); the call was not made.
+    #[error("no stack left for the call: {0}")]
+    StackExhausted(crate::stack::StackExhausted),
+    /// A signature new to a bridge that already has code for as many
+    /// signatures as [`BridgeOptions::max_signatures`] allows (given as a
+    /// signature, it was not interned either).
+    #[error(
+        "signature {sig} refused: the bridge already has code for {limit} signatures, the most its options allow"
+    )]
+    TooManySignatures {
+        /// The bridge's limit.
+        limit: usize,
+        /// The signature refused.
+        sig: String,
+    },
+    /// The profiler output [`BridgeOptions::profiler`] asked for could not
+    /// be opened.
+    #[error("cannot open the profiler's output: {0}")]
+    Profiler(std::io::Error),
     /// libffi refused a prepared signature (a bug, or a libffi limit).
     #[error("internal error: {0}")]
     Internal(String),
@@ -148,6 +185,54 @@ fn bad_exit_call<'a>(
     }
 }
 
+/// The most native stack the arguments of one exit call may take (its
+/// outgoing stack area, Win64's by-reference copies included): two structs
+/// of the largest size ([`MAX_STRUCT_SIZE`](crate::abi::MAX_STRUCT_SIZE)) by
+/// value. A signature past it is refused when its exit stub is made
+/// ([`ThunkError::CallStackTooLarge`]), on both backends alike. A call whose
+/// arguments take more than a page checks the thread's stack first
+/// ([`crate::stack`]; [`ThunkError::StackExhausted`]), and touches its pages
+/// in order, so a copy never jumps past the guard page.
+pub const MAX_CALL_STACK_BYTES: u32 = 128 * 1024;
+
+/// The native stack an exit call of `layout` takes for its arguments.
+fn call_stack_bytes(layout: &CallLayout) -> u64 {
+    u64::from(layout.stack_bytes) + u64::from(layout.copy_bytes)
+}
+
+/// Refuses a layout whose arguments would take more than
+/// [`MAX_CALL_STACK_BYTES`] of stack (both backends, when an exit is made).
+fn check_call_stack(sig: &Signature, layout: &CallLayout) -> Result<()> {
+    let bytes = call_stack_bytes(layout);
+    if bytes > u64::from(MAX_CALL_STACK_BYTES) {
+        return Err(ThunkError::CallStackTooLarge {
+            sig: sig.to_string(),
+            conv: layout.conv,
+            bytes,
+            limit: MAX_CALL_STACK_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Before an exit call whose arguments take `need` bytes (more than a
+/// page): whether the thread's stack has them.
+#[cold]
+#[inline(never)]
+fn reserve_call_stack(need: usize) -> Result<()> {
+    crate::stack::check(need).map_err(ThunkError::StackExhausted)
+}
+
+/// [`ExitStub::call_unchecked`] had too little stack for its arguments: the
+/// call was not made; its failure stays pending, as a callback's would, and
+/// the results are zero.
+#[cold]
+#[inline(never)]
+fn no_stack_for_call(error: crate::stack::StackExhausted, ret: &mut [u64]) {
+    crate::host::record_failure(EntryError::StackExhausted { func: None, error });
+    ret.fill(0);
+}
+
 /// After an exit call, on either backend: the failure of a callback that ran
 /// during it, if any (one thread-local load when there is none).
 #[inline(always)]
@@ -162,12 +247,52 @@ fn callback_failure() -> Result<()> {
 #[inline(never)]
 fn callback_failed() -> ThunkError {
     match crate::host::take_entry_error() {
+        // The call itself found too little stack (or compiled code in a
+        // callback did): not a callback's own failure.
+        Some(EntryError::StackExhausted { func: None, error }) => {
+            ThunkError::StackExhausted(error)
+        }
         Some(e) => ThunkError::Callback(e),
         None => ThunkError::Internal(
             "a callback failed, but its error could not be kept (the thread's locals were being destroyed)"
                 .into(),
         ),
     }
+}
+
+/// How many dropped entry points a bridge keeps in quarantine, per pool of
+/// trampolines on the generated backend and per bridge on libffi: a dropped
+/// [`EntryPoint`]'s code is not handed to another binding, nor freed, until
+/// this many more entry points were dropped after it, and while it is kept
+/// a call of it aborts the process with a message naming the function and
+/// its signature (see [`EntryPoint`]'s documentation for exactly what is
+/// promised).
+///
+/// 1024: more than the functions a module or an instance usually exports
+/// or takes as callbacks, so that tearing one down and calling one of its
+/// pointers late, even after hundreds of new bindings, is still caught; a
+/// quarantined entry point costs 120 bytes on the generated backend and
+/// 176 on libffi (ABI.md, "Bindings and trampolines"), so a full
+/// quarantine is well under 200 KiB.
+pub const ENTRY_QUARANTINE: usize = 1024;
+
+/// Prints `tierbridge: {what}; aborting` to stderr and aborts the process:
+/// the end of a call of a dropped entry point (no unwinding, no panic).
+#[cold]
+pub(crate) fn abort_with(what: fmt::Arguments<'_>) -> ! {
+    use std::io::Write;
+    // A failed write changes nothing: the process aborts either way.
+    let _ = writeln!(std::io::stderr(), "tierbridge: {what}; aborting");
+    std::process::abort()
+}
+
+/// Where a call of a dropped entry point in quarantine ends, on either
+/// backend: the message names the function, its signature and convention.
+#[cold]
+pub(crate) fn dropped_entry_called(func: u64, sig: &Signature, conv: CallConv) -> ! {
+    abort_with(format_args!(
+        "called a dropped entry point (fn id {func}, signature {sig}, {conv})"
+    ))
 }
 
 /// Which machinery makes stubs and entry points.
@@ -201,7 +326,8 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// How to build a [`Bridge`].
+/// How to build a [`Bridge`]. The default: the generated backend, the
+/// probed memory strategy, no limit on signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BridgeOptions {
     /// The backend wanted.
@@ -210,16 +336,93 @@ pub struct BridgeOptions {
     /// probe, dual mapping first). Also settable with the environment variable
     /// `TIERBRIDGE_EXEC=write-then-protect|dual-mapping`.
     pub exec: Option<ExecStrategy>,
+    /// The most distinct signatures the bridge makes code for (exit stubs,
+    /// entry points, [`Bridge::prepare`]; `None`: no limit). Past it, a
+    /// signature new to the bridge is refused with
+    /// [`ThunkError::TooManySignatures`] — given as a [`Signature`], before
+    /// it is interned, so that neither the registry nor the bridge grows —
+    /// while every signature it has code for keeps working.
+    ///
+    /// For long-running embedders that make signatures from untrusted
+    /// input: the registry and the bridge keep every signature and its code
+    /// for their lives (see [`Bridge::stats`]), so without a limit such input
+    /// can grow them without bound.
+    pub max_signatures: Option<usize>,
+    /// Turn a profiler's output on ([`crate::visibility::enable_profiler`]:
+    /// process-wide, for code made from then on). Also settable with the
+    /// environment variable `TIERBRIDGE_PROFILE=perfmap|jitdump`.
+    pub profiler: Option<crate::visibility::Profiler>,
 }
 
-/// The entry to everything in this layer: a backend plus the signature registry.
+impl Default for BridgeOptions {
+    fn default() -> BridgeOptions {
+        BridgeOptions {
+            backend: BackendKind::Generated,
+            exec: None,
+            max_signatures: None,
+            profiler: None,
+        }
+    }
+}
+
+/// What a [`Bridge`] holds ([`Bridge::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeStats {
+    /// Distinct signatures the bridge was asked to make code for (exit
+    /// stubs, entry points, [`Bridge::prepare`]), those the backend then
+    /// refused included; what [`BridgeOptions::max_signatures`] bounds.
+    pub signatures: usize,
+    /// Bytes of executable memory in use on the generated backend: exit
+    /// stubs, entry thunks, blocks of trampolines, and code a tier table
+    /// placed through the bridge (allocations rounded to 16 bytes with dual
+    /// mapping, to pages with write-then-protect); 0 on libffi.
+    pub code_bytes: usize,
+    /// Bytes of executable memory mapped for that (whole slabs, kept while
+    /// the bridge or any of its code lives); 0 on libffi.
+    pub code_mapped_bytes: usize,
+    /// Dropped entry points in quarantine (at most [`ENTRY_QUARANTINE`] per
+    /// pool of trampolines, of which there are 8, on the generated backend;
+    /// at most [`ENTRY_QUARANTINE`] on libffi).
+    pub quarantined: usize,
+    /// Bytes they keep from reuse: on the generated backend trampolines
+    /// (also counted in `code_bytes`), cells, binding slots; on libffi
+    /// closures and their tombstones.
+    pub quarantine_bytes: usize,
+    /// The registry's (shared by every bridge in the process).
+    pub registry: RegistryStats,
+}
+
+/// The entry to everything in this layer: a backend plus the signature
+/// registry.
+///
+/// Every signature a bridge sees is interned in the process-wide
+/// [`Registry`] and kept there for the process's life; the code made for
+/// it (an exit stub and an entry thunk per machine shape, shared by the
+/// signatures of that shape, and a few dozen bytes per signature to find
+/// them) is kept for the bridge's. That is what makes asking again a
+/// lookup, and a program's signatures are usually a few hundred shapes; a
+/// program that makes signatures from untrusted input should bound them
+/// with [`BridgeOptions::max_signatures`] and can watch them with
+/// [`Bridge::stats`].
 pub struct Bridge {
     kind: BackendKind,
     registry: &'static Registry,
     ffi: ffi::FfiBackend,
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     generated: Option<generated::GenBackend>,
     fallback: Option<String>,
+    admitted: Admitted,
+}
+
+/// The signatures a bridge was asked to make code for, and its limit.
+#[derive(Default)]
+struct Admitted {
+    limit: Option<usize>,
+    /// Set for each id admitted (read without a lock).
+    known: IdTable<()>,
+    /// How many are set; taken to admit a new one.
+    count: Mutex<usize>,
 }
 
 impl fmt::Debug for Bridge {
@@ -234,9 +437,9 @@ impl fmt::Debug for Bridge {
 
 impl Bridge {
     /// A bridge on the given backend. Asking for [`BackendKind::Generated`]
-    /// where code cannot be generated (not x86-64, or no executable-memory
-    /// strategy works) gives a libffi bridge that says why in
-    /// [`Bridge::fallback_reason`].
+    /// where code cannot be generated (not x86-64, a build with
+    /// `--cfg tierbridge_no_codegen`, or no executable-memory strategy works)
+    /// gives a libffi bridge that says why in [`Bridge::fallback_reason`].
     ///
     /// # Errors
     /// Only with a forced strategy (`TIERBRIDGE_EXEC`) that does not work.
@@ -251,6 +454,7 @@ impl Bridge {
         Bridge::with_options(BridgeOptions {
             backend: kind,
             exec,
+            ..BridgeOptions::default()
         })
     }
 
@@ -258,13 +462,18 @@ impl Bridge {
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when `options.exec` forces a strategy that
-    /// does not work here.
+    /// does not work here, [`ThunkError::Profiler`] when `options.profiler`'s
+    /// file cannot be opened.
     pub fn with_options(options: BridgeOptions) -> Result<Bridge> {
+        if let Some(p) = options.profiler {
+            crate::visibility::enable_profiler(p).map_err(ThunkError::Profiler)?;
+        }
         let mut bridge = Bridge::libffi();
+        bridge.admitted.limit = options.max_signatures;
         if options.backend == BackendKind::Libffi {
             return Ok(bridge);
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             let mem = match options.exec {
                 Some(s) => Ok(exec::ExecMemory::new(s)?),
@@ -280,10 +489,14 @@ impl Bridge {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
-            bridge.fallback =
-                Some("the generated backend needs an x86-64 CPU; using libffi".into());
+            bridge.fallback = Some(if cfg!(target_arch = "x86_64") {
+                "the generated backend is compiled out (--cfg tierbridge_no_codegen); using libffi"
+                    .into()
+            } else {
+                "the generated backend needs an x86-64 CPU; using libffi".into()
+            });
         }
         Ok(bridge)
     }
@@ -294,9 +507,10 @@ impl Bridge {
             kind: BackendKind::Libffi,
             registry: Registry::global(),
             ffi: ffi::FfiBackend::default(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             generated: None,
             fallback: None,
+            admitted: Admitted::default(),
         }
     }
 
@@ -312,11 +526,11 @@ impl Bridge {
 
     /// The executable-memory strategy of the generated backend.
     pub fn exec_strategy(&self) -> Option<ExecStrategy> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().strategy())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -325,11 +539,11 @@ impl Bridge {
     /// The generated backend's executable memory (for the tier layer's
     /// [`CodeMemory`](crate::tier::CodeMemory)); `None` on libffi.
     pub(crate) fn exec_memory(&self) -> Option<Arc<exec::ExecMemory>> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         {
             self.generated.as_ref().map(|g| g.exec().clone())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(tierbridge_codegen))]
         {
             None
         }
@@ -340,18 +554,130 @@ impl Bridge {
         self.registry
     }
 
+    /// What the bridge and its registry hold: signatures, their code, and
+    /// dropped entry points in quarantine. Walks the registry
+    /// ([`Registry::stats`]): for monitoring, not for hot paths.
+    pub fn stats(&self) -> BridgeStats {
+        let signatures = *self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (quarantined, per) = match self.generated_backend() {
+            #[cfg(tierbridge_codegen)]
+            Some(g) => (g.quarantined(), generated::QUARANTINED_BYTES),
+            _ => (self.ffi.quarantined(), ffi::QUARANTINED_BYTES),
+        };
+        let (code_bytes, code_mapped_bytes) = self.exec_memory().map_or((0, 0), |m| m.usage());
+        BridgeStats {
+            signatures,
+            code_bytes,
+            code_mapped_bytes,
+            quarantined,
+            quarantine_bytes: quarantined * per,
+            registry: self.registry.stats(),
+        }
+    }
+
+    #[cfg(tierbridge_codegen)]
+    fn generated_backend(&self) -> Option<&generated::GenBackend> {
+        self.generated.as_ref()
+    }
+
+    #[cfg(not(tierbridge_codegen))]
+    fn generated_backend(&self) -> Option<std::convert::Infallible> {
+        None
+    }
+
+    /// `sig`'s id, admitted (see [`Bridge::admit`]); with a limit, a
+    /// signature new to the registry is interned only if the bridge may
+    /// admit it.
+    fn intern(&self, sig: &Signature) -> Result<SigId> {
+        let Some(limit) = self.admitted.limit else {
+            let id = self.registry.intern(sig);
+            self.admit(id)?;
+            return Ok(id);
+        };
+        let found = self.registry.find(sig);
+        if let Some(id) = found
+            && self.admitted.known.get(id.index()).is_some()
+        {
+            return Ok(id);
+        }
+        let mut count = self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let id = match found.or_else(|| self.registry.find(sig)) {
+            Some(id) => id,
+            None if *count >= limit => {
+                return Err(ThunkError::TooManySignatures {
+                    limit,
+                    sig: sig.to_string(),
+                });
+            }
+            None => self.registry.intern(sig),
+        };
+        self.admit_locked(&mut count, id)
+    }
+
+    /// Counts `id` among the signatures this bridge makes code for, unless
+    /// it is there already; refuses it past the bridge's limit. A lookup
+    /// without a lock for an id admitted before.
+    #[inline]
+    fn admit(&self, id: SigId) -> Result<()> {
+        if self.admitted.known.get(id.index()).is_some() {
+            return Ok(());
+        }
+        self.admit_new(id)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_new(&self, id: SigId) -> Result<()> {
+        // Checked first: an id from another registry is refused, not counted.
+        self.registry.signature(id)?;
+        let mut count = self
+            .admitted
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.admit_locked(&mut count, id).map(|_| ())
+    }
+
+    fn admit_locked(&self, count: &mut usize, id: SigId) -> Result<SigId> {
+        if self.admitted.known.get(id.index()).is_some() {
+            return Ok(id);
+        }
+        if let Some(limit) = self.admitted.limit
+            && *count >= limit
+        {
+            return Err(ThunkError::TooManySignatures {
+                limit,
+                sig: self.registry.signature(id)?.to_string(),
+            });
+        }
+        self.admitted.known.get_or_insert(id.index(), ());
+        *count += 1;
+        Ok(id)
+    }
+
     /// The exit stub for a signature and convention. For a variadic function,
     /// pass the call-site signature ([`Signature::with_varargs`]). Stubs are
     /// cached per signature shape: asking again is a lookup.
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when the backend cannot express the signature
-    /// (libffi: packed structs whose layout differs from the natural one). A
+    /// (libffi: packed structs whose layout differs from the natural one),
+    /// [`ThunkError::CallStackTooLarge`] when its arguments would take more
+    /// than [`MAX_CALL_STACK_BYTES`] of stack. A
     /// declared variadic signature is the call site that passes no variadic
-    /// argument.
+    /// argument. [`ThunkError::TooManySignatures`] for a signature new to a
+    /// bridge at its [`BridgeOptions::max_signatures`].
     pub fn exit_stub(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
-        let id = self.registry.intern(sig);
-        self.exit_stub_by_id(id, conv)
+        let id = self.intern(sig)?;
+        self.exit_stub_admitted(id, conv)
     }
 
     /// [`Bridge::exit_stub`] for an already interned signature: no hashing.
@@ -359,7 +685,13 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::exit_stub`], plus [`AbiError::UnknownSigId`].
     pub fn exit_stub_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        self.admit(id)?;
+        self.exit_stub_admitted(id, conv)
+    }
+
+    #[inline]
+    fn exit_stub_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.exit(id, conv)?),
@@ -367,6 +699,7 @@ impl Bridge {
             });
         }
         let cif = self.ffi.exit_cif(self.registry, id, conv)?;
+        check_call_stack(cif.sig, cif.layout)?;
         Ok(ExitStub {
             imp: ExitImpl::Ffi(cif),
             id,
@@ -388,7 +721,7 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::exit_stub`] and [`Bridge::entry_point`].
     pub fn prepare(&self, sig: &Signature, conv: CallConv) -> Result<ExitStub> {
-        self.prepare_by_id(self.registry.intern(sig), conv)
+        self.prepare_admitted(self.intern(sig)?, conv)
     }
 
     /// [`Bridge::prepare`] for an already interned signature: no hashing.
@@ -396,14 +729,20 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::prepare`], plus [`AbiError::UnknownSigId`].
     pub fn prepare_by_id(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
-        #[cfg(target_arch = "x86_64")]
+        self.admit(id)?;
+        self.prepare_admitted(id, conv)
+    }
+
+    #[inline]
+    fn prepare_admitted(&self, id: SigId, conv: CallConv) -> Result<ExitStub> {
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             return Ok(ExitStub {
                 imp: ExitImpl::Gen(g.prepare(id, conv)?),
                 id,
             });
         }
-        let stub = self.exit_stub_by_id(id, conv)?;
+        let stub = self.exit_stub_admitted(id, conv)?;
         if !stub.signature().has_call_varargs() {
             self.ffi.prepare_entry(self.registry, id, conv)?;
         }
@@ -417,7 +756,9 @@ impl Bridge {
     ///
     /// # Errors
     /// [`ThunkError::Unsupported`] when the backend cannot express the
-    /// signature, [`ThunkError::OutOfMemory`] when no closure can be allocated.
+    /// signature, [`ThunkError::OutOfMemory`] when no closure can be
+    /// allocated, [`ThunkError::TooManySignatures`] for a signature new to a
+    /// bridge at its [`BridgeOptions::max_signatures`].
     pub fn entry_point(
         &self,
         sig: &Signature,
@@ -425,7 +766,7 @@ impl Bridge {
         dispatcher: &Dispatcher,
         func: u64,
     ) -> Result<EntryPoint> {
-        self.entry_point_by_id(self.registry.intern(sig), conv, dispatcher, func)
+        self.entry_point_admitted(self.intern(sig)?, conv, dispatcher, func)
     }
 
     /// [`Bridge::entry_point`] for an already interned signature: no hashing.
@@ -433,6 +774,18 @@ impl Bridge {
     /// # Errors
     /// As [`Bridge::entry_point`], plus [`AbiError::UnknownSigId`].
     pub fn entry_point_by_id(
+        &self,
+        id: SigId,
+        conv: CallConv,
+        dispatcher: &Dispatcher,
+        func: u64,
+    ) -> Result<EntryPoint> {
+        self.admit(id)?;
+        self.entry_point_admitted(id, conv, dispatcher, func)
+    }
+
+    #[inline(always)]
+    fn entry_point_admitted(
         &self,
         id: SigId,
         conv: CallConv,
@@ -448,7 +801,7 @@ impl Bridge {
                 ),
             });
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(g) = &self.generated {
             let e = g.bind(id, conv, dispatcher.clone(), func)?;
             return Ok(EntryPoint {
@@ -469,13 +822,13 @@ impl Bridge {
 #[derive(Clone)]
 enum ExitImpl {
     Ffi(Arc<ffi::FfiCif>),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenExitRef),
 }
 
 enum EntryImpl {
     Ffi(ffi::FfiEntry),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     Gen(generated::GenEntry),
 }
 
@@ -500,7 +853,7 @@ impl ExitStub {
     pub fn signature(&self) -> &Signature {
         match &self.imp {
             ExitImpl::Ffi(c) => c.sig,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.signature(self.id),
         }
     }
@@ -516,7 +869,7 @@ impl ExitStub {
     pub fn layout(&self) -> &CallLayout {
         match &self.imp {
             ExitImpl::Ffi(c) => c.layout,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             ExitImpl::Gen(g) => g.layout(self.id),
         }
     }
@@ -535,7 +888,7 @@ impl ExitStub {
         unsafe {
             match &self.imp {
                 ExitImpl::Ffi(c) => c.call(target, args, ret, errno_before, true),
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(tierbridge_codegen)]
                 ExitImpl::Gen(g) => g.call(self.id, target, args, ret, errno_before),
             }
         }
@@ -547,8 +900,11 @@ impl ExitStub {
     ///
     /// # Errors
     /// [`ThunkError::NullTarget`], [`ThunkError::ArgCount`],
-    /// [`ThunkError::RetSlots`], and [`ThunkError::Callback`] when a callback
-    /// failed while native code ran (the result slots are still written).
+    /// [`ThunkError::RetSlots`], [`ThunkError::StackExhausted`] when the
+    /// arguments take more than a page of stack and this thread has not that
+    /// much left ([`crate::stack`]), and [`ThunkError::Callback`] when a
+    /// callback failed while native code ran (the result slots are still
+    /// written).
     ///
     /// # Safety
     /// `target` must be a function with exactly this signature and convention,
@@ -563,7 +919,7 @@ impl ExitStub {
     /// The generated stub itself, `extern "C" fn(args, ret, target, errno)`
     /// (for generated code that calls it directly); `None` on libffi, or when
     /// no executable memory is left to make it.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fn(&self) -> Option<usize> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fn(self.id),
@@ -576,7 +932,7 @@ impl ExitStub {
     /// generated code that calls it directly); `None` on libffi, when the
     /// signature has none, or when its result is two slots or in memory
     /// (ABI.md, "Exit stubs").
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn raw_fast(&self) -> Option<(usize, x64::FastRet)> {
         match &self.imp {
             ExitImpl::Gen(g) => g.raw_fast(),
@@ -588,7 +944,10 @@ impl ExitStub {
     /// the call is well formed (an interpreter whose verifier checked the call
     /// site, generated code): no slot-count or null check, and a callback
     /// failure is not turned into an error here — it stays pending for
-    /// [`take_entry_error`](crate::host::take_entry_error).
+    /// [`take_entry_error`](crate::host::take_entry_error). The stack is
+    /// still checked when the arguments take more than a page: without room,
+    /// the call is not made, the results are zero and
+    /// [`EntryError::StackExhausted`] is pending.
     ///
     /// # Safety
     /// As [`ExitStub::call`], and: `target` is not null, `args` points to
@@ -601,10 +960,15 @@ impl ExitStub {
             ExitImpl::Ffi(c) => unsafe {
                 let args = std::slice::from_raw_parts(args, c.layout.arg_slots as usize);
                 let ret = std::slice::from_raw_parts_mut(ret, c.layout.ret_slots as usize);
-                // Cannot fail: the target is non-null and the counts are the stub's.
-                let _ = c.call(target, args, ret, None, false);
+                // Fails only for want of stack (the target is non-null and
+                // the counts are the stub's): that failure stays pending.
+                if let Err(ThunkError::StackExhausted(error)) =
+                    c.call(target, args, ret, None, false)
+                {
+                    no_stack_for_call(error, ret);
+                }
             },
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             // SAFETY: forwarded contract.
             ExitImpl::Gen(g) => unsafe { g.call_unchecked(target, args, ret) },
         }
@@ -672,10 +1036,36 @@ impl ExitStub {
 }
 
 /// A native function pointer that runs a bound host function. The pointer is
-/// valid while this handle lives; dropping the handle frees it.
+/// valid while this handle lives.
 ///
 /// Drop it only when no native code can still call the pointer, and never
-/// from inside a call through it: the memory is released at once.
+/// from inside a call through it (or while another thread may be inside
+/// it): dropping releases the binding (and the dispatcher's host with it)
+/// at once.
+///
+/// # A call after the drop
+///
+/// Calling the pointer after the handle is dropped is a bug in the caller,
+/// but a bridge keeps the last [`ENTRY_QUARANTINE`] dropped entry points in
+/// quarantine (per pool of trampolines on the generated backend, which only
+/// makes it more), so that such a call is caught:
+///
+/// - **while the dropped entry point is among the last [`ENTRY_QUARANTINE`]
+///   dropped on its bridge** (and the bridge or another of its entry points
+///   or stubs is still alive), its code and memory are kept, not given to
+///   another binding nor freed, and a call of it aborts the process with
+///   `tierbridge: called a dropped entry point (fn id F, signature S,
+///   conv); aborting` on stderr: never running freed memory, another
+///   binding, or the dropped host;
+/// - **after that**, its trampoline (generated) may be bound to another
+///   function, whose binding the stale call then runs as if it were its
+///   own, or its closure (libffi) freed and reused by libffi: the call's
+///   behaviour is undefined. The same holds once the bridge and everything
+///   made from it are dropped (the quarantine goes with them).
+///
+/// Either way the call is taken apart as a call of the entry point's
+/// signature before it aborts, so a call with a wrong signature is
+/// undefined too.
 pub struct EntryPoint {
     imp: EntryImpl,
     id: SigId,
@@ -695,7 +1085,7 @@ impl EntryPoint {
     pub fn code_ptr(&self) -> *const c_void {
         match &self.imp {
             EntryImpl::Ffi(e) => e.code_ptr(),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(tierbridge_codegen)]
             EntryImpl::Gen(e) => e.code_ptr(),
         }
     }

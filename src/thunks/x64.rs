@@ -32,6 +32,7 @@ use dynasmrt::{DynasmApi, DynasmLabelApi, dynasm};
 use smallvec::SmallVec;
 
 use super::code::{CodeBuf, CodeSpace};
+use crate::visibility::{Cfa, Reg, Unwind, UnwindRow};
 
 use crate::abi::{
     ArgPass, CallConv, CallLayout, Gpr, Loc, Part, PartKind, RetPass, Scalar, Signature, Type,
@@ -50,6 +51,120 @@ macro_rules! by_size {
             Err(_) => dynasm!($ops ; .arch x64 ; $($long)*),
         }
     };
+}
+
+/// The unwind rows of one piece of generated code, recorded as it is
+/// emitted: after each instruction that moves `rsp` or saves a register, the
+/// frame as it is from there on (`crate::visibility::Unwind::Rows`).
+pub(crate) struct Cfi {
+    rows: Vec<UnwindRow>,
+    /// CFA = rsp + `cfa` now (the bytes pushed and reserved since the call).
+    cfa: u32,
+    /// Whether `rbp` is the frame pointer now (CFA = rbp + 16).
+    fp: bool,
+    saved: Vec<(Reg, i32)>,
+}
+
+impl Cfi {
+    /// At a function's first instruction: CFA = rsp + 8, nothing saved.
+    pub(crate) fn new() -> Cfi {
+        Cfi {
+            rows: Vec::new(),
+            cfa: 8,
+            fp: false,
+            saved: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, at: usize) {
+        let cfa = if self.fp {
+            Cfa::Rbp(16)
+        } else {
+            Cfa::Rsp(self.cfa)
+        };
+        let row = UnwindRow {
+            at: at as u32,
+            cfa,
+            saved: self.saved.clone(),
+        };
+        // A later row at the same offset replaces the earlier one.
+        match self.rows.last_mut() {
+            Some(last) if last.at == row.at => *last = row,
+            _ => self.rows.push(row),
+        }
+    }
+
+    /// A function starts at `at` (a second one in the same code).
+    pub(crate) fn start(&mut self, at: usize) {
+        self.cfa = 8;
+        self.fp = false;
+        self.saved.clear();
+        self.row(at);
+    }
+
+    /// `mov rbp, rsp` ended at `at`: from here the frame is found from rbp.
+    pub(crate) fn frame_pointer(&mut self, at: usize) {
+        self.fp = true;
+        self.row(at);
+    }
+
+    /// `pop rbp` ended at `at`: the frame is found from rsp again.
+    pub(crate) fn pop_frame_pointer(&mut self, at: usize) {
+        self.fp = false;
+        self.cfa -= 8;
+        self.saved.retain(|(r, _)| *r != Reg::Rbp);
+        self.row(at);
+    }
+
+    /// The current frame (for `restore`).
+    pub(crate) fn frame(&self) -> (u32, bool, Vec<(Reg, i32)>) {
+        (self.cfa, self.fp, self.saved.clone())
+    }
+
+    /// Code from `at` on runs in `frame` (taken earlier with `frame`).
+    pub(crate) fn resume(&mut self, at: usize, frame: (u32, bool, Vec<(Reg, i32)>)) {
+        (self.cfa, self.fp, self.saved) = frame;
+        self.row(at);
+    }
+
+    /// `rsp` moved down by `by` bytes by the instruction ending at `at`.
+    fn grow(&mut self, at: usize, by: u32) {
+        self.cfa += by;
+        self.row(at);
+    }
+
+    /// `push reg` ended at `at`.
+    pub(crate) fn push(&mut self, at: usize, reg: Reg) {
+        self.cfa += 8;
+        self.saved.push((reg, -(self.cfa as i32)));
+        self.row(at);
+    }
+
+    /// `rsp` moved up by `by` bytes by the instruction ending at `at`.
+    fn shrink(&mut self, at: usize, by: u32) {
+        self.cfa -= by;
+        self.row(at);
+    }
+
+    /// `pop reg` ended at `at`.
+    pub(crate) fn pop(&mut self, at: usize, reg: Reg) {
+        self.cfa -= 8;
+        self.saved.retain(|(r, _)| *r != reg);
+        self.row(at);
+    }
+
+    /// The frame as it was at `at`'s earlier point (code after a `ret` that
+    /// runs in the body's frame).
+    fn restore(&mut self, at: usize, cfa: u32, saved: Vec<(Reg, i32)>) {
+        self.cfa = cfa;
+        self.saved = saved;
+        self.row(at);
+    }
+
+    /// The rows recorded.
+    pub(crate) fn finish(self) -> Unwind {
+        Unwind::Rows(self.rows)
+    }
 }
 
 /// The code an emitter assembled. Its labels are all local and defined by
@@ -444,6 +559,28 @@ fn copy_qwords(ops: &mut CodeBuf, src: u8, s: i32, dst: u8, t: i32, size: u32) {
     }
 }
 
+/// An exit stub's copy of `size` bytes of argument slots at `[r11 + s]` to
+/// its outgoing area at `[rsp + t]` (as `copy_qwords`). Past 32 quadwords, a
+/// `rep movsq` instead of a move pair per quadword, so that the code stays
+/// small for large structs by value. rdi, rsi and rcx (which may hold
+/// arguments already) wait in xmm13–xmm15 meanwhile: no argument travels
+/// there in either convention, and the stub's own caller (the host's SysV
+/// code) keeps nothing in them; `rsp` does not move, so the unwind rows stay
+/// as they are. The direction flag is clear at any call (both conventions).
+#[inline(always)]
+fn copy_to_stack(ops: &mut CodeBuf, s: i32, t: i32, size: u32) {
+    let qwords = size.div_ceil(8);
+    if qwords <= 32 {
+        return copy_qwords(ops, R11, s, RSP, t, size);
+    }
+    dynasm!(ops ; .arch x64
+        ; movq xmm13, rdi ; movq xmm14, rsi ; movq xmm15, rcx
+        ; lea rsi, [r11 + s] ; lea rdi, [rsp + t] ; mov ecx, qwords as i32
+        ; rep movsq
+        ; movq rcx, xmm15 ; movq rsi, xmm14 ; movq rdi, xmm13
+    );
+}
+
 /// rax = the scalar in register `g`, extended as its type says.
 #[inline(always)]
 pub(crate) fn extend_reg<A: DynasmApi>(ops: &mut A, s: Scalar, g: u8) {
@@ -513,14 +650,19 @@ pub(crate) enum FastRet {
 /// offset. Both are
 /// `extern "C" fn(args: *const u64, ret: *mut u64, target, errno: *mut ErrnoIo)`
 /// (the plain one ignores `errno`).
-pub(super) fn emit_slot_exits<'a>(space: &'a mut CodeSpace, l: &CallLayout) -> (&'a [u8], usize) {
+pub(super) fn emit_slot_exits<'a>(
+    space: &'a mut CodeSpace,
+    l: &CallLayout,
+) -> (&'a [u8], usize, Unwind) {
     let mut ops = CodeBuf::new(space);
-    emit_exit(&mut ops, l, false);
+    let mut cfi = Cfi::new();
+    emit_exit(&mut ops, l, false, &mut cfi);
     // The second stub starts 16-byte aligned, `int3`s (0xcc) before it.
     ops.align(16, 0xcc);
     let errno_at = ops.offset().0;
-    emit_exit(&mut ops, l, true);
-    (finished(ops), errno_at)
+    cfi.start(errno_at);
+    emit_exit(&mut ops, l, true, &mut cfi);
+    (finished(ops), errno_at, cfi.finish())
 }
 
 /// The register stub (assembled in `space`), when the layout allows one, and
@@ -528,11 +670,12 @@ pub(super) fn emit_slot_exits<'a>(space: &'a mut CodeSpace, l: &CallLayout) -> (
 pub(super) fn emit_fast_exit<'a>(
     space: &'a mut CodeSpace,
     l: &CallLayout,
-) -> Option<(&'a [u8], FastRet)> {
+) -> Option<(&'a [u8], FastRet, Unwind)> {
     let kind = fast_ret(l)?;
     let mut ops = CodeBuf::new(space);
-    emit_exit_fast(&mut ops, l);
-    Some((finished(ops), kind))
+    let mut cfi = Cfi::new();
+    emit_exit_fast(&mut ops, l, &mut cfi);
+    Some((finished(ops), kind, cfi.finish()))
 }
 
 /// Whether the layout allows a register stub, and how its result comes
@@ -581,7 +724,7 @@ fn fast_ret(l: &CallLayout) -> Option<FastRet> {
 /// other class (xmm0 or rax). A result in memory: the stub's third argument
 /// (rdx, read before any argument register is loaded) becomes the hidden
 /// pointer.
-fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout) {
+fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout, cfi: &mut Cfi) {
     let second = match &l.ret {
         RetPass::Direct(parts) if parts.len() == 2 => Some(parts[1].loc),
         _ => None,
@@ -596,7 +739,7 @@ fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout) {
         dynasm!(ops ; .arch x64 ; mov Rq(ptr as u8), rdx);
     }
     if calls {
-        dynasm!(ops ; .arch x64 ; sub rsp, frame);
+        sub_rsp_probed(ops, frame, cfi);
     }
     for a in &l.args {
         let ArgPass::Direct(parts) = &a.pass else {
@@ -619,7 +762,9 @@ fn emit_exit_fast(ops: &mut CodeBuf, l: &CallLayout) {
         Some(Loc::Xmm(1)) => dynasm!(ops ; .arch x64 ; movq rax, xmm1),
         _ => {}
     }
-    dynasm!(ops ; .arch x64 ; add rsp, frame ; ret);
+    dynasm!(ops ; .arch x64 ; add rsp, frame);
+    cfi.shrink(ops.offset().0, frame as u32);
+    dynasm!(ops ; .arch x64 ; ret);
 }
 
 /// An exit stub's move of one by-value argument part from its slot bytes at
@@ -633,8 +778,25 @@ fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
         Loc::XmmAndGpr(n, g) => {
             dynasm!(ops ; .arch x64 ; movq Rx(n), QWORD [r11 + src] ; mov Rq(g as u8), QWORD [r11 + src])
         }
-        Loc::Stack(off) => copy_qwords(ops, R11, src, RSP, d(off), p.size),
+        Loc::Stack(off) => copy_to_stack(ops, src, d(off), p.size),
     }
+}
+
+/// `sub rsp, frame` for an exit stub's outgoing area (eax free): a frame
+/// larger than a page grows a page at a time, each page touched before the
+/// next, so that running out of stack meets the guard page instead of
+/// jumping past it (the arguments are then copied in any order).
+fn sub_rsp_probed(ops: &mut CodeBuf, frame: i32, cfi: &mut Cfi) {
+    const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
+    let mut left = frame;
+    while left > PAGE {
+        dynasm!(ops ; .arch x64 ; sub rsp, PAGE);
+        cfi.grow(ops.offset().0, PAGE as u32);
+        dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsp]);
+        left -= PAGE;
+    }
+    dynasm!(ops ; .arch x64 ; sub rsp, left);
+    cfi.grow(ops.offset().0, left as u32);
 }
 
 /// One exit stub.
@@ -643,17 +805,21 @@ fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
 /// survive the call, so only those callee-saved registers are pushed; the
 /// argument pointer (r11) and the target (r10) live in caller-saved registers
 /// that carry no argument in either convention.
-fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
+fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool, cfi: &mut Cfi) {
     // One push leaves rsp at 0 mod 16, two at 8: realign for the call.
     let frame = d(l.stack_bytes + l.copy_bytes + if errno { 8 } else { 0 });
     dynasm!(ops ; .arch x64 ; push r12);
+    cfi.push(ops.offset().0, Reg::R12);
     if errno {
+        dynasm!(ops ; .arch x64 ; push r13);
+        cfi.push(ops.offset().0, Reg::R13);
         dynasm!(ops ; .arch x64
-            ; push r13 ; mov r13, rcx
+            ; mov r13, rcx
             ; mov rax, QWORD [r13] ; mov ecx, DWORD [r13 + 8] ; mov DWORD [rax], ecx
         );
     }
-    dynasm!(ops ; .arch x64 ; sub rsp, frame ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
+    sub_rsp_probed(ops, frame, cfi);
+    dynasm!(ops ; .arch x64 ; mov r11, rdi ; mov r12, rsi ; mov r10, rdx);
     // Each part where it travels (rax is the only scratch); a Win64
     // by-reference aggregate is copied and its copy's address passed.
     for a in &l.args {
@@ -666,7 +832,7 @@ fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
             }
             ArgPass::ByRef { ptr, copy } => {
                 let at = d(l.stack_bytes + copy);
-                copy_qwords(ops, R11, slot, RSP, at, a.ty.size());
+                copy_to_stack(ops, slot, at, a.ty.size());
                 match ptr {
                     Loc::Gpr(g) => dynasm!(ops ; .arch x64 ; lea Rq(*g as u8), [rsp + at]),
                     Loc::Stack(off) => {
@@ -694,10 +860,14 @@ fn emit_exit(ops: &mut CodeBuf, l: &CallLayout, errno: bool) {
         }
     }
     dynasm!(ops ; .arch x64 ; add rsp, frame);
+    cfi.shrink(ops.offset().0, frame as u32);
     if errno {
         dynasm!(ops ; .arch x64 ; pop r13);
+        cfi.pop(ops.offset().0, Reg::R13);
     }
-    dynasm!(ops ; .arch x64 ; pop r12 ; ret);
+    dynasm!(ops ; .arch x64 ; pop r12);
+    cfi.pop(ops.offset().0, Reg::R12);
+    dynasm!(ops ; .arch x64 ; ret);
 }
 
 /// Stores one result part from its register into the result slots at r12.
@@ -784,17 +954,29 @@ pub(super) fn emit_entry<'a>(
     l: &CallLayout,
     variadic: bool,
     failed: usize,
-) -> &'a [u8] {
+) -> (&'a [u8], Unwind) {
     // The assembler is this function's own (not a parameter), so the
     // compiler knows the code's bytes are elsewhere (`code.rs`).
     let mut buf = CodeBuf::new(space);
     let ops = &mut buf;
+    let mut cfi = Cfi::new();
     let f = entry_frame(l, variadic);
     let win = l.conv == CallConv::Win64;
     if win {
-        dynasm!(ops ; .arch x64 ; push rdi ; push rsi);
+        dynasm!(ops ; .arch x64 ; push rdi);
+        cfi.push(ops.offset().0, Reg::Rdi);
+        dynasm!(ops ; .arch x64 ; push rsi);
+        cfi.push(ops.offset().0, Reg::Rsi);
     }
-    by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
+    if f.size as usize > crate::stack::UNCHECKED_FRAME {
+        // A frame past a page (large structs by value): a page at a time,
+        // each touched, so that it meets the guard page (rax is free).
+        sub_rsp_probed(ops, f.size, &mut cfi);
+    } else {
+        by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
+        cfi.grow(ops.offset().0, f.size as u32);
+    }
+    let body = (cfi.cfa, cfi.saved.clone());
     store(ops, f.binding, Gpr::R10 as u8);
     if let RetPass::Sret { ptr } = l.ret {
         store(ops, f.sret, ptr as u8);
@@ -954,11 +1136,17 @@ pub(super) fn emit_entry<'a>(
         }
     }
     by_size!(ops, f.size, b => [add rsp, BYTE b] else [add rsp, f.size]);
+    cfi.shrink(ops.offset().0, f.size as u32);
     if win {
-        dynasm!(ops ; .arch x64 ; pop rsi ; pop rdi);
+        dynasm!(ops ; .arch x64 ; pop rsi);
+        cfi.pop(ops.offset().0, Reg::Rsi);
+        dynasm!(ops ; .arch x64 ; pop rdi);
+        cfi.pop(ops.offset().0, Reg::Rdi);
     }
+    dynasm!(ops ; .arch x64 ; ret);
+    // The failure path runs in the body's frame.
+    cfi.restore(ops.offset().0, body.0, body.1);
     dynasm!(ops ; .arch x64
-        ; ret
         ; fail:
         // entry_failed(status, binding, ret slots, count): applies the policy.
         ; mov edi, eax
@@ -970,7 +1158,7 @@ pub(super) fn emit_entry<'a>(
         ; mov rax, QWORD failed as i64 ; call rax
         ; jmp <results
     );
-    finished(buf)
+    (finished(buf), cfi.finish())
 }
 
 /// A field offset as an 8-bit displacement; fails to compile when it does
@@ -1153,7 +1341,7 @@ mod tests {
     fn entry_thunks_use_8_bit_displacements_where_they_fit() {
         let layout = |text: &str| classify(&text.parse().unwrap(), CallConv::SysV);
         let mut space = CodeSpace::new();
-        let code = emit_entry(&mut space, &layout("(i64)->i64"), false, 0);
+        let (code, _) = emit_entry(&mut space, &layout("(i64)->i64"), false, 0);
         assert_eq!(
             code[..14],
             [
@@ -1162,7 +1350,7 @@ mod tests {
         );
         let twenty = format!("({})->i64", vec!["i64"; 20].join(","));
         let mut space = CodeSpace::new();
-        let code = emit_entry(&mut space, &layout(&twenty), false, 0);
+        let (code, _) = emit_entry(&mut space, &layout(&twenty), false, 0);
         let zero_result = [0x48, 0xc7, 0x84, 0x24, 0xa0, 0, 0, 0, 0, 0, 0, 0];
         assert!(code.windows(zero_result.len()).any(|w| w == zero_result));
     }
@@ -1403,7 +1591,7 @@ mod tests {
             for conv in CallConv::ALL {
                 let l = crate::abi::classify(&sig, conv);
                 let mut space = CodeSpace::new();
-                let mut exit = emit_fast_exit(&mut space, &l).map_or(Vec::new(), |(b, kind)| {
+                let mut exit = emit_fast_exit(&mut space, &l).map_or(Vec::new(), |(b, kind, _)| {
                     let mut v = b.to_vec();
                     v.push(match kind {
                         FastRet::Regs { slots, sse_first } => slots | u8::from(sse_first) << 2,
@@ -1411,11 +1599,13 @@ mod tests {
                     });
                     v
                 });
-                let (slots, errno_at) = emit_slot_exits(&mut space, &l);
+                let (slots, errno_at, _) = emit_slot_exits(&mut space, &l);
                 exit.extend_from_slice(slots);
                 exit.extend((errno_at as u32).to_le_bytes());
                 let declared_variadic = sig.is_variadic() && !sig.has_call_varargs();
-                let entry = emit_entry(&mut space, &l, declared_variadic, 0x1234).to_vec();
+                let entry = emit_entry(&mut space, &l, declared_variadic, 0x1234)
+                    .0
+                    .to_vec();
                 for (key, bytes, seen, shared) in [
                     (exit_key(&l), exit, &mut exits, &mut shared_exit),
                     (

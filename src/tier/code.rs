@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::{Result, TierError};
 use crate::thunks::exec::{ExecCode, ExecMemory};
 use crate::thunks::{Bridge, ExecStrategy};
+use crate::visibility::Unwind;
 
 /// A source of executable memory, shared (cheap to clone).
 ///
@@ -36,7 +37,8 @@ impl CodeMemory {
     ///
     /// # Errors
     /// [`TierError::NoCodeMemory`] on a libffi bridge (no code generation
-    /// here: another CPU, or no strategy works).
+    /// here: another CPU, a build with `--cfg tierbridge_no_codegen`, or no
+    /// strategy works).
     pub fn of(bridge: &Bridge) -> Result<CodeMemory> {
         bridge
             .exec_memory()
@@ -63,6 +65,7 @@ impl CodeMemory {
     }
 
     /// The allocator behind it.
+    #[cfg(tierbridge_codegen)]
     pub(crate) fn exec(&self) -> &Arc<ExecMemory> {
         &self.mem
     }
@@ -79,6 +82,23 @@ impl CodeMemory {
     /// [`TierError::Code`] when the system refuses memory or protection.
     pub fn install(&self, name: &str, bytes: &[u8]) -> Result<Code> {
         self.install_with(name, bytes.len(), |_, buf| {
+            buf.copy_from_slice(bytes);
+            Ok::<(), TierError>(())
+        })
+    }
+
+    /// [`CodeMemory::install`], with how to unwind through the code: its
+    /// frame layout ([`Unwind`]) goes to the unwinder (backtraces, panics),
+    /// debuggers and profilers while the code lives ([`crate::visibility`]).
+    /// Code installed without it is named for tools, and unwinding stops
+    /// at it. The rows must describe the code: wrong rows cannot affect the
+    /// code itself, but an unwinder walking through it (a backtrace, a
+    /// panic, a profiler) reads the stack where they say, and may fault.
+    ///
+    /// # Errors
+    /// As [`CodeMemory::install`].
+    pub fn install_with_unwind(&self, name: &str, bytes: &[u8], unwind: &Unwind) -> Result<Code> {
+        self.install_inner(name, bytes.len(), unwind, |_, buf| {
             buf.copy_from_slice(bytes);
             Ok::<(), TierError>(())
         })
@@ -105,6 +125,21 @@ impl CodeMemory {
     where
         TierError: From<E>,
     {
+        self.install_inner(name, len, &Unwind::Unknown, write)
+    }
+
+    /// `install_with` with unwind rows (the crate's Cranelift code, which
+    /// is position-dependent and describes its own frames).
+    pub(crate) fn install_inner<E>(
+        &self,
+        name: &str,
+        len: usize,
+        unwind: &Unwind,
+        write: impl FnOnce(usize, &mut [u8]) -> std::result::Result<(), E>,
+    ) -> Result<Code>
+    where
+        TierError: From<E>,
+    {
         let mut failure = None;
         let exec =
             self.mem
@@ -117,11 +152,14 @@ impl CodeMemory {
                 });
         match (exec, failure) {
             (_, Some(e)) => Err(e.into()),
-            (Ok(exec), None) => Ok(Code {
-                exec,
-                len,
-                name: name.into(),
-            }),
+            (Ok(mut exec), None) => {
+                exec.publish(name, unwind);
+                Ok(Code {
+                    exec,
+                    len,
+                    name: name.into(),
+                })
+            }
             (Err(e), None) => Err(TierError::Code(e.to_string())),
         }
     }

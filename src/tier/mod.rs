@@ -71,8 +71,8 @@ pub type CompileError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TierError {
-    /// No executable memory here (a libffi bridge: another CPU, or no
-    /// strategy works).
+    /// No executable memory here (a libffi bridge: another CPU, a build with
+    /// `--cfg tierbridge_no_codegen`, or no strategy works).
     #[error("no executable memory: {reason}")]
     NoCodeMemory {
         /// Why.

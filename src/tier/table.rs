@@ -468,21 +468,24 @@ impl TierTable {
     }
 
     fn new_block(&self) -> Result<Box<Block>> {
+        #[cfg_attr(not(tierbridge_codegen), expect(unused_mut))]
         let mut block = Box::new(Block {
             cells: std::array::from_fn(|_| AtomicUsize::new(0)),
             fns: std::array::from_fn(|_| OnceLock::new()),
             jumps: None,
         });
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(tierbridge_codegen)]
         if let Some(mem) = &self.memory {
             let cells: Vec<usize> = block.cells.iter().map(|c| c.as_ptr() as usize).collect();
             let code = crate::thunks::x64::emit_cell_jumps(&cells);
             debug_assert_eq!(code.len(), JUMP_BYTES * BLOCK);
-            block.jumps = Some(
-                mem.exec()
-                    .install(&code)
-                    .map_err(|e| TierError::Code(e.to_string()))?,
-            );
+            let mut jumps = mem
+                .exec()
+                .install(&code)
+                .map_err(|e| TierError::Code(e.to_string()))?;
+            // Each cell's stub only jumps: the return address stays at [rsp].
+            jumps.publish("tierbridge cell jumps", &crate::visibility::Unwind::Leaf);
+            block.jumps = Some(jumps);
         }
         Ok(block)
     }

@@ -1,0 +1,156 @@
+//! Unwind information: an `.eh_frame` with one CIE and one FDE per region,
+//! written with `gimli` from the region's [`Unwind`] description, and
+//! registered with the process's unwinder while the region lives.
+//!
+//! libgcc's `__register_frame` takes the start of a whole `.eh_frame`
+//! section (ended by a zero word); LLVM's libunwind (and macOS) take a single
+//! FDE. Which one this process has is told by libunwind's own
+//! `__unw_add_dynamic_fde`, looked up once.
+
+use std::sync::OnceLock;
+
+use gimli::write::{
+    Address, CallFrameInstruction, CommonInformationEntry, EhFrame, EndianVec,
+    FrameDescriptionEntry, FrameTable,
+};
+use gimli::{Encoding, Format, Register, RunTimeEndian, X86_64};
+
+use super::{Cfa, Region, Unwind};
+
+unsafe extern "C" {
+    fn __register_frame(begin: *const u8);
+    fn __deregister_frame(begin: *const u8);
+}
+
+/// A region's frame information, registered: deregistered on drop.
+pub(super) struct Registered {
+    /// The `.eh_frame` bytes the unwinder points into (never moved: boxed).
+    eh_frame: Box<[u8]>,
+    /// Where the FDE starts within them (libunwind registers the FDE alone).
+    fde_at: usize,
+}
+
+// SAFETY: the bytes are only read by the unwinder, from any thread, and
+// freed once, after the deregistration.
+unsafe impl Send for Registered {}
+// SAFETY: as for Send.
+unsafe impl Sync for Registered {}
+
+/// Whether the unwinder is LLVM's libunwind (one FDE per registration).
+fn libunwind() -> bool {
+    static LIBUNWIND: OnceLock<bool> = OnceLock::new();
+    *LIBUNWIND.get_or_init(|| {
+        // macOS's unwinder is libunwind, whatever the symbol table says.
+        if cfg!(target_vendor = "apple") {
+            return true;
+        }
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
+        // looks a symbol up.
+        !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__unw_add_dynamic_fde".as_ptr()) }.is_null()
+    })
+}
+
+/// The register of a CFA rule.
+fn cfa(c: Cfa) -> (Register, i32) {
+    match c {
+        Cfa::Rsp(n) => (X86_64::RSP, n as i32),
+        Cfa::Rbp(n) => (X86_64::RBP, n as i32),
+    }
+}
+
+/// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
+/// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
+pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
+    // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
+    // would need that CPU's CIE): elsewhere there are none, for the unwinder
+    // or for gdb.
+    if !cfg!(target_arch = "x86_64") || matches!(region.unwind, Unwind::Unknown) {
+        return None;
+    }
+    let encoding = Encoding {
+        format: Format::Dwarf32,
+        version: 1,
+        address_size: 8,
+    };
+    // At a call's target: CFA = rsp + 8, the return address just below it.
+    let mut cie = CommonInformationEntry::new(encoding, 1, -8, X86_64::RA);
+    cie.add_instruction(CallFrameInstruction::Cfa(X86_64::RSP, 8));
+    cie.add_instruction(CallFrameInstruction::Offset(X86_64::RA, -8));
+    let mut fde = FrameDescriptionEntry::new(
+        Address::Constant(region.addr as u64),
+        u32::try_from(region.len).ok()?,
+    );
+    match region.unwind {
+        Unwind::Unknown | Unwind::Leaf => {}
+        // Cranelift's rows assume the same CIE (CFA = rsp + 8, code
+        // alignment 1, data alignment -8).
+        #[cfg(feature = "cranelift")]
+        Unwind::Cranelift(info) => fde = info.to_fde(Address::Constant(region.addr as u64)),
+        Unwind::Rows(rows) => {
+            let mut saved: Vec<(u16, i32)> = Vec::new();
+            let mut rule = (X86_64::RSP, 8);
+            for row in rows {
+                let now = cfa(row.cfa);
+                if now != rule {
+                    fde.add_instruction(row.at, CallFrameInstruction::Cfa(now.0, now.1));
+                    rule = now;
+                }
+                let want: Vec<(u16, i32)> =
+                    row.saved.iter().map(|(r, o)| (r.dwarf(), *o)).collect();
+                for &(r, o) in &want {
+                    if !saved.contains(&(r, o)) {
+                        fde.add_instruction(row.at, CallFrameInstruction::Offset(Register(r), o));
+                    }
+                }
+                for &(r, _) in &saved {
+                    if !want.iter().any(|&(w, _)| w == r) {
+                        fde.add_instruction(row.at, CallFrameInstruction::Restore(Register(r)));
+                    }
+                }
+                saved = want;
+            }
+        }
+    }
+    let mut table = FrameTable::default();
+    let cie_id = table.add_cie(cie);
+    table.add_fde(cie_id, fde);
+    let mut out = EhFrame(EndianVec::new(RunTimeEndian::Little));
+    table.write_eh_frame(&mut out).ok()?;
+    let mut bytes = out.0.into_vec();
+    // The CIE comes first: its length word plus its length.
+    let cie_len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize + 4;
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    Some((bytes, cie_len))
+}
+
+/// Registers frame information made by [`eh_frame`] (its bytes and the
+/// FDE's offset in them).
+pub(super) fn register((bytes, fde_at): (Vec<u8>, usize)) -> Registered {
+    let r = Registered {
+        eh_frame: bytes.into_boxed_slice(),
+        fde_at,
+    };
+    // SAFETY: the bytes are a well-formed .eh_frame (gimli's writer) for
+    // code that stays mapped while `r` lives, and stay put (boxed) until
+    // `Drop` deregisters them.
+    unsafe { __register_frame(r.start()) };
+    r
+}
+
+impl Registered {
+    /// What the unwinder is given: the section, or the FDE for libunwind.
+    fn start(&self) -> *const u8 {
+        if libunwind() {
+            self.eh_frame[self.fde_at..].as_ptr()
+        } else {
+            self.eh_frame.as_ptr()
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register` with this same pointer, once.
+        unsafe { __deregister_frame(self.start()) };
+    }
+}

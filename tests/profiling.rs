@@ -1,0 +1,323 @@
+//! Profilers see generated code: the perf map and the jitdump file that
+//! `TIERBRIDGE_PROFILE` turns on name every region as it is made (checked
+//! against the addresses the program itself knows, and against each
+//! other), and `perf` itself, where the kernel lets it record, names the
+//! exit stub and entry thunk symbols in its report.
+
+// Generated code is what these tests look at.
+#![cfg(all(tierbridge_codegen, target_os = "linux"))]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use tierbridge::abi::{CallConv, Signature};
+use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
+use tierbridge::tier::CodeMemory;
+
+/// The code the child installs through the tier API: `mov eax, 42; ret`.
+const CODE: [u8; 6] = [0xb8, 0x2a, 0, 0, 0, 0xc3];
+
+/// What the child process does with profiling on: make and use an exit
+/// stub, an entry point and a piece of tier code, then print what it knows
+/// of their addresses.
+fn child() -> ! {
+    // The perf map through the bridge's option, jitdump through the
+    // environment (the parent sets `TIERBRIDGE_PROFILE=jitdump`).
+    let bridge = tierbridge::thunks::Bridge::with_options(tierbridge::thunks::BridgeOptions {
+        profiler: Some(tierbridge::visibility::Profiler::PerfMap),
+        ..Default::default()
+    })
+    .unwrap();
+    let conv = CallConv::host().unwrap();
+    let d = Dispatcher::from_host(
+        Arc::new(|c: EntryCall<'_>| -> Result<(), HostError> {
+            c.ret[0] = c.args[0] + 1;
+            Ok(())
+        }),
+        FailurePolicy::Report,
+    );
+    let sig = Signature::parse("(i64)->i64").unwrap();
+    let entry = bridge.entry_point(&sig, conv, &d, 0).unwrap();
+    let stub = bridge.exit_stub(&sig, conv).unwrap();
+    let mut ret = [0u64];
+    // SAFETY: the entry point has this signature.
+    unsafe { stub.call(entry.code_ptr(), &[41], &mut ret) }.unwrap();
+    assert_eq!(ret[0], 42);
+    let memory = CodeMemory::of(&bridge).unwrap();
+    let code = memory.install("profiling test code", &CODE).unwrap();
+    println!("entry {:x}", entry.code_ptr() as usize);
+    println!("code {:x} {:x}", code.addr() as usize, code.len());
+    std::process::exit(0)
+}
+
+/// Runs the child with `TIERBRIDGE_PROFILE=jitdump` (the child asks for the
+/// perf map itself), jitdump into `dir`; returns its pid and standard
+/// output.
+fn run_child(dir: &Path) -> (u32, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "perf_map_and_jitdump_name_every_region",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("TIERBRIDGE_PROFILING_CHILD", "1")
+        .env("TIERBRIDGE_PROFILE", "jitdump")
+        .env("JITDUMPDIR", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // The child's pid is in its jitdump file's name.
+    let dump = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "dump"))
+        .expect("a jitdump file");
+    let name = dump.file_stem().unwrap().to_str().unwrap();
+    let pid = name.strip_prefix("jit-").unwrap().parse().unwrap();
+    (pid, stdout)
+}
+
+/// One code-load record of a jitdump file.
+#[derive(Debug)]
+struct Load {
+    addr: u64,
+    size: u64,
+    name: String,
+    code: Vec<u8>,
+}
+
+/// A reader of perf's jitdump format (header, then records), independent of
+/// the writer: checks the header and every record's framing.
+fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    assert_eq!(u32_at(0), 0x4A69_5444, "magic \"JiTD\"");
+    assert_eq!(u32_at(4), 1, "version");
+    let header = u32_at(8) as usize;
+    assert_eq!(header, 40);
+    assert_eq!(u32_at(12), 62, "EM_X86_64");
+    assert_eq!(u32_at(20), pid);
+    let mut at = header;
+    let mut loads = Vec::new();
+    let mut last_time = 0;
+    while at < bytes.len() {
+        let (id, size, time) = (u32_at(at), u32_at(at + 4) as usize, u64_at(at + 8));
+        assert!(
+            size >= 16 && at + size <= bytes.len(),
+            "record framing at {at}"
+        );
+        assert!(time >= last_time, "timestamps in order");
+        last_time = time;
+        assert_eq!(id, 0, "only code loads are written");
+        let body = at + 16;
+        assert_eq!(u32_at(body), pid);
+        let (vma, addr, code_size) = (u64_at(body + 8), u64_at(body + 16), u64_at(body + 24));
+        assert_eq!(vma, addr);
+        let name_at = body + 40;
+        let nul = bytes[name_at..].iter().position(|&b| b == 0).unwrap();
+        let name = String::from_utf8(bytes[name_at..name_at + nul].to_vec()).unwrap();
+        let code_at = name_at + nul + 1;
+        assert_eq!(
+            code_at + code_size as usize,
+            at + size,
+            "{name}: code fills the record"
+        );
+        loads.push(Load {
+            addr,
+            size: code_size,
+            name,
+            code: bytes[code_at..at + size].to_vec(),
+        });
+        at += size;
+    }
+    loads
+}
+
+#[test]
+fn perf_map_and_jitdump_name_every_region() {
+    if std::env::var_os("TIERBRIDGE_PROFILING_CHILD").is_some() {
+        child();
+    }
+    let dir = std::env::temp_dir().join(format!("tierbridge-profiling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pid, stdout) = run_child(&dir);
+    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+    let said = |what: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("the child says {what:?}: {stdout}"))
+            .to_owned()
+    };
+    let entry = hex(&said("entry "));
+    let code: Vec<u64> = said("code ").split(' ').map(hex).collect();
+
+    // The perf map: `start size name` per line.
+    let map_path = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let map = std::fs::read_to_string(&map_path).unwrap();
+    std::fs::remove_file(&map_path).unwrap();
+    let regions: BTreeSet<(u64, u64, String)> = map
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(3, ' ');
+            (
+                hex(p.next().unwrap()),
+                hex(p.next().unwrap()),
+                p.next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let named = |n: &'static str| regions.iter().filter(move |r| r.2 == n);
+    // The tier code: exactly where the program says it is.
+    assert!(
+        named("profiling test code").any(|r| r.0 == code[0] && r.1 == code[1]),
+        "{map}"
+    );
+    // The entry point's address is inside the trampolines' region.
+    assert!(
+        named("tierbridge trampolines").any(|r| r.0 <= entry && entry < r.0 + r.1),
+        "{map}"
+    );
+    assert!(
+        named("tierbridge entry (i64)->i64 sysv").count() == 1,
+        "{map}"
+    );
+    assert!(
+        regions
+            .iter()
+            .any(|r| r.2.starts_with("tierbridge exit") && r.2.ends_with("(i64)->i64 sysv")),
+        "{map}"
+    );
+
+    // The jitdump: the same regions, with their code.
+    let dump_path = dir.join(format!("jit-{pid}.dump"));
+    let loads = read_jitdump(&std::fs::read(&dump_path).unwrap(), pid);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let dumped: BTreeSet<(u64, u64, String)> = loads
+        .iter()
+        .map(|l| (l.addr, l.size, l.name.clone()))
+        .collect();
+    assert_eq!(dumped, regions, "every code address is a published region");
+    let ours = loads
+        .iter()
+        .find(|l| l.name == "profiling test code")
+        .unwrap();
+    assert_eq!(ours.code, CODE);
+}
+
+/// The examples cargo built with the tests.
+fn example(name: &str) -> Option<PathBuf> {
+    let deps = std::env::current_exe().unwrap();
+    let p = deps.parent()?.parent()?.join("examples").join(name);
+    p.exists().then_some(p)
+}
+
+/// Records `profile <mode>` under perf with `env`, in `dir`; the report's
+/// text (after `perf inject --jit` when `jit`), or `None` when the kernel
+/// refuses perf events.
+fn perf_report(
+    profile: &Path,
+    dir: &Path,
+    mode: &str,
+    env: &[(&str, &str)],
+    jit: bool,
+) -> Option<String> {
+    let data = dir.join(format!("{mode}.data"));
+    let mut record = Command::new("perf");
+    record.args(["record", "-e", "cpu-clock", "-F", "20000"]);
+    if jit {
+        // jitdump records carry CLOCK_MONOTONIC times.
+        record.args(["-k", "mono"]);
+    }
+    let rec = record
+        .arg("-o")
+        .arg(&data)
+        .arg("--")
+        .arg(profile)
+        .args([mode, "5000000"])
+        .envs(env.iter().copied())
+        .env("JITDUMPDIR", dir)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    if !rec.status.success() {
+        println!(
+            "skipped: the kernel refused perf events: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+        return None;
+    }
+    let data = if jit {
+        let injected = dir.join(format!("{mode}.jit.data"));
+        let inj = Command::new("perf")
+            .args(["inject", "--jit", "-i"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&injected)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(inj.status.success(), "perf inject: {inj:?}");
+        injected
+    } else {
+        data
+    };
+    let report = Command::new("perf")
+        .args(["report", "--stdio", "--sort", "sym", "-i"])
+        .arg(&data)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&report.stdout).into_owned())
+}
+
+#[test]
+fn perf_report_names_the_exit_stub_and_the_entry_thunk() {
+    let Ok(v) = Command::new("perf").arg("--version").output() else {
+        println!("skipped: perf is not installed (.ci/run installs linux-perf)");
+        return;
+    };
+    assert!(v.status.success());
+    let Some(profile) = example("profile") else {
+        println!("skipped: the profile example is not built");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tierbridge-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Calls through an exit stub, and calls from native code through an
+    // entry point. The perf map serves anonymous memory (write-then-protect;
+    // perf takes dual-mapped code for a file), jitdump serves both.
+    for (mode, want) in [
+        ("exit-unchecked", "tierbridge exit"),
+        ("entry", "tierbridge entry"),
+    ] {
+        for (env, jit) in [
+            (
+                [
+                    ("TIERBRIDGE_PROFILE", "perfmap"),
+                    ("TIERBRIDGE_EXEC", "write-then-protect"),
+                ],
+                false,
+            ),
+            (
+                [
+                    ("TIERBRIDGE_PROFILE", "jitdump"),
+                    ("TIERBRIDGE_EXEC", "dual-mapping"),
+                ],
+                true,
+            ),
+        ] {
+            let Some(text) = perf_report(&profile, &dir, mode, &env, jit) else {
+                std::fs::remove_dir_all(&dir).unwrap();
+                return;
+            };
+            assert!(text.contains(want), "{mode} {env:?}: {text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
