@@ -11,13 +11,6 @@ use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions, ExecStrategy, Thunk
 use super::Bytes;
 use super::sig::check_layout;
 
-/// Most bytes of by-value arguments a fuzzed call passes. Larger calls are
-/// valid, but a libffi call copying megabytes of structs onto the stack
-/// overruns it (a known defect, to be bounded by a typed error when the
-/// stub is made); this keeps the target on calls every backend must make,
-/// also on a test thread's 2 MiB stack.
-pub(crate) const MAX_ARG_BYTES: u32 = 64 * 1024;
-
 /// The bridges every call goes through, made once per process (a bridge's
 /// stubs are cached per signature shape for its whole life): libffi, and
 /// the generated backend on each executable-memory strategy.
@@ -66,7 +59,8 @@ struct Seen {
 /// promoted scalar variadic arguments through `VaArgs`), and every caller
 /// must get back exactly the result the host wrote, through `call` and
 /// `call_capture_errno` alike. A backend may refuse a signature only with
-/// `Unsupported`. Everything is dropped at the end of the input.
+/// `Unsupported`, or an exit stub with `CallStackTooLarge` (then every
+/// backend refuses it). Everything is dropped at the end of the input.
 pub fn bridge_calls(data: &[u8]) {
     let split = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
     let Ok(text) = std::str::from_utf8(&data[..split]) else {
@@ -80,14 +74,6 @@ pub fn bridge_calls(data: &[u8]) {
         if let Err(why) = check_layout(&sig, &layout) {
             panic!("{sig} on {conv}: {why}\n{layout:#?}");
         }
-    }
-    let arg_bytes: u32 = sig
-        .params()
-        .iter()
-        .map(|t| t.size().next_multiple_of(16))
-        .sum();
-    if arg_bytes > MAX_ARG_BYTES {
-        return;
     }
     let mut bytes = Bytes::new(data.get(split + 1..).unwrap_or(&[]));
     let args: Vec<Vec<u8>> = sig.params().iter().map(|t| value(&mut bytes, t)).collect();
@@ -223,12 +209,20 @@ fn calls(sig: &Signature, conv: CallConv, args: &[Vec<u8>], ret: Option<&[u8]>) 
         .zip(args)
         .flat_map(|(t, v)| value_slots(t, v))
         .collect();
+    // Which backends refused the call for the stack its arguments take:
+    // all of them or none (the bound is the classification's).
+    let mut too_large = Vec::new();
     for (xname, bridge) in bridges() {
         let stub = match bridge.exit_stub(sig, conv) {
             Ok(s) => s,
+            Err(ThunkError::CallStackTooLarge { .. }) => {
+                too_large.push(true);
+                continue;
+            }
             Err(ThunkError::Unsupported { .. }) => continue,
             Err(e) => panic!("{conv} {sig}: exit stub on {xname}: {e}"),
         };
+        too_large.push(false);
         for (ename, ep) in &entries {
             let at = format!("{conv} {sig}: exit {xname} -> entry {ename}");
             let target: *const c_void = ep.code_ptr();
@@ -252,17 +246,8 @@ fn calls(sig: &Signature, conv: CallConv, args: &[Vec<u8>], ret: Option<&[u8]>) 
             }
             let mut again = vec![0u64; sig.ret_slots()];
             // SAFETY: as above.
-            match unsafe { stub.call_capture_errno(target, &slots, &mut again, 0) } {
-                Ok(_) => {}
-                // A known defect: the generated backend makes a signature's
-                // slot stubs (which errno capture uses) only when first
-                // needed, and refuses them when they would pass 64 KiB of
-                // code, although the exit stub was handed out and `call`
-                // works (its register stub is smaller): fuzzing found
-                // `({[u8;31702]})->{[u8;57]}`. Tolerated here until fixed.
-                Err(ThunkError::Unsupported { .. }) if *xname != "libffi" => continue,
-                Err(e) => panic!("{at}: call_capture_errno: {e}"),
-            }
+            unsafe { stub.call_capture_errno(target, &slots, &mut again, 0) }
+                .unwrap_or_else(|e| panic!("{at}: call_capture_errno: {e}"));
             match sig.ret() {
                 Some(Type::Scalar(_)) => assert_eq!(again, out, "{at}: call_capture_errno"),
                 Some(t) => same_value(t, &slots_bytes(&out), &slots_bytes(&again))
@@ -271,6 +256,10 @@ fn calls(sig: &Signature, conv: CallConv, args: &[Vec<u8>], ret: Option<&[u8]>) 
             }
         }
     }
+    assert!(
+        too_large.iter().all(|t| *t) || !too_large.iter().any(|t| *t),
+        "{conv} {sig}: the call's stack refused by some backends only: {too_large:?}"
+    );
 }
 
 /// The host saw one call with the fixed arguments sent and the readable
