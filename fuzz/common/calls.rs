@@ -6,18 +6,30 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tierbridge::abi::{CallConv, Scalar, Signature, Type, classify};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError, VaArgs};
-use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions, ExecStrategy, ThunkError};
+#[cfg(tierbridge_codegen)]
+use tierbridge::thunks::{BackendKind, BridgeOptions, ExecStrategy};
+use tierbridge::thunks::{Bridge, ThunkError};
 
 use super::Bytes;
 use super::sig::check_layout;
 
 /// The bridges every call goes through, made once per process (a bridge's
 /// stubs are cached per signature shape for its whole life): libffi, and
-/// the generated backend on each executable-memory strategy.
+/// the generated backend on each executable-memory strategy where this
+/// build generates code (not with `--cfg tierbridge_no_codegen`).
 pub(crate) fn bridges() -> &'static [(&'static str, Bridge)] {
     static BRIDGES: OnceLock<Vec<(&'static str, Bridge)>> = OnceLock::new();
     BRIDGES.get_or_init(|| {
-        let generated = |exec| {
+        #[cfg_attr(not(tierbridge_codegen), expect(unused_mut))]
+        let mut v = vec![("libffi", Bridge::libffi())];
+        #[cfg(tierbridge_codegen)]
+        for (name, exec) in [
+            ("generated/dual-mapping", ExecStrategy::DualMapping),
+            (
+                "generated/write-then-protect",
+                ExecStrategy::WriteThenProtect,
+            ),
+        ] {
             let b = Bridge::with_options(BridgeOptions {
                 backend: BackendKind::Generated,
                 exec: Some(exec),
@@ -25,19 +37,9 @@ pub(crate) fn bridges() -> &'static [(&'static str, Bridge)] {
             })
             .expect("the generated backend works on this machine");
             assert_eq!(b.kind(), BackendKind::Generated);
-            b
-        };
-        vec![
-            ("libffi", Bridge::libffi()),
-            (
-                "generated/dual-mapping",
-                generated(ExecStrategy::DualMapping),
-            ),
-            (
-                "generated/write-then-protect",
-                generated(ExecStrategy::WriteThenProtect),
-            ),
-        ]
+            v.push((name, b));
+        }
+        v
     })
 }
 
