@@ -135,6 +135,15 @@ fn varargs_must_be_promoted_and_only_given_to_variadic_signatures() {
         sig("(i32)->void").with_varargs(&[]),
         Err(AbiError::NotVariadic(_))
     ));
+    // The text of a call site is held to the same rule (found by fuzzing:
+    // the parser took what with_varargs refuses).
+    for bad in ["f32", "i8", "u16", "bool"] {
+        assert!(matches!(
+            Signature::parse(&format!("(i32,...,i64,{bad})->void")),
+            Err(AbiError::UnpromotedVararg { index: 2, .. })
+        ));
+    }
+    assert!(Signature::parse("(i32,...,i64,u32,f64,ptr,{u8})->void").is_ok());
     let once = v.with_varargs(&[Scalar::I64.into()]).unwrap();
     assert!(matches!(
         once.with_varargs(&[]),

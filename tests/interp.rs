@@ -338,6 +338,19 @@ fn malformed_programs_are_errors_with_line_and_column() {
         ),
         ("fn f()\n  call g\n  return\nend\n", 2, 8, "no function"),
         ("extern e \"(i32,,)->void\"\n", 1, 16, "expected"),
+        // Found by fuzzing: the extern line took a missing name, text
+        // between the name and the signature or after it, and a second
+        // extern of the same name.
+        ("extern \"(i32)->i32\"\n", 1, 8, "expected `extern NAME"),
+        ("extern a\"(i32)->i32\"\n", 1, 8, "expected `extern NAME"),
+        ("extern a b \"(i32)->i32\"\n", 1, 10, "quoted signature"),
+        ("extern a \"(i32)->i32\" b\n", 1, 23, "nothing may follow"),
+        (
+            "extern a \"(i32)->i32\"\nextern a \"(i64)->i64\"\n",
+            2,
+            8,
+            "already declared",
+        ),
         ("garbage\n", 1, 1, "expected `fn`"),
         ("fn f()\n  drop\n  return\nend\n", 2, 3, "empty stack"),
     ];

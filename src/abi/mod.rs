@@ -36,9 +36,9 @@
 //!   [`MAX_STRUCT_SIZE`] bytes.
 //! - `...` marks a variadic function and ends the declared parameters. Types
 //!   after it describe one call site's variadic arguments (already promoted:
-//!   no `f32`, nothing narrower than 32 bits, no `bool`), as
-//!   [`Signature::with_varargs`] makes them. At most [`MAX_PARAMS`]
-//!   parameters in all.
+//!   no `f32`, nothing narrower than 32 bits, no `bool`: else
+//!   [`AbiError::UnpromotedVararg`]), as [`Signature::with_varargs`] makes
+//!   them. At most [`MAX_PARAMS`] parameters in all.
 //! - Malformed text is [`AbiError::Parse`] with the byte offset and what was
 //!   expected there; a well-formed but invalid type is its own error.
 //!

@@ -152,7 +152,8 @@ impl Signature {
     ///
     /// # Errors
     /// [`AbiError::Parse`] with the byte offset and what was expected there, or
-    /// any validation error of the types.
+    /// any validation error of the types ([`AbiError::UnpromotedVararg`] for
+    /// a call-site variadic type that C would have promoted).
     ///
     /// # Examples
     /// ```
@@ -235,24 +236,7 @@ impl Signature {
             return Err(AbiError::VarargsAlreadyGiven(self.to_string()));
         }
         check_count(fixed + varargs.len())?;
-        for (i, ty) in varargs.iter().enumerate() {
-            if let Type::Scalar(s) = ty
-                && matches!(
-                    s,
-                    Scalar::F32
-                        | Scalar::I8
-                        | Scalar::U8
-                        | Scalar::I16
-                        | Scalar::U16
-                        | Scalar::Bool
-                )
-            {
-                return Err(AbiError::UnpromotedVararg {
-                    index: fixed + i,
-                    ty: s.to_string(),
-                });
-            }
-        }
+        check_promoted(fixed, varargs)?;
         // One exact allocation (the chain's length is known).
         let params = self.params.iter().chain(varargs).cloned().collect();
         Ok(Signature::make(params, self.ret.clone(), Some(fixed)))
@@ -267,6 +251,25 @@ impl Signature {
     pub fn ret_slots(&self) -> usize {
         self.ret.as_ref().map_or(0, |t| t.slots() as usize)
     }
+}
+
+/// Call-site variadic types (parameters `fixed..`) must be promoted already:
+/// no `f32`, no integer narrower than 32 bits, no `bool`.
+fn check_promoted(fixed: usize, varargs: &[Type]) -> Result<()> {
+    for (i, ty) in varargs.iter().enumerate() {
+        if let Type::Scalar(s) = ty
+            && matches!(
+                s,
+                Scalar::F32 | Scalar::I8 | Scalar::U8 | Scalar::I16 | Scalar::U16 | Scalar::Bool
+            )
+        {
+            return Err(AbiError::UnpromotedVararg {
+                index: fixed + i,
+                ty: s.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_count(count: usize) -> Result<()> {
@@ -458,6 +461,10 @@ impl Parser<'_> {
             Some(self.ty(0)?)
         };
         check_count(params.len())?;
+        // Types after `...` are a call site's, as `with_varargs` takes them.
+        if let Some(fixed) = fixed {
+            check_promoted(fixed, &params[fixed..])?;
+        }
         // One exact allocation for the parameters, wherever they were kept.
         Ok(Signature::make(params[..].into(), ret, fixed))
     }

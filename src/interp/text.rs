@@ -140,13 +140,36 @@ pub fn parse_program(text: &str) -> Result<Program, InterpError> {
                 let Some(name) = toks.get(1) else {
                     return err(line, first.col, "expected `extern NAME \"SIG\"`");
                 };
+                // The name is one token, and only spaces stand between it
+                // and the quoted signature.
+                let name_end = name.col - 1 + name.text.len();
+                if name.text.contains('"') {
+                    return err(line, name.col, "expected `extern NAME \"SIG\"`");
+                }
                 let Some(q) = line_text.find('"') else {
                     return err(line, first.col, "expected a quoted signature");
                 };
+                if let Some(extra) = line_text[name_end..q].find(|c: char| !c.is_whitespace()) {
+                    return err(line, name_end + extra + 1, "expected a quoted signature");
+                }
                 let rest = &line_text[q + 1..];
                 let Some(e) = rest.find('"') else {
                     return err(line, q + 1, "unterminated signature");
                 };
+                // Nothing but a comment after it.
+                let after = &rest[e + 1..];
+                let trimmed = after.trim_start();
+                if !(trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(";;")) {
+                    let column = q + e + 3 + (after.len() - trimmed.len());
+                    return err(line, column, "nothing may follow the signature");
+                }
+                if natives.iter().any(|n| n.name == name.text) {
+                    return err(
+                        line,
+                        name.col,
+                        format!("extern {} is already declared", name.text),
+                    );
+                }
                 let sig = Signature::parse(&rest[..e]).map_err(|x| match x {
                     crate::abi::AbiError::Parse {
                         offset,
