@@ -730,8 +730,11 @@ impl RawVaList {
 
 /// A cursor over the variadic arguments of a call, read in order the way C's
 /// `va_arg` reads them. The caller's actual types are not known: reading a type
-/// other than the one passed gives meaningless bits (never undefined behaviour),
-/// and reading more than [`MAX_VA_STACK_SLOTS`] stack slots gives `None`.
+/// other than the one passed gives meaningless bits, and reading more
+/// arguments than were passed reads the caller's stack above them (as C's
+/// `va_arg` would: mapped memory, meaningless values — an AddressSanitizer
+/// build reports it as a stack-buffer underflow) until [`MAX_VA_STACK_SLOTS`]
+/// stack slots, after which it gives `None`.
 ///
 /// Aggregates passed as variadic arguments are not readable yet.
 pub struct VaArgs<'a> {

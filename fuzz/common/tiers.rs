@@ -623,7 +623,7 @@ type Outcome = (Vec<(Result<u64, String>, u64)>, [u64; BUF_SLOTS]);
 /// 2, 3 and 4, by OSR alone, and with every guard forced to deoptimize, each
 /// in a fresh runtime calling `f0` twice (the second call starts from
 /// whatever code the first left). Every way must give the same results (the
-/// same trap, where one traps: see [`trap_kind`]), the same fuel left and
+/// same trap, word for word, where one traps), the same fuel left and
 /// the same memory.
 pub fn tiers_agree(data: &[u8]) {
     let mut b = Bytes::new(data);
@@ -695,19 +695,6 @@ fn arg(b: &mut Bytes<'_>, s: Scalar) -> u64 {
     }
 }
 
-/// The innermost trap of an error's text (`F at instruction N: what`), or
-/// the whole text when it is no trap. Where a trap happens in a function
-/// called back from C, the interpreter reports it inside the caller's trap
-/// ("trap in f0 at instruction 27: in a callback of tbfz_apply: host
-/// function 2 failed: trap in f2 ..."), compiled code as the callee's trap
-/// alone: the trap is the same, its context is not (yet).
-fn trap_kind(text: &str) -> String {
-    match text.rfind("trap in ") {
-        Some(at) => text[at + "trap in ".len()..].to_owned(),
-        None => text.to_owned(),
-    }
-}
-
 /// Runs the program one way. `ret_float`: `f0` returns `f64`, whose NaNs are
 /// compared as one (which NaN an operation makes is not specified).
 fn run(
@@ -755,7 +742,7 @@ fn run(
                     v
                 }
             })
-            .map_err(|e| trap_kind(&e.to_string()));
+            .map_err(|e| e.to_string());
         calls.push((r, fuel));
     }
     (calls, buf)

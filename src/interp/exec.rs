@@ -620,6 +620,15 @@ impl Inner {
                             .call(b.addr as *const c_void, &args, &mut ret[..nret])
                     } {
                         Ok(()) => {}
+                        // A function of this runtime that native code called
+                        // back trapped: that trap is the error, as compiled
+                        // code reports it (`from_tier`), so that every tier
+                        // gives the same one.
+                        Err(ThunkError::Callback(EntryError::Host { error, .. }))
+                            if error.is::<InterpError>() =>
+                        {
+                            return Err(*error.downcast::<InterpError>().expect("checked"));
+                        }
                         Err(ThunkError::Callback(e)) => {
                             return self.trap(
                                 fi,
