@@ -37,7 +37,8 @@
 //!   deoptimization protocols ([`tier::TierTable`]).
 //! - [`visibility`] — what tools see of generated code: a name and unwind
 //!   rows for every region, an `.eh_frame` registered with the unwinder
-//!   while the code lives, perf map and jitdump output.
+//!   while the code lives, perf map and jitdump output, the GDB JIT
+//!   interface.
 //! - [`interp`] — a reference interpreter over slots that uses the bridge
 //!   end to end (natives through exit stubs, interpreted functions as C
 //!   function pointers), with a baseline JIT: one client of [`tier`].
