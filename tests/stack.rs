@@ -527,3 +527,40 @@ fn an_entry_point_taking_16_kib_by_value_gets_every_byte() {
         }
     }
 }
+
+#[test]
+fn compiled_frames_larger_than_a_page_give_the_interpreters_results() {
+    // 600 locals: the JIT's frame is about 5 KiB, grown a page at a time;
+    // the function stores into the far end of it and calls itself.
+    let mut text = String::from("fn big(n: i64) -> i64\n");
+    for i in 0..600 {
+        text.push_str(&format!("  local l{i}: i64\n"));
+    }
+    text.push_str(
+        "  local.get n\n  local.set l599\n  local.get n\n  i64.eqz\n  br_if zero\n  local.get n\n  i64.const 1\n  i64.sub\n  call big\n  local.get l599\n  i64.add\n  return\nzero:\n  local.get l0\n  return\nend\n",
+    );
+    let eager = TierConfig {
+        call_threshold: 1,
+        loop_threshold: 1,
+        force_deopt: false,
+        ..TierConfig::default()
+    };
+    for (tiered, config) in [(false, TierConfig::interpreter_only()), (true, eager)] {
+        // SAFETY: the program loads and stores nothing and calls no native.
+        let rt = unsafe {
+            Runtime::with_tiers(
+                parse_program(&text).unwrap(),
+                Arc::new(support::generated()),
+                FailurePolicy::Report,
+                config,
+            )
+        }
+        .unwrap();
+        // 1 + 2 + … + 100
+        assert_eq!(rt.call("big", &[100]).unwrap(), 5050);
+        assert_eq!(rt.call("big", &[100]).unwrap(), 5050);
+        if tiered && cfg!(tierbridge_codegen) {
+            assert_eq!(rt.tier_stats().compiled, 1, "the big frame was compiled");
+        }
+    }
+}

@@ -34,7 +34,7 @@ use crate::abi::{ArgPass, CallConv, Gpr, Loc, PartKind, Scalar, Type, classify};
 use crate::host::FuncId;
 use crate::interp::{Op, Program};
 use crate::thunks::ExitStub;
-use crate::thunks::x64::{Cfi, FastRet, extend_mem, extend_reg};
+use crate::thunks::x64::{Cfi, FastRet, extend_mem, extend_reg, sub_rsp_probed};
 use crate::tier::{CompileError, CompileRequest, Compiled, Compiler};
 use crate::visibility::{Reg, Unwind};
 
@@ -176,9 +176,6 @@ pub(crate) struct JitCode {
 
 const RBP: u8 = Gpr::Rbp as u8;
 
-/// A page of stack: frames larger than this are probed.
-const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
-
 /// A register holding the top of the operand stack when a guard fails, and
 /// the frame offset of its slot (the deopt path stores it there).
 type Spill = (u8, i32);
@@ -204,6 +201,7 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
     // Unwind rows, recorded as the code is emitted: after the prologue the
     // frame is found from rbp (CFA = rbp + 16) until the epilogue's pops.
     let mut cfi = Cfi::new();
+    let mut pushed;
     macro_rules! prologue {
         () => {
             dynasm!(ops ; .arch x64 ; push rbp);
@@ -214,15 +212,12 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
             cfi.push(ops.offset().0, Reg::Rbx);
             dynasm!(ops ; .arch x64 ; push r12);
             cfi.push(ops.offset().0, Reg::R12);
-            // A frame past a page (many locals) grows a page at a time, each
-            // touched, so that it meets the guard page (rax is free; the
-            // frame is found from rbp, so no rows change).
-            let mut left = frame;
-            while left > PAGE {
-                dynasm!(ops ; .arch x64 ; sub rsp, PAGE ; mov eax, DWORD [rsp]);
-                left -= PAGE;
-            }
-            dynasm!(ops ; .arch x64 ; sub rsp, left ; mov rbx, rsp);
+            // What the epilogue's `lea rsp, [rbp - 16]` comes back to.
+            pushed = cfi.frame();
+            // A frame past a page (many locals) grows a page at a time,
+            // each touched, so that it meets the guard page (rax is free).
+            sub_rsp_probed(&mut ops, frame, &mut cfi);
+            dynasm!(ops ; .arch x64 ; mov rbx, rsp);
         };
     }
 
@@ -688,8 +683,10 @@ pub(crate) fn compile(program: &Program, fi: u32, env: &JitEnv<'_>) -> JitCode {
         ; =>bail
         ; xor eax, eax ; xorps xmm0, xmm0
         ; =>epilogue
-        ; lea rsp, [rbp - 16] ; pop r12
+        ; lea rsp, [rbp - 16]
     );
+    cfi.resume(ops.offset().0, pushed);
+    dynasm!(ops ; .arch x64 ; pop r12);
     cfi.pop(ops.offset().0, Reg::R12);
     dynasm!(ops ; .arch x64 ; pop rbx);
     cfi.pop(ops.offset().0, Reg::Rbx);

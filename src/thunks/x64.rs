@@ -116,7 +116,7 @@ impl Cfi {
         self.row(at);
     }
 
-    /// The current frame (for `restore`).
+    /// The current frame (for `resume`).
     pub(crate) fn frame(&self) -> (u32, bool, Vec<(Reg, i32)>) {
         (self.cfa, self.fp, self.saved.clone())
     }
@@ -150,14 +150,6 @@ impl Cfi {
     pub(crate) fn pop(&mut self, at: usize, reg: Reg) {
         self.cfa -= 8;
         self.saved.retain(|(r, _)| *r != reg);
-        self.row(at);
-    }
-
-    /// The frame as it was at `at`'s earlier point (code after a `ret` that
-    /// runs in the body's frame).
-    fn restore(&mut self, at: usize, cfa: u32, saved: Vec<(Reg, i32)>) {
-        self.cfa = cfa;
-        self.saved = saved;
         self.row(at);
     }
 
@@ -782,11 +774,11 @@ fn move_part(ops: &mut CodeBuf, p: &Part, src: i32) {
     }
 }
 
-/// `sub rsp, frame` for an exit stub's outgoing area (eax free): a frame
-/// larger than a page grows a page at a time, each page touched before the
-/// next, so that running out of stack meets the guard page instead of
-/// jumping past it (the arguments are then copied in any order).
-fn sub_rsp_probed(ops: &mut CodeBuf, frame: i32, cfi: &mut Cfi) {
+/// `sub rsp, frame` for generated code's frame (eax free): a frame larger
+/// than a page grows a page at a time, each page touched before the next,
+/// so that running out of stack meets the guard page instead of jumping
+/// past it (the frame is then written in any order).
+pub(crate) fn sub_rsp_probed<A: DynasmApi>(ops: &mut A, frame: i32, cfi: &mut Cfi) {
     const PAGE: i32 = crate::stack::UNCHECKED_FRAME as i32;
     let mut left = frame;
     while left > PAGE {
@@ -976,7 +968,7 @@ pub(super) fn emit_entry<'a>(
         by_size!(ops, f.size, b => [sub rsp, BYTE b] else [sub rsp, f.size]);
         cfi.grow(ops.offset().0, f.size as u32);
     }
-    let body = (cfi.cfa, cfi.saved.clone());
+    let body = cfi.frame();
     store(ops, f.binding, Gpr::R10 as u8);
     if let RetPass::Sret { ptr } = l.ret {
         store(ops, f.sret, ptr as u8);
@@ -1145,7 +1137,7 @@ pub(super) fn emit_entry<'a>(
     }
     dynasm!(ops ; .arch x64 ; ret);
     // The failure path runs in the body's frame.
-    cfi.restore(ops.offset().0, body.0, body.1);
+    cfi.resume(ops.offset().0, body);
     dynasm!(ops ; .arch x64
         ; fail:
         // entry_failed(status, binding, ret slots, count): applies the policy.
