@@ -95,13 +95,6 @@ const UNSET: Limits = Limits {
 
 thread_local! {
     static LIMITS: Cell<Limits> = const { Cell::new(UNSET) };
-    /// `LIMITS.limit` alone, for the checks' one load.
-    static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn set_limits(l: Limits) {
-    LIMITS.with(|c| c.set(l));
-    LIMIT.with(|c| c.set(l.limit));
 }
 
 /// The stack pointer, near enough: the caller's frame.
@@ -169,7 +162,7 @@ fn limits() -> Limits {
 #[inline(never)]
 fn first_limits() -> Limits {
     let l = limits_for(crate::sys::thread_stack_bounds(), DEFAULT_RESERVE);
-    set_limits(l);
+    LIMITS.set(l);
     l
 }
 
@@ -184,7 +177,7 @@ pub fn check(need: usize) -> Result<(), StackExhausted> {
     // One load and one compare in the common case; out of line, the first
     // check on a thread (the limit is `usize::MAX` until then) and whether
     // `sp` is on the known stack at all (else the check passes).
-    if sp.saturating_sub(need) < LIMIT.with(Cell::get) {
+    if sp.saturating_sub(need) < LIMITS.with(|c| c.get().limit) {
         return exhausted(sp, need);
     }
     Ok(())
@@ -196,7 +189,7 @@ pub fn check(need: usize) -> Result<(), StackExhausted> {
 /// across the decision: branch on this, and call `check` out of line.
 #[inline(always)]
 pub(crate) fn maybe_exhausted() -> bool {
-    stack_pointer() < LIMIT.with(Cell::get)
+    stack_pointer() < LIMITS.with(|c| c.get().limit)
 }
 
 #[cold]
@@ -237,7 +230,7 @@ pub fn bounds() -> Option<(usize, usize)> {
 /// undefined behaviour, only checks that fail too early or pass too late.
 pub fn set_bounds(bounds: Option<(usize, usize)>) {
     let reserve = limits().reserve;
-    set_limits(limits_for(bounds, reserve));
+    LIMITS.set(limits_for(bounds, reserve));
 }
 
 /// Sets this thread's reserve (bytes no check hands out; see the module
@@ -247,7 +240,7 @@ pub fn set_bounds(bounds: Option<(usize, usize)>) {
 pub fn set_reserve(bytes: usize) {
     let l = limits();
     let bounds = (l.high != usize::MAX).then_some((l.low, l.high));
-    set_limits(limits_for(bounds, bytes));
+    LIMITS.set(limits_for(bounds, bytes));
 }
 
 /// This thread's reserve.
