@@ -1,8 +1,8 @@
-//! One cfg for "this build generates machine code": `tierbridge_codegen`,
-//! set on x86-64 unless `--cfg tierbridge_no_codegen` is given (in
-//! `RUSTFLAGS`), which compiles the crate as on a CPU without the generated
-//! backend: no dynasm code, libffi only, and the reference runtime
-//! interprets.
+// One cfg for "this build generates machine code": `tierbridge_codegen`,
+// set on x86-64 unless `--cfg tierbridge_no_codegen` is given (in
+// `RUSTFLAGS`), which compiles the crate as on a CPU without the generated
+// backend: no dynasm code, libffi only, and the reference runtime
+// interprets.
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -1,13 +1,5 @@
-//! The crate's cfg for "this build generates machine code",
-//! `tierbridge_codegen` (see the crate's build.rs), for the targets' shared
-//! code in common/, which the crate's tests also compile.
+// The crate's cfg for "this build generates machine code",
+// `tierbridge_codegen`, for the targets' shared code in common/ (which the
+// crate's tests also compile): the crate's own build script, included.
 
-fn main() {
-    println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(tierbridge_codegen)");
-    println!("cargo::rustc-check-cfg=cfg(tierbridge_no_codegen)");
-    let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64");
-    if x86_64 && std::env::var_os("CARGO_CFG_TIERBRIDGE_NO_CODEGEN").is_none() {
-        println!("cargo::rustc-cfg=tierbridge_codegen");
-    }
-}
+include!("../build.rs");
