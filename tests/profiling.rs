@@ -89,6 +89,43 @@ struct Load {
     size: u64,
     name: String,
     code: Vec<u8>,
+    /// Whether unwinding data came before it (checked against the code).
+    unwinding: bool,
+}
+
+/// Checks a jitdump unwinding record's data (`.eh_frame`, then a
+/// `.eh_frame_hdr` of `hdr` bytes) for code of `code_size` bytes as `perf
+/// inject --jit` lays it out: the code, then the data from the next 8-byte
+/// boundary. The header's table and the FDE it names must both point at
+/// the code's first byte, and the FDE must cover the code exactly.
+fn check_unwinding(data: &[u8], hdr: usize, code_size: u64) {
+    let i32_at = |o: usize| i64::from(i32::from_le_bytes(data[o..o + 4].try_into().unwrap()));
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+    assert_eq!(hdr, 20, "a header with one entry");
+    let frames = data.len() - hdr;
+    // Addresses relative to the .eh_frame's start; the code starts at -code.
+    let code = -(code_size.next_multiple_of(8) as i64);
+    let h = frames;
+    assert_eq!(data[h], 1, "eh_frame_hdr version");
+    assert_eq!(
+        &data[h + 1..h + 4],
+        &[0x1b, 0x03, 0x3b],
+        "pointer encodings"
+    );
+    // pcrel: from the field itself; datarel: from the header's start.
+    assert_eq!(i32_at(h + 4) + (h + 4) as i64, 0, "eh_frame_ptr");
+    assert_eq!(u32_at(h + 8), 1, "one FDE");
+    assert_eq!(i32_at(h + 12) + h as i64, code, "the table's start address");
+    let fde = (i32_at(h + 16) + h as i64) as usize;
+    // The FDE: length, then its distance back to its CIE.
+    let cie = fde + 4 - u32_at(fde + 4) as usize;
+    assert_eq!(u32_at(cie + 4), 0, "a CIE");
+    assert_eq!(&data[cie + 9..cie + 12], b"zR\0", "augmentation");
+    // Code alignment 1, data alignment -8, return address 16, then the
+    // augmentation's length and the FDE pointer encoding.
+    assert_eq!(&data[cie + 12..cie + 17], &[1, 0x78, 16, 1, 0x1b]);
+    assert_eq!(i32_at(fde + 8) + (fde + 8) as i64, code, "the FDE's start");
+    assert_eq!(i32_at(fde + 12), code_size as i64, "the FDE's length");
 }
 
 /// A reader of perf's jitdump format (header, then records), independent of
@@ -105,6 +142,8 @@ fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
     let mut at = header;
     let mut loads = Vec::new();
     let mut last_time = 0;
+    // An unwinding record's data (and header size), for the next load.
+    let mut unwinding: Option<(Vec<u8>, usize)> = None;
     while at < bytes.len() {
         let (id, size, time) = (u32_at(at), u32_at(at + 4) as usize, u64_at(at + 8));
         assert!(
@@ -113,8 +152,23 @@ fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
         );
         assert!(time >= last_time, "timestamps in order");
         last_time = time;
-        assert_eq!(id, 0, "only code loads are written");
         let body = at + 16;
+        if id == 4 {
+            // JIT_CODE_UNWINDING_INFO: sizes of the data and of its
+            // header, and how much of it perf should take as mapped.
+            let (data, hdr, mapped) = (u64_at(body), u64_at(body + 8), u64_at(body + 16));
+            assert_eq!(size as u64, (40 + data).next_multiple_of(8), "record size");
+            assert!(
+                mapped == 0 || mapped == data,
+                "mapped size {mapped} of {data}"
+            );
+            assert!(unwinding.is_none(), "two unwinding records for one load");
+            let bytes = &bytes[body + 24..body + 24 + data as usize];
+            unwinding = Some((bytes.to_vec(), hdr as usize));
+            at += size;
+            continue;
+        }
+        assert_eq!(id, 0, "code loads and unwinding data only");
         assert_eq!(u32_at(body), pid);
         let (vma, addr, code_size) = (u64_at(body + 8), u64_at(body + 16), u64_at(body + 24));
         assert_eq!(vma, addr);
@@ -127,11 +181,15 @@ fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
             at + size,
             "{name}: code fills the record"
         );
+        let unwinding = unwinding
+            .take()
+            .map(|(data, hdr)| check_unwinding(&data, hdr, code_size));
         loads.push(Load {
             addr,
             size: code_size,
             name,
             code: bytes[code_at..at + size].to_vec(),
+            unwinding: unwinding.is_some(),
         });
         at += size;
     }
@@ -208,6 +266,11 @@ fn perf_map_and_jitdump_name_every_region() {
         .find(|l| l.name == "profiling test code")
         .unwrap();
     assert_eq!(ours.code, CODE);
+    // Unwinding data for every region made with unwind rows: all but the
+    // tier code, which was installed without any.
+    for l in &loads {
+        assert_eq!(l.unwinding, l.name != "profiling test code", "{}", l.name);
+    }
 }
 
 /// The examples cargo built with the tests.
@@ -217,19 +280,20 @@ fn example(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Records `profile <mode>` under perf with `env`, in `dir`; the report's
-/// text (after `perf inject --jit` when `jit`), or `None` when the kernel
-/// refuses perf events.
-fn perf_report(
+/// Records `profile <mode> <calls>` under perf with `env` and the extra
+/// `perf record` arguments `args`, in `dir`; the recording (after `perf
+/// inject --jit` when `jit`), or `None` when the kernel refuses perf events.
+fn perf_record(
     profile: &Path,
     dir: &Path,
-    mode: &str,
+    (mode, calls): (&str, &str),
     env: &[(&str, &str)],
+    args: &[&str],
     jit: bool,
-) -> Option<String> {
+) -> Option<PathBuf> {
     let data = dir.join(format!("{mode}.data"));
     let mut record = Command::new("perf");
-    record.args(["record", "-e", "cpu-clock", "-F", "20000"]);
+    record.args(["record", "-e", "cpu-clock"]).args(args);
     if jit {
         // jitdump records carry CLOCK_MONOTONIC times.
         record.args(["-k", "mono"]);
@@ -239,7 +303,7 @@ fn perf_report(
         .arg(&data)
         .arg("--")
         .arg(profile)
-        .args([mode, "5000000"])
+        .args([mode, calls])
         .envs(env.iter().copied())
         .env("JITDUMPDIR", dir)
         .current_dir(dir)
@@ -252,39 +316,71 @@ fn perf_report(
         );
         return None;
     }
-    let data = if jit {
-        let injected = dir.join(format!("{mode}.jit.data"));
-        let inj = Command::new("perf")
-            .args(["inject", "--jit", "-i"])
-            .arg(&data)
-            .arg("-o")
-            .arg(&injected)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(inj.status.success(), "perf inject: {inj:?}");
-        injected
-    } else {
-        data
-    };
-    let report = Command::new("perf")
-        .args(["report", "--stdio", "--sort", "sym", "-i"])
+    if !jit {
+        return Some(data);
+    }
+    let injected = dir.join(format!("{mode}.jit.data"));
+    let inj = Command::new("perf")
+        .args(["inject", "--jit", "-i"])
         .arg(&data)
+        .arg("-o")
+        .arg(&injected)
         .current_dir(dir)
         .output()
         .unwrap();
-    Some(String::from_utf8_lossy(&report.stdout).into_owned())
+    assert!(inj.status.success(), "perf inject: {inj:?}");
+    Some(injected)
+}
+
+/// The text `perf <what> -i data <args>` prints.
+fn perf_output(dir: &Path, what: &str, data: &Path, args: &[&str]) -> String {
+    let out = Command::new("perf")
+        .args([what, "-i"])
+        .arg(data)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "perf {what}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records `profile <mode>` under perf with `env`, in `dir`; the report's
+/// text (after `perf inject --jit` when `jit`), or `None` when the kernel
+/// refuses perf events.
+fn perf_report(
+    profile: &Path,
+    dir: &Path,
+    mode: &str,
+    env: &[(&str, &str)],
+    jit: bool,
+) -> Option<String> {
+    let data = perf_record(profile, dir, (mode, "5000000"), env, &["-F", "20000"], jit)?;
+    Some(perf_output(
+        dir,
+        "report",
+        &data,
+        &["--stdio", "--sort", "sym"],
+    ))
+}
+
+/// perf, or why this test cannot use it; and the `profile` example.
+fn perf_and_profile() -> Option<PathBuf> {
+    let Ok(v) = Command::new("perf").arg("--version").output() else {
+        println!("skipped: perf is not installed (.ci/run installs linux-perf)");
+        return None;
+    };
+    assert!(v.status.success());
+    let profile = example("profile");
+    if profile.is_none() {
+        println!("skipped: the profile example is not built");
+    }
+    profile
 }
 
 #[test]
 fn perf_report_names_the_exit_stub_and_the_entry_thunk() {
-    let Ok(v) = Command::new("perf").arg("--version").output() else {
-        println!("skipped: perf is not installed (.ci/run installs linux-perf)");
-        return;
-    };
-    assert!(v.status.success());
-    let Some(profile) = example("profile") else {
-        println!("skipped: the profile example is not built");
+    let Some(profile) = perf_and_profile() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("tierbridge-perf-{}", std::process::id()));
@@ -317,6 +413,128 @@ fn perf_report_names_the_exit_stub_and_the_entry_thunk() {
                 return;
             };
             assert!(text.contains(want), "{mode} {env:?}: {text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One sample of `perf script`: its frames, innermost first, each as
+/// (symbol, object file).
+fn samples(script: &str) -> Vec<Vec<(String, String)>> {
+    script
+        .split("\n\n")
+        .map(|sample| {
+            sample
+                .lines()
+                .skip(1)
+                .filter_map(|frame| {
+                    // `address symbol+offset (object)`
+                    let (_, rest) = frame.trim().split_once(' ')?;
+                    let (sym, obj) = rest.rsplit_once(" (")?;
+                    Some((sym.to_owned(), obj.trim_end_matches(')').to_owned()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn perf_call_graphs_unwind_through_generated_code() {
+    let Some(profile) = perf_and_profile() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tierbridge-unwind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Samples in an entry thunk or trampoline, or in the host function the
+    // thunk called, and samples in an exit stub: perf's unwinder needs the
+    // unwinding data of the jitdump records to get from generated code to
+    // the loop that called into it. Both memory strategies: with dual
+    // mapping, regions lie next to each other, and each keeps room after
+    // its code where perf places its unwinding data.
+    for (mode, strategy, caller) in [
+        ("entry", "dual-mapping", "profile::call_loop"),
+        ("entry", "write-then-protect", "profile::call_loop"),
+        (
+            "exit-unchecked",
+            "dual-mapping",
+            "profile::exit_unchecked_loop",
+        ),
+    ] {
+        let env = [
+            ("TIERBRIDGE_PROFILE", "jitdump"),
+            ("TIERBRIDGE_EXEC", strategy),
+        ];
+        // A second or less of calls in either build (the example is built
+        // with the tests, optimized or not).
+        let calls = match (mode, cfg!(debug_assertions)) {
+            ("entry", false) => "40000000",
+            ("entry", true) => "2000000",
+            (_, false) => "100000000",
+            (_, true) => "60000000",
+        };
+        let Some(data) = perf_record(
+            &profile,
+            &dir,
+            (mode, calls),
+            &env,
+            &["-F", "4000", "--call-graph=dwarf"],
+            true,
+        ) else {
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        };
+        let script = perf_output(&dir, "script", &data, &["--no-inline"]);
+        // The samples with a frame in generated code (perf inject's ELF
+        // files are named `jitted-<pid>-<n>.so`).
+        let jitted: Vec<_> = samples(&script)
+            .into_iter()
+            .filter_map(|frames| {
+                let at = frames
+                    .iter()
+                    .position(|(_, obj)| obj.contains("/jitted-"))?;
+                Some((frames, at))
+            })
+            .collect();
+        let what = format!("{mode} {strategy}");
+        assert!(
+            jitted.len() >= 10,
+            "{what}: {} samples in generated code\n{script}",
+            jitted.len()
+        );
+        println!("{what}: {} samples in generated code", jitted.len());
+        // Every one continues below the generated frame, to the caller.
+        let lost: Vec<_> = jitted
+            .iter()
+            .filter(|(frames, at)| {
+                !frames[at + 1..]
+                    .iter()
+                    .any(|(sym, _)| sym.starts_with(caller))
+            })
+            .collect();
+        assert!(
+            lost.len() * 20 <= jitted.len(),
+            "{what}: {} of {} samples in generated code stop there: {:?}",
+            lost.len(),
+            jitted.len(),
+            lost.first()
+        );
+        // In the entry thunk, and through it: samples in the host function
+        // it called, where unwinding starts in compiled Rust and continues
+        // through the thunk.
+        if mode == "entry" {
+            let through = jitted
+                .iter()
+                .filter(|(frames, at)| {
+                    *at > 0
+                        && frames[*at]
+                            .0
+                            .starts_with("tierbridge entry (i64,i64)->i64 sysv")
+                })
+                .count();
+            assert!(
+                through >= 5,
+                "{what}: {through} samples above the entry thunk"
+            );
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

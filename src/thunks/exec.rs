@@ -162,6 +162,7 @@ impl ExecCode {
             name,
             addr: self.addr.as_ptr() as usize,
             len: self.len,
+            room: self.size,
             unwind,
         }));
     }
@@ -241,7 +242,7 @@ impl ExecMemory {
         #[cfg(target_arch = "x86_64")]
         {
             // mov eax, 0x2a ; ret
-            let code = self.install(&[0xb8, 0x2a, 0, 0, 0, 0xc3])?;
+            let code = self.install(&[0xb8, 0x2a, 0, 0, 0, 0xc3], 0)?;
             // SAFETY: the bytes above are a complete function returning 42.
             let f: extern "C" fn() -> u32 = unsafe { crate::code::callable_as(code.addr().cast()) };
             if f() != 42 {
@@ -280,15 +281,18 @@ impl ExecMemory {
     }
 
     /// Copies `code` into executable memory and returns it, published
-    /// read+execute. Never maps anything writable and executable at once.
-    pub(crate) fn install(self: &Arc<Self>, code: &[u8]) -> Result<ExecCode> {
-        self.install_with(code.len(), |_, buf| {
+    /// read+execute, with `tail` more bytes kept free after it
+    /// ([`crate::visibility::tail`]). Never maps anything writable and
+    /// executable at once.
+    pub(crate) fn install(self: &Arc<Self>, code: &[u8], tail: usize) -> Result<ExecCode> {
+        self.install_with(code.len(), tail, |_, buf| {
             buf.copy_from_slice(code);
             true
         })
     }
 
-    /// Reserves `len` bytes of executable memory, lets `write` fill them
+    /// Reserves `len` bytes of executable memory (and `tail` more after
+    /// them, left as `int3`), lets `write` fill them
     /// through a writable view (given the final executable address first,
     /// for position-dependent code; the bytes start as `int3`), then
     /// publishes them read+execute — unless `write` returns false (or
@@ -299,9 +303,10 @@ impl ExecMemory {
     pub(crate) fn install_with(
         self: &Arc<Self>,
         len: usize,
+        tail: usize,
         write: impl FnOnce(NonNull<u8>, &mut [u8]) -> bool,
     ) -> Result<ExecCode> {
-        let size = len.max(1).next_multiple_of(self.granule());
+        let size = (len + tail).max(1).next_multiple_of(self.granule());
         // Only the allocation happens under the lock; the writing (and, for
         // write-then-protect, the two `mprotect` calls) touch memory this
         // allocation alone owns, so threads installing code overlap there.

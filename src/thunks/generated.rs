@@ -67,12 +67,13 @@ struct SlotStubs {
 /// few instructions each.
 const MAX_STUB_BYTES: usize = 64 * 1024;
 
-/// Installs `code`, refusing sizes no sane signature produces.
-fn install(mem: &Arc<ExecMemory>, code: &[u8]) -> Result<ExecCode> {
+/// Installs `code` to be published with `unwind`, refusing sizes no sane
+/// signature produces.
+fn install(mem: &Arc<ExecMemory>, code: &[u8], unwind: &Unwind) -> Result<ExecCode> {
     if code.len() > MAX_STUB_BYTES {
         return Err(too_big(code.len()));
     }
-    mem.install(code)
+    mem.install(code, crate::visibility::tail(code.len(), unwind))
 }
 
 /// `install`, then published to tools (`crate::visibility`) as
@@ -85,7 +86,7 @@ fn install_named(
     conv: CallConv,
     unwind: &Unwind,
 ) -> Result<ExecCode> {
-    let mut c = install(mem, code)?;
+    let mut c = install(mem, code, unwind)?;
     // The name only for the sinks that read it (formatting it costs about
     // as much as the rest of the publication).
     let name = if crate::visibility::names_wanted() {
@@ -1018,8 +1019,8 @@ impl GenBackend {
             .sum()
     }
 
-    fn install(&self, code: &[u8]) -> Result<ExecCode> {
-        install(&self.mem, code)
+    fn install(&self, code: &[u8], unwind: &Unwind) -> Result<ExecCode> {
+        install(&self.mem, code, unwind)
     }
 
     /// The registry the backend's ids are from (its bridge's).
@@ -1163,7 +1164,7 @@ impl GenBackend {
             .map(|_| AtomicPtr::new((&DEAD.0 as *const BindingHead).cast_mut()))
             .collect();
         let addrs: Vec<usize> = cells.iter().map(|c| c as *const _ as usize).collect();
-        let mut code = self.install(&emit_trampolines(&addrs))?;
+        let mut code = self.install(&emit_trampolines(&addrs), &Unwind::Leaf)?;
         // Each trampoline only jumps: the return address stays at [rsp].
         code.publish("tierbridge trampolines", &Unwind::Leaf);
         let slots = (0..BLOCK)

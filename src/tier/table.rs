@@ -479,12 +479,13 @@ impl TierTable {
             let cells: Vec<usize> = block.cells.iter().map(|c| c.as_ptr() as usize).collect();
             let code = crate::thunks::x64::emit_cell_jumps(&cells);
             debug_assert_eq!(code.len(), JUMP_BYTES * BLOCK);
+            let leaf = crate::visibility::Unwind::Leaf;
             let mut jumps = mem
                 .exec()
-                .install(&code)
+                .install(&code, crate::visibility::tail(code.len(), &leaf))
                 .map_err(|e| TierError::Code(e.to_string()))?;
             // Each cell's stub only jumps: the return address stays at [rsp].
-            jumps.publish("tierbridge cell jumps", &crate::visibility::Unwind::Leaf);
+            jumps.publish("tierbridge cell jumps", &leaf);
             block.jumps = Some(jumps);
         }
         Ok(block)

@@ -332,6 +332,7 @@ mod tests {
             name,
             addr,
             len: 0x53,
+            room: 0x60,
             unwind,
         }
     }
@@ -390,7 +391,8 @@ mod tests {
         ]);
         let addr = 0x7f12_3456_7000;
         let r = region("tierbridge exit (i64,i64)->i64 sysv", addr, &rows);
-        let (eh, _) = super::super::unwind::eh_frame(&r).unwrap();
+        let (eh, _) =
+            super::super::unwind::eh_frame(&r, super::super::unwind::Place::Absolute).unwrap();
         for with_eh in [true, false] {
             let bytes = symfile(&r, with_eh.then_some(&eh[..]));
             let file = ElfFile64::<object::Endianness>::parse(&*bytes).unwrap();

@@ -11,8 +11,9 @@
 //!   host function that C called through an entry thunk continues below the
 //!   thunk, down to `main`;
 //! - **perf map and jitdump** (off by default; [`Profiler`]): the lines of
-//!   `/tmp/perf-<pid>.map`, or the code-load records of a jitdump file, so
-//!   `perf report` names the regions;
+//!   `/tmp/perf-<pid>.map`, or the code-load and unwinding records of a
+//!   jitdump file, so `perf report` names the regions and `perf record
+//!   --call-graph=dwarf` unwinds through them;
 //! - **the GDB JIT interface** (off by default; [`enable_gdb`]): an
 //!   in-memory ELF object per region, with its symbol and its `.eh_frame`,
 //!   so gdb names frames in generated code and unwinds through them.
@@ -115,8 +116,12 @@ pub enum Profiler {
     /// `perf report` reads by itself.
     PerfMap,
     /// A jitdump file (`jit-<pid>.dump` in the current directory, or in
-    /// `$JITDUMPDIR`), with a code-load record per region: `perf record -k
-    /// mono`, then `perf inject --jit`, then `perf report`.
+    /// `$JITDUMPDIR`), with a code-load record per region, preceded by its
+    /// unwind tables when it has unwind information: `perf record -k mono`
+    /// (with `--call-graph=dwarf` for call graphs through generated code),
+    /// then `perf inject --jit`, then `perf report`. Each region made while
+    /// it is on keeps about 100 bytes free after its code, where perf
+    /// places those tables.
     JitDump,
 }
 
@@ -232,7 +237,20 @@ pub(crate) struct Region<'a> {
     pub(crate) name: &'a str,
     pub(crate) addr: usize,
     pub(crate) len: usize,
+    /// Bytes from `addr` that are the region's (its code and the padding
+    /// after it, which [`perf_tail`] may have asked for).
+    pub(crate) room: usize,
     pub(crate) unwind: &'a Unwind,
+}
+
+/// The bytes to keep free after `len` bytes of code that will be published
+/// with `unwind`: room for its unwinding data in perf's view when jitdump is
+/// on (perf takes the region to extend over that data), else none.
+pub(crate) fn tail(len: usize, unwind: &Unwind) -> usize {
+    if sinks() & JIT_DUMP == 0 {
+        return 0;
+    }
+    unwind::perf_tail(len, unwind)
 }
 
 /// A published region: unpublished on drop.
@@ -258,7 +276,7 @@ pub(crate) fn publish(region: &Region<'_>) -> Published {
         perf::code_loaded(region, s & PERF_MAP != 0, s & JIT_DUMP != 0);
     }
     // Made once: the unwinder and gdb's object file take the same bytes.
-    let frames = unwind::eh_frame(region);
+    let frames = unwind::eh_frame(region, unwind::Place::Absolute);
     let gdb =
         (s & GDB != 0).then(|| gdb::register(region, frames.as_ref().map(|(bytes, _)| &bytes[..])));
     Published {

@@ -3,7 +3,8 @@
 //! itself) and a jitdump file (binary code-load records with the code's
 //! bytes, merged into a recording by `perf inject --jit`). The jitdump
 //! format is perf's `tools/perf/Documentation/jitdump-specification.txt`:
-//! a header, then one record per region; the file is also mapped
+//! a header, then a code-load record per region (after an unwinding
+//! record when the region has unwind information); the file is also mapped
 //! executable once, which is the event by which `perf record` finds it.
 
 use std::fs::File;
@@ -73,6 +74,8 @@ fn timestamp() -> u64 {
 pub(crate) const JITDUMP_MAGIC: u32 = 0x4A69_5444;
 /// The record id of a code load.
 pub(crate) const JIT_CODE_LOAD: u32 = 0;
+/// The record id of unwinding data (for the next code load).
+pub(crate) const JIT_CODE_UNWINDING_INFO: u32 = 4;
 /// The ELF machine number of this CPU (x86-64 62, AArch64 183).
 pub(super) const ELF_MACHINE: u32 = if cfg!(target_arch = "aarch64") {
     183
@@ -142,11 +145,35 @@ pub(super) fn code_loaded(region: &Region<'_>, perf_map: bool, jitdump: bool) {
         let _ = file.write_all(line.as_bytes());
     }
     if jitdump && f.jitdump.is_some() {
+        let mut r = Vec::new();
+        // The unwinding data comes first: `perf inject --jit` keeps it for
+        // the next code load, and writes both into the ELF file it makes.
+        if let Some(data) = super::unwind::perf_unwinding(region) {
+            // perf reads the data through the region's map, which it
+            // extends over `mapped_size` bytes past the code (rounded to 8):
+            // only when those bytes are the region's own (`tail`), so that
+            // it never hides another region.
+            let code = region.len.next_multiple_of(8);
+            let mapped = if code + data.len() <= region.room {
+                data.len()
+            } else {
+                0
+            };
+            let size = (40 + data.len()).next_multiple_of(8);
+            r.extend(JIT_CODE_UNWINDING_INFO.to_le_bytes());
+            r.extend((size as u32).to_le_bytes());
+            r.extend(timestamp().to_le_bytes());
+            r.extend((data.len() as u64).to_le_bytes()); // .eh_frame + header
+            r.extend((super::unwind::EH_FRAME_HDR_BYTES as u64).to_le_bytes());
+            r.extend((mapped as u64).to_le_bytes());
+            r.extend_from_slice(&data);
+            r.resize(r.len().next_multiple_of(8), 0);
+        }
         let index = f.index;
         f.index += 1;
         let name = region.name.as_bytes();
         let size = 16 + 40 + name.len() + 1 + region.len;
-        let mut r = Vec::with_capacity(size);
+        let at = r.len();
         r.extend(JIT_CODE_LOAD.to_le_bytes());
         r.extend((size as u32).to_le_bytes());
         r.extend(timestamp().to_le_bytes());
@@ -163,6 +190,8 @@ pub(super) fn code_loaded(region: &Region<'_>, perf_map: bool, jitdump: bool) {
         r.extend_from_slice(unsafe {
             std::slice::from_raw_parts(region.addr as *const u8, region.len)
         });
+        debug_assert_eq!(r.len() - at, size);
+        // One write for both records, so that they stay together.
         if let Some(file) = f.jitdump.as_mut() {
             let _ = file.write_all(&r);
         }

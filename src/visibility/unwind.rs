@@ -58,9 +58,22 @@ fn cfa(c: Cfa) -> (Register, i32) {
     }
 }
 
+/// Where the code an `.eh_frame` describes is, as its FDE says it.
+#[derive(Clone, Copy)]
+pub(crate) enum Place {
+    /// At the region's address (absolute pointers): for the unwinder of
+    /// this process and for gdb.
+    Absolute,
+    /// `n` bytes before the `.eh_frame` section (section-relative
+    /// pointers): where `perf inject --jit` puts the code of the ELF file it
+    /// makes for a jitdump region, the section at the code's end rounded up
+    /// to 8.
+    Before(u64),
+}
+
 /// The `.eh_frame` bytes of `region` (a CIE, its FDE, a zero terminator)
 /// and the FDE's offset in them; `None` for [`Unwind::Unknown`].
-pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
+pub(crate) fn eh_frame(region: &Region<'_>, place: Place) -> Option<(Vec<u8>, usize)> {
     // The CIE and the rows are x86-64's (Cranelift's rows on another CPU
     // would need that CPU's CIE): elsewhere there are none, for the unwinder
     // or for gdb.
@@ -76,16 +89,22 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
     let mut cie = CommonInformationEntry::new(encoding, 1, -8, X86_64::RA);
     cie.add_instruction(CallFrameInstruction::Cfa(X86_64::RSP, 8));
     cie.add_instruction(CallFrameInstruction::Offset(X86_64::RA, -8));
-    let mut fde = FrameDescriptionEntry::new(
-        Address::Constant(region.addr as u64),
-        u32::try_from(region.len).ok()?,
-    );
+    let start = match place {
+        Place::Absolute => Address::Constant(region.addr as u64),
+        Place::Before(n) => {
+            // gimli writes a pc-relative constant as itself minus its own
+            // offset in the section: the section is taken to start at 0.
+            cie.fde_address_encoding = gimli::DW_EH_PE_pcrel | gimli::DW_EH_PE_sdata4;
+            Address::Constant(n.wrapping_neg())
+        }
+    };
+    let mut fde = FrameDescriptionEntry::new(start, u32::try_from(region.len).ok()?);
     match region.unwind {
         Unwind::Unknown | Unwind::Leaf => {}
         // Cranelift's rows assume the same CIE (CFA = rsp + 8, code
         // alignment 1, data alignment -8).
         #[cfg(feature = "cranelift")]
-        Unwind::Cranelift(info) => fde = info.to_fde(Address::Constant(region.addr as u64)),
+        Unwind::Cranelift(info) => fde = info.to_fde(start),
         Unwind::Rows(rows) => {
             let mut saved: Vec<(u16, i32)> = Vec::new();
             let mut rule = (X86_64::RSP, 8);
@@ -121,6 +140,48 @@ pub(crate) fn eh_frame(region: &Region<'_>) -> Option<(Vec<u8>, usize)> {
     let cie_len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize + 4;
     bytes.extend_from_slice(&[0, 0, 0, 0]);
     Some((bytes, cie_len))
+}
+
+/// Bytes of an `.eh_frame_hdr` with one entry.
+pub(crate) const EH_FRAME_HDR_BYTES: usize = 20;
+
+/// The unwinding data of a jitdump record for `region`: an `.eh_frame`
+/// followed by its `.eh_frame_hdr`, for the ELF file `perf inject --jit`
+/// makes of the region, which has the code at the start of its text and
+/// these two sections right after it, the first on an 8-byte boundary.
+/// `None` for [`Unwind::Unknown`].
+pub(crate) fn perf_unwinding(region: &Region<'_>) -> Option<Vec<u8>> {
+    let code = region.len.next_multiple_of(8) as i64;
+    let (mut bytes, fde_at) = eh_frame(region, Place::Before(code as u64))?;
+    let frames = bytes.len() as i64;
+    // The header (LSB-standard `.eh_frame_hdr`), at `code + frames` from
+    // the code's start; its table's entries are relative to its own start.
+    let table = |v: i64| i32::try_from(v).ok().map(i32::to_le_bytes);
+    bytes.extend([
+        1,                                                    // version
+        gimli::DW_EH_PE_pcrel.0 | gimli::DW_EH_PE_sdata4.0,   // eh_frame_ptr
+        gimli::DW_EH_PE_udata4.0,                             // fde_count
+        gimli::DW_EH_PE_datarel.0 | gimli::DW_EH_PE_sdata4.0, // table
+    ]);
+    bytes.extend(table(-(frames + 4))?); // the .eh_frame, from this field
+    bytes.extend(1u32.to_le_bytes()); // one FDE
+    bytes.extend(table(-(code + frames))?); // where its code starts
+    bytes.extend(table(fde_at as i64 - frames)?); // where it is
+    Some(bytes)
+}
+
+/// The bytes to keep free after a region of `len` bytes of code for its
+/// jitdump unwinding data (perf takes the region to run on over them, and
+/// another region there would hide them): nothing when `unwind` has none.
+pub(crate) fn perf_tail(len: usize, unwind: &Unwind) -> usize {
+    let region = Region {
+        name: "",
+        addr: 0,
+        len,
+        room: len,
+        unwind,
+    };
+    perf_unwinding(&region).map_or(0, |u| len.next_multiple_of(8) - len + u.len())
 }
 
 /// Registers frame information made by [`eh_frame`] (its bytes and the
