@@ -139,6 +139,8 @@ pub struct ExecCode {
     addr: NonNull<u8>,
     /// Bytes of code (the rest of `size` is padding).
     len: usize,
+    /// What publishing it was prepared with (`crate::visibility::prepare`).
+    prepared: crate::visibility::Prepared,
     /// Its name and unwind rows as tools see them, once published.
     published: Option<crate::visibility::Published>,
 }
@@ -156,7 +158,8 @@ impl ExecCode {
     }
 
     /// Publishes the code to profilers, debuggers and the unwinder
-    /// (`crate::visibility`) under `name`, until it is dropped.
+    /// (`crate::visibility`) under `name`, until it is dropped; `unwind`
+    /// is the description it was installed with.
     pub(crate) fn publish(&mut self, name: &str, unwind: &crate::visibility::Unwind) {
         self.published = Some(crate::visibility::publish(&crate::visibility::Region {
             name,
@@ -164,6 +167,7 @@ impl ExecCode {
             len: self.len,
             room: self.size,
             unwind,
+            perf: self.prepared.perf.as_deref(),
         }));
     }
 }
@@ -242,7 +246,10 @@ impl ExecMemory {
         #[cfg(target_arch = "x86_64")]
         {
             // mov eax, 0x2a ; ret
-            let code = self.install(&[0xb8, 0x2a, 0, 0, 0, 0xc3], 0)?;
+            let code = self.install(
+                &[0xb8, 0x2a, 0, 0, 0, 0xc3],
+                &crate::visibility::Unwind::Unknown,
+            )?;
             // SAFETY: the bytes above are a complete function returning 42.
             let f: extern "C" fn() -> u32 = unsafe { crate::code::callable_as(code.addr().cast()) };
             if f() != 42 {
@@ -280,19 +287,23 @@ impl ExecMemory {
         }
     }
 
-    /// Copies `code` into executable memory and returns it, published
-    /// read+execute, with `tail` more bytes kept free after it
-    /// ([`crate::visibility::tail`]). Never maps anything writable and
-    /// executable at once.
-    pub(crate) fn install(self: &Arc<Self>, code: &[u8], tail: usize) -> Result<ExecCode> {
-        self.install_with(code.len(), tail, |_, buf| {
+    /// Copies `code` into executable memory and returns it, read+execute,
+    /// prepared to be published with `unwind` ([`ExecCode::publish`]).
+    /// Never maps anything writable and executable at once.
+    pub(crate) fn install(
+        self: &Arc<Self>,
+        code: &[u8],
+        unwind: &crate::visibility::Unwind,
+    ) -> Result<ExecCode> {
+        self.install_with(code.len(), unwind, |_, buf| {
             buf.copy_from_slice(code);
             true
         })
     }
 
-    /// Reserves `len` bytes of executable memory (and `tail` more after
-    /// them, left as `int3`), lets `write` fill them
+    /// Reserves `len` bytes of executable memory (and any room after them
+    /// that publishing with `unwind` needs, left as `int3`), lets `write`
+    /// fill them
     /// through a writable view (given the final executable address first,
     /// for position-dependent code; the bytes start as `int3`), then
     /// publishes them read+execute — unless `write` returns false (or
@@ -303,10 +314,13 @@ impl ExecMemory {
     pub(crate) fn install_with(
         self: &Arc<Self>,
         len: usize,
-        tail: usize,
+        unwind: &crate::visibility::Unwind,
         write: impl FnOnce(NonNull<u8>, &mut [u8]) -> bool,
     ) -> Result<ExecCode> {
-        let size = (len + tail).max(1).next_multiple_of(self.granule());
+        let prepared = crate::visibility::prepare(len, unwind);
+        let size = (len + prepared.tail)
+            .max(1)
+            .next_multiple_of(self.granule());
         // Only the allocation happens under the lock; the writing (and, for
         // write-then-protect, the two `mprotect` calls) touch memory this
         // allocation alone owns, so threads installing code overlap there.
@@ -357,6 +371,7 @@ impl ExecMemory {
             size,
             addr,
             len,
+            prepared,
             published: None,
         };
         if self.strategy == ExecStrategy::WriteThenProtect {

@@ -73,7 +73,7 @@ fn install(mem: &Arc<ExecMemory>, code: &[u8], unwind: &Unwind) -> Result<ExecCo
     if code.len() > MAX_STUB_BYTES {
         return Err(too_big(code.len()));
     }
-    mem.install(code, crate::visibility::tail(code.len(), unwind))
+    mem.install(code, unwind)
 }
 
 /// `install`, then published to tools (`crate::visibility`) as

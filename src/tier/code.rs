@@ -141,18 +141,15 @@ impl CodeMemory {
         TierError: From<E>,
     {
         let mut failure = None;
-        let exec =
-            self.mem.install_with(
-                len,
-                crate::visibility::tail(len, unwind),
-                |base, buf| match write(base.as_ptr() as usize, buf) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                },
-            );
+        let exec = self.mem.install_with(len, unwind, |base, buf| {
+            match write(base.as_ptr() as usize, buf) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        });
         match (exec, failure) {
             (_, Some(e)) => Err(e.into()),
             (Ok(mut exec), None) => {

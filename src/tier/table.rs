@@ -482,7 +482,7 @@ impl TierTable {
             let leaf = crate::visibility::Unwind::Leaf;
             let mut jumps = mem
                 .exec()
-                .install(&code, crate::visibility::tail(code.len(), &leaf))
+                .install(&code, &leaf)
                 .map_err(|e| TierError::Code(e.to_string()))?;
             // Each cell's stub only jumps: the return address stays at [rsp].
             jumps.publish("tierbridge cell jumps", &leaf);

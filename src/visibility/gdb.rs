@@ -334,6 +334,7 @@ mod tests {
             len: 0x53,
             room: 0x60,
             unwind,
+            perf: None,
         }
     }
 

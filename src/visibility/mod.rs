@@ -120,7 +120,7 @@ pub enum Profiler {
     /// unwind tables when it has unwind information: `perf record -k mono`
     /// (with `--call-graph=dwarf` for call graphs through generated code),
     /// then `perf inject --jit`, then `perf report`. Each region made while
-    /// it is on keeps about 100 bytes free after its code, where perf
+    /// it is on keeps 70–90 bytes (a stub's) free after its code, where perf
     /// places those tables.
     JitDump,
 }
@@ -238,19 +238,37 @@ pub(crate) struct Region<'a> {
     pub(crate) addr: usize,
     pub(crate) len: usize,
     /// Bytes from `addr` that are the region's (its code and the padding
-    /// after it, which [`perf_tail`] may have asked for).
+    /// after it, which [`prepare`] may have asked for).
     pub(crate) room: usize,
     pub(crate) unwind: &'a Unwind,
+    /// The region's jitdump unwinding data, if [`prepare`] made it.
+    pub(crate) perf: Option<&'a [u8]>,
 }
 
-/// The bytes to keep free after `len` bytes of code that will be published
-/// with `unwind`: room for its unwinding data in perf's view when jitdump is
-/// on (perf takes the region to extend over that data), else none.
-pub(crate) fn tail(len: usize, unwind: &Unwind) -> usize {
+/// What code to be published needs before its memory is allocated: nothing
+/// unless jitdump is on; then its jitdump unwinding data, and room for it
+/// after the code (perf takes the region to extend over that data, and
+/// another region there would hide it).
+#[derive(Default)]
+pub(crate) struct Prepared {
+    /// Bytes to keep free after the code.
+    pub(crate) tail: usize,
+    /// The jitdump unwinding data (`.eh_frame` and `.eh_frame_hdr`).
+    pub(crate) perf: Option<Box<[u8]>>,
+}
+
+/// Prepares `len` bytes of code that will be published with `unwind`.
+pub(crate) fn prepare(len: usize, unwind: &Unwind) -> Prepared {
     if sinks() & JIT_DUMP == 0 {
-        return 0;
+        return Prepared::default();
     }
-    unwind::perf_tail(len, unwind)
+    match unwind::perf_unwinding(len, unwind) {
+        Some(data) => Prepared {
+            tail: len.next_multiple_of(8) - len + data.len(),
+            perf: Some(data.into_boxed_slice()),
+        },
+        None => Prepared::default(),
+    }
 }
 
 /// A published region: unpublished on drop.

@@ -145,10 +145,14 @@ pub(super) fn code_loaded(region: &Region<'_>, perf_map: bool, jitdump: bool) {
         let _ = file.write_all(line.as_bytes());
     }
     if jitdump && f.jitdump.is_some() {
-        let mut r = Vec::new();
+        let name = region.name.as_bytes();
+        let unwinding = region
+            .perf
+            .map_or(0, |d| (40 + d.len()).next_multiple_of(8));
+        let mut r = Vec::with_capacity(unwinding + 16 + 40 + name.len() + 1 + region.len);
         // The unwinding data comes first: `perf inject --jit` keeps it for
         // the next code load, and writes both into the ELF file it makes.
-        if let Some(data) = super::unwind::perf_unwinding(region) {
+        if let Some(data) = region.perf {
             // perf reads the data through the region's map, which it
             // extends over `mapped_size` bytes past the code (rounded to 8):
             // only when those bytes are the region's own (`tail`), so that
@@ -166,12 +170,11 @@ pub(super) fn code_loaded(region: &Region<'_>, perf_map: bool, jitdump: bool) {
             r.extend((data.len() as u64).to_le_bytes()); // .eh_frame + header
             r.extend((super::unwind::EH_FRAME_HDR_BYTES as u64).to_le_bytes());
             r.extend((mapped as u64).to_le_bytes());
-            r.extend_from_slice(&data);
+            r.extend_from_slice(data);
             r.resize(r.len().next_multiple_of(8), 0);
         }
         let index = f.index;
         f.index += 1;
-        let name = region.name.as_bytes();
         let size = 16 + 40 + name.len() + 1 + region.len;
         let at = r.len();
         r.extend(JIT_CODE_LOAD.to_le_bytes());

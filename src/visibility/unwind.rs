@@ -10,8 +10,8 @@
 use std::sync::OnceLock;
 
 use gimli::write::{
-    Address, CallFrameInstruction, CommonInformationEntry, EhFrame, EndianVec,
-    FrameDescriptionEntry, FrameTable,
+    Address, CallFrameInstruction, CommonInformationEntry, EhFrame, FrameDescriptionEntry,
+    FrameTable,
 };
 use gimli::{Encoding, Format, Register, RunTimeEndian, X86_64};
 
@@ -133,26 +133,65 @@ pub(crate) fn eh_frame(region: &Region<'_>, place: Place) -> Option<(Vec<u8>, us
     let mut table = FrameTable::default();
     let cie_id = table.add_cie(cie);
     table.add_fde(cie_id, fde);
-    let mut out = EhFrame(EndianVec::new(RunTimeEndian::Little));
+    let mut out = EhFrame(Bytes(Vec::with_capacity(128)));
     table.write_eh_frame(&mut out).ok()?;
-    let mut bytes = out.0.into_vec();
+    let mut bytes = out.0.0;
     // The CIE comes first: its length word plus its length.
     let cie_len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize + 4;
     bytes.extend_from_slice(&[0, 0, 0, 0]);
     Some((bytes, cie_len))
 }
 
+/// gimli's output: a byte vector made with room for a typical `.eh_frame`
+/// (gimli's `EndianVec` starts empty, and growing it byte by byte was a
+/// third of the work).
+struct Bytes(Vec<u8>);
+
+impl gimli::write::Writer for Bytes {
+    type Endian = RunTimeEndian;
+
+    fn endian(&self) -> RunTimeEndian {
+        RunTimeEndian::Little
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> gimli::write::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> gimli::write::Result<()> {
+        let to = self
+            .0
+            .get_mut(offset..offset + bytes.len())
+            .ok_or(gimli::write::Error::OffsetOutOfBounds)?;
+        to.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Bytes of an `.eh_frame_hdr` with one entry.
 pub(crate) const EH_FRAME_HDR_BYTES: usize = 20;
 
-/// The unwinding data of a jitdump record for `region`: an `.eh_frame`
-/// followed by its `.eh_frame_hdr`, for the ELF file `perf inject --jit`
-/// makes of the region, which has the code at the start of its text and
-/// these two sections right after it, the first on an 8-byte boundary.
-/// `None` for [`Unwind::Unknown`].
-pub(crate) fn perf_unwinding(region: &Region<'_>) -> Option<Vec<u8>> {
-    let code = region.len.next_multiple_of(8) as i64;
-    let (mut bytes, fde_at) = eh_frame(region, Place::Before(code as u64))?;
+/// The unwinding data of a jitdump record for `len` bytes of code described
+/// by `unwind`: an `.eh_frame` followed by its `.eh_frame_hdr`, for the ELF
+/// file `perf inject --jit` makes of the region, which has the code at the
+/// start of its text and these two sections right after it, the first on an
+/// 8-byte boundary. `None` for [`Unwind::Unknown`].
+pub(crate) fn perf_unwinding(len: usize, unwind: &Unwind) -> Option<Vec<u8>> {
+    let region = Region {
+        name: "",
+        addr: 0,
+        len,
+        room: len,
+        unwind,
+        perf: None,
+    };
+    let code = len.next_multiple_of(8) as i64;
+    let (mut bytes, fde_at) = eh_frame(&region, Place::Before(code as u64))?;
     let frames = bytes.len() as i64;
     // The header (LSB-standard `.eh_frame_hdr`), at `code + frames` from
     // the code's start; its table's entries are relative to its own start.
@@ -168,20 +207,6 @@ pub(crate) fn perf_unwinding(region: &Region<'_>) -> Option<Vec<u8>> {
     bytes.extend(table(-(code + frames))?); // where its code starts
     bytes.extend(table(fde_at as i64 - frames)?); // where it is
     Some(bytes)
-}
-
-/// The bytes to keep free after a region of `len` bytes of code for its
-/// jitdump unwinding data (perf takes the region to run on over them, and
-/// another region there would hide them): nothing when `unwind` has none.
-pub(crate) fn perf_tail(len: usize, unwind: &Unwind) -> usize {
-    let region = Region {
-        name: "",
-        addr: 0,
-        len,
-        room: len,
-        unwind,
-    };
-    perf_unwinding(&region).map_or(0, |u| len.next_multiple_of(8) - len + u.len())
 }
 
 /// Registers frame information made by [`eh_frame`] (its bytes and the
