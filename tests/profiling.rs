@@ -280,20 +280,21 @@ fn example(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Records `profile <mode> <calls>` under perf with `env` and the extra
-/// `perf record` arguments `args`, in `dir`; the recording (after `perf
-/// inject --jit` when `jit`), or `None` when the kernel refuses perf events.
+/// Records `program args` under perf with `env` and the extra `perf
+/// record` arguments `record_args`, in `dir`, as `label`; the recording
+/// (after `perf inject --jit` when `jit`), or `None` when the kernel refuses
+/// perf events.
 fn perf_record(
-    profile: &Path,
     dir: &Path,
-    (mode, calls): (&str, &str),
+    label: &str,
+    (program, args): (&Path, &[&str]),
     env: &[(&str, &str)],
-    args: &[&str],
+    record_args: &[&str],
     jit: bool,
 ) -> Option<PathBuf> {
-    let data = dir.join(format!("{mode}.data"));
+    let data = dir.join(format!("{label}.data"));
     let mut record = Command::new("perf");
-    record.args(["record", "-e", "cpu-clock"]).args(args);
+    record.args(["record", "-e", "cpu-clock"]).args(record_args);
     if jit {
         // jitdump records carry CLOCK_MONOTONIC times.
         record.args(["-k", "mono"]);
@@ -302,8 +303,8 @@ fn perf_record(
         .arg("-o")
         .arg(&data)
         .arg("--")
-        .arg(profile)
-        .args([mode, calls])
+        .arg(program)
+        .args(args)
         .envs(env.iter().copied())
         .env("JITDUMPDIR", dir)
         .current_dir(dir)
@@ -319,7 +320,7 @@ fn perf_record(
     if !jit {
         return Some(data);
     }
-    let injected = dir.join(format!("{mode}.jit.data"));
+    let injected = dir.join(format!("{label}.jit.data"));
     let inj = Command::new("perf")
         .args(["inject", "--jit", "-i"])
         .arg(&data)
@@ -355,7 +356,14 @@ fn perf_report(
     env: &[(&str, &str)],
     jit: bool,
 ) -> Option<String> {
-    let data = perf_record(profile, dir, (mode, "5000000"), env, &["-F", "20000"], jit)?;
+    let data = perf_record(
+        dir,
+        mode,
+        (profile, &[mode, "5000000"]),
+        env,
+        &["-F", "20000"],
+        jit,
+    )?;
     Some(perf_output(
         dir,
         "report",
@@ -446,36 +454,63 @@ fn perf_call_graphs_unwind_through_generated_code() {
     let dir = std::env::temp_dir().join(format!("tierbridge-unwind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Samples in an entry thunk or trampoline, or in the host function the
-    // thunk called, and samples in an exit stub: perf's unwinder needs the
-    // unwinding data of the jitdump records to get from generated code to
-    // the loop that called into it. Both memory strategies: with dual
-    // mapping, regions lie next to each other, and each keeps room after
-    // its code where perf places its unwinding data.
-    for (mode, strategy, caller) in [
-        ("entry", "dual-mapping", "profile::call_loop"),
-        ("entry", "write-then-protect", "profile::call_loop"),
+    // thunk called, samples in an exit stub, and samples in code a JIT
+    // compiled (the brainfuck client's Cranelift code, entered by OSR):
+    // perf's unwinder needs the unwinding data of the jitdump records to get
+    // from generated code to the function that called into it. Both memory
+    // strategies: with dual mapping, regions lie next to each other, and
+    // each keeps room after its code where perf places its unwinding data.
+    // The calls are a second or less in either build (the examples are
+    // built with the tests, optimized or not).
+    let debug = cfg!(debug_assertions);
+    let entries = if debug { "2000000" } else { "40000000" };
+    let exits = if debug { "60000000" } else { "100000000" };
+    // Nested loops, 8 × 255⁴ turns of the innermost, in a fraction of a
+    // second once compiled.
+    let bf_program = dir.join("loops.b");
+    std::fs::write(&bf_program, "++++++++[>-[>-[>-[>-[>+<-]<-]<-]<-]<-]").unwrap();
+    let brainfuck = example("brainfuck");
+    if brainfuck.is_none() {
+        println!("not run: the brainfuck example (feature cranelift) is not built");
+    }
+    let bf_args = ["--mode", "jit", bf_program.to_str().unwrap()];
+    let mut cases = vec![
+        (
+            "entry",
+            "dual-mapping",
+            (&profile, vec!["entry", entries]),
+            "profile::call_loop",
+        ),
+        (
+            "entry",
+            "write-then-protect",
+            (&profile, vec!["entry", entries]),
+            "profile::call_loop",
+        ),
         (
             "exit-unchecked",
             "dual-mapping",
+            (&profile, vec!["exit-unchecked", exits]),
             "profile::exit_unchecked_loop",
         ),
-    ] {
+    ];
+    if let Some(bf) = &brainfuck {
+        cases.push((
+            "brainfuck",
+            "dual-mapping",
+            (bf, bf_args.to_vec()),
+            "brainfuck::main",
+        ));
+    }
+    for (label, strategy, (program, args), caller) in cases {
         let env = [
             ("TIERBRIDGE_PROFILE", "jitdump"),
             ("TIERBRIDGE_EXEC", strategy),
         ];
-        // A second or less of calls in either build (the example is built
-        // with the tests, optimized or not).
-        let calls = match (mode, cfg!(debug_assertions)) {
-            ("entry", false) => "40000000",
-            ("entry", true) => "2000000",
-            (_, false) => "100000000",
-            (_, true) => "60000000",
-        };
         let Some(data) = perf_record(
-            &profile,
             &dir,
-            (mode, calls),
+            label,
+            (program, &args),
             &env,
             &["-F", "4000", "--call-graph=dwarf"],
             true,
@@ -495,13 +530,13 @@ fn perf_call_graphs_unwind_through_generated_code() {
                 Some((frames, at))
             })
             .collect();
-        let what = format!("{mode} {strategy}");
+        let what = format!("{label} {strategy}");
+        println!("{what}: {} samples in generated code", jitted.len());
         assert!(
             jitted.len() >= 10,
             "{what}: {} samples in generated code\n{script}",
             jitted.len()
         );
-        println!("{what}: {} samples in generated code", jitted.len());
         // Every one continues below the generated frame, to the caller.
         let lost: Vec<_> = jitted
             .iter()
@@ -521,7 +556,7 @@ fn perf_call_graphs_unwind_through_generated_code() {
         // In the entry thunk, and through it: samples in the host function
         // it called, where unwinding starts in compiled Rust and continues
         // through the thunk.
-        if mode == "entry" {
+        if label == "entry" {
             let through = jitted
                 .iter()
                 .filter(|(frames, at)| {
@@ -534,6 +569,15 @@ fn perf_call_graphs_unwind_through_generated_code() {
             assert!(
                 through >= 5,
                 "{what}: {through} samples above the entry thunk"
+            );
+        }
+        // The compiled program's own frames.
+        if label == "brainfuck" {
+            assert!(
+                jitted
+                    .iter()
+                    .any(|(f, at)| f[*at].0.starts_with("brainfuck program")),
+                "{what}: no sample in the compiled program"
             );
         }
     }
