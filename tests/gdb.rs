@@ -1,7 +1,9 @@
 //! gdb sees generated code through its JIT interface: a backtrace taken by
 //! gdb itself inside a host function that C called through an entry thunk
 //! names the generated frames and reaches `main` (and without the interface
-//! it does not); and the list gdb reads, walked here from the
+//! it does not); so does one taken in a C function called by code the
+//! brainfuck client compiled with Cranelift; and the list gdb reads, walked
+//! here from the
 //! `__jit_debug_descriptor` symbol as gdb walks it, holds one object per
 //! live region, describing it, and is back to what it was once 100 000
 //! regions are dropped, in time linear in their number.
@@ -21,17 +23,34 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use tierbridge::thunks::ExecStrategy;
 use tierbridge::tier::{Code, CodeMemory};
 
-/// The built example, next to this test binary (`target/<profile>/examples`).
-fn example() -> PathBuf {
+/// The built example `name`, next to this test binary
+/// (`target/<profile>/examples`).
+fn example_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join("gdb_target")
+    dir.join("examples").join(name)
+}
+
+/// The gdb target example.
+fn example() -> PathBuf {
+    example_named("gdb_target")
 }
 
 /// `gdb -batch` on the example, stopping where its host function calls
 /// `tierbridge_gdb_stop_here`, printing the backtrace; `None` (with the
 /// reason printed) where gdb cannot run it here.
 fn gdb_backtrace(gdb_interface: bool) -> Option<String> {
+    gdb_backtrace_at(
+        "tierbridge_gdb_stop_here",
+        &[example().to_str().unwrap()],
+        gdb_interface,
+    )
+}
+
+/// `gdb -batch` on the command line `args`, stopping at `breakpoint` and
+/// printing the backtrace; `None` (with the reason printed) where gdb
+/// cannot run it here.
+fn gdb_backtrace_at(breakpoint: &str, args: &[&str], gdb_interface: bool) -> Option<String> {
     let mut cmd = Command::new("gdb");
     cmd.args([
         "-nx",
@@ -39,14 +58,18 @@ fn gdb_backtrace(gdb_interface: bool) -> Option<String> {
         "-batch",
         "-iex",
         "set debuginfod enabled off",
+        // The breakpoint may be in a shared library not loaded yet.
+        "-iex",
+        "set breakpoint pending on",
         "-ex",
-        "break tierbridge_gdb_stop_here",
+        &format!("break {breakpoint}"),
         "-ex",
         "run",
         "-ex",
         "bt",
+        "--args",
     ])
-    .arg(example())
+    .args(args)
     .env_remove("TIERBRIDGE_GDB")
     .env_remove("TIERBRIDGE_PROFILE");
     if gdb_interface {
@@ -142,6 +165,63 @@ fn gdb_names_the_generated_frames_and_unwinds_through_them_to_main() {
     assert!(
         frame(&f, 0, "gdb_target::main ()").is_none(),
         "gdb unwound through unnamed generated code:\n{text}"
+    );
+}
+
+/// Code a JIT we did not write compiled, published through the tier API:
+/// the brainfuck client's Cranelift code calls the C library's
+/// `putchar_unlocked` directly; stopped there, gdb names the compiled
+/// program's frame and unwinds through it, by Cranelift's own unwind
+/// description, to `main` (and without the interface does neither). Not
+/// without code generation, where the client compiles nothing.
+#[cfg(tierbridge_codegen)]
+#[test]
+fn gdb_unwinds_through_code_a_cranelift_jit_compiled() {
+    if Command::new("gdb").arg("--version").output().is_err() {
+        println!("skipped: gdb is not installed");
+        return;
+    }
+    let bf = example_named("brainfuck");
+    if !bf.exists() {
+        println!("skipped: {} (feature cranelift) is not built", bf.display());
+        return;
+    }
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/brainfuck/hello.b");
+    let args = [bf.to_str().unwrap(), "--mode", "jit", program];
+    let Some(text) = gdb_backtrace_at("putchar_unlocked", &args, true) else {
+        return;
+    };
+    let f = frames(&text);
+    let expected = [
+        "putchar_unlocked",
+        "in brainfuck program ()",
+        "tierbridge::tier::table::TierTable::osr",
+        "brainfuck::bf::Bf::run",
+        "brainfuck::main ()",
+        " in main ()",
+    ];
+    let mut at = 0;
+    for what in expected {
+        match frame(&f, at, what) {
+            Some(i) => at = i + 1,
+            None => panic!("no frame `{what}` at or after #{at}:\n{text}"),
+        }
+    }
+    assert!(
+        !f.iter().any(|l| l.contains(" in ?? ()")),
+        "an unnamed frame:\n{text}"
+    );
+    let Some(text) = gdb_backtrace_at("putchar_unlocked", &args, false) else {
+        return;
+    };
+    let f = frames(&text);
+    assert!(
+        frame(&f, 0, "putchar_unlocked").is_some(),
+        "gdb stopped: {text}"
+    );
+    assert!(
+        frame(&f, 0, "brainfuck program").is_none() && frame(&f, 0, "brainfuck::main").is_none(),
+        "named or unwound without the interface:\n{text}"
     );
 }
 
