@@ -298,7 +298,7 @@ pub(crate) fn publish(region: &Region<'_>) -> Published {
     let gdb =
         (s & GDB != 0).then(|| gdb::register(region, frames.as_ref().map(|(bytes, _)| &bytes[..])));
     Published {
-        unwind: frames.map(|f| unwind::register(region.addr, f)),
+        unwind: frames.map(unwind::register),
         gdb,
     }
 }
