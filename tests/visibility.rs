@@ -240,3 +240,57 @@ fn publishing_and_unpublishing_100_000_regions_leaks_nothing_and_stays_linear() 
     // Nothing kept per region: 100 000 leaked FDEs would be megabytes.
     assert!(after < before + 2048, "RSS {before} -> {after} KiB");
 }
+
+/// Cranelift's unwind description carries the length of the code it was
+/// made for: installed with fewer bytes, it would tell the unwinder about
+/// code past the region's end (another region's), so it is refused; with
+/// the code it came with, it is taken.
+#[cfg(feature = "cranelift")]
+#[test]
+fn an_unwind_description_longer_than_the_code_is_refused() {
+    use cranelift_codegen::ir::{self, AbiParam, InstBuilder, types};
+    use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+    let Some(b) = bridge(ExecStrategy::DualMapping) else {
+        println!("skipped: no generated backend here");
+        return;
+    };
+    let memory = tierbridge::tier::CodeMemory::of(&b).unwrap();
+    let isa = tierbridge::cranelift::host_isa().unwrap();
+    let mut sig = ir::Signature::new(isa.default_call_conv());
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I64));
+    let mut func = ir::Function::with_name_signature(ir::UserFuncName::user(0, 0), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut fb = FunctionBuilder::new(&mut func, &mut fctx);
+    let block = fb.create_block();
+    fb.append_block_params_for_function_params(block);
+    fb.switch_to_block(block);
+    fb.seal_block(block);
+    let x = fb.block_params(block)[0];
+    let y = fb.ins().iadd_imm_s(x, 1);
+    fb.ins().return_(&[y]);
+    fb.finalize(isa.frontend_config());
+    let (bytes, unwind) = tierbridge::cranelift::compile_with_unwind(&isa, func).unwrap();
+    assert!(
+        matches!(unwind, tierbridge::visibility::Unwind::Cranelift(_)),
+        "{unwind:?}"
+    );
+    let err = memory
+        .install_with_unwind("short", &bytes[..bytes.len() - 1], &unwind)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "covers {} bytes, the code is {}",
+            bytes.len(),
+            bytes.len() - 1
+        )),
+        "{err}"
+    );
+    let code = memory
+        .install_with_unwind("whole", &bytes, &unwind)
+        .unwrap();
+    // SAFETY: the compiled function is `extern "C" fn(i64) -> i64` in the
+    // host convention.
+    let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(code.addr()) };
+    assert_eq!(f(41), 42);
+}

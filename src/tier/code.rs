@@ -96,8 +96,18 @@ impl CodeMemory {
     /// panic, a profiler) reads the stack where they say, and may fault.
     ///
     /// # Errors
-    /// As [`CodeMemory::install`].
+    /// As [`CodeMemory::install`]; [`TierError::Code`] when `unwind`
+    /// describes more code than `bytes` (Cranelift's description carries the
+    /// length of the code it was made for).
     pub fn install_with_unwind(&self, name: &str, bytes: &[u8], unwind: &Unwind) -> Result<Code> {
+        if let Some(n) = crate::visibility::unwind_len(unwind)
+            && n > bytes.len()
+        {
+            return Err(TierError::Code(format!(
+                "{name}: the unwind description covers {n} bytes, the code is {}",
+                bytes.len()
+            )));
+        }
         self.install_inner(name, bytes.len(), unwind, |_, buf| {
             buf.copy_from_slice(bytes);
             Ok::<(), TierError>(())

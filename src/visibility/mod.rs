@@ -245,6 +245,12 @@ pub(crate) struct Region<'a> {
     pub(crate) perf: Option<&'a [u8]>,
 }
 
+/// How many bytes of code `unwind` says it describes, when it carries a
+/// length of its own (Cranelift's description).
+pub(crate) fn unwind_len(unwind: &Unwind) -> Option<usize> {
+    unwind::unwind_len(unwind)
+}
+
 /// What code to be published needs before its memory is allocated: nothing
 /// unless jitdump is on; then its jitdump unwinding data, and room for it
 /// after the code (perf takes the region to extend over that data, and

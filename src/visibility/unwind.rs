@@ -138,8 +138,48 @@ pub(crate) fn eh_frame(region: &Region<'_>, place: Place) -> Option<(Vec<u8>, us
     let mut bytes = out.0.0;
     // The CIE comes first: its length word plus its length.
     let cie_len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize + 4;
+    // Never more than the region: an FDE reaching into the next region
+    // would hide that region's own from the unwinder (Cranelift's rows
+    // carry their own length).
+    if described_len(&bytes, cie_len, place)? > region.len {
+        return None;
+    }
     bytes.extend_from_slice(&[0, 0, 0, 0]);
     Some((bytes, cie_len))
+}
+
+/// The length of code the FDE at `fde_at` in `bytes` covers: after the
+/// length word and the CIE pointer, the start and the length, as wide as
+/// `place` writes them.
+fn described_len(bytes: &[u8], fde_at: usize, place: Place) -> Option<usize> {
+    let at = fde_at + 8;
+    match place {
+        Place::Absolute => {
+            Some(u64::from_le_bytes(bytes.get(at + 8..at + 16)?.try_into().ok()?) as usize)
+        }
+        Place::Before(_) => {
+            Some(u32::from_le_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?) as usize)
+        }
+    }
+}
+
+/// How many bytes of code `unwind` describes, when it says so itself
+/// (Cranelift's description carries the length of the code it was made
+/// for; rows are cut to the region's length).
+pub(crate) fn unwind_len(unwind: &Unwind) -> Option<usize> {
+    if !matches!(unwind, Unwind::Rows(_) | Unwind::Leaf | Unwind::Unknown) {
+        let region = Region {
+            name: "",
+            addr: 0,
+            len: u32::MAX as usize,
+            room: 0,
+            unwind,
+            perf: None,
+        };
+        let (bytes, fde_at) = eh_frame(&region, Place::Absolute)?;
+        return described_len(&bytes, fde_at, Place::Absolute);
+    }
+    None
 }
 
 /// gimli's output: a byte vector made with room for a typical `.eh_frame`
