@@ -120,7 +120,8 @@ pub enum Profiler {
     /// unwind tables when it has unwind information: `perf record -k mono`
     /// (with `--call-graph=dwarf` for call graphs through generated code),
     /// then `perf inject --jit`, then `perf report`. Each region made while
-    /// it is on keeps 70–90 bytes (a stub's) free after its code, where perf
+    /// it is on keeps its tables' size (70–90 bytes for a stub, more for
+    /// code with many unwind rows) free after its code, where perf
     /// places those tables.
     JitDump,
 }
