@@ -158,10 +158,8 @@ fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
             // header, and how much of it perf should take as mapped.
             let (data, hdr, mapped) = (u64_at(body), u64_at(body + 8), u64_at(body + 16));
             assert_eq!(size as u64, (40 + data).next_multiple_of(8), "record size");
-            assert!(
-                mapped == 0 || mapped == data,
-                "mapped size {mapped} of {data}"
-            );
+            // Every region keeps room for its tables, so perf may map them.
+            assert_eq!(mapped, data, "mapped size");
             assert!(unwinding.is_none(), "two unwinding records for one load");
             let bytes = &bytes[body + 24..body + 24 + data as usize];
             unwinding = Some((bytes.to_vec(), hdr as usize));
@@ -181,15 +179,16 @@ fn read_jitdump(bytes: &[u8], pid: u32) -> Vec<Load> {
             at + size,
             "{name}: code fills the record"
         );
-        let unwinding = unwinding
-            .take()
-            .map(|(data, hdr)| check_unwinding(&data, hdr, code_size));
+        let had_unwinding = unwinding.is_some();
+        if let Some((data, hdr)) = unwinding.take() {
+            check_unwinding(&data, hdr, code_size);
+        }
         loads.push(Load {
             addr,
             size: code_size,
             name,
             code: bytes[code_at..at + size].to_vec(),
-            unwinding: unwinding.is_some(),
+            unwinding: had_unwinding,
         });
         at += size;
     }

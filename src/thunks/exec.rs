@@ -146,7 +146,9 @@ pub struct ExecCode {
 }
 
 // SAFETY: an ExecCode is an address of read+execute memory that nothing writes
-// while it is alive, plus an Arc; its Drop only touches the allocator's mutex.
+// while it is alive, plus an Arc and owned data (its prepared tables, its
+// publication, itself Send and Sync); its Drop only touches the allocator's
+// mutex and unpublishes.
 unsafe impl Send for ExecCode {}
 // SAFETY: see Send; shared access only reads the address.
 unsafe impl Sync for ExecCode {}
@@ -159,15 +161,23 @@ impl ExecCode {
 
     /// Publishes the code to profilers, debuggers and the unwinder
     /// (`crate::visibility`) under `name`, until it is dropped; `unwind`
-    /// is the description it was installed with.
+    /// must be the description it was installed with (what was prepared
+    /// for jitdump came from that one).
     pub(crate) fn publish(&mut self, name: &str, unwind: &crate::visibility::Unwind) {
+        // Only needed now: the record is written during the publication.
+        let perf = self.prepared.perf.take();
+        debug_assert!(
+            perf.is_none()
+                || crate::visibility::prepare(self.len, unwind).perf.as_deref() == perf.as_deref(),
+            "published with another unwind description than installed with"
+        );
         self.published = Some(crate::visibility::publish(&crate::visibility::Region {
             name,
             addr: self.addr.as_ptr() as usize,
             len: self.len,
             room: self.size,
             unwind,
-            perf: self.prepared.perf.as_deref(),
+            perf: perf.as_deref(),
         }));
     }
 }
