@@ -88,8 +88,10 @@ fn a_backtrace_in_a_callback_from_c_reaches_the_frames_below_c() {
         // thunk, the unwinder stopped at the thunk).
         assert!(bt.contains("qsort"), "{exec}: {bt}");
         assert!(bt.contains("sort_through_the_bridge"), "{exec}: {bt}");
+        // (An optimized build inlines the test function into its caller.)
         assert!(
-            bt.contains("a_backtrace_in_a_callback_from_c_reaches_the_frames_below_c"),
+            !cfg!(debug_assertions)
+                || bt.contains("a_backtrace_in_a_callback_from_c_reaches_the_frames_below_c"),
             "{exec}: {bt}"
         );
     }
