@@ -313,8 +313,7 @@ impl ExecMemory {
 
     /// Reserves `len` bytes of executable memory (and any room after them
     /// that publishing with `unwind` needs, left as `int3`), lets `write`
-    /// fill them
-    /// through a writable view (given the final executable address first,
+    /// fill them through a writable view (given the final executable address first,
     /// for position-dependent code; the bytes start as `int3`), then
     /// publishes them read+execute — unless `write` returns false (or
     /// panics): then the allocation is given back without being made

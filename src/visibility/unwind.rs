@@ -183,8 +183,8 @@ pub(crate) fn unwind_len(unwind: &Unwind) -> Option<usize> {
 }
 
 /// gimli's output: a byte vector made with room for a typical `.eh_frame`
-/// (gimli's `EndianVec` starts empty, and growing it byte by byte was a
-/// third of the work).
+/// (gimli's `EndianVec` starts empty, and its reallocations while it grew
+/// were a third of the work).
 struct Bytes(Vec<u8>);
 
 impl gimli::write::Writer for Bytes {
