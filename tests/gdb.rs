@@ -98,6 +98,25 @@ fn frame(frames: &[&str], from: usize, what: &str) -> Option<usize> {
     (from..frames.len()).find(|&i| frames[i].contains(what))
 }
 
+/// Checks that the backtrace in `text` has frames containing each of
+/// `expected`, in that order (others may come between), and that every
+/// frame has a name: gdb unwound through the generated code by its
+/// `.eh_frame` instead of guessing.
+fn assert_backtrace(text: &str, expected: &[&str]) {
+    let f = frames(text);
+    let mut at = 0;
+    for what in expected {
+        match frame(&f, at, what) {
+            Some(i) => at = i + 1,
+            None => panic!("no frame `{what}` at or after #{at}:\n{text}"),
+        }
+    }
+    assert!(
+        !f.iter().any(|l| l.contains(" in ?? ()")),
+        "an unnamed frame:\n{text}"
+    );
+}
+
 #[test]
 fn gdb_names_the_generated_frames_and_unwinds_through_them_to_main() {
     if Command::new("gdb").arg("--version").output().is_err() {
@@ -117,7 +136,6 @@ fn gdb_names_the_generated_frames_and_unwinds_through_them_to_main() {
         println!("skipped: the generated backend is not available:\n{text}");
         return;
     }
-    let f = frames(&text);
     // From the top: the C-ABI function the host called through an exit
     // stub, that stub, the host (Rust, under the dispatcher), the entry
     // thunk C called, qsort, the exit stub that called qsort, the Rust
@@ -148,19 +166,7 @@ fn gdb_names_the_generated_frames_and_unwinds_through_them_to_main() {
             " in main ()",
         ]
     };
-    let mut at = 0;
-    for what in expected.iter().copied() {
-        match frame(&f, at, what) {
-            Some(i) => at = i + 1,
-            None => panic!("no frame `{what}` at or after #{at}:\n{text}"),
-        }
-    }
-    // Every frame has a name: gdb unwound through the generated code by its
-    // .eh_frame instead of guessing.
-    assert!(
-        !f.iter().any(|l| l.contains(" in ?? ()")),
-        "an unnamed frame:\n{text}"
-    );
+    assert_backtrace(&text, expected);
 
     // Without the interface gdb knows neither the names nor how to unwind
     // through the generated frames (the test's control).
@@ -205,7 +211,6 @@ fn gdb_unwinds_through_code_a_cranelift_jit_compiled() {
     let Some(text) = gdb_backtrace_at("putchar_unlocked", &args, true) else {
         return;
     };
-    let f = frames(&text);
     // The Rust frames between are named only with debug information (an
     // optimized build inlines or hides them).
     let expected: &[&str] = if cfg!(debug_assertions) {
@@ -220,17 +225,7 @@ fn gdb_unwinds_through_code_a_cranelift_jit_compiled() {
     } else {
         &["putchar_unlocked", "in brainfuck program ()", " in main ()"]
     };
-    let mut at = 0;
-    for what in expected.iter().copied() {
-        match frame(&f, at, what) {
-            Some(i) => at = i + 1,
-            None => panic!("no frame `{what}` at or after #{at}:\n{text}"),
-        }
-    }
-    assert!(
-        !f.iter().any(|l| l.contains(" in ?? ()")),
-        "an unnamed frame:\n{text}"
-    );
+    assert_backtrace(&text, expected);
     let Some(text) = gdb_backtrace_at("putchar_unlocked", &args, false) else {
         return;
     };
