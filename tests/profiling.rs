@@ -530,7 +530,6 @@ fn perf_call_graphs_unwind_through_generated_code() {
             })
             .collect();
         let what = format!("{label} {strategy}");
-        println!("{what}: {} samples in generated code", jitted.len());
         assert!(
             jitted.len() >= 10,
             "{what}: {} samples in generated code\n{script}",
@@ -545,6 +544,11 @@ fn perf_call_graphs_unwind_through_generated_code() {
                     .any(|(sym, _)| sym.starts_with(caller))
             })
             .collect();
+        println!(
+            "{what}: {} samples in generated code, {} of them stop there",
+            jitted.len(),
+            lost.len()
+        );
         assert!(
             lost.len() * 20 <= jitted.len(),
             "{what}: {} of {} samples in generated code stop there: {:?}",
