@@ -30,15 +30,6 @@ use tierbridge::abi::{CallConv, Signature};
 use tierbridge::host::{Dispatcher, EntryCall, FailurePolicy, HostError};
 use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions};
 
-unsafe extern "C" {
-    fn qsort(
-        base: *mut c_void,
-        n: usize,
-        size: usize,
-        cmp: unsafe extern "C" fn(*const c_void, *const c_void) -> i32,
-    );
-}
-
 /// Where gdb stops: called once, from the first comparison, through an exit
 /// stub (eight arguments, two on the stack).
 #[unsafe(no_mangle)]
@@ -99,7 +90,7 @@ fn sort(bridge: &Bridge, v: &mut [i32]) {
     ];
     // SAFETY: qsort has this signature; the comparator is an entry point of
     // the comparator's signature, alive during the call.
-    unsafe { sort.call_capture_errno(qsort as *const c_void, &args, &mut [], 0) }
+    unsafe { sort.call_capture_errno(libc::qsort as *const c_void, &args, &mut [], 0) }
         .expect("the call");
 }
 

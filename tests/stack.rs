@@ -118,38 +118,37 @@ fn is_stack_exhaustion(e: &InterpError) -> bool {
     e.to_string().contains("native stack exhausted")
 }
 
-#[test]
-fn deep_recursion_gives_the_same_results_in_every_tier_and_running_out_is_a_trap() {
-    on_stack(64 << 20, || {
+/// On a 64 MiB stack, in every runtime: `func(fits)` returns `fits`;
+/// `func(10^7)` runs out of stack and is a trap; afterwards the runtime still
+/// works and nothing is left pending.
+fn fits_then_runs_out(func: &'static str, fits: u64) {
+    on_stack(64 << 20, move || {
         for (name, rt) in runtimes() {
-            // Deeper than the interpreter's old call-count limit (4000),
-            // within the stack: every tier computes it.
-            assert_eq!(rt.call("f", &[5000]).unwrap(), 5000, "{name}");
-            // Past any stack: a trap in every tier (tiered, this used to
-            // recurse in compiled code until the process died).
-            let e = rt.call("f", &[10_000_000]).unwrap_err();
+            assert_eq!(rt.call(func, &[fits]).unwrap(), fits, "{name}");
+            let e = rt.call(func, &[10_000_000]).unwrap_err();
             assert!(is_stack_exhaustion(&e), "{name}: {e}");
-            // And the runtime is still usable afterwards.
-            assert_eq!(rt.call("f", &[100]).unwrap(), 100, "{name}");
+            assert_eq!(rt.call(func, &[10]).unwrap(), 10, "{name}");
+            assert!(take_entry_error().is_none(), "{name}: nothing left pending");
         }
     });
 }
 
 #[test]
+fn deep_recursion_gives_the_same_results_in_every_tier_and_running_out_is_a_trap() {
+    // 5000: deeper than the interpreter's old call-count limit (4000),
+    // within the stack: every tier computes it. Past any stack: a trap in
+    // every tier (tiered, this used to recurse in compiled code until the
+    // process died).
+    fits_then_runs_out("f", 5000);
+}
+
+#[test]
 fn recursion_through_native_code_runs_out_as_a_trap_on_every_backend() {
-    on_stack(64 << 20, || {
-        for (name, rt) in runtimes() {
-            assert_eq!(rt.call("g", &[2000]).unwrap(), 2000, "{name}");
-            // interpreter → native → interpreter → … until the stack ends:
-            // the innermost entry is refused, and that failure travels out
-            // through every native frame to this call (each entry used to
-            // start a count of its own, and the process died).
-            let e = rt.call("g", &[10_000_000]).unwrap_err();
-            assert!(is_stack_exhaustion(&e), "{name}: {e}");
-            assert_eq!(rt.call("g", &[10]).unwrap(), 10, "{name}");
-            assert!(take_entry_error().is_none(), "{name}: nothing left pending");
-        }
-    });
+    // interpreter → native → interpreter → … until the stack ends: the
+    // innermost entry is refused, and that failure travels out through
+    // every native frame to the outer call (each entry used to start a
+    // count of its own, and the process died).
+    fits_then_runs_out("g", 2000);
 }
 
 #[test]

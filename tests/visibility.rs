@@ -18,15 +18,6 @@ use tierbridge::interp::{Runtime, parse_program};
 use tierbridge::thunks::{BackendKind, Bridge, BridgeOptions, ExecStrategy};
 use tierbridge::tier::TierConfig;
 
-unsafe extern "C" {
-    fn qsort(
-        base: *mut c_void,
-        n: usize,
-        size: usize,
-        cmp: unsafe extern "C" fn(*const c_void, *const c_void) -> i32,
-    );
-}
-
 fn bridge(exec: ExecStrategy) -> Option<Bridge> {
     let b = Bridge::with_options(BridgeOptions {
         backend: BackendKind::Generated,
@@ -70,7 +61,7 @@ fn sort_through_the_bridge(bridge: &Bridge) -> String {
     ];
     // SAFETY: qsort has this signature; the comparator is an entry point of
     // the comparator's signature, alive during the call.
-    unsafe { stub.call(qsort as *const c_void, &args, &mut []) }.unwrap();
+    unsafe { stub.call(libc::qsort as *const c_void, &args, &mut []) }.unwrap();
     assert!(v.windows(2).all(|w| w[0] <= w[1]));
     seen.lock().unwrap().take().expect("the comparator ran")
 }
