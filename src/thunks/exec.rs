@@ -175,7 +175,6 @@ impl ExecCode {
             name,
             addr: self.addr.as_ptr() as usize,
             len: self.len,
-            room: self.size,
             unwind,
             perf: perf.as_deref(),
         }));

@@ -332,7 +332,6 @@ mod tests {
             name,
             addr,
             len: 0x53,
-            room: 0x60,
             unwind,
             perf: None,
         }

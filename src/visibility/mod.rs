@@ -238,11 +238,9 @@ pub(crate) struct Region<'a> {
     pub(crate) name: &'a str,
     pub(crate) addr: usize,
     pub(crate) len: usize,
-    /// Bytes from `addr` that are the region's (its code and the padding
-    /// after it, which [`prepare`] may have asked for).
-    pub(crate) room: usize,
     pub(crate) unwind: &'a Unwind,
-    /// The region's jitdump unwinding data, if [`prepare`] made it.
+    /// The region's jitdump unwinding data, if [`prepare`] made it (and so
+    /// kept room for it after the code).
     pub(crate) perf: Option<&'a [u8]>,
 }
 

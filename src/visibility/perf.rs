@@ -155,14 +155,10 @@ pub(super) fn code_loaded(region: &Region<'_>, perf_map: bool, jitdump: bool) {
         if let Some(data) = region.perf {
             // perf reads the data through the region's map, which it
             // extends over `mapped_size` bytes past the code (rounded to 8):
-            // only when those bytes are the region's own (`tail`), so that
-            // it never hides another region.
-            let code = region.len.next_multiple_of(8);
-            let mapped = if code + data.len() <= region.room {
-                data.len()
-            } else {
-                0
-            };
+            // the data's size, which `prepare` kept free after the code
+            // whenever it made the data, so the map never hides another
+            // region.
+            let mapped = data.len();
             let size = (40 + data.len()).next_multiple_of(8);
             r.extend(JIT_CODE_UNWINDING_INFO.to_le_bytes());
             r.extend((size as u32).to_le_bytes());

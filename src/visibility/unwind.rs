@@ -172,7 +172,6 @@ pub(crate) fn unwind_len(unwind: &Unwind) -> Option<usize> {
             name: "",
             addr: 0,
             len: u32::MAX as usize,
-            room: 0,
             unwind,
             perf: None,
         };
@@ -226,7 +225,6 @@ pub(crate) fn perf_unwinding(len: usize, unwind: &Unwind) -> Option<Vec<u8>> {
         name: "",
         addr: 0,
         len,
-        room: len,
         unwind,
         perf: None,
     };
